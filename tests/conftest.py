@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny random DINOv3 saved with save_pretrained and a tiny synthetic OBB dataset.
+
+Both are session-scoped and built once in a temp folder; tests that modify them must copy first.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Nothing in the tests may reach for the network or pip-install itself.
+for _k, _v in {
+    "YOLO_OFFLINE": "1",
+    "YOLO_AUTOINSTALL": "0",
+    "WANDB_MODE": "offline",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "YOLO_VERBOSE": "False",
+}.items():
+    os.environ.setdefault(_k, _v)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+# Small enough for a 2-core CPU: 128 px images -> an 8x8 teacher grid (patch 16) and an 8x8 student
+# map at layer 19 (stride 16).
+TEST_IMGSZ = 128
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random DINOv3 folder, loadable with `DinoV3Teacher.from_pretrained(path)`."""
+    from precompute.tiny import make_tiny_teacher
+
+    return make_tiny_teacher(tmp_path_factory.mktemp("teacher") / "dinov3", seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of the data.yaml of a tiny synthetic OBB dataset (16 train / 4 val, square at TEST_IMGSZ)."""
+    from dinocache.demo_data import make_demo_dataset
+
+    root = make_demo_dataset(tmp_path_factory.mktemp("data") / "dataset", n_train=16, n_val=4, imgsz=TEST_IMGSZ, seed=0)
+    return root / "data.yaml"
