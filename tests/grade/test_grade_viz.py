@@ -1,0 +1,102 @@
+"""Eval overlays and DINO feature pictures: the files exist, are valid JPEG/PNG, and index.json is right."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from grade.featviz import cosine_distance, feature_viz_dir, fit_rgb_pca, pca_rgb, save_feature_viz
+from grade.metrics import Boxes, grade
+from grade.overlays import eval_dir, write_overlays
+
+
+def test_overlays(tmp_path):
+    imgs = []
+    for i in range(3):
+        p = tmp_path / f"img{i}.png"
+        cv2.imwrite(str(p), np.full((128, 96, 3), 60 * i, np.uint8))
+        imgs.append(p)
+    gts = [Boxes.from_xywhr([[40, 50, 30, 12, 0.4]]), Boxes.from_xywhr([[20, 20, 10, 10, 0]]), Boxes.empty()]
+    preds = [
+        Boxes.from_xywhr([[41, 50, 30, 12, 0.4], [70, 100, 10, 10, 0]], conf=[0.95, 0.93]),
+        Boxes.empty(),
+        Boxes.from_xywhr([[20, 20, 10, 10, 0]], conf=[0.91]),
+    ]
+    m = grade(preds, gts, per_image=True)
+    per = m.pop("per_image")
+    out = write_overlays(eval_dir(tmp_path / "run", 7), imgs, gts, preds, per, m, max_samples=2, epoch=7)
+    assert out == tmp_path / "run" / "eval" / "epoch_007" / "viz" / "val"
+    for stem in ("img0", "img1"):
+        for kind in ("gt", "pred", "panel"):
+            a = cv2.imread(str(out / f"{stem}_{kind}.jpg"))
+            assert a is not None and max(a.shape[:2]) >= 512  # scaled up for readability
+    assert not (out / "img2_gt.jpg").exists()  # capped at max_samples
+    # the panel carries a legend strip below the image
+    assert cv2.imread(str(out / "img0_panel.jpg")).shape[0] > cv2.imread(str(out / "img0_gt.jpg")).shape[0]
+    index = json.loads((out / "index.json").read_text())
+    assert index["epoch"] == 7 and index["n_images"] == 3 and len(index["samples"]) == 2
+    s0 = index["samples"][0]
+    assert (s0["stem"], s0["tp"], s0["fp"], s0["fn"]) == ("img0", 1, 1, 0)
+    assert s0["ious"][0] == pytest.approx(m["mean_iou"])
+    assert index["metrics"]["grade"] == pytest.approx(m["grade"])
+    # a drawn red box is in the pred picture, a green one in the gt picture
+    pred_img = cv2.imread(str(out / "img0_pred.jpg")).astype(int)
+    gt_img = cv2.imread(str(out / "img0_gt.jpg")).astype(int)
+    assert ((pred_img[..., 2] > 180) & (pred_img[..., 1] < 80)).any()
+    assert ((gt_img[..., 1] > 150) & (gt_img[..., 2] < 80)).any()
+
+
+def _maps(seed=0, d=8, h=8, w=8):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(d, h, w, generator=g)
+
+
+def test_feature_viz_files(tmp_path):
+    img = torch.rand(3, 128, 128)
+    teacher = _maps(0)
+    student = _maps(1)
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[2:5, 3:6] = True
+    out = feature_viz_dir(tmp_path / "run", 3)
+    files = save_feature_viz(out, "000001", img, teacher, student, mask)
+    assert out == tmp_path / "run" / "dino_viz" / "epoch_003"
+    assert set(files) == {"teacher", "student", "mask", "diff"}
+    for name in files.values():
+        assert name.endswith(".png")
+        a = cv2.imread(str(out / name))
+        assert a is not None and a.shape[:2] == (256, 256)
+
+
+def test_same_pca_for_teacher_and_student(tmp_path):
+    teacher = _maps(0)
+    basis = fit_rgb_pca(teacher)
+    # the student equal to the teacher gets the same colours and a zero distance
+    assert np.array_equal(pca_rgb(teacher, basis), pca_rgb(teacher.clone(), basis))
+    assert np.abs(cosine_distance(teacher, teacher)).max() < 1e-5
+    assert cosine_distance(-teacher, teacher).min() > 1.99
+    # the PCA is fitted on the teacher only: a scaled student saturates instead of being rescaled
+    rgb_big = pca_rgb(teacher * 10, basis)
+    assert (rgb_big == 0).mean() + (rgb_big == 255).mean() > (pca_rgb(teacher, basis) == 255).mean()
+    # uint8 image and D < 3 work
+    files = save_feature_viz(
+        tmp_path,
+        "s",
+        np.zeros((3, 32, 32), np.uint8),
+        _maps(2, d=2, h=2, w=2),
+        _maps(3, d=2, h=2, w=2),
+        np.ones((2, 2), bool),
+    )
+    assert all(cv2.imread(str(tmp_path / f)) is not None for f in files.values())
+
+
+def test_feature_viz_shape_errors(tmp_path):
+    with pytest.raises(ValueError, match="teacher"):
+        save_feature_viz(tmp_path, "s", torch.rand(3, 32, 32), _maps(d=4), _maps(d=5), torch.ones(8, 8))
+    with pytest.raises(ValueError, match="mask"):
+        save_feature_viz(tmp_path, "s", torch.rand(3, 32, 32), _maps(), _maps(), torch.ones(4, 4))
+    with pytest.raises(ValueError, match="image"):
+        save_feature_viz(tmp_path, "s", torch.rand(32, 32), _maps(), _maps(), torch.ones(8, 8))
