@@ -1,0 +1,43 @@
+"""`dinocache train`: train the YOLO26-n OBB student with cached, online or no DINOv3 distillation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`dinocache train --config config.json [key=value ...]` (wrapped by `just train`)."""
+    ap = argparse.ArgumentParser(prog="dinocache train", description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--config", default="config.json", help="JSON file whose 'train' section holds the options"
+    )
+    ap.add_argument("overrides", nargs="*", help="key=value options overriding the config file")
+    args = ap.parse_args(argv)
+
+    from dinocache.config import ConfigError, load
+    from dinocache.data import DataError
+    from train.config import TrainConfig
+    from train.run import TrainError, train
+
+    try:
+        from precompute.teacher import TeacherNotFound
+    except ImportError:  # pragma: no cover
+        TeacherNotFound = FileNotFoundError  # noqa: N806
+    try:
+        from cache import CacheError
+    except ImportError:  # pragma: no cover
+        CacheError = TrainError  # noqa: N806
+
+    try:
+        cfg = load(TrainConfig, args.config, "train", args.overrides)
+        trainer = train(cfg)
+    except (ConfigError, DataError, TrainError, TeacherNotFound, CacheError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"dinocache train: outputs in {trainer.save_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Training dataset that attaches each image's cached teacher map, and a flip that flips it too.
+
+The teacher map is looked up by the image's key (its path relative to the dataset root, see
+`dinocache.data.image_key`), never by index: Ultralytics re-sorts `im_files` in some modes. The cache is
+opened lazily in each dataloader worker (a Zarr handle is not shared across processes).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ultralytics.data.augment import Compose, RandomFlip
+from ultralytics.data.dataset import YOLODataset
+
+from dinocache.data import image_key
+
+TEACHER_KEY = "teacher_feat"
+
+
+class FlipWithTeacher(RandomFlip):
+    """Ultralytics' RandomFlip that also flips `labels["teacher_feat"]` (D, h, w) with the image.
+
+    Exact for images whose side is a multiple of the patch size: pixel column x lies in cell x // p, and after a
+    horizontal flip in cell (w - 1) - x // p, i.e. the flipped map.
+    """
+
+    def apply_image(self, labels: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        labels = super().apply_image(labels, params)
+        feat = labels.get(TEACHER_KEY)
+        if feat is not None and params["flip"]:
+            axis = -1 if params["direction"] == "horizontal" else -2
+            labels[TEACHER_KEY] = np.flip(feat, axis=axis)
+        return labels
+
+
+def swap_flips(transforms: Compose) -> Compose:
+    """Replace every RandomFlip inside `transforms` (nested Compose included) by a FlipWithTeacher."""
+    items = transforms.transforms
+    for i, t in enumerate(items):
+        if isinstance(t, Compose):
+            swap_flips(t)
+        elif type(t) is RandomFlip:
+            items[i] = FlipWithTeacher(p=t.p, direction=t.direction, flip_idx=t.flip_idx)
+    return transforms
+
+
+class TeacherLookup:
+    """Maps an image file to its (D, h, w) float16 teacher map from the cache; opens the cache lazily per process."""
+
+    def __init__(self, cache_path: str, root: str | Path, channels: int) -> None:
+        self.cache_path = str(cache_path)
+        self.root = str(root)
+        self.channels = int(channels)
+        self._fc: Any = None
+        self._pid: int | None = None
+
+    @property
+    def fc(self) -> Any:
+        if self._fc is None or self._pid != os.getpid():
+            import cache
+
+            self._fc = cache.open(self.cache_path)
+            self._pid = os.getpid()
+        return self._fc
+
+    def __call__(self, im_file: str) -> np.ndarray:
+        key = image_key(im_file, self.root)
+        return np.asarray(self.fc.get(key, channels=self.channels))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fc": None, "_pid": None}
+
+
+class DistillDataset(YOLODataset):
+    """YOLODataset whose training samples carry `teacher_feat` (D, h, w) float16 of exactly the image seen."""
+
+    def __init__(self, *args: Any, teacher: TeacherLookup | None = None, **kwargs: Any) -> None:
+        # set before super().__init__, which builds the transforms
+        self.teacher = teacher
+        super().__init__(*args, **kwargs)
+
+    def build_transforms(self, hyp: Any = None) -> Compose:
+        return swap_flips(super().build_transforms(hyp))
+
+    def get_image_and_label(self, index: int) -> dict[str, Any]:
+        label = super().get_image_and_label(index)
+        if self.teacher is not None and self.augment:
+            label[TEACHER_KEY] = self.teacher(label["im_file"])
+        return label
+
+    @staticmethod
+    def collate_fn(batch: list[dict]) -> dict:
+        feats = [b.pop(TEACHER_KEY, None) for b in batch]
+        out = YOLODataset.collate_fn(batch)
+        if all(f is not None for f in feats):
+            # (D, h, w) x B -> (B, D, h, w) float16
+            out[TEACHER_KEY] = torch.stack([torch.from_numpy(np.ascontiguousarray(f)) for f in feats], 0)
+        return out

@@ -1,0 +1,190 @@
+"""Everything before and around `DinoOBBTrainer.train()`: checks that refuse a bad run before the first
+step, the run folder, resume, and the Ultralytics arguments."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ultralytics.utils import LOGGER, colorstr
+
+from dinocache.config import build
+from dinocache.data import image_key, list_split_images
+from train.config import TrainConfig
+from train.trainer import (
+    DINO_ARGS_FILE,
+    RESUME_FILE,
+    DinoOBBTrainer,
+    TeacherContext,
+    geometric_off,
+    ultralytics_overrides,
+)
+
+FIX = "run `just precompute` (dinocache precompute --config config.json) to (re)build it"
+
+
+class TrainError(RuntimeError):
+    """A run that must not start (bad cache, missing rows, existing run folder); the message says the fix."""
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "0" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def runs_root(cfg: TrainConfig) -> Path:
+    return Path(cfg.artifacts_root).expanduser().resolve() / cfg.model_key / "runs"
+
+
+def run_dir(cfg: TrainConfig, run_id: str) -> Path:
+    """artifacts/{model_key}/runs/{run_id}/train"""
+    return runs_root(cfg) / run_id / "train"
+
+
+def _open_cache(path: str) -> Any:
+    import cache
+
+    try:
+        return cache.open(path)
+    except cache.CacheError as e:
+        raise TrainError(f"cache: cannot use {path}: {e}; {FIX}") from None
+    except FileNotFoundError:
+        raise TrainError(f"cache: {path} does not exist; {FIX}") from None
+
+
+def check_cache(cfg: TrainConfig, fc: Any, keys: list[str], teacher: Any = None) -> None:
+    """Refuse a cache made for another teacher/layer/imgsz, too few channels, or missing training images."""
+    import cache
+
+    where = f"cache {cfg.cache}"
+    if int(fc.imgsz) != cfg.imgsz:
+        raise TrainError(
+            f"{where} was computed at imgsz={fc.imgsz} but imgsz={cfg.imgsz}; {FIX} or set imgsz"
+        )
+    if cfg.dino_distill_channels > int(fc.k):
+        raise TrainError(
+            f"dino_distill_channels={cfg.dino_distill_channels} but {where} stores only {fc.k} channels; "
+            f"lower dino_distill_channels or {FIX} with more channels"
+        )
+    if teacher is not None:
+        try:
+            cache.check_fingerprint(fc, teacher.fingerprint(cfg.imgsz))
+        except cache.CacheMismatch as e:
+            raise TrainError(f"{where} does not match the teacher {cfg.dino_root}: {e}; {FIX}") from None
+    else:
+        stored = fc.fingerprint or {}
+        if "layer" in stored and int(stored["layer"]) != cfg.dino_layer:
+            raise TrainError(
+                f"{where} holds teacher layer {stored['layer']} but dino_layer={cfg.dino_layer}; {FIX} or set dino_layer"
+            )
+        LOGGER.warning(
+            f"{colorstr('dinocache:')} teacher {cfg.dino_root} not found: checked the cache's imgsz and layer only"
+        )
+    known = {k: i for i, k in enumerate(fc.keys)}
+    done = np.asarray(fc.done, dtype=bool)
+    missing = [k for k in keys if k not in known or not done[known[k]]]
+    if missing:
+        first = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise TrainError(
+            f"{where} lacks teacher features for {len(missing)} of {len(keys)} training images "
+            f"(first: {first}); {FIX}"
+        )
+
+
+def preflight(cfg: TrainConfig) -> TeacherContext:
+    """Resolve the dataset, cache and teacher for `cfg`, refusing before anything is written."""
+    root, files = list_split_images(cfg.data_yaml, "train")
+    ctx = TeacherContext(dataset_root=root)
+    if cfg.teacher_source == "none":
+        return ctx
+    from precompute.teacher import TeacherNotFound, load_teacher
+
+    teacher = None
+    try:
+        teacher = load_teacher(cfg.dino_root, layer=cfg.dino_layer, device="cpu")
+    except TeacherNotFound:
+        if cfg.teacher_source == "online":
+            raise
+    cache_path = cfg.cache
+    use_cache = cfg.teacher_source == "cache" or (
+        bool(cache_path) and ("://" in cache_path or Path(cache_path).exists())
+    )
+    if use_cache:
+        fc = _open_cache(cache_path)
+        check_cache(cfg, fc, [image_key(f, root) for f in files], teacher)
+        ctx.cache_path = cache_path
+        ctx.channel_mean = torch.as_tensor(np.asarray(fc.channel_mean, dtype=np.float32))
+        ctx.channel_std = torch.as_tensor(np.asarray(fc.channel_std, dtype=np.float32))
+        ctx.pca = fc.pca
+    else:
+        LOGGER.info(
+            f"{colorstr('dinocache:')} no cache at {cache_path!r}: online targets are the first "
+            f"{cfg.dino_distill_channels} raw teacher channels, not PCA components"
+        )
+        if teacher is not None and cfg.dino_distill_channels > teacher.channels:
+            raise TrainError(
+                f"dino_distill_channels={cfg.dino_distill_channels} exceeds the teacher's {teacher.channels} channels"
+            )
+    ctx.teacher = teacher if cfg.teacher_source == "online" else None
+    return ctx
+
+
+def find_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict, Path]:
+    """(saved config with this call's device/workers, resume state, run folder) of the run to continue."""
+    if cfg.name:
+        d = run_dir(cfg, cfg.name)
+        if not (d / "weights" / RESUME_FILE).exists():
+            raise TrainError(f"resume: {d / 'weights' / RESUME_FILE} does not exist (run '{cfg.name}')")
+    else:
+        cands = sorted(runs_root(cfg).glob(f"*/train/weights/{RESUME_FILE}"), key=lambda p: p.stat().st_mtime)
+        if not cands:
+            raise TrainError(f"resume: no run with weights/{RESUME_FILE} under {runs_root(cfg)}")
+        d = cands[-1].parent.parent
+    import yaml
+
+    saved = yaml.safe_load((d / DINO_ARGS_FILE).read_text())
+    saved.update(resume=True, name=d.parent.name, device=cfg.device, workers=cfg.workers)
+    new = build(TrainConfig, saved, str(d / DINO_ARGS_FILE))
+    # tensors, numbers and plain dicts only: loads with weights_only=True
+    state = torch.load(d / "weights" / RESUME_FILE, map_location="cpu", weights_only=True)
+    return new, state, d
+
+
+def train(cfg: TrainConfig, callbacks: dict[str, list] | None = None) -> DinoOBBTrainer:
+    """Train one run as configured; returns the finished trainer (its save_dir holds the outputs).
+
+    `callbacks` maps Ultralytics events (on_train_epoch_start, on_fit_epoch_end, ...) to extra functions
+    `fn(trainer)`; module-level functions, not bound methods (they are deep-copied with the trainer state).
+    """
+    state = None
+    if cfg.resume:
+        cfg, state, save_dir = find_resume(cfg)
+    else:
+        run_id = cfg.name or time.strftime("%Y%m%d-%H%M%S")
+        save_dir = run_dir(cfg, run_id)
+        if (save_dir / "results.csv").exists() or (save_dir / "weights" / "last.pt").exists():
+            raise TrainError(f"run folder {save_dir} already holds a run; pass resume=true or another name")
+        cfg.name = run_id
+    ctx = preflight(cfg)
+    ov = ultralytics_overrides(cfg, save_dir, resolve_device(cfg.device))
+    if cfg.teacher_source in ("cache", "online"):
+        was_on = geometric_off(ov)
+        LOGGER.info(
+            f"{colorstr('dinocache:')} teacher_source={cfg.teacher_source}: geometric augmentation off "
+            f"({', '.join(was_on) or 'none was on'} -> 0) so each teacher cell stays under its pixels; "
+            "photometric augmentation and flips (which flip the teacher map too) stay on"
+        )
+    csv = save_dir / "results.csv"
+    kept = csv.read_bytes() if state is not None and csv.exists() else None
+    trainer = DinoOBBTrainer(overrides=ov, dino=cfg, ctx=ctx, resume_state=state)
+    if kept is not None:  # Ultralytics deletes results.csv unless its own resume is used
+        csv.write_bytes(kept)
+    for event, fns in (callbacks or {}).items():
+        for fn in fns:
+            trainer.add_callback(event, fn)
+    trainer.train()
+    return trainer

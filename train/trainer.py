@@ -1,0 +1,329 @@
+"""DinoOBBTrainer: Ultralytics' OBB trainer fed with cached (or live) DINOv3 features.
+
+What it changes in Ultralytics' loop, and where:
+- `get_model`: a DistillOBBModel (hooks + 1x1 projection; the loss term lives in its `loss()`).
+- `build_dataset`: the training set attaches each image's cached teacher map; flips flip it too.
+- `preprocess_batch`: normalises the teacher map on the device, or computes it live (online mode).
+- `on_train_epoch_start` callback: the two-stage curriculum (unfreeze, distillation weight).
+- `save_model`: best.pt/last.pt hold a clean OBBModel; resume state goes to weights/resume.pt (tensors only).
+- `resume_training`: restores model, projection, EMA, optimizer and epoch from weights/resume.pt.
+"""
+
+from __future__ import annotations
+
+import math
+from copy import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from ultralytics.data.build import build_yolo_dataset
+from ultralytics.models.yolo.obb import OBBTrainer
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr
+from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
+
+from dinocache.config import to_dict
+from grade import hooks as grade_hooks
+from train.config import TrainConfig
+from train.dataset import TEACHER_KEY, DistillDataset, TeacherLookup
+from train.export import export_clean
+from train.losses import distill_weight, normalise_teacher, stage_of
+from train.model import DistillOBBModel
+
+RESUME_FILE = "resume.pt"
+DINO_ARGS_FILE = "dinocache_args.yaml"
+
+
+class TeacherContext:
+    """What the trainer needs from the cache/teacher, resolved once before training (see train.run.preflight)."""
+
+    def __init__(
+        self,
+        dataset_root: Path,
+        cache_path: str | None = None,
+        channel_mean: torch.Tensor | None = None,
+        channel_std: torch.Tensor | None = None,
+        pca: Any = None,
+        teacher: Any = None,
+    ) -> None:
+        self.dataset_root = dataset_root
+        self.cache_path = cache_path
+        self.channel_mean = channel_mean
+        self.channel_std = channel_std
+        self.pca = pca
+        self.teacher = teacher  # online mode: the DinoV3Teacher loaded by preflight
+
+
+def apply_curriculum(trainer: DinoOBBTrainer) -> None:
+    """on_train_epoch_start: Stage B unfreezes (3 steps, see the notes) and sets this epoch's distill weight.
+
+    Runs before Ultralytics' `_model_train()`, which puts the BatchNorms named in `freeze_layer_names` in
+    eval mode; emptying that list (bar .dfl) is what restores BatchNorm training.
+    """
+    cfg = trainer.dino
+    epoch = trainer.epoch
+    model = unwrap_model(trainer.model)
+    stage = stage_of(epoch, cfg)
+    if stage == "B" and trainer.stage_frozen:
+        for name, p in model.named_parameters():
+            if ".dfl" not in name and p.dtype.is_floating_point:
+                p.requires_grad_(True)
+        trainer.freeze_layer_names = [".dfl"]
+        trainer.stage_frozen = False
+        LOGGER.info(f"{colorstr('dinocache:')} epoch {epoch + 1}: Stage B, all layers unfrozen")
+    w = distill_weight(epoch, cfg)
+    model.distill_weight = w
+    trainer.stage = stage
+    if w != trainer.last_logged_weight:
+        LOGGER.info(f"{colorstr('dinocache:')} epoch {epoch + 1}: Stage {stage}, distill weight w={w:.4g}")
+        trainer.last_logged_weight = w
+
+
+class DinoOBBTrainer(OBBTrainer):
+    """OBBTrainer with DINOv3 feature distillation from a cache (or online) and the two-stage curriculum.
+
+    `dino` is the TrainConfig and `ctx` the resolved teacher context; `resume_state` is the dict loaded
+    from weights/resume.pt when continuing a run.
+    """
+
+    def __init__(
+        self,
+        cfg: Any = DEFAULT_CFG,
+        overrides: dict | None = None,
+        _callbacks: dict | None = None,
+        dino: TrainConfig | None = None,
+        ctx: TeacherContext | None = None,
+        resume_state: dict | None = None,
+    ) -> None:
+        self.dino = dino or TrainConfig()
+        self.ctx = ctx
+        self.resume_state = resume_state
+        self.stage = "A"
+        self.stage_frozen = False
+        self.last_logged_weight: float | None = None
+        self._teacher: Any = None  # online teacher: held here, never a submodule of the student
+        super().__init__(cfg, overrides, _callbacks)
+        self.stage_frozen = bool(self.args.freeze)
+        self.add_callback("on_train_epoch_start", apply_curriculum)
+        if RANK in {-1, 0}:
+            self._write_args()
+
+    # -- run folder ------------------------------------------------------------------------------------------
+    def _write_args(self) -> None:
+        """dinocache_args.yaml = our TrainConfig; args.yaml = Ultralytics' args plus a `dinocache:` section."""
+        ours = to_dict(self.dino)
+        YAML.save(self.save_dir / DINO_ARGS_FILE, ours)
+        ul = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items()}
+        YAML.save(self.save_dir / "args.yaml", {**ul, "dinocache": ours})
+
+    # -- model -------------------------------------------------------------------------------------------------
+    def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> DistillOBBModel:
+        d = self.dino
+        model = DistillOBBModel(
+            cfg,
+            ch=self.data["channels"],
+            nc=self.data["nc"],
+            verbose=verbose and RANK == -1,
+            distill_layers=d.dino_distill_layers,
+            distill_channels=d.dino_distill_channels,
+            object_weight=d.dino_distill_object_weight,
+            background_weight=d.dino_distill_background_weight,
+            enabled=d.distills,
+        )
+        model = self.set_model_names_for_load(model)
+        if weights:
+            model.load(weights)
+        return model
+
+    # -- data --------------------------------------------------------------------------------------------------
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
+        if mode != "train" or self.dino.teacher_source != "cache":
+            return super().build_dataset(img_path, mode, batch)
+        gs = max(int(unwrap_model(self.model).stride.max()), 32)
+        lookup = TeacherLookup(self.ctx.cache_path, self.ctx.dataset_root, self.dino.dino_distill_channels)
+        # same arguments as ultralytics.data.build.build_yolo_dataset, with our subclass
+        ds = build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, rect=False, stride=gs)
+        return DistillDataset(
+            img_path=ds.img_path,
+            imgsz=self.args.imgsz,
+            batch_size=batch,
+            augment=True,
+            hyp=self.args,
+            rect=False,
+            cache=self.args.cache or None,
+            single_cls=self.args.single_cls or False,
+            stride=gs,
+            pad=0.0,
+            prefix=colorstr(f"{mode}: "),
+            task=self.args.task,
+            classes=self.args.classes,
+            data=self.data,
+            fraction=ds.fraction if hasattr(ds, "fraction") else self.args.fraction,
+            teacher=lookup,
+        )
+
+    def preprocess_batch(self, batch: dict) -> dict:
+        batch = super().preprocess_batch(batch)
+        model = unwrap_model(self.model)
+        ctx = self.ctx
+        if self.dino.teacher_source == "cache" and TEACHER_KEY in batch:
+            # (B, D, h, w) float16 from the cache -> standardised float32
+            batch[TEACHER_KEY] = normalise_teacher(
+                batch[TEACHER_KEY], ctx.channel_mean, ctx.channel_std, self.dino.dino_distill_channels
+            )
+        elif self.dino.teacher_source == "online" and getattr(model, "distill_weight", 0) > 0:
+            batch[TEACHER_KEY] = self.online_teacher_features(batch["img"])
+        return batch
+
+    def online_teacher(self) -> Any:
+        if self._teacher is None:
+            if self.ctx is not None and self.ctx.teacher is not None:
+                self._teacher = self.ctx.teacher.to(self.device)
+                self.ctx.teacher = None
+            else:
+                from precompute.teacher import load_teacher
+
+                self._teacher = load_teacher(
+                    self.dino.dino_root, layer=self.dino.dino_layer, device=self.device
+                )
+        return self._teacher
+
+    def online_teacher_features(self, img: torch.Tensor) -> torch.Tensor:
+        """Same target as the cache: teacher map -> PCA projection (if the cache has one) -> first D, normalised."""
+        ctx = self.ctx
+        d = self.dino.dino_distill_channels
+        with torch.no_grad():
+            feat = self.online_teacher().extract_feature_map(img.float())  # (B, C_t, h, w) float32
+            if ctx is not None and ctx.pca is not None:
+                feat = ctx.pca.project(feat)  # (B, C_t, h, w) -> (B, K, h, w)
+            if ctx is not None and ctx.channel_mean is not None:
+                return normalise_teacher(feat, ctx.channel_mean, ctx.channel_std, d)
+            return feat[:, :d].float()
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def save_model(self) -> bool:
+        """Ultralytics' save with a clean OBBModel in place of the EMA, then weights/resume.pt (state dicts only)."""
+        ema_model = self.ema.ema
+        self.ema.ema = export_clean(ema_model)
+        try:
+            saved = super().save_model()
+        finally:
+            self.ema.ema = ema_model
+        self._save_resume_state(ema_model)
+        # Once per epoch, after validation and after last.pt is written (not on_fit_epoch_end, which
+        # final_eval fires a second time): grade, best_geo.pt, overlays, DINO viz, TensorBoard/W&B.
+        grade_hooks.after_save_model(self, ema_model)
+        return saved
+
+    def _save_resume_state(self, ema_model: torch.nn.Module) -> None:
+        state = {
+            "epoch": int(self.epoch),
+            "stage": self.stage,
+            "distill_weight": float(getattr(unwrap_model(self.model), "distill_weight", 0.0)),
+            "ema": {k: v.detach().cpu().clone() for k, v in ema_model.state_dict().items()},
+            "updates": int(self.ema.updates),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_fitness": None if self.best_fitness is None else float(self.best_fitness),
+            "stopper": {
+                "best_fitness": None
+                if self.stopper.best_fitness is None
+                else float(self.stopper.best_fitness),
+                "best_epoch": int(self.stopper.best_epoch),
+            },
+            "dinocache": to_dict(self.dino),
+        }
+        tmp = self.wdir / (RESUME_FILE + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.wdir / RESUME_FILE)
+
+    def resume_training(self, ckpt: Any) -> None:
+        state = self.resume_state
+        if state is None:
+            return super().resume_training(ckpt)
+        start_epoch = int(state["epoch"]) + 1
+        if start_epoch >= self.epochs:
+            raise RuntimeError(
+                f"run in {self.save_dir} already trained {self.epochs} epochs; nothing to resume"
+            )
+        model = unwrap_model(self.model)
+        model.load_state_dict(state["ema"], strict=True)  # like Ultralytics: continue from the EMA weights
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.ema = ModelEMA(self.model)
+        self.ema.ema.load_state_dict(state["ema"], strict=True)
+        self.ema.updates = state["updates"]
+        self.best_fitness = state.get("best_fitness")
+        self.stopper.__dict__.update(state.get("stopper") or {})
+        if getattr(model.model[-1], "one2one_cv2", None) is not None:
+            model.criterion = model.init_criterion()
+            model.criterion.updates = start_epoch - 1
+            model.criterion.update()
+        self.start_epoch = start_epoch
+        LOGGER.info(
+            f"{colorstr('dinocache:')} resuming {self.save_dir} at epoch {start_epoch + 1}/{self.epochs} "
+            f"(Stage {stage_of(start_epoch, self.dino)}, w={distill_weight(start_epoch, self.dino):.4g})"
+        )
+
+    def final_eval(self) -> None:
+        super().final_eval()
+        grade_hooks.finish_run(self)
+        self.release_teacher()
+
+    def release_teacher(self) -> None:
+        self._teacher = None
+
+
+def ultralytics_overrides(cfg: TrainConfig, save_dir: Path, device: str) -> dict[str, Any]:
+    """The Ultralytics training arguments of a run."""
+    ov: dict[str, Any] = {
+        "model": cfg.model,
+        "data": str(cfg.data_yaml),
+        "epochs": cfg.epochs,
+        "imgsz": cfg.imgsz,
+        "batch": cfg.batch,
+        "workers": cfg.workers,
+        "device": device,
+        "optimizer": cfg.optimizer,
+        "lr0": cfg.lr0,
+        "lrf": cfg.lrf,
+        "weight_decay": cfg.weight_decay,
+        "nbs": cfg.nbs,
+        "warmup_epochs": cfg.warmup_epochs,
+        "amp": cfg.amp,
+        "seed": cfg.seed,
+        "deterministic": True,
+        "save_dir": str(save_dir),
+        "exist_ok": True,
+        "rect": False,
+        "freeze": cfg.stage_a_freeze if cfg.stage_a_epochs > 0 and cfg.stage_a_freeze > 0 else None,
+    }
+    ov.update(cfg.extra)
+    return ov
+
+
+def geometric_off(ov: dict[str, Any]) -> list[str]:
+    """Switch off pixel-moving augmentation in `ov` (in place); returns the names that were on."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    from train.config import GEOMETRIC_AUGMENTATIONS
+
+    was_on = []
+    for k, v in GEOMETRIC_AUGMENTATIONS.items():
+        cur = ov.get(k, DEFAULT_CFG_DICT.get(k))
+        if cur and not (isinstance(cur, float) and math.isclose(cur, v)):
+            was_on.append(k)
+        ov[k] = v
+    ov["close_mosaic"] = 0
+    return was_on
+
+
+__all__ = [
+    "DinoOBBTrainer",
+    "TeacherContext",
+    "apply_curriculum",
+    "ultralytics_overrides",
+    "geometric_off",
+    "copy",
+]
