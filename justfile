@@ -40,9 +40,13 @@ verify:
 train *ARGS:
     dinocache train --config {{config}} {{ARGS}}
 
-# LoRA fine-tune the teacher, then merge it into a plain DINOv3 folder
+# LoRA fine-tune the teacher (see merge-teacher)
 finetune-teacher *ARGS:
     dinocache finetune-teacher --config {{config}} {{ARGS}}
+
+# merge LoRA adapters into a plain DINOv3 folder (--adapter DIR --out DIR)
+merge-teacher *ARGS:
+    dinocache merge-teacher {{ARGS}}
 
 # the default test run (slow tests deselected)
 test *ARGS:
