@@ -15,6 +15,8 @@ for _k, _v in {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "YOLO_VERBOSE": "False",
+    # Tiny tensors: a second intra-op thread only adds contention on a 2-core machine.
+    "OMP_NUM_THREADS": "1",
 }.items():
     os.environ.setdefault(_k, _v)
 
