@@ -5,16 +5,26 @@ from __future__ import annotations
 
 import os
 
-for _k, _v in {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}.items():
+for _k, _v in {
+    "YOLO_OFFLINE": "1",
+    "YOLO_AUTOINSTALL": "0",
+    "WANDB_MODE": "offline",
+    "HF_HUB_OFFLINE": "1",
+}.items():
     os.environ.setdefault(_k, _v)
 
 import pytest  # noqa: E402
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--benchmark", action="store_true", default=False, help="run the dinocache benchmark suite")
     parser.addoption(
-        "--bench-quick", action="store_true", default=False, help="smaller sizes (smoke-test the suite itself)"
+        "--benchmark", action="store_true", default=False, help="run the dinocache benchmark suite"
+    )
+    parser.addoption(
+        "--bench-quick",
+        action="store_true",
+        default=False,
+        help="smaller sizes (smoke-test the suite itself)",
     )
 
 

@@ -17,7 +17,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_scenario(module: str, args: list[str], timeout: float = 1200, env: dict[str, str] | None = None) -> dict:
+def run_scenario(
+    module: str, args: list[str], timeout: float = 1200, env: dict[str, str] | None = None
+) -> dict:
     """`python -m MODULE --out JSON ARGS...` in a fresh process; returns its JSON + `peak_rss_mib`."""
     with tempfile.TemporaryDirectory() as td:
         out = Path(td) / "out.json"
@@ -38,7 +40,9 @@ def run_scenario(module: str, args: list[str], timeout: float = 1200, env: dict[
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-                raise RuntimeError(f"{module} {args} timed out after {timeout}s:\n{log.read_text()[-3000:]}") from None
+                raise RuntimeError(
+                    f"{module} {args} timed out after {timeout}s:\n{log.read_text()[-3000:]}"
+                ) from None
         code = os.waitstatus_to_exitcode(status)
         if code != 0 or not out.exists():
             raise RuntimeError(f"{module} {args} failed (exit {code}):\n{log.read_text()[-4000:]}")

@@ -29,7 +29,9 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "cuda": torch.cuda.is_available(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else platform.processor() or "cpu",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     for mod in ("ultralytics", "transformers", "zarr", "numcodecs", "peft"):

@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     for o in args.overrides:
         step, _, kv = o.partition(".")
         if step not in per_step or "=" not in kv:
-            print(f"error: override {o!r} must look like train.key=value or precompute.key=value", file=sys.stderr)
+            print(
+                f"error: override {o!r} must look like train.key=value or precompute.key=value",
+                file=sys.stderr,
+            )
             return 2
         per_step[step].append(kv)
 

@@ -42,5 +42,7 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of the data.yaml of a tiny synthetic OBB dataset (16 train / 4 val, square at TEST_IMGSZ)."""
     from dinocache.demo_data import make_demo_dataset
 
-    root = make_demo_dataset(tmp_path_factory.mktemp("data") / "dataset", n_train=16, n_val=4, imgsz=TEST_IMGSZ, seed=0)
+    root = make_demo_dataset(
+        tmp_path_factory.mktemp("data") / "dataset", n_train=16, n_val=4, imgsz=TEST_IMGSZ, seed=0
+    )
     return root / "data.yaml"

@@ -111,6 +111,13 @@ class TrainConfig:
     seed: int = 42
     # where teacher features come from: "cache" (Zarr cache), "online" (teacher forward each step), "none"
     teacher_source: Literal["cache", "online", "none"] = "cache"
+    # cache mode only: "warp" keeps Ultralytics' mosaic, affine/perspective and flips on and warps each cached
+    # teacher map with its image (train/warp.py; mixup/cutmix/copy_paste are switched off); "off" switches
+    # pixel-moving augmentation off instead (flips stay and flip the map)
+    distill_geometric_aug: Literal["off", "warp"] = "warp"
+    # warp mode: a teacher cell is distilled when at least this share of its pixels comes from one source
+    # image (not mosaic/letterbox/affine-border padding)
+    distill_valid_threshold: float = 0.5
     # continue the run `name` (or the newest run of this model) from weights/resume.pt
     resume: bool = False
     # other Ultralytics training arguments, e.g. {"hsv_h": 0, "fliplr": 0.5, "patience": 50}
@@ -157,6 +164,11 @@ class TrainConfig:
         ):
             require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
         require(0 <= self.stage_a_ratio <= 1, "stage_a_ratio", f"must be in [0, 1], got {self.stage_a_ratio}")
+        require(
+            0 < self.distill_valid_threshold <= 1,
+            "distill_valid_threshold",
+            f"must be in (0, 1], got {self.distill_valid_threshold}",
+        )
         require(self.stage_a_freeze >= 0, "stage_a_freeze", f"must be >= 0, got {self.stage_a_freeze}")
         require(self.dino_viz_every_n_epochs >= 1, "dino_viz_every_n_epochs", "must be >= 1")
         require(self.eval_interval_epochs >= 1, "eval_interval_epochs", "must be >= 1")

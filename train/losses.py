@@ -66,8 +66,13 @@ def masked_cosine_loss(
     mask: torch.Tensor,
     object_weight: float,
     background_weight: float,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """w_obj * mean(1 - cos)[object cells] + w_bg * mean(1 - cos)[background cells], a scalar in fp32.
+
+    valid: optional (B, h, w) per-cell weight in [0, 1] (warp mode's teacher_valid: 0 where the warped map has
+    no source pixels). It multiplies both terms, which become weighted means sum(w (1 - cos)) / sum(w); when
+    it is None or all ones the result is exactly the unweighted one.
 
     student, teacher: (B, D, h, w); mask: (B, h, w) bool. The cosine is over channels per cell, in fp32
     (the cache is fp16 and the student may run under autocast). The means pool all cells of the batch of
@@ -77,6 +82,14 @@ def masked_cosine_loss(
     dist = 1.0 - F.cosine_similarity(s, t, dim=1, eps=1e-8)  # (B, h, w)
     m = mask.to(dist.device, torch.bool)
     zero = dist.new_zeros(())
+    if valid is not None and not bool((valid >= 1).all()):
+        from train.warp import combine_masks
+
+        obj_w, bg_w = combine_masks(m, valid.to(dist.device))  # (B, h, w) each
+        so, sb = obj_w.sum(), bg_w.sum()
+        obj = (dist * obj_w).sum() / so if bool(so > 0) else zero
+        bg = (dist * bg_w).sum() / sb if bool(sb > 0) else zero
+        return object_weight * obj + background_weight * bg
     obj = dist[m].mean() if bool(m.any()) else zero
     bg = dist[~m].mean() if bool((~m).any()) else zero
     return object_weight * obj + background_weight * bg

@@ -105,12 +105,13 @@ class DistillOBBModel(OBBModel):
         grid = (int(teacher.shape[-2]), int(teacher.shape[-1]))
         b = teacher.shape[0]
         mask = obb_cell_mask(batch["bboxes"], batch["batch_idx"], b, grid)  # (B, h_t, w_t)
+        valid = batch.get("teacher_valid")  # warp mode: (B, h_t, w_t) in [0, 1]; else None
         terms = []
         for proj, f in zip(self.distill_proj, feats):
             s = align_to_grid(proj(f), grid)  # (B, C_s, h, w) -> (B, D, h, w) -> (B, D, h_t, w_t)
             terms.append(
                 masked_cosine_loss(
-                    s, teacher, mask, self.distill_object_weight, self.distill_background_weight
+                    s, teacher, mask, self.distill_object_weight, self.distill_background_weight, valid=valid
                 )
             )
         return torch.stack(terms).mean()

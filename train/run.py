@@ -21,6 +21,7 @@ from train.trainer import (
     TeacherContext,
     geometric_off,
     ultralytics_overrides,
+    warp_blends_off,
 )
 
 FIX = "run `just precompute` (dinocache precompute --config config.json) to (re)build it"
@@ -171,7 +172,13 @@ def train(cfg: TrainConfig, callbacks: dict[str, list] | None = None) -> DinoOBB
         cfg.name = run_id
     ctx = preflight(cfg)
     ov = ultralytics_overrides(cfg, save_dir, resolve_device(cfg.device))
-    if cfg.teacher_source in ("cache", "online"):
+    if cfg.teacher_source == "cache" and cfg.distill_geometric_aug == "warp":
+        was_on = warp_blends_off(ov)
+        LOGGER.info(
+            f"{colorstr('dinocache:')} distill_geometric_aug=warp: mosaic, affine and flips stay on and warp each "
+            f"cached teacher map with its image; {', '.join(was_on) or 'no blend was on'} -> 0 (cannot be followed)"
+        )
+    elif cfg.teacher_source in ("cache", "online"):
         was_on = geometric_off(ov)
         LOGGER.info(
             f"{colorstr('dinocache:')} teacher_source={cfg.teacher_source}: geometric augmentation off "

@@ -141,6 +141,8 @@ class DinoOBBTrainer(OBBTrainer):
             return super().build_dataset(img_path, mode, batch)
         gs = max(int(unwrap_model(self.model).stride.max()), 32)
         lookup = TeacherLookup(self.ctx.cache_path, self.ctx.dataset_root, self.dino.dino_distill_channels)
+        warp = self.dino.distill_geometric_aug == "warp"
+        patch = int((getattr(lookup.fc, "fingerprint", None) or {}).get("patch_size", 16)) if warp else 16
         # same arguments as ultralytics.data.build.build_yolo_dataset, with our subclass
         ds = build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, rect=False, stride=gs)
         return DistillDataset(
@@ -160,6 +162,9 @@ class DinoOBBTrainer(OBBTrainer):
             data=self.data,
             fraction=ds.fraction if hasattr(ds, "fraction") else self.args.fraction,
             teacher=lookup,
+            geometric_aug=self.dino.distill_geometric_aug,
+            patch=patch,
+            valid_threshold=self.dino.distill_valid_threshold,
         )
 
     def preprocess_batch(self, batch: dict) -> dict:
@@ -319,7 +324,22 @@ def geometric_off(ov: dict[str, Any]) -> list[str]:
     return was_on
 
 
+def warp_blends_off(ov: dict[str, Any]) -> list[str]:
+    """Warp mode: switch off what the teacher map cannot follow (blends, multi-scale); returns what was on."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    from train.warp import BLEND_AUGMENTATIONS
+
+    was_on = []
+    for k in (*BLEND_AUGMENTATIONS, "multi_scale"):
+        if float(ov.get(k, DEFAULT_CFG_DICT.get(k)) or 0.0) > 0:
+            was_on.append(k)
+        ov[k] = 0.0
+    return was_on
+
+
 __all__ = [
+    "warp_blends_off",
     "DinoOBBTrainer",
     "TeacherContext",
     "apply_curriculum",

@@ -57,6 +57,8 @@ def make_cfg(root: Path, demo_data: Path, teacher: Path, cache: Path, **kw) -> T
         "artifacts_root": str(root / "artifacts"),
         "name": "run",
         "extra": {"plots": False, "val": False},
+        # these tests check the plain cache mode; warp mode: tests/train/test_train_warp_integration.py
+        "distill_geometric_aug": "off",
     }
     values.update(kw)
     return build(TrainConfig, values)
