@@ -8,7 +8,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
-import pytest
 import torch
 
 from dinocache.config import build
@@ -113,22 +112,12 @@ def test_after_save_model_with_stand_in_trainer(tmp_path, demo_data, monkeypatch
     assert ck["optimizer"] is None and type(ck["model"]).__name__ == "OBBModel"
 
 
-@pytest.mark.slow
 def test_real_training_run_writes_everything(tmp_path, demo_data, tiny_teacher_dir, monkeypatch):
-    """A 2-epoch online-teacher run with the hook patched into DinoOBBTrainer.save_model (as H3 will wire it)."""
+    """A 2-epoch online-teacher run: the trainer's own save_model/final_eval drive grade, viz and logging."""
     from train.run import train
-    from train.trainer import DinoOBBTrainer
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    orig = DinoOBBTrainer.save_model
-
-    def save_model(self):
-        ema = self.ema.ema
-        saved = orig(self)
-        after_save_model(self, ema)
-        return saved
-
-    monkeypatch.setattr(DinoOBBTrainer, "save_model", save_model)
+    # The trainer calls after_save_model from save_model and finish_run from final_eval itself.
     cfg = build(
         TrainConfig,
         {
@@ -152,7 +141,7 @@ def test_real_training_run_writes_everything(tmp_path, demo_data, tiny_teacher_d
             "extra": {"plots": False},
         },
     )
-    trainer = train(cfg, callbacks={"on_train_end": [finish_run]})
+    trainer = train(cfg)
     run = Path(trainer.save_dir)
     _check_run_outputs(run, [1, 2], [1, 2])
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -157,7 +157,6 @@ def test_two_writer_threads(demo_data, tiny_teacher_dir, tmp_path, reference, on
     assert_same_cache(store, reference)
 
 
-@pytest.mark.slow
 def test_resume_after_sigkill(
     demo_data: Path, tiny_teacher_dir: Path, tmp_path: Path, reference: Path
 ) -> None:
@@ -183,7 +182,6 @@ def test_resume_after_sigkill(
     assert_same_cache(store, reference)
 
 
-@pytest.mark.slow
 def test_two_concurrent_shard_writers(
     demo_data: Path, tiny_teacher_dir: Path, tmp_path: Path, reference: Path
 ) -> None:
