@@ -1,7 +1,7 @@
 """Run one benchmark scenario in a fresh Python subprocess and measure its peak memory.
 
 Peak memory is `torch.cuda.max_memory_allocated` reported by the scenario itself when CUDA is there,
-else the peak RSS of the subprocess from `os.wait4` (the kernel's ru_maxrss of that child).
+else the peak RSS of the subprocess (its own VmHWM; `os.wait4`'s ru_maxrss as a fallback).
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def run_scenario(
         if code != 0 or not out.exists():
             raise RuntimeError(f"{module} {args} failed (exit {code}):\n{log.read_text()[-4000:]}")
         res: dict[str, Any] = json.loads(out.read_text())
-        res["peak_rss_mib"] = round(usage.ru_maxrss / 1024, 1)  # KiB on Linux
+        # The scenario's own VmHWM when it reports one: the kernel's ru_maxrss of a child also holds the
+        # parent's RSS at fork+exec time (the pytest process with torch loaded), which would mask it.
+        res["peak_rss_mib"] = res.get("vm_hwm_mib") or round(usage.ru_maxrss / 1024, 1)
         return res
 
 

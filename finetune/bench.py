@@ -19,11 +19,23 @@ from pathlib import Path
 from typing import Any
 
 
+def _vm_hwm_bytes() -> int:
+    """Peak RSS of this process (VmHWM). `ru_maxrss` would also hold the parent's RSS at fork+exec."""
+    import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
 def _measure(
     mode: str, teacher_dir: str, batch: int, imgsz: int, steps: int, device: str = "auto"
 ) -> dict[str, Any]:
     """One variant in this process (call it in a fresh one)."""
-    import resource
 
     import torch
 
@@ -49,7 +61,7 @@ def _measure(
         torch.cuda.reset_peak_memory_stats(dev)
         base_mem = torch.cuda.memory_allocated(dev)
     else:
-        base_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        base_mem = _vm_hwm_bytes()  # Linux: KiB
 
     def step() -> None:
         with mgr.autocast():
@@ -69,7 +81,7 @@ def _measure(
     if cuda:
         peak = torch.cuda.max_memory_allocated(dev) - base_mem
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_mem
+        peak = _vm_hwm_bytes() - base_mem
     counts = model.param_counts()
     return {
         "mode": mode,

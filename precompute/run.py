@@ -442,6 +442,7 @@ class Precompute:
 
             raise CacheError(f"writing to {cfg.cache} failed: {failure[0]}") from failure[0]
         dt = time.perf_counter() - t0
+        self.compute_seconds = dt  # decode -> teacher -> PCA -> fp16 -> written; read by the benchmarks
         self.log(
             f"computed {len(rows)} images in {len(todo)} shard(s) in {dt:.1f}s ({len(rows) / max(dt, 1e-9):.1f} img/s)"
         )
