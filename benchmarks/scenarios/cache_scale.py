@@ -44,6 +44,9 @@ def main() -> None:
     ap.add_argument("--reads", type=int, default=2000)
     ap.add_argument("--codec", default="zstd")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--no-memmap", action="store_true", help="write: skip the memmap copy (memory scaling runs)"
+    )
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
     res: dict = {"what": a.what, "n": a.n, "k": a.k, "grid": a.grid}
@@ -82,7 +85,10 @@ def main() -> None:
             "bytes_per_image_disk": round(fc.disk_bytes() / a.n, 1),
             "shard_size": spec.shard_size,
         }
-        # a raw memmap of the same rows for the `memmap` ceiling
+        if a.no_memmap:
+            write(a.out, res)
+            return
+        # a raw memmap of the same rows for the `memmap` ceiling (its mapped pages would count as RSS)
         mm = np.lib.format.open_memmap(a.path + ".npy", mode="w+", dtype=np.float16, shape=(a.n, a.k, g, g))
         for s in range(spec.n_shards):
             r = spec.shard_rows(s)
