@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from dinocache.config import ConfigError, build, require, save
+from dinocache.fsutil import publish_dir
 
 # Class names, index = class id. Colour is drawn independently of the class, so only shape tells them apart.
 CLASSES = ("rectangle", "ellipse", "cross", "triangle", "L-shape")
@@ -235,17 +236,6 @@ def _data_yaml() -> str:
     )
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Swap a finished temp folder into place so `out` is never half-written."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{tmp.name}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_dataset(cfg: DemoDataConfig) -> Path:
     import cv2
 
@@ -273,7 +263,7 @@ def write_dataset(cfg: DemoDataConfig) -> Path:
                 (tmp / "labels" / split / f"{name}.txt").write_text(_label_text(labels, cfg.imgsz))
         (tmp / "data.yaml").write_text(_data_yaml())
         save(cfg, tmp / "demo_data_args.yaml")
-        _publish(tmp, out)
+        publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

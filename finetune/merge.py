@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dinocache.config import ConfigError, build, require
+from dinocache.fsutil import publish_dir
 from finetune import FinetuneError
 
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -137,13 +138,7 @@ def merge_adapter(
             "dtype": str(torch.float32),
         }
         (tmp / "merge_info.json").write_text(json.dumps(info, indent=2, default=str))
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{tmp.name}")
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

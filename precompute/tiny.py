@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dinocache.config import ConfigError, build, require
+from dinocache.fsutil import publish_dir
 
 # Shapes of the released DINOv3 ViT-S/B/L 16 (LVD-1689M) plus a tiny one that runs in milliseconds on CPU.
 SIZES: dict[str, dict[str, int | float]] = {
@@ -72,17 +73,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise ConfigError(f"out: {out} exists and is not empty (pass --overwrite to replace it)")
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Move a finished temp folder to `out` so a crash never leaves a half-written `out`."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{tmp.name}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def make_tiny_teacher(out: str | Path, seed: int = 0, size: str = "tiny", overwrite: bool = False) -> Path:
     """Build a random DINOv3ViTModel of `size`, save it with save_pretrained into `out`, return `out`."""
     import torch
@@ -111,7 +101,7 @@ def make_tiny_teacher(out: str | Path, seed: int = 0, size: str = "tiny", overwr
             "Its features are meaningless; it exists to exercise the pipeline. Replace this folder with a\n"
             "real DINOv3 checkpoint (e.g. facebook/dinov3-vitl16-pretrain-lvd1689m) for real distillation.\n"
         )
-        _publish(tmp, out)
+        publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
