@@ -141,10 +141,7 @@ def test_precompute_throughput(bench_env: dict, results) -> None:
     section = "Precompute throughput"
     results.note(
         section,
-        "`forward` times only the teacher on decoded in-memory batches; `precompute` is the whole command "
-        "(listing + sha256, decode, teacher, PCA projection, fp16, background Zarr writes), PCA fitted on 8 "
-        "images so the one-off fit does not dominate 64 images. `shards=2` runs two `--shard i/2` processes "
-        "at once (1 torch thread each) against one process with 2 threads.",
+        "`forward` times only the teacher on decoded in-memory batches; `precompute K=...` is the steady-state compute loop of the real command (decode + sha256, teacher, PCA projection, fp16, background Zarr writes until the last shard is on disk), without its one-off start-up (imports, listing, teacher load, PCA fit on 8 images); `end to end` rows time whole `dinocache precompute` processes, start-up included: one writer with 2 torch threads against two `--shard i/2` writers with 1 thread each.",
     )
     for size in ("tiny", "vits"):
         common = [
