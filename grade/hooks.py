@@ -159,6 +159,23 @@ class GeoEval:
         out_dir = feature_viz_dir(self.run_dir, epoch)
         param = next(ema_model.parameters())
         written: list[Path] = []
+
+        def student_of(img: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+            feats: dict[str, torch.Tensor] = {}
+            handle = ema_model.model[layers[0]].register_forward_hook(
+                lambda m, a, o, feats=feats: feats.__setitem__("f", o)
+            )
+            was_training = ema_model.training
+            try:
+                ema_model.eval()
+                with torch.no_grad():
+                    ema_model.predict(img.to(param.device, param.dtype))
+                    # (1, C_s, h, w) -> (1, D, h_t, w_t)
+                    return align_to_grid(projs[0](feats["f"]), grid).float()
+            finally:
+                handle.remove()
+                ema_model.train(was_training)
+
         for s in self.viz_samples():
             bgr = cv2.imread(str(s.image), cv2.IMREAD_COLOR)
             bgr = cv2.resize(bgr, (self.imgsz, self.imgsz), interpolation=cv2.INTER_LINEAR)
@@ -175,21 +192,7 @@ class GeoEval:
             else:
                 teacher = trainer.online_teacher_features(img)  # (1, D, h, w)
             grid = (int(teacher.shape[-2]), int(teacher.shape[-1]))
-            feats: dict[str, torch.Tensor] = {}
-            handle = ema_model.model[layers[0]].register_forward_hook(
-                lambda m, a, o, feats=feats: feats.__setitem__("f", o)
-            )
-            was_training = ema_model.training
-            try:
-                ema_model.eval()
-                with torch.no_grad():
-                    ema_model.predict(img.to(param.dtype))
-                    student = align_to_grid(
-                        projs[0](feats["f"]), grid
-                    ).float()  # (1, C_s, h, w) -> (1, D, h_t, w_t)
-            finally:
-                handle.remove()
-                ema_model.train(was_training)
+            student = student_of(img, grid)  # (1, D, h_t, w_t)
             h, w = s.shape
             if len(s.gt):
                 from ultralytics.utils.ops import xyxyxyxy2xywhr
@@ -204,6 +207,18 @@ class GeoEval:
                 out_dir, s.stem, img[0].cpu(), teacher[0].cpu(), student[0].cpu(), mask.cpu()
             )
             written += [out_dir / files[k] for k in ("teacher", "student", "diff")]
+        # Warp mode: the first training samples of this epoch as the student saw them (mosaic/affine
+        # applied) with their warped cached teacher maps; the mask picture shows the validity mask.
+        aug = getattr(trainer, "aug_viz", None)
+        if aug is not None and aug["teacher"].shape[1] == d:
+            for i in range(aug["img"].shape[0]):
+                img = aug["img"][i : i + 1]
+                teacher = aug["teacher"][i : i + 1]
+                student = student_of(img, (int(teacher.shape[-2]), int(teacher.shape[-1])))
+                files = save_feature_viz(
+                    out_dir, f"augmented_{i}", img[0], teacher[0], student[0].cpu(), aug["valid"][i]
+                )
+                written += [out_dir / files[k] for k in ("teacher", "student", "diff")]
         return written
 
 

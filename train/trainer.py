@@ -29,6 +29,7 @@ from train.dataset import TEACHER_KEY, DistillDataset, TeacherLookup
 from train.export import export_clean
 from train.losses import distill_weight, normalise_teacher, stage_of
 from train.model import DistillOBBModel
+from train.warp import VALID_KEY
 
 RESUME_FILE = "resume.pt"
 DINO_ARGS_FILE = "dinocache_args.yaml"
@@ -102,6 +103,10 @@ class DinoOBBTrainer(OBBTrainer):
         self.stage_frozen = False
         self.last_logged_weight: float | None = None
         self._teacher: Any = None  # online teacher: held here, never a submodule of the student
+        # first samples of each epoch as the student saw them (augmented image, warped teacher map,
+        # validity), CPU copies for the DINO viz: shows that warped maps line up with augmented images
+        self.aug_viz: dict[str, Any] | None = None
+        self._aug_viz_epoch = -1
         super().__init__(cfg, overrides, _callbacks)
         self.stage_frozen = bool(self.args.freeze)
         self.add_callback("on_train_epoch_start", apply_curriculum)
@@ -176,6 +181,14 @@ class DinoOBBTrainer(OBBTrainer):
             batch[TEACHER_KEY] = normalise_teacher(
                 batch[TEACHER_KEY], ctx.channel_mean, ctx.channel_std, self.dino.dino_distill_channels
             )
+            if VALID_KEY in batch and self._aug_viz_epoch != self.epoch:
+                self._aug_viz_epoch = self.epoch
+                n = min(2, batch["img"].shape[0])
+                self.aug_viz = {
+                    "img": batch["img"][:n].detach().float().cpu(),  # (n, 3, H, W) in [0, 1]
+                    "teacher": batch[TEACHER_KEY][:n].detach().float().cpu(),  # (n, D, h, w)
+                    "valid": batch[VALID_KEY][:n].detach().float().cpu(),  # (n, h, w)
+                }
         elif self.dino.teacher_source == "online" and getattr(model, "distill_weight", 0) > 0:
             batch[TEACHER_KEY] = self.online_teacher_features(batch["img"])
         return batch

@@ -17,6 +17,7 @@ import sysconfig
 import textwrap
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -367,3 +368,27 @@ def test_refuses_existing_run_folder(cfg_file, capsys) -> None:
     (d / "results.csv").write_text("epoch\n")
     rc, err = _cli([], cfg_file, capsys)
     assert rc == 2 and "already holds a run" in err
+
+
+def test_warp_run_draws_augmented_samples(tmp_path, demo_data, tiny_teacher_dir, feature_cache) -> None:
+    """Warp mode (mosaic on): dino_viz/ also shows the first training samples as the student saw them,
+    with their warped cached teacher maps and validity masks."""
+    from train.run import train
+
+    cfg = make_cfg(
+        tmp_path,
+        demo_data,
+        tiny_teacher_dir,
+        feature_cache,
+        epochs=1,
+        distill_geometric_aug="warp",
+        dino_viz_every_n_epochs=1,
+        eval_enabled=False,
+        wandb_enabled=False,
+        extra={"plots": False, "val": False, "close_mosaic": 0, "mosaic": 1.0},
+    )
+    trainer = train(cfg)
+    viz = Path(trainer.save_dir) / "dino_viz" / "epoch_001"
+    for kind in ("teacher", "student", "mask", "diff"):
+        img = cv2.imread(str(viz / f"augmented_0_{kind}.png"))
+        assert img is not None and img.shape[0] > 0, kind
