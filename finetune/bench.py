@@ -20,16 +20,13 @@ from typing import Any
 
 
 def _vm_hwm_bytes() -> int:
-    """Peak RSS of this process (VmHWM). `ru_maxrss` would also hold the parent's RSS at fork+exec."""
+    """Peak RSS of this process in bytes (VmHWM; ru_maxrss where /proc is missing)."""
     import resource
 
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    from dinocache.memory import proc_status_kib
+
+    kib = proc_status_kib("VmHWM")
+    return (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def _measure(
@@ -61,7 +58,7 @@ def _measure(
         torch.cuda.reset_peak_memory_stats(dev)
         base_mem = torch.cuda.memory_allocated(dev)
     else:
-        base_mem = _vm_hwm_bytes()  # Linux: KiB
+        base_mem = _vm_hwm_bytes()
 
     def step() -> None:
         with mgr.autocast():

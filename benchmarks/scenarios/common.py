@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dinocache.memory import peak_rss_mib
+
 
 def parser(doc: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=doc)
@@ -22,19 +24,7 @@ def cuda_peak_mib() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
-def vm_hwm_mib() -> float | None:
-    """This process's own peak RSS (VmHWM). Unlike a parent's ru_maxrss it does not inherit the
-    parent's high-water mark across fork+exec."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
-
-
 def write(out: str | Path, res: dict[str, Any]) -> None:
     res.setdefault("cuda_max_allocated_mib", cuda_peak_mib())
-    res.setdefault("vm_hwm_mib", vm_hwm_mib())
+    res.setdefault("vm_hwm_mib", peak_rss_mib())
     Path(out).write_text(json.dumps(res, indent=1, default=str))

@@ -25,8 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.scenarios import EpochClock, rss_mib
+from benchmarks.scenarios import EpochClock
 from benchmarks.scenarios.common import cuda_peak_mib, write
+from dinocache.memory import rss_mib
 
 MISSING_EXIT = 3  # the peer is not installed: the test turns this into a skip, not a failure
 

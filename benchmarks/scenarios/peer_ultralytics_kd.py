@@ -20,8 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.scenarios import EpochClock, rss_mib
+from benchmarks.scenarios import EpochClock
 from benchmarks.scenarios.common import cuda_peak_mib, write
+from dinocache.memory import rss_mib
 
 
 def build_teacher(spec: str, workdir: Path) -> str:
