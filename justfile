@@ -65,7 +65,8 @@ fmt:
     ruff format .
     ruff check --fix .
 
-# lint
+# lint and the import floors (layer contract in pyproject.toml, checked by import-linter)
 check:
     ruff check .
     ruff format --check .
+    python .ci/layers.py

@@ -23,9 +23,9 @@ TEACHERS = ("tiny", "vits", "vitl")
 @pytest.fixture(scope="session")
 def bench_env(tmp_path_factory: pytest.TempPathFactory, quick: bool) -> dict:
     """Demo data (64 train images at 256 px; 16 with --bench-quick), random teachers, one cache per teacher."""
-    from dinocache.demo_data import make_demo_dataset
-    from precompute.run import main as precompute_main
-    from precompute.tiny import make_tiny_teacher
+    from dinocache.datatools.demo_data import make_demo_dataset
+    from dinocache.precompute.run import main as precompute_main
+    from dinocache.teacher.tiny import make_tiny_teacher
 
     base = tmp_path_factory.mktemp("bench")
     n = 16 if quick else 64
@@ -276,12 +276,12 @@ def test_cache_read_storage_and_scaling(bench_env: dict, results, quick: bool, t
         "bytes; `disk` = bytes on disk / N, including shard indexes and metadata. Random teachers give "
         "noisier maps than trained ones, so real compression may be somewhat better.",
     )
-    from precompute.run import main as precompute_main
+    from dinocache.precompute.run import main as precompute_main
 
     for imgsz in (256, 512):
         data = bench_env["data"]
         if imgsz == 512:
-            from dinocache.demo_data import make_demo_dataset
+            from dinocache.datatools.demo_data import make_demo_dataset
 
             data = str(
                 make_demo_dataset(tmp_path / "d512", n_train=16, n_val=2, imgsz=512, seed=1) / "data.yaml"
@@ -301,7 +301,7 @@ def test_cache_read_storage_and_scaling(bench_env: dict, results, quick: bool, t
                 )
                 == 0
             )
-            import cache
+            from dinocache import cache
 
             fc = cache.open(str(c))
             raw = fc.k * fc.grid[0] * fc.grid[1] * 2
@@ -378,7 +378,7 @@ def _parallel_reads(path: str, n: int, k: int) -> float:
 
 def test_lora_vs_full_finetune(bench_env: dict, results, quick: bool) -> None:
     """Issue 6: peak memory and step time of LoRA vs full fine-tuning of the same ViT on the same batch."""
-    from finetune.bench import lora_vs_full
+    from dinocache.finetune.bench import lora_vs_full
 
     section = "Teacher fine-tuning: LoRA vs full"
     size = "vits"

@@ -60,7 +60,7 @@ def size(quick: bool) -> dict:
 @pytest.fixture(scope="module")
 def peer_data(tmp_path_factory: pytest.TempPathFactory, size: dict) -> Path:
     """Absolute data.yaml of the demo dataset every tool trains on."""
-    from dinocache.demo_data import make_demo_dataset
+    from dinocache.datatools.demo_data import make_demo_dataset
 
     root = make_demo_dataset(
         tmp_path_factory.mktemp("peers") / "data",
@@ -158,7 +158,7 @@ def test_lightly_train(peer_data: Path, size: dict, tmp_path: Path) -> None:
 def _dinocache_missing() -> str | None:
     if not (ROOT / "benchmarks" / "scenarios" / "train_epoch.py").exists():
         return "benchmarks/scenarios/train_epoch.py does not exist yet (dinocache trainer scenario)"
-    for mod in ("train.run", "precompute.run", "precompute.tiny"):
+    for mod in ("dinocache.train.run", "dinocache.precompute.run", "dinocache.teacher.tiny"):
         if importlib.util.find_spec(mod) is None:
             return f"{mod} is not importable yet"
     return None

@@ -1,15 +1,15 @@
 """The Zarr v3 feature cache: format spec (`cache.format`), reader (`cache.open`), writer, CLI.
 
-    import cache
+    from dinocache import cache
     fc = cache.open("artifacts/cache/features.zarr")
     x = fc.read([fc.row_of("images/train/a.png")], channels=32)   # float16 (1, 32, h, w)
 
 This package is the only one that imports zarr.
 """
 
-from cache.errors import CacheError, CacheFormatError, CacheMismatch
-from cache.format import FORMAT_NAME, FORMAT_VERSION
-from cache.store import CacheWriter, FeatureCache, check_fingerprint, open  # noqa: A004
+from dinocache.cache.errors import CacheError, CacheFormatError, CacheMismatch
+from dinocache.cache.format import FORMAT_NAME, FORMAT_VERSION
+from dinocache.cache.store import CacheWriter, FeatureCache, check_fingerprint, open  # noqa: A004
 
 __all__ = [
     "FORMAT_NAME",

@@ -17,9 +17,8 @@ import sys
 from typing import Any
 
 import numpy as np
-
-from cache.errors import CacheError
-from cache.store import FeatureCache
+from dinocache.cache.errors import CacheError
+from dinocache.cache.store import FeatureCache
 
 EXAMPLES = 5
 
@@ -116,7 +115,7 @@ def verify(
     device: str = "cpu",
 ) -> tuple[bool, list[str]]:
     """(ok, report lines). Checks rows, hashes, finiteness and (with dino_root) the teacher fingerprint."""
-    from dinocache.data import file_sha256, image_key, list_split_images
+    from dinocache.core.data import file_sha256, image_key, list_split_images
 
     problems: dict[str, list[str]] = {}
     lines: list[str] = []
@@ -125,9 +124,9 @@ def verify(
         problems.setdefault(kind, []).append(what)
 
     if dino_root is not None:
-        from cache.errors import CacheMismatch
-        from cache.store import check_fingerprint
-        from precompute.teacher import load_teacher
+        from dinocache.cache.errors import CacheMismatch
+        from dinocache.cache.store import check_fingerprint
+        from dinocache.teacher.model import load_teacher
 
         teacher = load_teacher(
             dino_root, layer=fc.fingerprint.get("layer", -1) if layer is None else layer, device=device
@@ -207,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--storage-options", default=None, help="fsspec storage options as JSON")
     args = ap.parse_args(argv)
 
-    from dinocache.config import ConfigError
-    from dinocache.data import DataError
-    from precompute.teacher import TeacherNotFound
+    from dinocache.teacher.model import TeacherNotFound
+
+    from dinocache.core.config import ConfigError
+    from dinocache.core.data import DataError
 
     try:
         so = json.loads(args.storage_options) if args.storage_options else None
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _exists(path: str, so: dict[str, Any] | None) -> bool:
-    from cache.store import exists
+    from dinocache.cache.store import exists
 
     return exists(path, so)
 

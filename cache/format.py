@@ -44,7 +44,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cache.errors import CacheFormatError, CacheMismatch
+from dinocache.cache.errors import CacheFormatError, CacheMismatch
 
 FORMAT_NAME = "dinocache.features"
 FORMAT_VERSION = 1

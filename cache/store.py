@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from cache import format as F
-from cache.errors import CacheError, CacheFormatError, CacheMismatch
+from dinocache.cache import format as F
+from dinocache.cache.errors import CacheError, CacheFormatError, CacheMismatch
 
 # ------------------------------------------------------------------------------------------ locations
 
@@ -277,7 +276,7 @@ class FeatureCache(_Store):
         """precompute.pca.PCABasis, or None for a raw-channel (channels=full) cache."""
         if not self.spec.pca:
             return None
-        from precompute.pca import PCABasis
+        from dinocache.cache.pca import PCABasis
 
         return PCABasis(
             self._stat(F.PCA_MEAN), self._stat(F.PCA_COMPONENTS), self._stat(F.PCA_EXPLAINED_VARIANCE)
@@ -427,7 +426,7 @@ class CacheWriter(_Store):
         """The stored PCA basis (float32) or None; writers project with exactly these numbers."""
         if not self.spec.pca:
             return None
-        from precompute.pca import PCABasis
+        from dinocache.cache.pca import PCABasis
 
         return PCABasis(
             *(

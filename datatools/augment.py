@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 import yaml
 
-from dinocache.config import ConfigError, load, require, save, to_dict
-from dinocache.data import DataError
+from dinocache.core.config import ConfigError, load, require, save, to_dict
+from dinocache.core.data import DataError
 
 from . import geometry, registry
 from .convert import dest_name

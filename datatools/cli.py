@@ -16,8 +16,8 @@ import argparse
 import json
 import sys
 
-from dinocache.config import ConfigError
-from dinocache.data import DataError
+from dinocache.core.config import ConfigError
+from dinocache.core.data import DataError
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dinocache.data import DataError
+from dinocache.core.data import DataError
 
 from .formats import Collection, Item, load_any, staged_dir, write_data_yaml, write_dota, write_yolo_labels
 from .geometry import clip_polygons, min_area_box

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import yaml
 
-from dinocache.data import IMG_EXTS, DataError
+from dinocache.core.data import IMG_EXTS, DataError
 
 from .geometry import min_area_box, polygon_area
 

@@ -29,7 +29,7 @@ import importlib
 import logging
 from dataclasses import dataclass, field
 
-from dinocache.config import ConfigError
+from dinocache.core.config import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dinocache.data import DataError
+from dinocache.core.data import DataError
 
 from .convert import write_yolo
 from .formats import Collection, load_yolo, staged_dir

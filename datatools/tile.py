@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dinocache.data import DataError
+from dinocache.core.data import DataError
 
 from .convert import dest_name
 from .formats import format_yolo_line, load_yolo, staged_dir, write_data_yaml

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dinocache.data import DataError, file_sha256
+from dinocache.core.data import DataError, file_sha256
 
 from .convert import write_yolo
 from .formats import Collection, _rel, load_any, staged_dir

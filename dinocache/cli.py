@@ -18,17 +18,17 @@ import sys
 # subcommand -> (module, help line). Modules expose `main(argv: list[str] | None) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("dinocache.demo", "run the whole pipeline on generated data and a tiny teacher"),
-    "demo-data": ("dinocache.demo_data", "write a synthetic YOLO-OBB dataset"),
-    "make-tiny-teacher": ("precompute.tiny", "save a tiny random DINOv3 with save_pretrained"),
-    "precompute": ("precompute.run", "run the teacher once per image into the Zarr cache"),
-    "cache": ("cache.cli", "inspect or verify a feature cache (info, verify)"),
-    "train": ("train.cli", "train the OBB student with cached/online/no distillation"),
-    "grade": ("grade.cli", "geometric grade of a checkpoint on a val split"),
-    "finetune-teacher": ("finetune.train", "LoRA fine-tune the DINOv3 teacher"),
-    "merge-teacher": ("finetune.merge", "merge LoRA adapters into a plain DINOv3 folder"),
-    "dataset": ("datatools.cli", "inspect, validate, convert, tile, split datasets"),
-    "augment": ("datatools.augment", "offline characteristic-based augmentation"),
-    "warp-check": ("train.warp_check", "teacher equivariance gap per augmentation"),
+    "demo-data": ("dinocache.datatools.demo_data", "write a synthetic YOLO-OBB dataset"),
+    "make-tiny-teacher": ("dinocache.teacher.tiny", "save a tiny random DINOv3 with save_pretrained"),
+    "precompute": ("dinocache.precompute.run", "run the teacher once per image into the Zarr cache"),
+    "cache": ("dinocache.cache.cli", "inspect or verify a feature cache (info, verify)"),
+    "train": ("dinocache.train.cli", "train the OBB student with cached/online/no distillation"),
+    "grade": ("dinocache.grade.cli", "geometric grade of a checkpoint on a val split"),
+    "finetune-teacher": ("dinocache.finetune.train", "LoRA fine-tune the DINOv3 teacher"),
+    "merge-teacher": ("dinocache.finetune.merge", "merge LoRA adapters into a plain DINOv3 folder"),
+    "dataset": ("dinocache.datatools.cli", "inspect, validate, convert, tile, split datasets"),
+    "augment": ("dinocache.datatools.augment", "offline characteristic-based augmentation"),
+    "warp-check": ("dinocache.train.warp_check", "teacher equivariance gap per augmentation"),
 }
 
 

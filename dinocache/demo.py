@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from dinocache.config import ConfigError, read_section
+from dinocache.core.config import ConfigError, read_section
 
 
 def _step(title: str, fn, argv: list[str]) -> None:
@@ -36,12 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="train.key=value or precompute.key=value")
     args = ap.parse_args(argv)
 
-    from cache.cli import main as cache_main
-    from datatools.augment import main as augment_main
-    from dinocache.demo_data import main as demo_data_main
-    from precompute.run import main as precompute_main
-    from precompute.tiny import main as tiny_main
-    from train.cli import main as train_main
+    from dinocache.cache.cli import main as cache_main
+    from dinocache.datatools.augment import main as augment_main
+    from dinocache.datatools.demo_data import main as demo_data_main
+    from dinocache.precompute.run import main as precompute_main
+    from dinocache.teacher.tiny import main as tiny_main
+    from dinocache.train.cli import main as train_main
 
     try:
         aug = read_section(args.config, "augment")

@@ -23,7 +23,7 @@ def _vm_hwm_bytes() -> int:
     """Peak RSS of this process in bytes (VmHWM; ru_maxrss where /proc is missing)."""
     import resource
 
-    from dinocache.memory import proc_status_kib
+    from dinocache.core.memory import proc_status_kib
 
     kib = proc_status_kib("VmHWM")
     return (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
@@ -35,11 +35,10 @@ def _measure(
     """One variant in this process (call it in a fresh one)."""
 
     import torch
-
-    from finetune.manager import TrainingManager, seed_everything
-    from finetune.model import DenseLoRA
-    from finetune.objectives import Objective, dense_loss
-    from precompute.teacher import DinoV3Teacher, select_device
+    from dinocache.finetune.manager import TrainingManager, seed_everything
+    from dinocache.finetune.model import DenseLoRA
+    from dinocache.finetune.objectives import Objective, dense_loss
+    from dinocache.teacher.model import DinoV3Teacher, select_device
 
     seed_everything(0)
     dev = select_device(device)
@@ -95,7 +94,7 @@ def _run_fresh(
     mode: str, teacher_dir: str, batch: int, imgsz: int, steps: int, device: str
 ) -> dict[str, Any]:
     code = (
-        "import json, sys; from finetune.bench import _measure; "
+        "import json, sys; from dinocache.finetune.bench import _measure; "
         f"print('RESULT ' + json.dumps(_measure({mode!r}, {teacher_dir!r}, {batch}, {imgsz}, {steps}, {device!r})))"
     )
     env = dict(os.environ)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
+from dinocache.finetune.objectives import BOX_KINDS, ImageRecord, Instance, Objective
 from torch.utils.data import Dataset
 
-from dinocache.data import DataError
-from finetune.objectives import BOX_KINDS, ImageRecord, Instance, Objective
+from dinocache.core.data import DataError
 
 PAD_VALUE = 114
 _SHIFT = 4  # cv2.fillPoly fixed-point bits: sub-pixel polygon edges

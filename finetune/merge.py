@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dinocache.config import ConfigError, build, require
-from dinocache.fsutil import publish_dir
-from finetune import FinetuneError
+from dinocache.finetune import FinetuneError
+
+from dinocache.core.config import ConfigError, build, require
+from dinocache.core.fsutil import publish_dir
 
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -76,10 +77,9 @@ def merge_adapter(
 ) -> Path:
     """Base + adapter -> merged plain DINOv3 folder at `out`; returns `out`."""
     import torch
+    from dinocache.finetune.model import base_identity, resolve_base
+    from dinocache.teacher.model import DinoV3Teacher
     from peft import PeftModel
-
-    from finetune.model import base_identity, resolve_base
-    from precompute.teacher import DinoV3Teacher
 
     adapter, out = Path(adapter), Path(out)
     acfg, meta = _read_adapter(adapter)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", default="", help="base folder / hub id (default: from adapter_config.json)")
     ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     args = ap.parse_args(argv)
-    from precompute.teacher import TeacherNotFound
+    from dinocache.teacher.model import TeacherNotFound
 
     try:
         cfg = build(MergeConfig, vars(args), "command line")

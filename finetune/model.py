@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from dinocache.finetune import FinetuneError
+from dinocache.finetune.objectives import Objective
 from torch import nn
-
-from finetune import FinetuneError
-from finetune.objectives import Objective
 
 # DINOv3ViTAttention's projections in transformers 5.x (model.layer.N.attention.{q,k,v,o}_proj).
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -28,7 +27,7 @@ def base_identity(model: nn.Module, source: str) -> dict[str, Any]:
     """What identifies the base an adapter belongs to: its config (minus volatile keys) and weights hash."""
     import hashlib
 
-    from precompute.teacher import VOLATILE_CONFIG_KEYS, weights_sha256
+    from dinocache.teacher.model import VOLATILE_CONFIG_KEYS, weights_sha256
 
     cfg = {k: v for k, v in model.config.to_dict().items() if k not in VOLATILE_CONFIG_KEYS}
     cfg_sha = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dinocache.data import DataError
+from dinocache.core.data import DataError
 
 # Instance kinds; the first two supervise the box term, the last two the mask term.
 BOX_KINDS = ("oriented box", "axis box")
@@ -198,7 +198,7 @@ def read_yolo_split(
     data_yaml: str | Path, split: str, summary: AnnotationSummary | None = None
 ) -> tuple[list[ImageRecord], AnnotationSummary]:
     """Images of a split of a YOLO data.yaml (Ultralytics' listing) with their parsed label files."""
-    from dinocache.data import list_split_images, load_data_yaml
+    from dinocache.core.data import list_split_images, load_data_yaml
 
     info = load_data_yaml(data_yaml)
     names = info["names"]

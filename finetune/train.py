@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from dinocache.finetune import FinetuneError
 
-from dinocache.config import ConfigError, load, require, save, to_dict
-from dinocache.data import DataError
-from finetune import FinetuneError
+from dinocache.core.config import ConfigError, load, require, save, to_dict
+from dinocache.core.data import DataError
 
 SECTION = "finetune_teacher"
 # Keys that change what the saved adapter means; resuming with a different value is refused.
@@ -151,7 +151,7 @@ class FinetuneConfig:
 
 def read_data(cfg: FinetuneConfig) -> tuple[list, list, Any]:
     """(train records, val records, train AnnotationSummary) from the configured source."""
-    from finetune.objectives import read_coco, read_yolo_split
+    from dinocache.finetune.objectives import read_coco, read_yolo_split
 
     if cfg.data:
         train, summary = read_yolo_split(cfg.data, "train")
@@ -167,8 +167,9 @@ def read_data(cfg: FinetuneConfig) -> tuple[list, list, Any]:
 
 def data_sha256(records: list, sources: list[str]) -> str:
     """Hash of the annotation files and the image list (names and sizes, not pixels: cheap on big sets)."""
-    from dinocache.data import file_sha256
-    from finetune.objectives import _label_path
+    from dinocache.finetune.objectives import _label_path
+
+    from dinocache.core.data import file_sha256
 
     h = hashlib.sha256()
     for s in sources:
@@ -231,14 +232,13 @@ def _check_out_dir(cfg: FinetuneConfig) -> Path:
 def run(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune; returns the final metadata dict. Raises our error types on bad input."""
     import torch
+    from dinocache.finetune.checkpoints import CheckpointManager
+    from dinocache.finetune.dataset import DenseTargetDataset
+    from dinocache.finetune.manager import NonFiniteLoss, TrainingManager, seed_everything
+    from dinocache.finetune.model import DenseLoRA, base_identity, resolve_base
+    from dinocache.finetune.objectives import choose_objective
+    from dinocache.teacher.model import DinoV3Teacher, select_device
     from torch.utils.data import DataLoader
-
-    from finetune.checkpoints import CheckpointManager
-    from finetune.dataset import DenseTargetDataset
-    from finetune.manager import NonFiniteLoss, TrainingManager, seed_everything
-    from finetune.model import DenseLoRA, base_identity, resolve_base
-    from finetune.objectives import choose_objective
-    from precompute.teacher import DinoV3Teacher, select_device
 
     # --- data decides the objective (before any output is written)
     train_recs, val_recs, summary = read_data(cfg)
@@ -465,8 +465,7 @@ def train_one_epoch(model, loader, manager, objective, cfg: FinetuneConfig, writ
 
 def evaluate(model, loader, manager, objective, cfg: FinetuneConfig) -> dict[str, float]:
     import torch
-
-    from finetune.objectives import IoUMeter
+    from dinocache.finetune.objectives import IoUMeter
 
     model.eval()
     meter = IoUMeter(objective)
@@ -497,7 +496,7 @@ def evaluate(model, loader, manager, objective, cfg: FinetuneConfig) -> dict[str
 
 def dense_loss(*args, **kwargs):
     # Indirection so tests can inject a non-finite loss (monkeypatch finetune.train.dense_loss).
-    from finetune.objectives import dense_loss as _dense_loss
+    from dinocache.finetune.objectives import dense_loss as _dense_loss
 
     return _dense_loss(*args, **kwargs)
 
@@ -508,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=None, help="config.json (section 'finetune_teacher')")
     ap.add_argument("overrides", nargs="*", help="key=value overrides")
     args = ap.parse_args(argv)
-    from precompute.teacher import TeacherNotFound
+    from dinocache.teacher.model import TeacherNotFound
 
     try:
         cfg = load(FinetuneConfig, args.config, SECTION, args.overrides)

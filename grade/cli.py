@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dinocache.config import ConfigError, build, require
-from dinocache.data import DataError
+from dinocache.core.config import ConfigError, build, require
+from dinocache.core.data import DataError
 
 DEFAULT_IMGSZ = 640
 
@@ -81,8 +81,8 @@ def checkpoint_imgsz(weights: str | Path) -> int | None:
 
 def run_grade(cfg: GradeConfig) -> dict[str, Any]:
     """Grade `cfg.weights`; returns the metrics dict printed by the CLI."""
-    from grade.evaluate import evaluate, load_split
-    from grade.overlays import write_overlays
+    from dinocache.grade.evaluate import evaluate, load_split
+    from dinocache.grade.overlays import write_overlays
 
     w = Path(cfg.weights).expanduser()
     if not w.is_file():

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from dinocache.grade.metrics import Boxes, ImageResult, grade
 
-from dinocache.data import DataError, list_split_images
-from grade.metrics import Boxes, ImageResult, grade
+from dinocache.core.data import DataError, list_split_images
 
 # Columns of eval/grades.csv, in order (epoch is 1-based like results.csv).
 GRADE_COLUMNS = ["epoch", "precision", "recall", "f1", "mean_iou", "centre_err", "angle_err", "grade"]

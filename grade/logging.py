@@ -67,7 +67,7 @@ def _config_dict(cfg: Any) -> dict[str, Any]:
     if cfg is None:
         return {}
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        from dinocache.config import to_dict
+        from dinocache.core.config import to_dict
 
         return to_dict(cfg)
     if isinstance(cfg, Mapping):

@@ -21,8 +21,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-
-from grade.metrics import Boxes, ImageResult
+from dinocache.grade.metrics import Boxes, ImageResult
 
 GREEN = (0, 200, 0)  # BGR
 RED = (0, 0, 255)

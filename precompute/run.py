@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dinocache.config import ConfigError, load, require, to_dict
+from dinocache.core.config import ConfigError, load, require, to_dict
 
 
 @dataclass
@@ -177,11 +177,11 @@ class Precompute:
         print(f"precompute: {tag}{msg}", file=sys.stderr, flush=True)
 
     def run(self) -> int:
+        import dinocache.cache.format as F
         import torch
+        from dinocache.teacher.model import load_teacher, select_device
 
-        import cache.format as F
-        from dinocache.data import DataError, image_key, list_split_images
-        from precompute.teacher import load_teacher, select_device
+        from dinocache.core.data import DataError, image_key, list_split_images
 
         cfg = self.cfg
         root, files = list_split_images(cfg.data, cfg.split)
@@ -228,9 +228,9 @@ class Precompute:
 
     # -- store
     def open_store(self, spec: Any, keys: list[str], teacher: Any) -> Any:
-        import cache.format as F
-        from cache.errors import CacheError
-        from cache.store import CacheWriter, delete, exists, read_attrs
+        import dinocache.cache.format as F
+        from dinocache.cache.errors import CacheError
+        from dinocache.cache.store import CacheWriter, delete, exists, read_attrs
 
         cfg, so = self.cfg, self.cfg.storage_options
         if self.rank > 0:
@@ -266,9 +266,9 @@ class Precompute:
         return CacheWriter.create(cfg.cache, spec, keys, mean, std, pca, so)
 
     def wait_ready(self) -> None:
-        import cache.format as F
-        from cache.errors import CacheError
-        from cache.store import read_attrs
+        import dinocache.cache.format as F
+        from dinocache.cache.errors import CacheError
+        from dinocache.cache.store import read_attrs
 
         t0 = time.monotonic()
         said = False
@@ -288,7 +288,7 @@ class Precompute:
             time.sleep(1.0)
 
     def check_compatible(self, writer: Any, spec: Any, keys: list[str]) -> None:
-        import cache.format as F
+        import dinocache.cache.format as F
 
         lines = F.compat_diff(writer.spec, spec)
         stored = writer.stored_keys()
@@ -302,8 +302,7 @@ class Precompute:
 
     def save_config(self) -> None:
         import yaml
-
-        from cache.store import write_sidecar
+        from dinocache.cache.store import write_sidecar
 
         name = "precompute.yaml" if self.world == 1 else f"precompute.shard{self.rank}of{self.world}.yaml"
         text = yaml.safe_dump(to_dict(self.cfg), sort_keys=False)
@@ -312,7 +311,7 @@ class Precompute:
     # -- PCA
     def fit(self, spec: Any, teacher: Any) -> tuple[Any, np.ndarray, np.ndarray]:
         """PCA basis (or None) and per-stored-channel mean/std from `pca_fit_images` evenly spaced images."""
-        from precompute.pca import MomentAccumulator
+        from dinocache.cache.pca import MomentAccumulator
 
         cfg = self.cfg
         n = len(self.files)
@@ -331,7 +330,7 @@ class Precompute:
                     acc.update(teacher.extract_feature_map(to_batch(good, cfg.imgsz, teacher.device)))
                     used += len(good)
         if used == 0:
-            from dinocache.data import DataError
+            from dinocache.core.data import DataError
 
             raise DataError(
                 f"none of the {len(rows)} PCA-fit images of {cfg.data} could be used (see errors above)"
@@ -438,7 +437,7 @@ class Precompute:
             thread.join()
             bar.close()
         if failure:
-            from cache.errors import CacheError
+            from dinocache.cache.errors import CacheError
 
             raise CacheError(f"writing to {cfg.cache} failed: {failure[0]}") from failure[0]
         dt = time.perf_counter() - t0
@@ -462,7 +461,7 @@ class Precompute:
 
 
 def _done(writer: Any) -> np.ndarray:
-    import cache.format as F
+    import dinocache.cache.format as F
 
     return np.asarray(writer._array(F.DONE)[:])
 
@@ -475,7 +474,7 @@ def _sha_or_empty(path: Path) -> str:
 
 
 def _is_empty_dir(path: str, so: dict[str, Any]) -> bool:
-    from cache.store import _fs
+    from dinocache.cache.store import _fs
 
     fs, root = _fs(path, so)
     try:
@@ -504,9 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the 'precompute' section")
     args = ap.parse_intermixed_args(argv)
 
-    from cache.errors import CacheError
-    from dinocache.data import DataError
-    from precompute.teacher import TeacherNotFound
+    from dinocache.cache.errors import CacheError
+    from dinocache.teacher.model import TeacherNotFound
+
+    from dinocache.core.data import DataError
 
     config = (
         args.config if args.config is not None else ("config.json" if Path("config.json").exists() else None)

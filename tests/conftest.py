@@ -32,7 +32,7 @@ TEST_IMGSZ = 128
 @pytest.fixture(scope="session")
 def tiny_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random DINOv3 folder, loadable with `DinoV3Teacher.from_pretrained(path)`."""
-    from precompute.tiny import make_tiny_teacher
+    from dinocache.teacher.tiny import make_tiny_teacher
 
     return make_tiny_teacher(tmp_path_factory.mktemp("teacher") / "dinov3", seed=0)
 
@@ -40,7 +40,7 @@ def tiny_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of the data.yaml of a tiny synthetic OBB dataset (16 train / 4 val, square at TEST_IMGSZ)."""
-    from dinocache.demo_data import make_demo_dataset
+    from dinocache.datatools.demo_data import make_demo_dataset
 
     root = make_demo_dataset(
         tmp_path_factory.mktemp("data") / "dataset", n_train=16, n_val=4, imgsz=TEST_IMGSZ, seed=0

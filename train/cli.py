@@ -15,17 +15,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="key=value options overriding the config file")
     args = ap.parse_args(argv)
 
-    from dinocache.config import ConfigError, load
-    from dinocache.data import DataError
-    from train.config import TrainConfig
-    from train.run import TrainError, train
+    from dinocache.train.config import TrainConfig
+    from dinocache.train.run import TrainError, train
+
+    from dinocache.core.config import ConfigError, load
+    from dinocache.core.data import DataError
 
     try:
-        from precompute.teacher import TeacherNotFound
+        from dinocache.teacher.model import TeacherNotFound
     except ImportError:  # pragma: no cover
         TeacherNotFound = FileNotFoundError  # noqa: N806
     try:
-        from cache import CacheError
+        from dinocache.cache import CacheError
     except ImportError:  # pragma: no cover
         CacheError = TrainError  # noqa: N806
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dinocache.config import require
+from dinocache.core.config import require
 
 # Ultralytics augmentation arguments that move pixels: with them the cached teacher map (computed once on the
 # un-augmented image) no longer lies under the pixels the student sees, so cache/online runs switch them off.

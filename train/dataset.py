@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from dinocache.train.warp import VALID_KEY, disable_blends, stack_valid, wrap_transforms
 from ultralytics.data.augment import Compose, RandomFlip
 from ultralytics.data.dataset import YOLODataset
 
-from dinocache.data import image_key
-from train.warp import VALID_KEY, disable_blends, stack_valid, wrap_transforms
+from dinocache.core.data import image_key
 
 TEACHER_KEY = "teacher_feat"
 
@@ -62,7 +62,7 @@ class TeacherLookup:
     @property
     def fc(self) -> Any:
         if self._fc is None or self._pid != os.getpid():
-            import cache
+            from dinocache import cache
 
             self._fc = cache.open(self.cache_path)
             self._pid = os.getpid()

@@ -83,7 +83,7 @@ def masked_cosine_loss(
     m = mask.to(dist.device, torch.bool)
     zero = dist.new_zeros(())
     if valid is not None and not bool((valid >= 1).all()):
-        from train.warp import combine_masks
+        from dinocache.train.warp import combine_masks
 
         obj_w, bg_w = combine_masks(m, valid.to(dist.device))  # (B, h, w) each
         so, sb = obj_w.sum(), bg_w.sum()
@@ -114,7 +114,7 @@ def normalise_teacher(
 
 def stage_of(epoch: int, cfg: Any) -> str:
     """'A' for the first round(epochs * stage_a_ratio) epochs (0-based epoch index), else 'B'."""
-    from train.config import stage_a_epochs
+    from dinocache.train.config import stage_a_epochs
 
     return "A" if epoch < stage_a_epochs(cfg) else "B"
 

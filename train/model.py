@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from dinocache.train.losses import align_to_grid, masked_cosine_loss, obb_cell_mask
 from torch import nn
 from ultralytics.nn.tasks import OBBModel
-
-from train.losses import align_to_grid, masked_cosine_loss, obb_cell_mask
 
 DISTILL_KEY = "distill"  # <= 10 characters: Ultralytics prints loss names with %11s
 

@@ -9,12 +9,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from ultralytics.utils import LOGGER, colorstr
-
-from dinocache.config import build
-from dinocache.data import image_key, list_split_images
-from train.config import TrainConfig
-from train.trainer import (
+from dinocache.train.config import TrainConfig
+from dinocache.train.trainer import (
     DINO_ARGS_FILE,
     RESUME_FILE,
     DinoOBBTrainer,
@@ -23,6 +19,10 @@ from train.trainer import (
     ultralytics_overrides,
     warp_blends_off,
 )
+from ultralytics.utils import LOGGER, colorstr
+
+from dinocache.core.config import build
+from dinocache.core.data import image_key, list_split_images
 
 FIX = "run `just precompute` (dinocache precompute --config config.json) to (re)build it"
 
@@ -47,7 +47,7 @@ def run_dir(cfg: TrainConfig, run_id: str) -> Path:
 
 
 def _open_cache(path: str) -> Any:
-    import cache
+    from dinocache import cache
 
     try:
         return cache.open(path)
@@ -59,7 +59,7 @@ def _open_cache(path: str) -> Any:
 
 def check_cache(cfg: TrainConfig, fc: Any, keys: list[str], teacher: Any = None) -> None:
     """Refuse a cache made for another teacher/layer/imgsz, too few channels, or missing training images."""
-    import cache
+    from dinocache import cache
 
     where = f"cache {cfg.cache}"
     if int(fc.imgsz) != cfg.imgsz:
@@ -102,7 +102,7 @@ def preflight(cfg: TrainConfig) -> TeacherContext:
     ctx = TeacherContext(dataset_root=root)
     if cfg.teacher_source == "none":
         return ctx
-    from precompute.teacher import TeacherNotFound, load_teacher
+    from dinocache.teacher.model import TeacherNotFound, load_teacher
 
     teacher = None
     try:

@@ -17,19 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from dinocache.train import eval_hooks
+from dinocache.train.config import TrainConfig
+from dinocache.train.dataset import TEACHER_KEY, DistillDataset, TeacherLookup
+from dinocache.train.export import export_clean
+from dinocache.train.losses import distill_weight, normalise_teacher, stage_of
+from dinocache.train.model import DistillOBBModel
+from dinocache.train.warp import VALID_KEY
 from ultralytics.data.build import build_yolo_dataset
 from ultralytics.models.yolo.obb import OBBTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
-from dinocache.config import to_dict
-from grade import hooks as grade_hooks
-from train.config import TrainConfig
-from train.dataset import TEACHER_KEY, DistillDataset, TeacherLookup
-from train.export import export_clean
-from train.losses import distill_weight, normalise_teacher, stage_of
-from train.model import DistillOBBModel
-from train.warp import VALID_KEY
+from dinocache.core.config import to_dict
 
 RESUME_FILE = "resume.pt"
 DINO_ARGS_FILE = "dinocache_args.yaml"
@@ -199,7 +199,7 @@ class DinoOBBTrainer(OBBTrainer):
                 self._teacher = self.ctx.teacher.to(self.device)
                 self.ctx.teacher = None
             else:
-                from precompute.teacher import load_teacher
+                from dinocache.teacher.model import load_teacher
 
                 self._teacher = load_teacher(
                     self.dino.dino_root, layer=self.dino.dino_layer, device=self.device
@@ -230,7 +230,7 @@ class DinoOBBTrainer(OBBTrainer):
         self._save_resume_state(ema_model)
         # Once per epoch, after validation and after last.pt is written (not on_fit_epoch_end, which
         # final_eval fires a second time): grade, best_geo.pt, overlays, DINO viz, TensorBoard/W&B.
-        grade_hooks.after_save_model(self, ema_model)
+        eval_hooks.after_save_model(self, ema_model)
         return saved
 
     def _save_resume_state(self, ema_model: torch.nn.Module) -> None:
@@ -286,7 +286,7 @@ class DinoOBBTrainer(OBBTrainer):
 
     def final_eval(self) -> None:
         super().final_eval()
-        grade_hooks.finish_run(self)
+        eval_hooks.finish_run(self)
         self.release_teacher()
 
     def release_teacher(self) -> None:
@@ -323,9 +323,8 @@ def ultralytics_overrides(cfg: TrainConfig, save_dir: Path, device: str) -> dict
 
 def geometric_off(ov: dict[str, Any]) -> list[str]:
     """Switch off pixel-moving augmentation in `ov` (in place); returns the names that were on."""
+    from dinocache.train.config import GEOMETRIC_AUGMENTATIONS
     from ultralytics.cfg import DEFAULT_CFG_DICT
-
-    from train.config import GEOMETRIC_AUGMENTATIONS
 
     was_on = []
     for k, v in GEOMETRIC_AUGMENTATIONS.items():
@@ -339,9 +338,8 @@ def geometric_off(ov: dict[str, Any]) -> list[str]:
 
 def warp_blends_off(ov: dict[str, Any]) -> list[str]:
     """Warp mode: switch off what the teacher map cannot follow (blends, multi-scale); returns what was on."""
+    from dinocache.train.warp import BLEND_AUGMENTATIONS
     from ultralytics.cfg import DEFAULT_CFG_DICT
-
-    from train.warp import BLEND_AUGMENTATIONS
 
     was_on = []
     for k in (*BLEND_AUGMENTATIONS, "multi_scale"):

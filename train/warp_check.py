@@ -30,10 +30,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-
-from dinocache.config import ConfigError, load, require, save, to_dict
-from dinocache.data import DataError, list_split_images, load_data_yaml
-from train.warp import (
+from dinocache.train.warp import (
     TEACHER_KEY,
     VALID_KEY,
     RenderTeacher,
@@ -43,6 +40,9 @@ from train.warp import (
     WarpPerspective,
     cos_per_cell,
 )
+
+from dinocache.core.config import ConfigError, load, require, save, to_dict
+from dinocache.core.data import DataError, list_split_images, load_data_yaml
 
 AVGPOOL = "avgpool"
 
@@ -129,8 +129,7 @@ def _pool_teacher(patch: int = 16) -> Callable[[np.ndarray], np.ndarray]:
 
 def _dino_teacher(cfg: WarpCheckConfig) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
     import torch
-
-    from precompute.teacher import DinoV3Teacher
+    from dinocache.teacher.model import DinoV3Teacher
 
     teacher = DinoV3Teacher.from_pretrained(cfg.teacher, layer=cfg.layer, device=cfg.device)
 
@@ -399,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     flags = [f"{k}={v}" for k in ("teacher", "data", "imgsz", "n_images", "out") if (v := getattr(args, k))]
 
     try:
-        from precompute.teacher import TeacherNotFound
+        from dinocache.teacher.model import TeacherNotFound
     except ImportError:  # pragma: no cover
         TeacherNotFound = FileNotFoundError  # noqa: N806
     try:

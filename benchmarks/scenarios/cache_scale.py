@@ -52,8 +52,9 @@ def main() -> None:
     res: dict = {"what": a.what, "n": a.n, "k": a.k, "grid": a.grid}
 
     if a.what == "write":
-        import cache
-        import cache.format as F
+        import dinocache.cache.format as F
+
+        from dinocache import cache
 
         g = a.grid
         spec = F.Spec(
@@ -97,7 +98,7 @@ def main() -> None:
     else:
         order = rng.integers(0, a.n, size=(a.reads // a.batch, a.batch))
         if a.what == "read":
-            import cache
+            from dinocache import cache
 
             fc = cache.open(a.path)
             fc.read(order[0].tolist())  # open arrays, warm the page cache path

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dinocache.memory import peak_rss_mib
+from dinocache.core.memory import peak_rss_mib
 
 
 def parser(doc: str) -> argparse.ArgumentParser:

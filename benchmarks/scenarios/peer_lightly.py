@@ -27,7 +27,7 @@ from pathlib import Path
 
 from benchmarks.scenarios import EpochClock
 from benchmarks.scenarios.common import cuda_peak_mib, write
-from dinocache.memory import rss_mib
+from dinocache.core.memory import rss_mib
 
 MISSING_EXIT = 3  # the peer is not installed: the test turns this into a skip, not a failure
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return MISSING_EXIT
     import torch
 
-    from dinocache.data import list_split_images
+    from dinocache.core.data import list_split_images
 
     import_rss = rss_mib()
     _, images = list_split_images(args.data, "train")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks.scenarios import EpochClock
 from benchmarks.scenarios.common import cuda_peak_mib, write
-from dinocache.memory import rss_mib
+from dinocache.core.memory import rss_mib
 
 
 def build_teacher(spec: str, workdir: Path) -> str:

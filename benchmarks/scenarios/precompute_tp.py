@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[])
     a = ap.parse_args()
 
-    from dinocache.data import list_split_images
+    from dinocache.core.data import list_split_images
 
     _, files = list_split_images(a.data, "train")
     n = len(files)
@@ -34,8 +34,7 @@ def main() -> None:
         import cv2
         import numpy as np
         import torch
-
-        from precompute.teacher import load_teacher, select_device
+        from dinocache.teacher.model import load_teacher, select_device
 
         dev = select_device(a.device)
         teacher = load_teacher(a.dino_root, device=dev)
@@ -50,8 +49,9 @@ def main() -> None:
         _ = f.sum().item()
         dt = time.perf_counter() - t0
     else:
-        from dinocache.config import build, parse_overrides
-        from precompute.run import Precompute, PrecomputeConfig
+        from dinocache.precompute.run import Precompute, PrecomputeConfig
+
+        from dinocache.core.config import build, parse_overrides
 
         args = [
             f"data={a.data}",

@@ -43,10 +43,11 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="extra TrainConfig key=value")
     a = ap.parse_args()
 
-    from dinocache.config import build, parse_overrides
-    from dinocache.data import list_split_images
-    from train.config import TrainConfig
-    from train.run import train
+    from dinocache.train.config import TrainConfig
+    from dinocache.train.run import train
+
+    from dinocache.core.config import build, parse_overrides
+    from dinocache.core.data import list_split_images
 
     n_images = len(list_split_images(a.data, "train")[1])
     with tempfile.TemporaryDirectory() as td:

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 import zarr
-
-from cache.cli import main as cache_main
-from precompute.run import main as precompute_main
+from dinocache.cache.cli import main as cache_main
+from dinocache.precompute.run import main as precompute_main
 
 IMGSZ = 128
 

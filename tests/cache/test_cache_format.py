@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from dinocache.cache import format as F
+from dinocache.cache.store import CacheWriter, encode_keys
 
-import cache
-from cache import format as F
-from cache.store import CacheWriter, encode_keys
+from dinocache import cache
 
 N, K, G, S = 10, 6, 4, 4
 
@@ -46,7 +46,7 @@ def rows_data(n: int = N) -> np.ndarray:
 
 
 def build(path: str, spec: F.Spec | None = None, write: bool = True) -> CacheWriter:
-    from precompute.pca import PCABasis
+    from dinocache.cache.pca import PCABasis
 
     spec = spec or make_spec()
     basis = PCABasis(np.zeros(12), np.eye(12)[:K], np.arange(K, 0, -1))
@@ -191,7 +191,7 @@ def test_auto_shard_size_and_keys() -> None:
     assert F.auto_shard_size(128 * 32 * 32 * 2, n=1000) == 64 and F.auto_shard_size(10, n=1) == 1
     raw = encode_keys(["a", "images/é.png"], 16)
     assert raw.shape == (2, 16) and raw.dtype == np.uint8
-    from cache.store import _decode_keys
+    from dinocache.cache.store import _decode_keys
 
     assert _decode_keys(raw) == ["a", "images/é.png"]
     with pytest.raises(cache.CacheError, match="longer than key_len"):

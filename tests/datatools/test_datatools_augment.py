@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from dinocache.datatools import registry
+from dinocache.datatools.augment import AugmentConfig, main, read_manifest, run
 
-from datatools import registry
-from datatools.augment import AugmentConfig, main, read_manifest, run
-from dinocache.config import ConfigError
+from dinocache.core.config import ConfigError
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -140,7 +140,7 @@ def test_registry_pipeline_merging_caps_and_register():
 def test_plugin_module_registers_entries(yolo_data, tmp_path, monkeypatch, capsys):
     (tmp_path / "myaug_plugin_test.py").write_text(
         "import numpy as np\n"
-        "from datatools.registry import register, register_op\n"
+        "from dinocache.datatools.registry import register, register_op\n"
         "register_op('invert_test', lambda img, params, rng: 255 - img)\n"
         "register('night_test', 'invert_test', {'p': 1.0}, reason='negative film')\n"
         "register('night_test', 'rotate', {'degrees': 7})\n"

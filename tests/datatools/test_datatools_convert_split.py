@@ -9,10 +9,9 @@ from collections import Counter
 import cv2
 import numpy as np
 import yaml
-
-from datatools.augment import main as augment_main
-from datatools.cli import main
-from datatools.split import assign_splits
+from dinocache.datatools.augment import main as augment_main
+from dinocache.datatools.cli import main
+from dinocache.datatools.split import assign_splits
 
 
 def _labels(root, split="train"):
@@ -129,8 +128,8 @@ def test_raw_dota_to_augmented_end_to_end(synth, tmp_path, capsys):
 
 
 def test_tile_keeps_mostly_visible_boxes(synth, tmp_path):
-    from datatools.formats import load_yolo
-    from datatools.tile import tile
+    from dinocache.datatools.formats import load_yolo
+    from dinocache.datatools.tile import tile
 
     raw = synth.make_dota(tmp_path / "raw", n=1, size=(1000, 800), seed=3)
     main(["convert", str(raw), "--from", "dota", "--out", str(tmp_path / "c")])

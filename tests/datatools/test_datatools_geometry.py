@@ -5,9 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
-from datatools import geometry
-from datatools.augment import ViewParams, render_view
+from dinocache.datatools import geometry
+from dinocache.datatools.augment import ViewParams, render_view
 
 
 def detect_box(img: np.ndarray, bg: int, up: int = 4) -> np.ndarray:

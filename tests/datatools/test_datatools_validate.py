@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from datatools.cli import main
+from dinocache.datatools.cli import main
 
 
 def _plant(root):

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.mark.slow  # two fresh interpreters importing torch + transformers
 def test_lora_vs_full_shape(tiny_teacher_dir: Path) -> None:
-    from finetune.bench import lora_vs_full
+    from dinocache.finetune.bench import lora_vs_full
 
     r = lora_vs_full(tiny_teacher_dir, batch=1, imgsz=32, steps=1, device="cpu")
     lo, fu = r["lora"], r["full"]

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from finetune.merge import main
-from precompute.teacher import DinoV3Teacher
+from dinocache.finetune.merge import main
+from dinocache.teacher.model import DinoV3Teacher
 
 IMGSZ = 64
 
@@ -18,8 +17,8 @@ IMGSZ = 64
 @pytest.fixture(scope="module")
 def adapter(tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.Tensor]:
     """An adapter with non-zero LoRA B (as after training) and the base+adapter features of a fixed input."""
-    from finetune.model import DenseLoRA, base_identity, resolve_base
-    from finetune.objectives import Objective
+    from dinocache.finetune.model import DenseLoRA, base_identity, resolve_base
+    from dinocache.finetune.objectives import Objective
 
     teacher = DinoV3Teacher.from_pretrained(tiny_teacher_dir)
     ident = base_identity(teacher.model, resolve_base(str(tiny_teacher_dir)))
@@ -59,8 +58,9 @@ def test_merged_equals_unmerged_and_fingerprint_differs(
 
 
 def test_cache_of_base_refused_for_merged(adapter, tiny_teacher_dir: Path, tmp_path: Path) -> None:
-    cache = pytest.importorskip("cache")
-    from cache.format import Spec
+    from dinocache.cache.format import Spec
+
+    from dinocache import cache
 
     folder, _ = adapter
     out = tmp_path / "merged"
@@ -89,7 +89,7 @@ def test_cache_of_base_refused_for_merged(adapter, tiny_teacher_dir: Path, tmp_p
 
 
 def test_adapter_from_other_base_refused(adapter, tmp_path: Path, capsys) -> None:
-    from precompute.tiny import make_tiny_teacher
+    from dinocache.teacher.tiny import make_tiny_teacher
 
     other = make_tiny_teacher(tmp_path / "other", seed=1)
     folder, _ = adapter

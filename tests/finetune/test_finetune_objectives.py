@@ -8,9 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from finetune.dataset import letterbox, rasterise
-from finetune.objectives import (
+from dinocache.finetune.dataset import letterbox, rasterise
+from dinocache.finetune.objectives import (
     Instance,
     NoUsableAnnotations,
     Objective,
@@ -95,7 +94,7 @@ def test_no_usable_annotations_lists_what_was_found(tmp_path: Path) -> None:
 
 
 def test_no_usable_annotations_cli_exit_2(tmp_path: Path, tiny_teacher_dir: Path, capsys) -> None:
-    from finetune.train import main
+    from dinocache.finetune.train import main
 
     data = _yolo_dataset(tmp_path / "empty", [""])
     rc = main([f"data={data}", f"dino_root={tiny_teacher_dir}", f"project={tmp_path / 'exp'}", "imgsz=64"])

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from dinocache.finetune.train import main
 from safetensors.torch import load_file
-
-from finetune.train import main
 
 
 def _args(data: Path, teacher: Path, project: Path, name: str, *extra: str) -> list[str]:
@@ -64,9 +63,9 @@ def test_adapter_files_hold_no_base_weights(run_dir: Path) -> None:
 
 
 def test_only_lora_and_head_require_grad(tiny_teacher_dir: Path) -> None:
-    from finetune.model import DenseLoRA
-    from finetune.objectives import Objective
-    from precompute.teacher import DinoV3Teacher
+    from dinocache.finetune.model import DenseLoRA
+    from dinocache.finetune.objectives import Objective
+    from dinocache.teacher.model import DinoV3Teacher
 
     model = DenseLoRA(DinoV3Teacher.from_pretrained(tiny_teacher_dir), Objective(True, False, 3))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -120,8 +119,8 @@ def test_early_stopping_on_flat_val_loss(demo_data: Path, tiny_teacher_dir: Path
 def test_nan_loss_stops_and_keeps_last_good(
     demo_data: Path, tiny_teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    import finetune.train as ft
-    from finetune.objectives import dense_loss
+    import dinocache.finetune.train as ft
+    from dinocache.finetune.objectives import dense_loss
 
     calls = {"n": 0}
 

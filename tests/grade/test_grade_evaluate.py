@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from dinocache.grade.cli import main
+from dinocache.grade.evaluate import EvalTracker, evaluate, load_split, read_obb_labels
 
-from dinocache.data import DataError
-from grade.cli import main
-from grade.evaluate import EvalTracker, evaluate, load_split, read_obb_labels
+from dinocache.core.data import DataError
 
 IMGSZ = 128
 

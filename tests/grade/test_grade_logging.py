@@ -8,8 +8,7 @@ import warnings
 import cv2
 import numpy as np
 import pytest
-
-from grade.logging import RunLogger, resolve_wandb_mode, wandb_api_key_configured
+from dinocache.grade.logging import RunLogger, resolve_wandb_mode, wandb_api_key_configured
 
 
 def tb_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:

@@ -6,8 +6,7 @@ import math
 
 import numpy as np
 import pytest
-
-from grade.metrics import Boxes, angle_error_deg, grade, polygon_iou, symmetry_period
+from dinocache.grade.metrics import Boxes, angle_error_deg, grade, polygon_iou, symmetry_period
 
 RECT = [50.0, 50.0, 40.0, 20.0, 0.0]  # x, y, w, h (px), r (rad)
 SQUARE = [50.0, 50.0, 30.0, 30.0, 0.0]

@@ -8,10 +8,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
-from grade.featviz import cosine_distance, feature_viz_dir, fit_rgb_pca, pca_rgb, save_feature_viz
-from grade.metrics import Boxes, grade
-from grade.overlays import eval_dir, write_overlays
+from dinocache.grade.featviz import cosine_distance, feature_viz_dir, fit_rgb_pca, pca_rgb, save_feature_viz
+from dinocache.grade.metrics import Boxes, grade
+from dinocache.grade.overlays import eval_dir, write_overlays
 
 
 def test_overlays(tmp_path):

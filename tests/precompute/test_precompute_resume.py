@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dinocache.cache import format as F
+from dinocache.precompute.run import main as precompute_main
 
-import cache
-from cache import format as F
-from precompute.run import main as precompute_main
+from dinocache import cache
 
 IMGSZ = 128
 REPO = Path(__file__).resolve().parents[2]
@@ -30,13 +30,13 @@ CHILD = """
 import sys, time
 import torch
 torch.set_num_threads(1)
-from cache.store import CacheWriter
+from dinocache.cache.store import CacheWriter
 _write = CacheWriter.write_shard
 def _slow(self, *a, **k):
     _write(self, *a, **k)
     time.sleep(float(sys.argv[1]))
 CacheWriter.write_shard = _slow
-from precompute.run import main
+from dinocache.precompute.run import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -119,7 +119,7 @@ class Crash(Exception):
 def test_resume_after_crash(
     demo_data, tiny_teacher_dir, tmp_path, reference, one_thread, monkeypatch, capsys
 ) -> None:
-    from cache.store import CacheWriter
+    from dinocache.cache.store import CacheWriter
 
     store = tmp_path / "c.zarr"
     write = CacheWriter.write_shard

@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from dinocache.precompute.run import main as precompute_main
 
-import cache
-from precompute.run import main as precompute_main
+from dinocache import cache
 
 IMGSZ = 128  # tests/conftest.py TEST_IMGSZ
 
@@ -50,7 +50,7 @@ def train_images(data: Path) -> list[Path]:
 
 
 def test_round_trip_pca(demo_data: Path, tiny_teacher_dir: Path, tmp_path: Path) -> None:
-    from precompute.teacher import load_teacher
+    from dinocache.teacher.model import load_teacher
 
     store = tmp_path / "c.zarr"
     assert run(demo_data, tiny_teacher_dir, store) == 0
@@ -74,7 +74,7 @@ def test_round_trip_pca(demo_data: Path, tiny_teacher_dir: Path, tmp_path: Path)
 
 
 def test_round_trip_full_channels(demo_data: Path, tiny_teacher_dir: Path, tmp_path: Path) -> None:
-    from precompute.teacher import load_teacher
+    from dinocache.teacher.model import load_teacher
 
     store = tmp_path / "full.zarr"
     assert run(demo_data, tiny_teacher_dir, store, "channels=full", "codec=none") == 0
@@ -118,7 +118,7 @@ def test_changed_image_is_recomputed(demo_data: Path, tiny_teacher_dir: Path, tm
     capsys.readouterr()
     assert run(data, tiny_teacher_dir, store) == 0
     assert "1 image(s) changed" in capsys.readouterr().err
-    from cache.cli import verify
+    from dinocache.cache.cli import verify
 
     ok, lines = verify(cache.open(str(store)), str(data))
     assert ok, lines

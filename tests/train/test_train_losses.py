@@ -6,10 +6,8 @@ import math
 
 import pytest
 import torch
-
-from dinocache.config import ConfigError, build
-from train.config import TrainConfig
-from train.losses import (
+from dinocache.train.config import TrainConfig
+from dinocache.train.losses import (
     align_to_grid,
     distill_weight,
     masked_cosine_loss,
@@ -17,6 +15,8 @@ from train.losses import (
     obb_cell_mask,
     stage_of,
 )
+
+from dinocache.core.config import ConfigError, build
 
 
 def test_masked_cosine_known_values() -> None:
@@ -137,7 +137,7 @@ def test_config_rejects_naming_the_key(values: dict, key: str) -> None:
 
 
 def test_config_defaults_and_overrides(tmp_path) -> None:
-    from dinocache.config import load
+    from dinocache.core.config import load
 
     p = tmp_path / "config.json"
     p.write_text('{"train": {"epochs": 6, "dino_distill_layers": [16, 19]}}')

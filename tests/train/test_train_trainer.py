@@ -21,15 +21,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from dinocache.train.config import TrainConfig
+from dinocache.train.losses import distill_weight
 
-from dinocache.config import build
-from train.config import TrainConfig
-from train.losses import distill_weight
+from dinocache.core.config import build
 
 
 @pytest.fixture(scope="module")
 def feature_cache(tmp_path_factory: pytest.TempPathFactory, demo_data: Path, tiny_teacher_dir: Path) -> Path:
-    from precompute.run import main as precompute
+    from dinocache.precompute.run import main as precompute
 
     d = tmp_path_factory.mktemp("cache")
     (d / "empty.json").write_text("{}")
@@ -99,7 +99,7 @@ class Probe:
 
 @pytest.fixture(scope="module")
 def cache_run(tmp_path_factory, demo_data, tiny_teacher_dir, feature_cache):
-    from train.run import train
+    from dinocache.train.run import train
 
     root = tmp_path_factory.mktemp("cacherun")
     cfg = make_cfg(root, demo_data, tiny_teacher_dir, feature_cache)
@@ -186,13 +186,13 @@ def test_clean_weights_load_without_dinocache(cache_run, tmp_path: Path, demo_da
 @pytest.mark.parametrize("direction", ["horizontal", "vertical"])
 def test_flip_moves_teacher_map_with_image(direction, demo_data: Path, feature_cache: Path) -> None:
     import cv2
+    from dinocache.train.config import GEOMETRIC_AUGMENTATIONS
+    from dinocache.train.dataset import DistillDataset, TeacherLookup
     from ultralytics.cfg import get_cfg
     from ultralytics.utils import DEFAULT_CFG
 
-    import cache
-    from dinocache.data import image_key, load_data_yaml
-    from train.config import GEOMETRIC_AUGMENTATIONS
-    from train.dataset import DistillDataset, TeacherLookup
+    from dinocache import cache
+    from dinocache.core.data import image_key, load_data_yaml
 
     info = load_data_yaml(demo_data)
     flips = {"fliplr": 1.0, "flipud": 0.0} if direction == "horizontal" else {"fliplr": 0.0, "flipud": 1.0}
@@ -235,7 +235,7 @@ class LossLog:
 
 
 def test_cached_and_online_distill_loss_agree(tmp_path, demo_data, tiny_teacher_dir, feature_cache) -> None:
-    from train.run import train
+    from dinocache.train.run import train
 
     steps = {}
     for src in ("cache", "online"):
@@ -278,7 +278,7 @@ class ResumeProbe:
 def test_resume_restores_stage_weight_and_projection(
     tmp_path, demo_data, tiny_teacher_dir, feature_cache
 ) -> None:
-    from train.run import train
+    from dinocache.train.run import train
 
     kw = {"epochs": 2, "stage_a_ratio": 0.5, "dino_distill_warmup_epochs": 0, "name": "r"}
     cfg = make_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache, **kw)
@@ -297,7 +297,7 @@ def test_resume_restores_stage_weight_and_projection(
 
 # -- refusals ------------------------------------------------------------------------------------------------------
 def _cli(args: list[str], cfg_file: Path, capsys) -> tuple[int, str]:
-    from train.cli import main
+    from dinocache.train.cli import main
 
     rc = main(["--config", str(cfg_file), *args])
     return rc, capsys.readouterr().err
@@ -330,7 +330,7 @@ def test_refuses_cache_of_other_imgsz(cfg_file, capsys) -> None:
 
 
 def test_refuses_cache_of_other_teacher(cfg_file, tmp_path, capsys) -> None:
-    from precompute.tiny import make_tiny_teacher
+    from dinocache.teacher.tiny import make_tiny_teacher
 
     other = make_tiny_teacher(tmp_path / "other", seed=1)
     rc, err = _cli([f"dino_root={other}"], cfg_file, capsys)
@@ -373,7 +373,7 @@ def test_refuses_existing_run_folder(cfg_file, capsys) -> None:
 def test_warp_run_draws_augmented_samples(tmp_path, demo_data, tiny_teacher_dir, feature_cache) -> None:
     """Warp mode (mosaic on): dino_viz/ also shows the first training samples as the student saw them,
     with their warped cached teacher maps and validity masks."""
-    from train.run import train
+    from dinocache.train.run import train
 
     cfg = make_cfg(
         tmp_path,

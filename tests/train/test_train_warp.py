@@ -14,14 +14,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from ultralytics.cfg import DEFAULT_CFG
-from ultralytics.data.augment import Compose, RandomFlip, RandomPerspective
-from ultralytics.data.dataset import YOLODataset
-from ultralytics.utils import IterableSimpleNamespace
-
-from dinocache.data import load_data_yaml
-from train import warp
-from train.warp import (
+from dinocache.train import warp
+from dinocache.train.warp import (
     PARAMS_KEY,
     STATE_KEY,
     TEACHER_KEY,
@@ -36,6 +30,12 @@ from train.warp import (
     sample_bilinear,
     wrap_transforms,
 )
+from ultralytics.cfg import DEFAULT_CFG
+from ultralytics.data.augment import Compose, RandomFlip, RandomPerspective
+from ultralytics.data.dataset import YOLODataset
+from ultralytics.utils import IterableSimpleNamespace
+
+from dinocache.core.data import load_data_yaml
 
 S = 16  # patch
 
@@ -193,7 +193,7 @@ def test_affine_error_bounded(dataset, capsys):
 
 def test_letterbox_and_nonsquare_offset():
     """A 64x128 image centred on a 128x128 canvas: the map's letterbox offset is honoured exactly."""
-    from train.warp import WarpLetterBox
+    from dinocache.train.warp import WarpLetterBox
 
     img = np.random.default_rng(0).integers(0, 255, (64, 128, 3), dtype=np.uint8)
     canvas = np.full((128, 128, 3), 114, np.uint8)

@@ -6,8 +6,7 @@ import csv
 import json
 
 import pytest
-
-from train.warp_check import main
+from dinocache.train.warp_check import main
 
 SMALL = ["translate_px=[16]", "scales=[0.75]", "degrees=[15]", "mosaic_draws=1"]
 

@@ -1,28 +1,19 @@
-"""Warp mode inside the trainer's dataset, collate and loss (skipped until /tmp/h8_integration.patch is applied)."""
+"""Warp mode inside the trainer's dataset, collate and loss."""
 
 from __future__ import annotations
 
-import inspect
 import random
 
 import cv2
+import dinocache.train.losses as losses
 import numpy as np
-import pytest
 import torch
+from dinocache.train.dataset import DistillDataset
+from dinocache.train.warp import TEACHER_KEY, VALID_KEY
 from ultralytics.cfg import DEFAULT_CFG
 from ultralytics.utils import IterableSimpleNamespace
 
-from dinocache.data import load_data_yaml
-from train.warp import TEACHER_KEY, VALID_KEY
-
-dataset_mod = pytest.importorskip("train.dataset")
-losses = pytest.importorskip("train.losses")
-DistillDataset = dataset_mod.DistillDataset
-pytestmark = pytest.mark.skipif(
-    "geometric_aug" not in inspect.signature(DistillDataset.__init__).parameters
-    or "valid" not in inspect.signature(losses.masked_cosine_loss).parameters,
-    reason="warp integration patch not applied to train/dataset.py / train/losses.py",
-)
+from dinocache.core.data import load_data_yaml
 
 
 class PoolLookup:

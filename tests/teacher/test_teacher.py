@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from dinocache.teacher import tiny
+from dinocache.teacher.model import DinoV3Teacher, TeacherNotFound, load_teacher, select_device
+from dinocache.teacher.tiny import make_tiny_teacher
 
-from dinocache.config import ConfigError
-from precompute import tiny
-from precompute.teacher import DinoV3Teacher, TeacherNotFound, load_teacher, select_device
-from precompute.tiny import make_tiny_teacher
+from dinocache.core.config import ConfigError
 
 IMGSZ = 64  # 4x4 grid: enough for every check here
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from dinocache.config import ConfigError
+from dinocache.core.config import ConfigError
 
 # ImageNet statistics: what DINOv3's own preprocessor config ships; used when a folder has none.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import cv2
 import torch
+from dinocache.train.config import TrainConfig
+from dinocache.train.eval_hooks import after_save_model, finish_run
 
-from dinocache.config import build
-from grade.hooks import after_save_model, finish_run
-from train.config import TrainConfig
+from dinocache.core.config import build
 
 IMGSZ = 128
 
@@ -40,10 +40,9 @@ def _check_run_outputs(run: Path, eval_epochs: list[int], viz_epochs: list[int],
 
 def test_after_save_model_with_stand_in_trainer(tmp_path, demo_data, monkeypatch):
     """Everything the hook reads from the trainer, faked; the model is the real DistillOBBModel."""
+    from dinocache.train.export import export_clean
+    from dinocache.train.model import DistillOBBModel
     from ultralytics.utils.torch_utils import ModelEMA
-
-    from train.export import export_clean
-    from train.model import DistillOBBModel
 
     torch.manual_seed(0)
     model = DistillOBBModel("yolo26n-obb.yaml", nc=5, verbose=False, distill_channels=8)
@@ -114,7 +113,7 @@ def test_after_save_model_with_stand_in_trainer(tmp_path, demo_data, monkeypatch
 
 def test_real_training_run_writes_everything(tmp_path, demo_data, tiny_teacher_dir, monkeypatch):
     """A 2-epoch online-teacher run: the trainer's own save_model/final_eval drive grade, viz and logging."""
-    from train.run import train
+    from dinocache.train.run import train
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     # The trainer calls after_save_model from save_model and finish_run from final_eval itself.

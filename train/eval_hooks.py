@@ -4,10 +4,10 @@ Two calls from `train.trainer.DinoOBBTrainer` (rank 0 only; both are no-ops on o
 
     def save_model(self):
         ...                                        # Ultralytics' save (clean last.pt/best.pt), resume.pt
-        grade.hooks.after_save_model(self, ema_model)   # ema_model: the training EMA (DistillOBBModel)
+        eval_hooks.after_save_model(self, ema_model)   # ema_model: the training EMA (DistillOBBModel)
     def final_eval(self):
         super().final_eval(); ...
-        grade.hooks.finish_run(self)               # closes TensorBoard / W&B
+        eval_hooks.finish_run(self)               # closes TensorBoard / W&B
 
 Why `save_model` and not `on_fit_epoch_end`: Ultralytics calls save_model once per epoch right after
 validation and after it has written last.pt, and `final_eval()` fires on_fit_epoch_end a second time with
@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from grade.evaluate import EvalTracker, Sample, evaluate, load_split
-from grade.featviz import feature_viz_dir, save_feature_viz
-from grade.logging import RunLogger
-from grade.overlays import eval_dir, write_overlays
+from dinocache.grade.evaluate import EvalTracker, Sample, evaluate, load_split
+from dinocache.grade.featviz import feature_viz_dir, save_feature_viz
+from dinocache.grade.logging import RunLogger
+from dinocache.grade.overlays import eval_dir, write_overlays
 
 # Defaults for options the TrainConfig may not have (read with getattr).
 DEFAULT_VIZ_MAX_SAMPLES = 16  # eval_viz_max_samples: val images drawn per evaluation
@@ -141,8 +140,7 @@ class GeoEval:
 
     def run_feature_viz(self, trainer: Any, ema_model: torch.nn.Module, epoch: int) -> list[Path]:
         import cv2
-
-        from train.losses import align_to_grid, normalise_teacher, obb_cell_mask
+        from dinocache.train.losses import align_to_grid, normalise_teacher, obb_cell_mask
 
         source = self.opt("teacher_source", "cache")
         projs = getattr(ema_model, "distill_proj", None)
@@ -153,7 +151,7 @@ class GeoEval:
         ctx = getattr(trainer, "ctx", None)
         lookup = None
         if source == "cache":
-            from train.dataset import TeacherLookup
+            from dinocache.train.dataset import TeacherLookup
 
             lookup = TeacherLookup(ctx.cache_path, ctx.dataset_root, d)
         out_dir = feature_viz_dir(self.run_dir, epoch)

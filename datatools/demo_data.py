@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dinocache.config import ConfigError, build, require, save
-from dinocache.fsutil import publish_dir
+from dinocache.core.config import ConfigError, build, require, save
+from dinocache.core.fsutil import publish_dir
 
 # Class names, index = class id. Colour is drawn independently of the class, so only shape tells them apart.
 CLASSES = ("rectangle", "ellipse", "cross", "triangle", "L-shape")
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     try:
-        from dinocache.config import parse_overrides
+        from dinocache.core.config import parse_overrides
 
         values = {
             "out": args.out,

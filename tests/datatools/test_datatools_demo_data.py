@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dinocache.datatools import demo_data
+from dinocache.datatools.demo_data import CLASSES, make_demo_dataset
 
-from dinocache import demo_data
-from dinocache.config import ConfigError
-from dinocache.demo_data import CLASSES, make_demo_dataset
+from dinocache.core.config import ConfigError
 
 SMALL = dict(n_train=4, n_val=2, imgsz=64)
 
@@ -109,7 +109,7 @@ def test_ultralytics_reads_it_without_corrupt_labels(tmp_path: Path) -> None:
     from ultralytics.data.dataset import YOLODataset
     from ultralytics.data.utils import load_dataset_cache_file
 
-    from dinocache.data import list_split_images, load_data_yaml
+    from dinocache.core.data import list_split_images, load_data_yaml
 
     root = make_demo_dataset(tmp_path / "d", n_train=8, n_val=2, imgsz=64, empty_frac=0.2)
     info = load_data_yaml(root / "data.yaml")  # Ultralytics' check_det_dataset
@@ -128,7 +128,7 @@ def test_ultralytics_reads_it_without_corrupt_labels(tmp_path: Path) -> None:
 
 
 def test_conftest_fixture(demo_data: Path) -> None:
-    from dinocache.data import list_split_images
+    from dinocache.core.data import list_split_images
 
     assert demo_data.name == "data.yaml" and demo_data.is_absolute()
     assert len(list_split_images(demo_data, "train")[1]) == 16

@@ -18,8 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from dinocache.config import ConfigError, build, require
-from dinocache.fsutil import publish_dir
+from dinocache.core.config import ConfigError, build, require
+from dinocache.core.fsutil import publish_dir
 
 # Shapes of the released DINOv3 ViT-S/B/L 16 (LVD-1689M) plus a tiny one that runs in milliseconds on CPU.
 SIZES: dict[str, dict[str, int | float]] = {
@@ -76,9 +76,8 @@ def _check_out(out: Path, overwrite: bool) -> None:
 def make_tiny_teacher(out: str | Path, seed: int = 0, size: str = "tiny", overwrite: bool = False) -> Path:
     """Build a random DINOv3ViTModel of `size`, save it with save_pretrained into `out`, return `out`."""
     import torch
+    from dinocache.teacher.model import _quiet_progress
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
-
-    from precompute.teacher import _quiet_progress
 
     if size not in SIZES:
         raise ConfigError(f"size: {size!r} is not one of {list(SIZES)}")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from precompute.pca import MomentAccumulator, PCABasis, fit_pca
+from dinocache.cache.pca import MomentAccumulator, PCABasis, fit_pca
 
 
 def low_rank(m: int = 4000, c: int = 24, r: int = 5, seed: int = 0) -> torch.Tensor:
