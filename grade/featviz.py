@@ -30,14 +30,17 @@ def feature_viz_dir(run_dir: str | Path, epoch: int) -> Path:
     return Path(run_dir) / "dino_viz" / f"epoch_{epoch:03d}"
 
 
-def fit_rgb_pca(teacher: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """PCA of the teacher's cells -> (mean (D,), components (3, D), lo (3,), hi (3,)).
+def fit_rgb_pca(
+    *maps: torch.Tensor | np.ndarray, lo_pct: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """PCA of the cells of one or more (D, h, w) maps, fitted jointly -> (mean (D,), components (3, D), lo (3,),
+    hi (3,)). The one PCA-to-RGB of the project (grade pictures and `dinocache warp-check` use it).
 
-    lo/hi are the 1st/99th percentiles of the teacher's projections, used to map every map to [0, 1].
+    lo/hi are the `lo_pct`/100-`lo_pct` percentiles of the projections, used to map every map to [0, 1].
     Fewer than 3 components (D < 3 or a constant map) are padded with zeros.
     """
-    d = teacher.shape[0]
-    x = teacher.detach().float().reshape(d, -1).T.cpu().numpy().astype(np.float64)  # (h*w, D)
+    d = maps[0].shape[0]
+    x = np.concatenate([_cells(m) for m in maps])  # (sum h*w, D)
     mean = x.mean(0)
     _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
     comps = np.zeros((3, d))
@@ -49,16 +52,23 @@ def fit_rgb_pca(teacher: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarr
         if comps[i, j] < 0:
             comps[i] = -comps[i]
     proj = (x - mean) @ comps.T
-    lo, hi = np.percentile(proj, 1, axis=0), np.percentile(proj, 99, axis=0)
+    lo, hi = np.percentile(proj, lo_pct, axis=0), np.percentile(proj, 100 - lo_pct, axis=0)
     return mean, comps, lo, hi
 
 
-def pca_rgb(feat: torch.Tensor, basis: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+def _cells(feat: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(D, h, w) -> (h*w, D) float64."""
+    a = feat.detach().float().cpu().numpy() if isinstance(feat, torch.Tensor) else np.asarray(feat)
+    return a.reshape(a.shape[0], -1).T.astype(np.float64)
+
+
+def pca_rgb(
+    feat: torch.Tensor | np.ndarray, basis: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+) -> np.ndarray:
     """(D, h, w) -> (h, w, 3) uint8 RGB through `basis` from `fit_rgb_pca`."""
     mean, comps, lo, hi = basis
-    d, h, w = feat.shape
-    x = feat.detach().float().reshape(d, -1).T.cpu().numpy().astype(np.float64)
-    proj = (x - mean) @ comps.T  # (h*w, 3)
+    _, h, w = feat.shape
+    proj = (_cells(feat) - mean) @ comps.T  # (h*w, 3)
     span = np.where(hi - lo > 1e-12, hi - lo, 1.0)
     rgb = np.clip((proj - lo) / span, 0, 1).reshape(h, w, 3)
     return (rgb * 255).round().astype(np.uint8)

@@ -1,4 +1,4 @@
-"""Training dataset that attaches each image's cached teacher map, and a flip that flips it too.
+"""Training dataset that attaches each image's cached teacher map; flips flip it too (warp.WarpFlip).
 
 The teacher map is looked up by the image's key (its path relative to the dataset root, see
 `dinocache.data.image_key`), never by index: Ultralytics re-sorts `im_files` in some modes. The cache is
@@ -13,39 +13,33 @@ from typing import Any
 
 import numpy as np
 import torch
-from dinocache.train.warp import VALID_KEY, disable_blends, stack_valid, wrap_transforms
+from dinocache.train.warp import (
+    TEACHER_KEY,
+    VALID_KEY,
+    WarpFlip,
+    disable_blends,
+    stack_valid,
+    wrap_transforms,
+)
 from ultralytics.data.augment import Compose, RandomFlip
 from ultralytics.data.dataset import YOLODataset
 
 from dinocache.core.data import image_key
 
-TEACHER_KEY = "teacher_feat"
-
-
-class FlipWithTeacher(RandomFlip):
-    """Ultralytics' RandomFlip that also flips `labels["teacher_feat"]` (D, h, w) with the image.
-
-    Exact for images whose side is a multiple of the patch size: pixel column x lies in cell x // p, and after a
-    horizontal flip in cell (w - 1) - x // p, i.e. the flipped map.
-    """
-
-    def apply_image(self, labels: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-        labels = super().apply_image(labels, params)
-        feat = labels.get(TEACHER_KEY)
-        if feat is not None and params["flip"]:
-            axis = -1 if params["direction"] == "horizontal" else -2
-            labels[TEACHER_KEY] = np.flip(feat, axis=axis)
-        return labels
-
 
 def swap_flips(transforms: Compose) -> Compose:
-    """Replace every RandomFlip inside `transforms` (nested Compose included) by a FlipWithTeacher."""
+    """Replace every RandomFlip inside `transforms` (nested Compose included) by warp.py's WarpFlip.
+
+    The one flip path of both modes: without warp state WarpFlip flips the plain (D, h, w) map with the image,
+    exact for images whose side is a multiple of the patch size (pixel column x lies in cell x // p, and after a
+    horizontal flip in cell (w - 1) - x // p).
+    """
     items = transforms.transforms
     for i, t in enumerate(items):
         if isinstance(t, Compose):
             swap_flips(t)
         elif type(t) is RandomFlip:
-            items[i] = FlipWithTeacher(p=t.p, direction=t.direction, flip_idx=t.flip_idx)
+            items[i] = WarpFlip(p=t.p, direction=t.direction, flip_idx=t.flip_idx)
     return transforms
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from dinocache.grade.featviz import fit_rgb_pca, pca_rgb
 from dinocache.train.warp import (
     TEACHER_KEY,
     VALID_KEY,
@@ -318,19 +319,6 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _pca_rgb(maps: list[np.ndarray]) -> list[np.ndarray]:
-    """Project (C, h, w) maps on their joint first 3 principal components -> (h, w, 3) in [0, 1], same colours."""
-    flat = np.concatenate([m.reshape(m.shape[0], -1).T for m in maps])  # (N, C)
-    mu = flat.mean(0)
-    _, _, vt = np.linalg.svd(flat - mu, full_matrices=False)
-    proj = [(m.reshape(m.shape[0], -1).T - mu) @ vt[:3].T for m in maps]
-    lo, hi = np.percentile(np.concatenate(proj), [2, 98], axis=0)
-    return [
-        np.clip((p - lo) / np.maximum(hi - lo, 1e-8), 0, 1).reshape(*m.shape[1:], 3)
-        for p, m in zip(proj, maps)
-    ]
-
-
 def _plot_viz(viz: list[tuple[np.ndarray, ...]], path: Path) -> None:
     import matplotlib
 
@@ -345,7 +333,8 @@ def _plot_viz(viz: list[tuple[np.ndarray, ...]], path: Path) -> None:
         "teacher_valid (white = 1)",
     ]
     for row, (img, seen, warped, valid) in zip(axes, viz):
-        a, b = _pca_rgb([seen, warped])
+        basis = fit_rgb_pca(seen, warped, lo_pct=2.0)  # one joint PCA: equal colours mean equal features
+        a, b = pca_rgb(seen, basis), pca_rgb(warped, basis)
         for ax, im, t in zip(row, [img[..., ::-1], a, b, valid], titles):
             ax.imshow(im, interpolation="nearest", cmap="gray" if im.ndim == 2 else None, vmin=0, vmax=1)
             ax.set_title(t, fontsize=8)
