@@ -111,8 +111,9 @@ class TrainConfig:
     seed: int = 42
     # where teacher features come from: "cache" (Zarr cache), "online" (teacher forward each step), "none"
     teacher_source: Literal["cache", "online", "none"] = "cache"
-    # cache mode only: "warp" keeps Ultralytics' mosaic, affine/perspective and flips on and warps each cached
-    # teacher map with its image (train/warp.py; mixup/cutmix/copy_paste are switched off); "off" switches
+    # "warp" keeps Ultralytics' mosaic, affine/perspective and flips on: cache mode warps each cached teacher
+    # map with its image (train/warp.py), online mode runs the teacher on the augmented batch; both switch
+    # mixup/cutmix/copy_paste/multi_scale off, so cache and online see the same augmentation; "off" switches
     # pixel-moving augmentation off instead (flips stay and flip the map)
     distill_geometric_aug: Literal["off", "warp"] = "warp"
     # warp mode: a teacher cell is distilled when at least this share of its pixels comes from one source

@@ -155,6 +155,40 @@ def find_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict, Path]:
     return new, state, d
 
 
+def apply_augmentation_policy(cfg: TrainConfig, ov: dict[str, Any]) -> str:
+    """Set the run's augmentation in `ov` (in place) and log it; returns the log line.
+
+    `distill_geometric_aug=warp` (the default) keeps mosaic, affine and flips for `cache` AND `online`: the
+    cache warps each stored map with its image, the online teacher runs on the augmented batch itself
+    (preprocess_batch). Both switch off what a cached map cannot follow (blends, multi_scale), so none /
+    cache / online differ only in where the teacher map comes from (the fair A/B of `dinocache compare`).
+    `off` switches pixel-moving augmentation off for both.
+    """
+    src = cfg.teacher_source
+    if src == "none":
+        return ""
+    if cfg.distill_geometric_aug == "warp":
+        was_on = warp_blends_off(ov)
+        how = (
+            "warp each cached teacher map with its image"
+            if src == "cache"
+            else "the teacher runs on each augmented batch (same augmentation as cache mode)"
+        )
+        msg = (
+            f"teacher_source={src}, distill_geometric_aug=warp: mosaic, affine and flips stay on and {how}; "
+            f"{', '.join(was_on) or 'no blend was on'} -> 0 (cannot be followed by a cached map)"
+        )
+    else:
+        was_on = geometric_off(ov)
+        msg = (
+            f"teacher_source={src}, distill_geometric_aug=off: geometric augmentation off "
+            f"({', '.join(was_on) or 'none was on'} -> 0) so each teacher cell stays under its pixels; "
+            "photometric augmentation and flips (which flip the teacher map too) stay on"
+        )
+    LOGGER.info(f"{colorstr('dinocache:')} {msg}")
+    return msg
+
+
 def train(cfg: TrainConfig, callbacks: dict[str, list] | None = None) -> DinoOBBTrainer:
     """Train one run as configured; returns the finished trainer (its save_dir holds the outputs).
 
@@ -172,19 +206,7 @@ def train(cfg: TrainConfig, callbacks: dict[str, list] | None = None) -> DinoOBB
         cfg.name = run_id
     ctx = preflight(cfg)
     ov = ultralytics_overrides(cfg, save_dir, resolve_device(cfg.device))
-    if cfg.teacher_source == "cache" and cfg.distill_geometric_aug == "warp":
-        was_on = warp_blends_off(ov)
-        LOGGER.info(
-            f"{colorstr('dinocache:')} distill_geometric_aug=warp: mosaic, affine and flips stay on and warp each "
-            f"cached teacher map with its image; {', '.join(was_on) or 'no blend was on'} -> 0 (cannot be followed)"
-        )
-    elif cfg.teacher_source in ("cache", "online"):
-        was_on = geometric_off(ov)
-        LOGGER.info(
-            f"{colorstr('dinocache:')} teacher_source={cfg.teacher_source}: geometric augmentation off "
-            f"({', '.join(was_on) or 'none was on'} -> 0) so each teacher cell stays under its pixels; "
-            "photometric augmentation and flips (which flip the teacher map too) stay on"
-        )
+    apply_augmentation_policy(cfg, ov)
     csv = save_dir / "results.csv"
     kept = csv.read_bytes() if state is not None and csv.exists() else None
     trainer = DinoOBBTrainer(overrides=ov, dino=cfg, ctx=ctx, resume_state=state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,3 +150,23 @@ def test_config_defaults_and_overrides(tmp_path) -> None:
         10,
         32,
     )
+
+
+@pytest.mark.parametrize("source", ["cache", "online"])
+def test_online_keeps_the_same_augmentation_as_cache(source: str) -> None:
+    """Fair A/B: with distill_geometric_aug=warp, cache and online runs get identical Ultralytics arguments."""
+    from dinocache.train.run import apply_augmentation_policy
+    from dinocache.train.trainer import ultralytics_overrides
+
+    def ov_for(src: str, aug: str) -> dict:
+        cfg = TrainConfig(teacher_source=src, distill_geometric_aug=aug, extra={"mixup": 0.2, "mosaic": 1.0})
+        ov = ultralytics_overrides(cfg, Path("runs/x"), "cpu")
+        apply_augmentation_policy(cfg, ov)
+        return ov
+
+    warp = ov_for(source, "warp")
+    assert warp["mosaic"] == 1.0 and warp["mixup"] == 0.0 and warp["multi_scale"] == 0.0
+    assert warp == ov_for("cache", "warp")
+    off = ov_for(source, "off")
+    assert off["mosaic"] == 0.0 and off["scale"] == 0.0 and off == ov_for("cache", "off")
+    assert ov_for("none", "warp")["mixup"] == 0.2  # none: Ultralytics' augmentation untouched
