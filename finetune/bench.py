@@ -38,7 +38,9 @@ def _measure(
     from dinocache.finetune.manager import TrainingManager, seed_everything
     from dinocache.finetune.model import DenseLoRA
     from dinocache.finetune.objectives import Objective, dense_loss
-    from dinocache.teacher.model import DinoV3Teacher, select_device
+    from dinocache.teacher.model import DinoV3Teacher
+
+    from dinocache.core.device import select_device
 
     seed_everything(0)
     dev = select_device(device)

@@ -237,8 +237,10 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
     from dinocache.finetune.manager import NonFiniteLoss, TrainingManager, seed_everything
     from dinocache.finetune.model import DenseLoRA, base_identity, resolve_base
     from dinocache.finetune.objectives import choose_objective
-    from dinocache.teacher.model import DinoV3Teacher, select_device
+    from dinocache.teacher.model import DinoV3Teacher
     from torch.utils.data import DataLoader
+
+    from dinocache.core.device import select_device
 
     # --- data decides the objective (before any output is written)
     train_recs, val_recs, summary = read_data(cfg)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from dinocache.core.config import ConfigError
+from dinocache.core.device import select_device
 
 # ImageNet statistics: what DINOv3's own preprocessor config ships; used when a folder has none.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -83,32 +84,6 @@ def _where_to_put(root: str) -> str:
 
 def _looks_like_hub_id(root: str) -> bool:
     return bool(_HUB_ID.match(root)) and not root.startswith((".", "~"))
-
-
-def select_device(device: str | torch.device = "auto") -> torch.device:
-    """ "auto" -> cuda:0 if available else cpu; "cpu"; "cuda"/"cuda:1"; "0" / "1" (Ultralytics style)."""
-    if isinstance(device, torch.device):
-        dev = device
-    else:
-        s = str(device).strip().lower()
-        if s in ("", "auto"):
-            return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-        if s.isdigit():
-            s = f"cuda:{s}"
-        try:
-            dev = torch.device(s)
-        except RuntimeError:
-            raise ConfigError(
-                f"device: {device!r} is not a device (use auto, cpu, cuda, cuda:N or N)"
-            ) from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device: {device!r} asked for CUDA but torch sees no CUDA device")
-        idx = 0 if dev.index is None else dev.index
-        if idx >= torch.cuda.device_count():
-            raise ConfigError(f"device: {device!r} but only {torch.cuda.device_count()} CUDA device(s)")
-        dev = torch.device("cuda", idx)
-    return dev
 
 
 @contextlib.contextmanager

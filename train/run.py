@@ -23,18 +23,13 @@ from ultralytics.utils import LOGGER, colorstr
 
 from dinocache.core.config import build
 from dinocache.core.data import image_key, list_split_images
+from dinocache.core.device import ultralytics_device
 
 FIX = "run `just precompute` (dinocache precompute --config config.json) to (re)build it"
 
 
 class TrainError(RuntimeError):
     """A run that must not start (bad cache, missing rows, existing run folder); the message says the fix."""
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "0" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def runs_root(cfg: TrainConfig) -> Path:
@@ -205,7 +200,7 @@ def train(cfg: TrainConfig, callbacks: dict[str, list] | None = None) -> DinoOBB
             raise TrainError(f"run folder {save_dir} already holds a run; pass resume=true or another name")
         cfg.name = run_id
     ctx = preflight(cfg)
-    ov = ultralytics_overrides(cfg, save_dir, resolve_device(cfg.device))
+    ov = ultralytics_overrides(cfg, save_dir, ultralytics_device(cfg.device))
     apply_augmentation_policy(cfg, ov)
     csv = save_dir / "results.csv"
     kept = csv.read_bytes() if state is not None and csv.exists() else None

@@ -34,7 +34,9 @@ def main() -> None:
         import cv2
         import numpy as np
         import torch
-        from dinocache.teacher.model import load_teacher, select_device
+        from dinocache.teacher.model import load_teacher
+
+        from dinocache.core.device import select_device
 
         dev = select_device(a.device)
         teacher = load_teacher(a.dino_root, device=dev)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from dinocache.teacher import tiny
-from dinocache.teacher.model import DinoV3Teacher, TeacherNotFound, load_teacher, select_device
+from dinocache.teacher.model import DinoV3Teacher, TeacherNotFound, load_teacher
 from dinocache.teacher.tiny import make_tiny_teacher
 
 from dinocache.core.config import ConfigError
@@ -193,17 +193,6 @@ def test_amp_is_cuda_only(tiny_teacher_dir: Path) -> None:
     torch.testing.assert_close(
         t.extract_feature_map(x), DinoV3Teacher.from_pretrained(tiny_teacher_dir).extract_feature_map(x)
     )
-
-
-def test_select_device() -> None:
-    assert select_device("cpu") == torch.device("cpu")
-    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ConfigError, match="device"):
-        select_device("not-a-device")
-    if not torch.cuda.is_available():
-        for d in ("0", "cuda:0", "cuda"):
-            with pytest.raises(ConfigError, match="CUDA"):
-                select_device(d)
 
 
 def test_tiny_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
