@@ -24,9 +24,11 @@ EXAMPLES = 5
 
 
 def _codec_text(codec: str) -> str:
-    return {"zstd": "blosc zstd clevel 1 + byte shuffle", "lz4": "blosc lz4 clevel 1 + byte shuffle"}.get(
-        codec, codec
-    )
+    return {
+        "zstd": "blosc zstd clevel 1 + byte shuffle",
+        "lz4": "blosc lz4 clevel 1 + byte shuffle",
+        "none": "none (uncompressed)",
+    }.get(codec, codec)
 
 
 def info_dict(fc: FeatureCache) -> dict[str, Any]:

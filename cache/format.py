@@ -159,6 +159,12 @@ class Spec:
             raise CacheFormatError(
                 f"{where}: attribute block '{ATTRS_KEY}' lacks {missing}; the cache is damaged"
             )
+        if block["codec"] not in CODECS:
+            raise CacheFormatError(
+                f"{where}: the cache was written with codec {block['codec']!r}, which this dinocache does not "
+                f"read (it reads {list(CODECS)}); rebuild it with `dinocache precompute --overwrite` "
+                "(codec=none is the default)"
+            )
         return cls(**{k: v for k, v in block.items() if k in names})
 
 

@@ -8,6 +8,7 @@ is what `dinocache precompute` uses: one creator, then whole-shard writes by eac
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import tempfile
 from collections.abc import Sequence
@@ -144,6 +145,56 @@ def _expected_arrays(spec: F.Spec) -> dict[str, tuple[tuple[int, ...], str]]:
     return out
 
 
+# ------------------------------------------------------------------------------------------ tensorstore
+
+READ_PATHS = ("auto", "zarr")
+_TS_USED_BY: int | None = None  # pid of the first process that used tensorstore
+
+
+def _tensorstore_usable() -> bool:
+    """False in a process forked from one that used tensorstore (the child would abort on first use)."""
+    global _TS_USED_BY
+    pid = os.getpid()
+    if _TS_USED_BY is None:
+        _TS_USED_BY = pid
+        return True
+    if _TS_USED_BY == pid:
+        return True
+    _warn_forked()
+    return False
+
+
+@functools.cache
+def _warn_forked() -> None:
+    import warnings
+
+    warnings.warn(
+        "dinocache: this process was forked after its parent read the cache through tensorstore, which "
+        "cannot be used after fork(); reading with zarr-python instead (slower). Read features only in "
+        "DataLoader workers, or start them with the spawn/forkserver method.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _ts_open(path: str, name: str) -> Any:
+    """Open array `name` of the local zarr group at `path` read-only with tensorstore's zarr3 driver."""
+    import tensorstore as ts
+
+    lp = local_path(path)
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str((lp / name).resolve())}}
+    # One copy thread: reads are small and run inside DataLoader workers that already use every core.
+    context = ts.Context({"data_copy_concurrency": {"limit": 1}})
+    try:
+        return ts.open(spec, read=True, open=True, context=context).result()
+    except Exception as e:  # tensorstore raises ValueError/ts-specific errors for bad metadata or codecs
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CacheFormatError(
+            f"{path}: array '{name}' cannot be read with tensorstore ({first}); the cache is damaged or "
+            "uses a codec this reader does not support: rebuild it (`dinocache precompute --overwrite`)"
+        ) from None
+
+
 class _Store:
     """Shared plumbing: path, lazily opened group/arrays, spec checks."""
 
@@ -175,6 +226,12 @@ class _Store:
                 raise CacheFormatError(
                     f"{self.path}: array '{name}' is missing; the cache is damaged"
                 ) from None
+            except Exception as e:  # e.g. zarr's UnknownCodecError for a codec this install lacks
+                raise CacheFormatError(
+                    f"{self.path}: array '{name}' cannot be opened ({type(e).__name__}: {e}); the cache is "
+                    "damaged or uses a codec this reader does not support: rebuild it "
+                    "(`dinocache precompute --overwrite`)"
+                ) from None
             self._arrays[name] = arr
         return arr
 
@@ -199,18 +256,33 @@ class _Store:
         state = self.__dict__.copy()
         state["_group"] = None
         state["_arrays"] = {}
+        if "_ts" in state:
+            state["_ts"], state["_ts_pid"] = None, None
         return state
 
 
 class FeatureCache(_Store):
-    """Read-only view of a cache: lookup by image key, batched fp16 reads. See `cache.open`."""
+    """Read-only view of a cache: lookup by image key, batched fp16 reads. See `cache.open`.
 
-    def __init__(self, path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
+    Feature reads go through tensorstore (zarr3 driver) for local stores, opened lazily in each process;
+    metadata, keys and statistics (read once) and URL stores go through zarr-python. `read_path="zarr"`
+    forces zarr-python for everything (the reference the tests compare against).
+    """
+
+    def __init__(
+        self, path: str | Path, storage_options: dict[str, Any] | None = None, read_path: str = "auto"
+    ) -> None:
+        if read_path not in READ_PATHS:
+            raise ValueError(f"read_path={read_path!r}, expected one of {list(READ_PATHS)}")
         super().__init__(path, storage_options, read_only=True)
         self.spec = self._load_spec()
         self._keys: list[str] | None = None
         self._row: dict[str, int] | None = None
         self._stats: dict[str, np.ndarray] = {}
+        # "auto": tensorstore for local stores, zarr-python otherwise; "zarr": always zarr-python
+        self._ts_mode = "auto" if read_path == "auto" else "zarr"
+        self._ts: Any = None
+        self._ts_pid: int | None = None
 
     # -- attributes
     n = property(lambda self: self.spec.n)
@@ -285,12 +357,9 @@ class FeatureCache(_Store):
     def read(self, rows: Sequence[int] | np.ndarray, channels: int | None = None) -> np.ndarray:
         """(B,) rows -> float16 (B, D, h, w) with D = channels (the first D components) or K.
 
-        Rows never written read as NaN. Duplicates and any order are fine: unique rows are sorted and
-        read as contiguous runs, all runs at once with asyncio.gather inside one zarr sync call (the
-        fastest zarr-python pattern measured; orthogonal indexing is 10-50x slower).
+        Rows never written read as NaN. Duplicates and any order are fine: unique rows are read sorted,
+        in one tensorstore index-array read (local stores), then put back in the asked order.
         """
-        from zarr.core.sync import sync
-
         idx = np.asarray(rows, dtype=np.int64).reshape(-1)
         d = self.k if channels is None else int(channels)
         if not 1 <= d <= self.k:
@@ -301,7 +370,43 @@ class FeatureCache(_Store):
         bad = idx[(idx < 0) | (idx >= self.n)]
         if bad.size:
             raise IndexError(f"row {int(bad[0])} out of range for cache {self.path} with {self.n} rows")
-        uniq, inverse = np.unique(idx, return_inverse=True)
+        if idx.size == 1:
+            uniq, inverse = idx, None
+        else:
+            uniq, inverse = np.unique(idx, return_inverse=True)
+            if inverse.size == uniq.size:  # no duplicates: identity order if already sorted
+                inverse = None if (np.diff(idx) > 0).all() else inverse
+        t = self._ts_features()
+        if t is not None:
+            block = (
+                t[uniq, :d].read().result() if uniq.size > 1 else t[int(uniq[0]), :d].read().result()[None]
+            )
+            block = np.asarray(block)
+        else:
+            block = self._zarr_read(uniq, d)
+        return block if inverse is None else block[inverse]
+
+    # -- read paths
+    def _ts_features(self) -> Any:
+        """The tensorstore handle of `features`, opened on first use in this process; None -> zarr-python.
+
+        None for non-local stores (fsspec URLs) and in a process forked from one that already used
+        tensorstore (its thread pools do not survive fork(): the child would abort, see docs/cache.md).
+        """
+        pid = os.getpid()
+        if self._ts is not None and self._ts_pid == pid:
+            return self._ts
+        self._ts = None
+        if self._ts_mode == "zarr" or local_path(self.path) is None or not _tensorstore_usable():
+            return None
+        self._ts = _ts_open(self.path, F.FEATURES)
+        self._ts_pid = pid
+        return self._ts
+
+    def _zarr_read(self, uniq: np.ndarray, d: int) -> np.ndarray:
+        """zarr-python fallback: contiguous runs of the sorted unique rows, gathered in one sync call."""
+        from zarr.core.sync import sync
+
         cuts = np.flatnonzero(np.diff(uniq) != 1) + 1
         starts = np.concatenate([[0], cuts])
         ends = np.concatenate([cuts, [uniq.size]])
@@ -314,10 +419,7 @@ class FeatureCache(_Store):
             )
 
         parts = [np.asarray(p) for p in sync(_gather())]
-        block = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return (
-            block if inverse.size == uniq.size and (inverse == np.arange(uniq.size)).all() else block[inverse]
-        )
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def get(self, key: str, channels: int | None = None) -> np.ndarray:
         """float16 (D, h, w) of one image by key."""
@@ -328,9 +430,11 @@ class FeatureCache(_Store):
         return disk_bytes(self.path, self.storage_options, F.FEATURES)
 
 
-def open(path: str | Path, storage_options: dict[str, Any] | None = None) -> FeatureCache:  # noqa: A001
+def open(  # noqa: A001
+    path: str | Path, storage_options: dict[str, Any] | None = None, read_path: str = "auto"
+) -> FeatureCache:
     """Open a cache read-only; refuses foreign/newer formats and unfinished stores (CacheFormatError)."""
-    return FeatureCache(path, storage_options)
+    return FeatureCache(path, storage_options, read_path)
 
 
 def check_fingerprint(fc: FeatureCache, expected: dict[str, Any]) -> None:

@@ -64,7 +64,7 @@ def test_info_text_and_json(built, capsys) -> None:
     for want in ("dinocache.features version 1", "N=16, done 16/16", "K=4 PCA components of 64", "grid 8x8"):
         assert want in out
     assert "2,048 logical" not in out and "512 logical" in out  # 4 * 8 * 8 * 2 bytes
-    assert "blosc zstd" in out and "4 images per shard, 4 shard(s)" in out
+    assert "uncompressed" in out and "4 images per shard, 4 shard(s)" in out  # codec=none by default
     assert cache_main(["info", str(store), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["n"] == 16 and d["done"] == 16 and d["k"] == 4 and d["grid"] == [8, 8]

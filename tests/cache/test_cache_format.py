@@ -196,3 +196,65 @@ def test_auto_shard_size_and_keys() -> None:
     assert _decode_keys(raw) == ["a", "images/é.png"]
     with pytest.raises(cache.CacheError, match="longer than key_len"):
         encode_keys(["x" * 17], 16)
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd", "lz4"])
+def test_tensorstore_reads_equal_zarr_python(tmp_path: Path, codec: str) -> None:
+    """The tensorstore read path returns the very bits of the zarr-python reader, NaN rows included."""
+    p = str(tmp_path / f"{codec}.zarr")
+    w = build(p, make_spec(codec=codec), write=False)
+    x = rows_data()
+    w.write_shard(0, x[:S], ["ab" * 32] * S, np.ones(S, np.uint8))  # shards 1, 2 never written: NaN
+    fast, ref = cache.open(p), cache.open(p, read_path="zarr")
+    assert fast._ts_features() is not None and ref._ts_features() is None
+    for rows in ([0], [3], [7], [2, 0, 2, 9, 1], list(range(N)), [5, 4], [9, 8, 7, 6]):
+        for ch in (None, 2):
+            a, b = fast.read(rows, ch), ref.read(rows, ch)
+            assert a.dtype == np.float16 and a.shape == b.shape
+            assert a.tobytes() == b.tobytes()  # bit-identical, NaN payloads too
+    np.testing.assert_array_equal(fast.read([1, 3]), x[[1, 3]])
+    assert np.isnan(fast.get(keys()[9])).all()
+    assert fast.get(keys()[2], channels=3).shape == (3, G, G)
+
+
+def test_new_caches_default_to_no_compression() -> None:
+    from dinocache.precompute.run import PrecomputeConfig
+
+    assert PrecomputeConfig().codec == "none" and F.compressors("none") is None
+
+
+def test_unsupported_codec_refused(store: str) -> None:
+    g = zarr.open_group(store, mode="r+")
+    block = dict(g.attrs[F.ATTRS_KEY])
+    block["codec"] = "brotli"
+    g.attrs[F.ATTRS_KEY] = block
+    with pytest.raises(cache.CacheFormatError, match=r"codec 'brotli'.*does not read.*--overwrite"):
+        cache.open(store)
+
+
+def test_array_with_unknown_codec_refused(store: str) -> None:
+    """A features array whose zarr metadata names a codec no reader knows: refused naming the array."""
+    import json
+
+    meta = Path(store) / F.FEATURES / "zarr.json"
+    m = json.loads(meta.read_text())
+    m["codecs"][0]["configuration"]["codecs"].append({"name": "no-such-codec", "configuration": {}})
+    meta.write_text(json.dumps(m))
+    with pytest.raises(cache.CacheFormatError, match=r"array 'features' cannot be opened.*no-such-codec"):
+        cache.open(store)
+    with pytest.raises(cache.CacheFormatError, match=r"array 'features' cannot be read with tensorstore"):
+        from dinocache.cache.store import _ts_open
+
+        _ts_open(store, F.FEATURES)
+
+
+def _read_in_child(fc: cache.FeatureCache) -> bytes:
+    return fc.read([1, 8]).tobytes()
+
+
+def test_forked_worker_after_parent_tensorstore_use_falls_back(store: str) -> None:
+    """tensorstore cannot run in a child forked after its parent used it: the child reads via zarr-python."""
+    fc = cache.open(store)
+    want = fc.read([1, 8]).tobytes()  # parent uses tensorstore
+    with mp.get_context("fork").Pool(1) as pool:
+        assert pool.apply(_read_in_child, (fc,)) == want
