@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import yaml
 
-from dinocache.core.data import IMG_EXTS, DataError
+from dinocache.core.data import IMG_EXTS, DataError, dataset_root, load_data_yaml, split_images
 
 from .geometry import min_area_box, polygon_area
 
@@ -153,58 +153,13 @@ class DataSpec:
     splits: dict[str, list[Path]]  # split -> sorted images
 
 
-def _names(raw, where: Path) -> dict[int, str]:
-    if isinstance(raw, list):
-        return {i: str(n) for i, n in enumerate(raw)}
-    if isinstance(raw, dict):
-        try:
-            return {int(k): str(v) for k, v in sorted(raw.items(), key=lambda kv: int(kv[0]))}
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: 'names' keys must be integers") from None
-    raise DataError(f"{where}: 'names' must be a list or a mapping of class id -> name")
-
-
 def read_data_yaml(path: str | Path) -> DataSpec:
-    """Like Ultralytics' check_det_dataset but tolerant: any subset of train/val/test, `path:` optional
-    (relative to the yaml's folder), each split a folder, a .txt list of images or a list of those."""
-    p = Path(path).expanduser().resolve()
-    if p.is_dir():
-        p = p / "data.yaml"
-    if not p.is_file():
-        raise DataError(f"dataset file {p} does not exist")
-    try:
-        d = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise DataError(f"{p}: invalid YAML: {e}") from None
-    if not isinstance(d, dict):
-        raise DataError(f"{p}: expected a mapping with train/val/names")
-    if "names" not in d:
-        raise DataError(f"{p}: no 'names' key")
-    names = _names(d["names"], p)
-    root = Path(d.get("path") or p.parent)
-    if not root.is_absolute():
-        root = (p.parent / root).resolve()
-    splits: dict[str, list[Path]] = {}
-    for split in ("train", "val", "test"):
-        src = d.get(split)
-        if not src:
-            continue
-        images: list[Path] = []
-        for s in src if isinstance(src, list) else [src]:
-            sp = Path(s) if Path(s).is_absolute() else root / s
-            if sp.is_dir():
-                images += list_images(sp)
-            elif sp.is_file() and sp.suffix == ".txt":
-                for ln in sp.read_text().splitlines():
-                    if ln.strip():
-                        q = Path(ln.strip())
-                        images.append(q if q.is_absolute() else (sp.parent / q).resolve())
-            else:
-                raise DataError(f"{p}: split '{split}': {sp} does not exist")
-        splits[split] = sorted(dict.fromkeys(images))
-    if not splits:
-        raise DataError(f"{p}: no train/val/test split")
-    return DataSpec(p, root, names, splits)
+    """The dataset as training will see it: core's one resolver (Ultralytics' check_det_dataset; any subset of
+    train/val/test) and Ultralytics' image listing for each split that is set."""
+    info = load_data_yaml(path, require_val=False)
+    splits = {s: split_images(info, s) for s in ("train", "val", "test") if info.get(s)}
+    names = {int(k): str(v) for k, v in sorted(info["names"].items())}
+    return DataSpec(Path(info["yaml_file"]), dataset_root(info), names, splits)
 
 
 def write_data_yaml(root: Path, names: dict[int, str], splits: list[str]) -> Path:

@@ -1,0 +1,44 @@
+"""The one data.yaml resolver (Ultralytics' check_det_dataset) in its strict and its tolerant form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from dinocache.core.data import DataError, list_split_images, load_data_yaml
+
+
+def _dataset(root: Path, splits: list[str]) -> Path:
+    for s in splits:
+        (root / "images" / s).mkdir(parents=True)
+        cv2.imwrite(str(root / "images" / s / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    (root / "data.yaml").write_text(yaml.safe_dump({**{s: f"images/{s}" for s in splits}, "names": ["x"]}))
+    return root / "data.yaml"
+
+
+def test_strict_and_tolerant(tmp_path: Path) -> None:
+    both = _dataset(tmp_path / "both", ["train", "val"])
+    info = load_data_yaml(both.parent)  # a folder means its data.yaml
+    assert info["names"] == {0: "x"} and Path(info["path"]) == both.parent.resolve()
+    assert [p.name for p in list_split_images(both, "val")[1]] == ["a.png"]
+
+    only_test = _dataset(tmp_path / "t", ["test"])
+    with pytest.raises(DataError, match=r"data.yaml.*'train:' key missing"):
+        load_data_yaml(only_test)
+    info = load_data_yaml(only_test, require_val=False)
+    assert "train" not in info and "val" not in info and info["yaml_file"] == str(only_test.resolve())
+    assert Path(info["test"]) == (only_test.parent / "images" / "test").resolve()
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        load_data_yaml(tmp_path / "nope.yaml")
+    with pytest.raises(DataError, match="has no data.yaml"):
+        load_data_yaml(tmp_path)
+    (tmp_path / "data.yaml").write_text("names: [x]\n")
+    with pytest.raises(DataError, match="no train/val/test split"):
+        load_data_yaml(tmp_path, require_val=False)
