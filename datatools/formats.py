@@ -171,6 +171,46 @@ def write_data_yaml(root: Path, names: dict[int, str], splits: list[str]) -> Pat
     return out
 
 
+class LabelLineError(ValueError):
+    """A YOLO label line that cannot be an object; the message is the reason (no file:line, callers add it)."""
+
+
+def parse_yolo_line(parts: list[str], nc: float, axis_boxes: bool = False) -> tuple[int, np.ndarray]:
+    """The one YOLO label-line parser: `cls x1 y1 ... xK yK` normalised (K >= 3; K = 4 is an OBB, more is a
+    segment) and, with `axis_boxes`, Ultralytics' detection line `cls cx cy w h`. Returns (class id,
+    (K, 2) float64 normalised corners). Coordinates are not range-checked: callers choose (error, clip).
+    Every bad line raises LabelLineError; `validate`, the grader and fine-tuning all read labels here."""
+    axis = axis_boxes and len(parts) == 5
+    if not axis and (len(parts) < 7 or len(parts) % 2 == 0):
+        also = " or 5 (class cx cy w h)" if axis_boxes else ""
+        raise LabelLineError(f"{len(parts)} fields; expected 9 (class x1 y1 x2 y2 x3 y3 x4 y4){also}")
+    try:
+        vals = [float(v) for v in parts]
+    except ValueError:
+        bad = next(v for v in parts if not _is_number(v))
+        raise LabelLineError(f"not a number: {bad!r}") from None
+    if not all(math.isfinite(v) for v in vals):
+        raise LabelLineError("non-finite value")
+    c = vals[0]
+    if c != int(c) or not 0 <= c < nc:
+        raise LabelLineError(f"class id {parts[0]} out of range [0, {nc - 1}]")
+    if axis:
+        cx, cy, w, h = vals[1:]
+        xy = np.array(
+            [
+                [cx - w / 2, cy - h / 2],
+                [cx + w / 2, cy - h / 2],
+                [cx + w / 2, cy + h / 2],
+                [cx - w / 2, cy + h / 2],
+            ]
+        )
+    else:
+        xy = np.array(vals[1:], dtype=np.float64).reshape(-1, 2)
+    if polygon_area(xy) <= MIN_AREA:
+        raise LabelLineError("degenerate polygon (zero area)")
+    return int(c), xy
+
+
 def parse_yolo_label(
     path: Path, width: int, height: int, nc: int, col: Collection, rel: str | None = None
 ) -> list[Obj]:
@@ -187,23 +227,11 @@ def parse_yolo_label(
         parts = raw.split()
         if not parts:
             continue
-        if len(parts) < 7 or len(parts) % 2 == 0:
-            col.add(where, ln, "error", f"{len(parts)} fields; expected 9 (class x1 y1 x2 y2 x3 y3 x4 y4)")
-            continue
         try:
-            vals = [float(v) for v in parts]
-        except ValueError:
-            bad = next(v for v in parts if not _is_number(v))
-            col.add(where, ln, "error", f"not a number: {bad!r}")
+            c, xy = parse_yolo_line(parts, nc)
+        except LabelLineError as e:
+            col.add(where, ln, "error", str(e))
             continue
-        if not all(math.isfinite(v) for v in vals):
-            col.add(where, ln, "error", "non-finite value")
-            continue
-        c = vals[0]
-        if c != int(c) or not 0 <= c < nc:
-            col.add(where, ln, "error", f"class id {parts[0]} out of range [0, {nc - 1}]")
-            continue
-        xy = np.array(vals[1:], dtype=np.float64).reshape(-1, 2)
         clipped = False
         lo, hi = float(xy.min()), float(xy.max())
         if lo < -COORD_TOL or hi > 1 + COORD_TOL:
@@ -211,9 +239,6 @@ def parse_yolo_label(
                 where, ln, "error", f"coordinate out of [0, 1] (min {lo:.4g}, max {hi:.4g}); --fix clips it"
             )
             clipped = True
-        if polygon_area(xy) <= MIN_AREA:
-            col.add(where, ln, "error", "degenerate polygon (zero area)")
-            continue
         if len(xy) != 4:
             col.add(where, ln, "warning", f"polygon with {len(xy)} points; --fix makes it a rotated box")
         key = tuple(parts)
@@ -223,7 +248,7 @@ def parse_yolo_label(
         seen[key] = ln
         if len(xy) > 4:
             col.masks += 1
-        objs.append(Obj(int(c), xy * [width, height], line=ln, clipped=clipped))
+        objs.append(Obj(c, xy * [width, height], line=ln, clipped=clipped))
     return objs
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from dinocache.datatools.formats import LabelLineError, label_path, parse_yolo_line
 
 from dinocache.core.data import DataError
 
@@ -149,44 +150,15 @@ def choose_objective(summary: AnnotationSummary) -> Objective:
 # ---------------------------------------------------------------- YOLO label files
 
 
-def _label_path(image: Path) -> Path:
-    """Ultralytics' rule: the last `/images/` in the path becomes `/labels/`, extension `.txt`."""
-    from ultralytics.data.utils import img2label_paths
-
-    return Path(img2label_paths([str(image)])[0])
-
-
-def parse_yolo_line(values: list[float], n_classes: int) -> tuple[Instance | None, str]:
-    """One label line (already split into numbers) -> (Instance, "") or (None, reason)."""
-    if len(values) < 5:
-        return None, "line with fewer than 5 values"
-    c = values[0]
-    if c != int(c) or not 0 <= int(c) < n_classes:
-        return None, f"class id outside names (0..{n_classes - 1})"
-    coords = np.asarray(values[1:], dtype=np.float64)
-    if len(coords) == 4:  # cx cy w h
-        cx, cy, w, h = coords
-        if w <= 0 or h <= 0:
-            return None, "empty box"
-        pts = np.array(
-            [
-                [cx - w / 2, cy - h / 2],
-                [cx + w / 2, cy - h / 2],
-                [cx + w / 2, cy + h / 2],
-                [cx - w / 2, cy + h / 2],
-            ]
-        )
-        kind = "axis box"
-    elif len(coords) % 2 == 0 and len(coords) >= 6:
-        pts = coords.reshape(-1, 2)
-        kind = "oriented box" if len(pts) == 4 else "polygon mask"
-    else:
-        return None, "odd number of coordinates"
-    if not np.isfinite(pts).all() or pts.min() < -0.01 or pts.max() > 1.01:
-        return None, "coordinates outside [0, 1]"
-    if _area(pts) <= 0:
-        return None, "zero-area shape"
-    return Instance(int(c), kind, np.clip(pts, 0.0, 1.0).astype(np.float32)), ""
+def yolo_instance(parts: list[str], n_classes: int) -> Instance:
+    """One label line (detect `cls cx cy w h`, OBB or segment) -> Instance, through the one label-line parser
+    (datatools.formats.parse_yolo_line); corners up to 0.01 outside [0, 1] are clipped (Ultralytics' slack),
+    further out is a LabelLineError."""
+    c, pts = parse_yolo_line(parts, n_classes, axis_boxes=True)
+    kind = "axis box" if len(parts) == 5 else "oriented box" if len(pts) == 4 else "polygon mask"
+    if pts.min() < -0.01 or pts.max() > 1.01:
+        raise LabelLineError("coordinates outside [0, 1]")
+    return Instance(c, kind, np.clip(pts, 0.0, 1.0).astype(np.float32))
 
 
 def _area(pts: np.ndarray) -> float:
@@ -207,7 +179,7 @@ def read_yolo_split(
     s = summary or AnnotationSummary(sources=[str(data_yaml)], classes=classes)
     records = []
     for img in images:
-        lab = _label_path(img)
+        lab = label_path(img)
         s.n_images += 1
         inst: list[Instance] = []
         if lab.exists():
@@ -215,16 +187,12 @@ def read_yolo_split(
                 if not line.strip():
                     continue
                 try:
-                    vals = [float(v) for v in line.split()]
-                except ValueError:
-                    s.note("line that is not numbers", f"{lab}:{i}")
+                    ins = yolo_instance(line.split(), len(classes))
+                except LabelLineError as e:
+                    s.note(str(e), f"{lab}:{i}")
                     continue
-                ins, why = parse_yolo_line(vals, len(classes))
-                if ins is None:
-                    s.note(why, f"{lab}:{i}")
-                else:
-                    s.counts[ins.kind] += 1
-                    inst.append(ins)
+                s.counts[ins.kind] += 1
+                inst.append(ins)
         s.n_annotated += bool(inst)
         records.append(ImageRecord(img, inst))
     return records, s

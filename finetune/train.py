@@ -167,7 +167,7 @@ def read_data(cfg: FinetuneConfig) -> tuple[list, list, Any]:
 
 def data_sha256(records: list, sources: list[str]) -> str:
     """Hash of the annotation files and the image list (names and sizes, not pixels: cheap on big sets)."""
-    from dinocache.finetune.objectives import _label_path
+    from dinocache.datatools.formats import label_path
 
     from dinocache.core.data import file_sha256
 
@@ -178,7 +178,7 @@ def data_sha256(records: list, sources: list[str]) -> str:
     for rec in records:
         p = Path(rec.path)
         h.update(f"{p.name}|{p.stat().st_size if p.exists() else -1}\n".encode())
-        lab = _label_path(p)
+        lab = label_path(p)
         if lab.is_file():
             h.update(lab.read_bytes())
     return h.hexdigest()

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from dinocache.datatools.formats import LabelLineError, parse_yolo_line
 from dinocache.grade.metrics import Boxes, ImageResult, grade
 
-from dinocache.core.data import DataError, list_split_images
+from dinocache.core.data import DataError, load_data_yaml, split_images
 
 # Columns of eval/grades.csv, in order (epoch is 1-based like results.csv).
 GRADE_COLUMNS = ["epoch", "precision", "recall", "f1", "mean_iou", "centre_err", "angle_err", "grade"]
@@ -47,8 +48,9 @@ class EvalResult:
     per_image: list[ImageResult] = field(default_factory=list)
 
 
-def read_obb_labels(label: Path, shape: tuple[int, int]) -> Boxes:
-    """Ultralytics OBB label file (`cls x1 y1 .. x4 y4`, normalised) -> Boxes in pixels.
+def read_obb_labels(label: Path, shape: tuple[int, int], nc: float = math.inf) -> Boxes:
+    """Ultralytics OBB label file (`cls x1 y1 .. x4 y4`, normalised) -> Boxes in pixels, read by the one
+    label-line parser (datatools.formats.parse_yolo_line).
 
     A missing file means no objects (Ultralytics' rule); a malformed line is a DataError naming file:line.
     """
@@ -60,16 +62,14 @@ def read_obb_labels(label: Path, shape: tuple[int, int]) -> Boxes:
         parts = line.split()
         if not parts:
             continue
-        if len(parts) != 9:
-            raise DataError(f"{label}:{n}: expected 'cls x1 y1 x2 y2 x3 y3 x4 y4', got {len(parts)} values")
         try:
-            vals = [float(v) for v in parts]
-        except ValueError:
-            raise DataError(f"{label}:{n}: not a number in {line.strip()!r}") from None
-        if vals[0] != int(vals[0]) or vals[0] < 0:
-            raise DataError(f"{label}:{n}: class id {parts[0]!r} is not a non-negative integer")
-        classes.append(int(vals[0]))
-        polys.append(np.array(vals[1:], dtype=np.float64).reshape(4, 2) * (w, h))
+            c, xy = parse_yolo_line(parts, nc)
+        except LabelLineError as e:
+            raise DataError(f"{label}:{n}: {e}") from None
+        if len(xy) != 4:
+            raise DataError(f"{label}:{n}: expected 'cls x1 y1 x2 y2 x3 y3 x4 y4', got {len(parts)} values")
+        classes.append(c)
+        polys.append(xy * (w, h))
     if not polys:
         return Boxes.empty()
     return Boxes.from_polys(np.stack(polys), classes, None)
@@ -83,7 +83,8 @@ def load_split(data: str | Path, split: str = "val") -> list[Sample]:
     from PIL import Image
     from ultralytics.data.utils import img2label_paths
 
-    _, images = list_split_images(data, split)
+    info = load_data_yaml(data)
+    images, nc = split_images(info, split), len(info["names"])
     if not images:
         raise DataError(f"{data}: split '{split}' has no images")
     labels = img2label_paths([str(p) for p in images])
@@ -94,7 +95,7 @@ def load_split(data: str | Path, split: str = "val") -> list[Sample]:
                 w, h = im.size
         except Exception as e:
             raise DataError(f"{img}: cannot read image ({e})") from None
-        samples.append(Sample(img, Path(lab), read_obb_labels(Path(lab), (h, w)), (h, w)))
+        samples.append(Sample(img, Path(lab), read_obb_labels(Path(lab), (h, w), nc), (h, w)))
     return samples
 
 

@@ -89,7 +89,7 @@ def test_no_usable_annotations_lists_what_was_found(tmp_path: Path) -> None:
     with pytest.raises(NoUsableAnnotations) as e:
         choose_objective(s)
     msg = str(e.value)
-    assert "2 images" in msg and "fewer than 5 values" in msg and "class id outside names" in msg
+    assert "2 images" in msg and "3 fields; expected 9" in msg and "class id 7 out of range" in msg
     assert "0.txt:1" in msg  # names file and line
 
 

@@ -52,7 +52,7 @@ def test_labels_missing_file_and_malformed(tmp_path):
     assert len(read_obb_labels(tmp_path / "nope.txt", (10, 10))) == 0
     bad = tmp_path / "bad.txt"
     bad.write_text("0 0.1 0.1 0.2 0.1 0.2 0.2 0.1 0.2\n0 0.5 0.5\n")
-    with pytest.raises(DataError, match=r"bad.txt:2: expected"):
+    with pytest.raises(DataError, match=r"bad.txt:2: 3 fields; expected 9"):
         read_obb_labels(bad, (10, 10))
     bad.write_text("x 0.1 0.1 0.2 0.1 0.2 0.2 0.1 0.2\n")
     with pytest.raises(DataError, match=r"bad.txt:1: not a number"):
