@@ -424,6 +424,28 @@ def write_dota(col: Collection, out: Path) -> None:
 # --------------------------------------------------------------------------------------------- COCO
 
 
+def read_coco_json(path: str | Path) -> dict:
+    """The one COCO reader: a COCO instances JSON as a dict whose `images` and `annotations` are lists and
+    `categories` are sorted by id (category order = class order everywhere). Bad files are a DataError naming
+    file:line:column. `dataset inspect/validate/convert` and fine-tuning's COCO objective both read here."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"COCO file {p} does not exist")
+    try:
+        d = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{p}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+    if not isinstance(d, dict) or not isinstance(d.get("images"), list):
+        raise DataError(f"{p}: not a COCO instances file (no 'images' list)")
+    if not isinstance(d.setdefault("annotations", []), list):
+        raise DataError(f"{p}: 'annotations' must be a list")
+    try:
+        d["categories"] = sorted(d.get("categories") or [], key=lambda c: c["id"])
+    except (KeyError, TypeError):
+        raise DataError(f"{p}: every category needs an 'id'") from None
+    return d
+
+
 def _coco_split(path: Path) -> str:
     stem = path.stem.lower()
     for s in ("train", "val", "test"):
@@ -456,13 +478,8 @@ def load_coco(src: str | Path, decode: bool = False) -> Collection:
     col = Collection("coco", src if src.is_dir() else src.parent, {}, [])
     cat_ids: dict[int, int] = {}
     for jf in files:
-        try:
-            d = json.loads(jf.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"{jf}:{e.lineno}: invalid JSON: {e.msg}") from None
-        if not isinstance(d, dict) or "images" not in d or "annotations" not in d:
-            raise DataError(f"{jf}: not a COCO file (needs 'images' and 'annotations')")
-        for c in sorted(d.get("categories", []), key=lambda c: c["id"]):
+        d = read_coco_json(jf)
+        for c in d["categories"]:
             if c["id"] not in cat_ids:
                 cat_ids[c["id"]] = len(cat_ids)
                 col.names[cat_ids[c["id"]]] = str(c.get("name", c["id"]))

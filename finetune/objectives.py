@@ -15,7 +15,6 @@ Nothing usable -> `NoUsableAnnotations` listing what was found, so the user sees
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dinocache.datatools.formats import LabelLineError, label_path, parse_yolo_line
+from dinocache.datatools.formats import LabelLineError, label_path, parse_yolo_line, read_coco_json
 
 from dinocache.core.data import DataError
 
@@ -226,15 +225,8 @@ def read_coco(
     (or follow `classes` by name, so train and val agree). Images resolve against `image_dir`
     (default: the JSON's folder)."""
     p = Path(json_path)
-    if not p.is_file():
-        raise DataError(f"COCO file {p} does not exist")
-    try:
-        coco = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
-    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
-        raise DataError(f"{p}: not a COCO instances file (no 'images' list)")
-    cats = sorted(coco.get("categories") or [], key=lambda c: c["id"])
+    coco = read_coco_json(p)
+    cats = coco["categories"]
     if classes is None:
         classes = [str(c["name"]) for c in cats]
     by_name = {n: i for i, n in enumerate(classes)}
@@ -243,7 +235,7 @@ def read_coco(
     s = AnnotationSummary(sources=[str(p)], classes=list(classes))
     imgs = {im["id"]: im for im in coco["images"]}
     per_image: dict[Any, list[Instance]] = {i: [] for i in imgs}
-    for k, ann in enumerate(coco.get("annotations") or []):
+    for k, ann in enumerate(coco["annotations"]):
         where = f"{p}: annotations[{k}]"
         im = imgs.get(ann.get("image_id"))
         if im is None:
