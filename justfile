@@ -6,6 +6,9 @@ export YOLO_OFFLINE := env_var_or_default("YOLO_OFFLINE", "1")
 export HF_HUB_OFFLINE := env_var_or_default("HF_HUB_OFFLINE", "1")
 export WANDB_MODE := env_var_or_default("WANDB_MODE", if env_var_or_default("WANDB_API_KEY", "") == "" { "offline" } else { "online" })
 
+# Arguments reach the commands as they were typed (`just train 'extra={close_mosaic: 0}'` stays one argument).
+set positional-arguments
+
 config := "config.json"
 
 # list recipes
@@ -14,51 +17,51 @@ default:
 
 # whole pipeline on the embedded default: demo data, tiny teacher, augment, precompute, verify, train
 demo *ARGS:
-    dinocache demo --config {{config}} {{ARGS}}
+    dinocache demo --config {{config}} "$@"
 
-# generate the synthetic OBB dataset into dataset/ (skipped when present)
+# generate the synthetic OBB dataset into the folder of config.json's augment.data (skipped when present)
 demo-data:
-    test -e dataset/data.yaml || dinocache demo-data dataset
+    dinocache demo --config {{config}} --only data
 
-# build a tiny random DINOv3 into dinov3/ (skipped when present)
+# build a tiny random DINOv3 into config.json's dino_root (skipped when present)
 tiny-teacher:
-    test -e dinov3/config.json || dinocache make-tiny-teacher dinov3
+    dinocache demo --config {{config}} --only teacher
 
 # offline augmentation: dataset/ -> dataset/augmented/
 augment *ARGS:
-    dinocache augment --config {{config}} {{ARGS}}
+    dinocache augment --config {{config}} "$@"
 
 # run the teacher once per augmented image into the Zarr cache
 precompute *ARGS:
-    dinocache precompute --config {{config}} {{ARGS}}
+    dinocache precompute --config {{config}} "$@"
 
-# check the cache against the dataset and teacher
-verify:
-    dinocache cache verify artifacts/cache/features.zarr --data dataset/augmented/data.yaml --dino-root dinov3
+# check the cache against the dataset and teacher named in config.json (key=value overrides: cache=, data=, ...)
+verify *ARGS:
+    dinocache cache verify --config {{config}} "$@"
 
 # train the YOLO26-n OBB student (key=value overrides, e.g. `just train epochs=3`)
 train *ARGS:
-    dinocache train --config {{config}} {{ARGS}}
+    dinocache train --config {{config}} "$@"
 
 # LoRA fine-tune the teacher (see merge-teacher)
 finetune-teacher *ARGS:
-    dinocache finetune-teacher --config {{config}} {{ARGS}}
+    dinocache finetune-teacher --config {{config}} "$@"
 
 # merge LoRA adapters into a plain DINOv3 folder (--adapter DIR --out DIR)
 merge-teacher *ARGS:
-    dinocache merge-teacher {{ARGS}}
+    dinocache merge-teacher "$@"
 
 # the default test run (slow tests deselected)
 test *ARGS:
-    python -m pytest -m "not slow" {{ARGS}}
+    python -m pytest -m "not slow" "$@"
 
 # every test, slow ones included
 test-all *ARGS:
-    python -m pytest {{ARGS}}
+    python -m pytest "$@"
 
 # the benchmark suite (writes benchmarks/results/latest.json and BENCHMARKS.md)
 bench *ARGS:
-    python -m pytest benchmarks/ --benchmark {{ARGS}}
+    python -m pytest benchmarks/ --benchmark "$@"
 
 # format the code
 fmt:

@@ -2,6 +2,7 @@
 
     dinocache cache info PATH [--json]
     dinocache cache verify PATH --data DATA [--split train] [--dino-root DIR --layer L --imgsz N]
+    dinocache cache verify --config config.json [cache=PATH data=DATA dino_root=DIR ...]
 
 `info` prints the format, the teacher fingerprint summary, N, K, grid, done count, bytes per image
 (logical and on disk), codec and shard size. `verify` checks that every image of the dataset split has
@@ -195,8 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     pi.add_argument("path")
     pi.add_argument("--json", action="store_true", help="print one JSON object")
     pv = sub.add_parser("verify", help="check the cache against a dataset (and teacher)")
-    pv.add_argument("path")
-    pv.add_argument("--data", required=True, help="data.yaml of the dataset the cache was built from")
+    pv.add_argument(
+        "path", nargs="*", help="cache path (default: config.json's precompute.cache) and key=value overrides"
+    )
+    pv.add_argument(
+        "--config", default=None, help="take cache, data, dino_root from its 'precompute' section"
+    )
+    pv.add_argument("--data", default=None, help="data.yaml of the dataset the cache was built from")
     pv.add_argument("--split", default="train")
     pv.add_argument(
         "--dino-root", default=None, help="also check the teacher fingerprint against this checkpoint"
@@ -208,12 +214,16 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--storage-options", default=None, help="fsspec storage options as JSON")
     args = ap.parse_args(argv)
 
-    from dinocache.teacher.model import TeacherNotFound
-
     from dinocache.core.config import ConfigError
     from dinocache.core.data import DataError
 
+    # the teacher (torch, transformers) is only needed to verify a fingerprint: `info` starts fast
+    TeacherNotFound = FileNotFoundError  # noqa: N806
+    if args.cmd == "verify":
+        from dinocache.teacher.model import TeacherNotFound  # noqa: N806
     try:
+        if args.cmd == "verify":
+            _verify_args(args)
         so = json.loads(args.storage_options) if args.storage_options else None
         fc = FeatureCache(args.path, so) if _exists(args.path, so) else None
         if fc is None:
@@ -231,6 +241,52 @@ def main(argv: list[str] | None = None) -> int:
     except (CacheError, ConfigError, DataError, TeacherNotFound, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+# `verify` keys that config.json's precompute section (with its shared top-level keys) may give
+VERIFY_KEYS = {
+    "cache": "path",
+    "data": "data",
+    "dino_root": "dino_root",
+    "split": "split",
+    "device": "device",
+}
+
+
+def _verify_args(args: argparse.Namespace) -> None:
+    """Fill `args` from --config's precompute section, then key=value overrides, then explicit flags."""
+    from dinocache.core.config import ConfigError, parse_overrides, read_section
+
+    paths = [a for a in args.path if not _is_override(a)]
+    over = parse_overrides([a for a in args.path if _is_override(a)])
+    if len(paths) > 1:
+        raise ConfigError(f"verify takes one cache path, got {paths}")
+    for k in over:
+        if k not in VERIFY_KEYS:
+            import difflib
+
+            close = difflib.get_close_matches(k, list(VERIFY_KEYS), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"unknown verify key '{k}' on the command line{hint}; keys: {', '.join(VERIFY_KEYS)}"
+            )
+    sec = read_section(args.config, "precompute") if args.config else {}
+    explicit = {"path": paths[0] if paths else None, "data": args.data, "dino_root": args.dino_root}
+    for key, attr in VERIFY_KEYS.items():
+        value = explicit.get(attr) or over.get(key)
+        if value is None and key in sec and (key != "device" or sec[key] != "auto"):
+            value = sec[key]
+        if value is not None:
+            setattr(args, attr, str(value))
+    if not args.path:
+        raise ConfigError("verify: no cache path (give PATH, cache=PATH or --config with precompute.cache)")
+    if not args.data:
+        raise ConfigError("verify: no dataset (give --data, data=DATA or --config with precompute.data)")
+
+
+def _is_override(a: str) -> bool:
+    k, eq, _ = a.partition("=")
+    return bool(eq) and k.replace("_", "").replace("-", "").isalnum() and "/" not in k
 
 
 def _exists(path: str, so: dict[str, Any] | None) -> bool:

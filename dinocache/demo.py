@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="dinocache demo", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="config.json")
     ap.add_argument("--fresh", action="store_true", help="delete dataset/, dinov3/ and artifacts/ first")
+    ap.add_argument(
+        "--only",
+        choices=["data", "teacher"],
+        default=None,
+        help="only make the demo dataset or the tiny teacher named in the config (skipped when present)",
+    )
     ap.add_argument("overrides", nargs="*", help="train.key=value or precompute.key=value")
     args = ap.parse_args(argv)
 
@@ -67,14 +73,18 @@ def main(argv: list[str] | None = None) -> int:
         for p in (source, teacher, Path("artifacts")):
             shutil.rmtree(p, ignore_errors=True)
     imgsz = str(aug.get("imgsz", 256))
-    if (source / "data.yaml").exists():
-        print(f"==> demo data: {source} exists, kept (use --fresh to regenerate)")
-    else:
-        _step("demo data", demo_data_main, ["demo-data", str(source), "--imgsz", imgsz])
-    if (teacher / "config.json").exists():
-        print(f"==> teacher: {teacher} exists, kept")
-    else:
-        _step("tiny teacher", tiny_main, ["make-tiny-teacher", str(teacher)])
+    if args.only in (None, "data"):
+        if (source / "data.yaml").exists():
+            print(f"==> demo data: {source} exists, kept (use --fresh to regenerate)")
+        else:
+            _step("demo data", demo_data_main, ["demo-data", str(source), "--imgsz", imgsz])
+    if args.only in (None, "teacher"):
+        if (teacher / "config.json").exists():
+            print(f"==> teacher: {teacher} exists, kept")
+        else:
+            _step("tiny teacher", tiny_main, ["make-tiny-teacher", str(teacher)])
+    if args.only:
+        return 0
     c = ["--config", args.config]
     _step("augment", augment_main, ["augment", *c, "overwrite=true", *per_step["augment"]])
     _step("precompute", precompute_main, ["precompute", *c, *per_step["precompute"]])

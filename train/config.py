@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dinocache.core.config import require
+from dinocache.core.config import ConfigError, require
 
 # Ultralytics augmentation arguments that move pixels: with them the cached teacher map (computed once on the
 # un-augmented image) no longer lies under the pixels the student sees, so cache/online runs switch them off.
@@ -33,8 +33,9 @@ class TrainConfig:
     epochs: int = 128
     # square training image size in pixels; must equal the cache's imgsz (and be a multiple of 32)
     imgsz: int = 512
-    # images per batch
-    batch: int = 16
+    # images per batch; -1 = Ultralytics AutoBatch (about 60 % of CUDA memory; 16 on CPU), 0 < b < 1 = that
+    # fraction of CUDA memory
+    batch: int | float = 16
     # dataloader workers (Ultralytics forces 0 on CPU)
     workers: int = 8
     # "auto" (first CUDA GPU, else CPU), "cpu", "0", "cuda:0", ...; one device only
@@ -69,10 +70,11 @@ class TrainConfig:
     # weight of the mean cosine distance over the other cells
     dino_distill_background_weight: float = 0.15
 
-    # fraction of the epochs spent in Stage A (frozen backbone); round(epochs * ratio) epochs
+    # fraction of the epochs spent in Stage A (frozen backbone); int(epochs * ratio) epochs
     stage_a_ratio: float = 0.3
-    # number of leading model layers frozen in Stage A (10 = YOLO26 backbone up to SPPF)
-    stage_a_freeze: int = 10
+    # number of leading model layers frozen in Stage A (10 = YOLO26 backbone up to SPPF); unset = 10 when
+    # `model` is a pretrained .pt, 0 for a .yaml (random weights: nothing worth protecting by freezing)
+    stage_a_freeze: int | None = None
     # distillation weight w in Stage A
     stage_a_distill_weight: float = 0.25
     # distillation weight w in Stage B
@@ -85,7 +87,7 @@ class TrainConfig:
     # log to Weights & Biases (offline unless WANDB_API_KEY is set)
     wandb_enabled: bool = True
     # W&B project name
-    wandb_project: str = "tea-ai-detector"
+    wandb_project: str = "dinocache"
     # periodic geometric evaluation during training (implemented by the eval issue)
     eval_enabled: bool = True
     # every how many epochs to evaluate
@@ -121,15 +123,29 @@ class TrainConfig:
     distill_valid_threshold: float = 0.5
     # continue the run `name` (or the newest run of this model) from weights/resume.pt
     resume: bool = False
-    # other Ultralytics training arguments, e.g. {"hsv_h": 0, "fliplr": 0.5, "patience": 50}
+    # other Ultralytics training arguments, e.g. {"hsv_h": 0, "fliplr": 0.5, "patience": 50}; each of them can
+    # also be given as a key of its own (`patience=20`, `"close_mosaic": 0`) and lands here
     extra: dict[str, Any] = field(default_factory=dict)
+
+    # every Ultralytics argument dinocache does not set itself is a key too (gathered into `extra`)
+    passthrough_field = "extra"
+
+    @classmethod
+    def passthrough_keys(cls) -> set[str]:
+        from ultralytics.cfg import DEFAULT_CFG_DICT
+
+        return set(DEFAULT_CFG_DICT) - RESERVED_EXTRA
 
     def validate(self) -> None:
         require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         require(
             self.imgsz >= 32 and self.imgsz % 32 == 0, "imgsz", f"must be a multiple of 32, got {self.imgsz}"
         )
-        require(self.batch >= 1, "batch", f"must be >= 1, got {self.batch}")
+        require(
+            self.batch >= 1 and self.batch == int(self.batch) or self.batch == -1 or 0 < self.batch < 1,
+            "batch",
+            f"must be an integer >= 1, -1 (AutoBatch) or a CUDA memory fraction in (0, 1), got {self.batch}",
+        )
         require(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
         require(
             "," not in self.device, "device", "multi-GPU (DDP) training is not supported; pick one device"
@@ -170,7 +186,11 @@ class TrainConfig:
             "distill_valid_threshold",
             f"must be in (0, 1], got {self.distill_valid_threshold}",
         )
-        require(self.stage_a_freeze >= 0, "stage_a_freeze", f"must be >= 0, got {self.stage_a_freeze}")
+        require(
+            self.stage_a_freeze is None or self.stage_a_freeze >= 0,
+            "stage_a_freeze",
+            f"must be >= 0, got {self.stage_a_freeze}",
+        )
         require(self.dino_viz_every_n_epochs >= 1, "dino_viz_every_n_epochs", "must be >= 1")
         require(self.eval_interval_epochs >= 1, "eval_interval_epochs", "must be >= 1")
         require(0 <= self.eval_iou_threshold <= 1, "eval_iou_threshold", "must be in [0, 1]")
@@ -200,7 +220,13 @@ class TrainConfig:
             return
         # 'augmentations' (a list of Albumentations transforms) is accepted by Ultralytics outside its defaults
         unknown = sorted(k for k in self.extra if k not in DEFAULT_CFG_DICT and k != "augmentations")
-        require(not unknown, "extra", f"{unknown} are not Ultralytics training arguments")
+        if unknown:
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], list(DEFAULT_CFG_DICT), n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            require(False, "extra", f"{unknown} are not Ultralytics training arguments{hint}")
+        check_ultralytics(self.extra)
 
     # -- derived values ------------------------------------------------------------------------------------
     @property
@@ -218,10 +244,36 @@ class TrainConfig:
         return stage_a_epochs(self)
 
     @property
+    def freeze_layers(self) -> int:
+        """Stage A's frozen layers: stage_a_freeze, or when unset 10 for a .pt start and 0 for a .yaml one."""
+        if self.stage_a_freeze is not None:
+            return self.stage_a_freeze
+        return 10 if Path(self.model).suffix == ".pt" else 0
+
+    @property
+    def close_mosaic(self) -> int:
+        """Ultralytics' close_mosaic: from `extra` when given, else the last 10 % of the epochs (at most 10,
+        Ultralytics' default) so that a short run keeps mosaic for most of its epochs."""
+        if "close_mosaic" in self.extra:
+            return int(self.extra["close_mosaic"])
+        return min(10, int(self.epochs * 0.1))
+
+    @property
     def distills(self) -> bool:
         return self.teacher_source != "none"
 
 
 def stage_a_epochs(cfg: TrainConfig) -> int:
-    """Stage A length in epochs: round(epochs * stage_a_ratio) (Python's round: half to even)."""
-    return int(round(cfg.epochs * cfg.stage_a_ratio))
+    """Stage A length in epochs: int(epochs * stage_a_ratio), as the design defines it."""
+    return int(cfg.epochs * cfg.stage_a_ratio)
+
+
+def check_ultralytics(args: dict[str, Any]) -> None:
+    """Ultralytics' own type/range check (`ultralytics.cfg.check_cfg`) of its arguments; errors name the key."""
+    from ultralytics.cfg import check_cfg
+
+    for k, v in args.items():
+        try:
+            check_cfg({k: v}, hard=True)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{k}: {e} (an Ultralytics train argument)") from None

@@ -91,8 +91,33 @@ def check_cache(cfg: TrainConfig, fc: Any, keys: list[str], teacher: Any = None)
         )
 
 
+def model_layers(model: str) -> int:
+    """Number of layers of the student `model` (an Ultralytics model yaml or a .pt checkpoint)."""
+    if Path(model).suffix == ".pt":
+        from ultralytics.nn.tasks import load_checkpoint
+
+        if not Path(model).is_file():
+            raise TrainError(
+                f"model: {model} does not exist (a pretrained .pt or an Ultralytics model .yaml)"
+            )
+        return len(load_checkpoint(model)[0].model)
+    from ultralytics.nn.tasks import yaml_model_load
+
+    try:
+        d = yaml_model_load(model)
+    except FileNotFoundError:
+        raise TrainError(f"model: {model} is neither a file nor an Ultralytics model yaml") from None
+    return len(d["backbone"]) + len(d["head"])
+
+
 def preflight(cfg: TrainConfig) -> TeacherContext:
     """Resolve the dataset, cache and teacher for `cfg`, refusing before anything is written."""
+    n_layers = model_layers(cfg.model)
+    if cfg.freeze_layers > n_layers:
+        raise TrainError(
+            f"stage_a_freeze={cfg.freeze_layers} but {cfg.model} has only {n_layers} layers (0-{n_layers - 1}); "
+            "10 freezes the YOLO26 backbone"
+        )
     root, files = list_split_images(cfg.data_yaml, "train")
     ctx = TeacherContext(dataset_root=root)
     if cfg.teacher_source == "none":

@@ -11,6 +11,7 @@ What it changes in Ultralytics' loop, and where:
 
 from __future__ import annotations
 
+import logging
 import math
 from copy import copy
 from pathlib import Path
@@ -80,6 +81,47 @@ def apply_curriculum(trainer: DinoOBBTrainer) -> None:
         trainer.last_logged_weight = w
 
 
+class QuietLog(logging.Filter):
+    """Drops Ultralytics' per-parameter `Freezing layer` lines (the trainer logs one summary instead) and
+    repeats of `Fast image access` (every dataset build checks it; once per process says it all)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = 0
+        self.speed_seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg.startswith("Freezing layer '"):
+            self.frozen += 1
+            return False
+        if "Fast image access" in msg:
+            seen, self.speed_seen = self.speed_seen, True
+            return not seen
+        return True
+
+
+def quiet_log() -> QuietLog:
+    """The process's QuietLog on Ultralytics' LOGGER (installed once)."""
+    for f in LOGGER.filters:
+        if isinstance(f, QuietLog):
+            return f
+    f = QuietLog()
+    LOGGER.addFilter(f)
+    return f
+
+
+def _ranges(ids: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'"""
+    out: list[str] = []
+    for i in sorted(ids):
+        if out and int(out[-1].split("-")[-1]) == i - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{i}"
+        else:
+            out.append(str(i))
+    return ", ".join(out)
+
+
 class DinoOBBTrainer(OBBTrainer):
     """OBBTrainer with DINOv3 feature distillation from a cache (or online) and the two-stage curriculum.
 
@@ -107,11 +149,39 @@ class DinoOBBTrainer(OBBTrainer):
         # validity), CPU copies for the DINO viz: shows that warped maps line up with augmented images
         self.aug_viz: dict[str, Any] | None = None
         self._aug_viz_epoch = -1
+        self._quiet = quiet_log()
         super().__init__(cfg, overrides, _callbacks)
         self.stage_frozen = bool(self.args.freeze)
         self.add_callback("on_train_epoch_start", apply_curriculum)
         if RANK in {-1, 0}:
             self._write_args()
+
+    def _setup_train(self) -> None:
+        self._quiet.frozen = 0
+        super()._setup_train()
+        self._log_freeze()
+
+    def _log_freeze(self) -> None:
+        """One line for Stage A's freeze instead of Ultralytics' line per parameter."""
+        d = self.dino
+        tag = colorstr("dinocache:")
+        if d.stage_a_epochs == 0:
+            return
+        if not self.stage_frozen:
+            why = (
+                f"model={d.model} starts from random weights, nothing to protect; set stage_a_freeze=N to freeze"
+                if d.stage_a_freeze is None
+                else "stage_a_freeze=0"
+            )
+            LOGGER.info(f"{tag} Stage A (epochs 1-{d.stage_a_epochs}) trains every layer: {why}")
+            return
+        model = unwrap_model(self.model)
+        layers = [int(n.split(".")[1]) for n in self.freeze_layer_names if n.startswith("model.")]
+        n = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        LOGGER.info(
+            f"{tag} Stage A (epochs 1-{d.stage_a_epochs}): layers {_ranges(layers)} frozen "
+            f"({self._quiet.frozen} tensors, {n / 1e6:.2f} M parameters); Stage B unfreezes them"
+        )
 
     # -- run folder ------------------------------------------------------------------------------------------
     def _write_args(self) -> None:
@@ -315,7 +385,8 @@ def ultralytics_overrides(cfg: TrainConfig, save_dir: Path, device: str) -> dict
         "save_dir": str(save_dir),
         "exist_ok": True,
         "rect": False,
-        "freeze": cfg.stage_a_freeze if cfg.stage_a_epochs > 0 and cfg.stage_a_freeze > 0 else None,
+        "freeze": cfg.freeze_layers if cfg.stage_a_epochs > 0 and cfg.freeze_layers > 0 else None,
+        "close_mosaic": cfg.close_mosaic,
     }
     ov.update(cfg.extra)
     return ov

@@ -126,3 +126,35 @@ def test_missing_cache_and_bad_args(built, tmp_path: Path, capsys) -> None:
     assert cache_main(["info", str(tmp_path / "nope.zarr")]) == 2
     assert verify(data, built[1], "--dino-root", str(tmp_path / "no_teacher")) == 2
     assert "make-tiny-teacher" in capsys.readouterr().err
+
+
+def test_verify_follows_config_json_and_overrides(
+    built, copy, tiny_teacher_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """`just verify` = `cache verify --config config.json [key=value]`: paths come from the config's precompute
+    section (with the shared top-level keys), so a changed `cache` is the one checked."""
+    import json
+
+    data, store = built
+    cfg = tmp_path / "config.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "cache": str(store),
+                "dino_root": str(tiny_teacher_dir),
+                "precompute": {"data": str(data / "data.yaml")},
+            }
+        )
+    )
+    assert cache_main(["verify", "--config", str(cfg)]) == 0
+    assert str(store) in capsys.readouterr().out
+    (
+        copy[0] / "images" / "train" / next(iter(sorted((copy[0] / "images" / "train").iterdir()))).name
+    ).write_bytes(b"x")
+    assert (
+        cache_main(["verify", "--config", str(cfg), f"data={copy[0] / 'data.yaml'}", f"cache={copy[1]}"]) == 1
+    )
+    assert cache_main(["verify", "--config", str(cfg), "dataa=x"]) == 2
+    assert "did you mean 'data'" in capsys.readouterr().err
+    assert cache_main(["verify"]) == 2
+    assert "no cache path" in capsys.readouterr().err

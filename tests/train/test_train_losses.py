@@ -112,8 +112,9 @@ def test_weight_schedule_per_epoch() -> None:
     ws = [distill_weight(e, cfg) for e in range(10)]
     assert ws[:3] == pytest.approx([0.0, 0.125, 0.25])  # ramp 0 -> 1 over 2 epochs, Stage A weight 0.25
     assert ws[3:] == pytest.approx([0.08] * 7)
-    cfg0 = TrainConfig(epochs=3, stage_a_ratio=0.5, dino_distill_warmup_epochs=0)  # round(1.5) = 2
-    assert [distill_weight(e, cfg0) for e in range(3)] == pytest.approx([0.25, 0.25, 0.08])
+    cfg0 = TrainConfig(epochs=3, stage_a_ratio=0.5, dino_distill_warmup_epochs=0)  # int(1.5) = 1
+    assert [distill_weight(e, cfg0) for e in range(3)] == pytest.approx([0.25, 0.08, 0.08])
+    assert TrainConfig(epochs=6, stage_a_ratio=0.3).stage_a_epochs == 1  # int(1.8), not round
     assert distill_weight(5, TrainConfig(teacher_source="none")) == 0.0
 
 
@@ -145,11 +146,12 @@ def test_config_defaults_and_overrides(tmp_path) -> None:
     cfg = load(TrainConfig, p, "train", ["batch=4", "extra={hsv_h: 0}", "teacher_source=online"])
     assert (cfg.epochs, cfg.batch, cfg.dino_distill_layers, cfg.extra) == (6, 4, [16, 19], {"hsv_h": 0})
     assert cfg.model_key == "yolo26n-obb" and TrainConfig(model="x/yolo26n-obb.pt").model_key == "yolo26n-obb"
-    assert (TrainConfig().lr0, TrainConfig().stage_a_freeze, TrainConfig().dino_distill_channels) == (
+    assert (TrainConfig().lr0, TrainConfig().freeze_layers, TrainConfig().dino_distill_channels) == (
         0.0012,
-        10,
+        0,  # a .yaml start (random weights) freezes nothing unless stage_a_freeze is given
         32,
     )
+    assert TrainConfig(model="w.pt").freeze_layers == 10 and TrainConfig(stage_a_freeze=4).freeze_layers == 4
 
 
 @pytest.mark.parametrize("source", ["cache", "online"])

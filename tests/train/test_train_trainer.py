@@ -54,7 +54,8 @@ def make_cfg(root: Path, demo_data: Path, teacher: Path, cache: Path, **kw) -> T
         "warmup_epochs": 0,
         "dino_distill_channels": 8,
         "dino_distill_warmup_epochs": 1,
-        "stage_a_ratio": 0.34,  # round(3 * 0.34) = 1 epoch of Stage A
+        "stage_a_ratio": 0.34,  # int(3 * 0.34) = 1 epoch of Stage A
+        "stage_a_freeze": 10,  # given explicitly: a .yaml (random) start does not freeze otherwise
         "artifacts_root": str(root / "artifacts"),
         "name": "run",
         "extra": {"plots": False, "val": False},
