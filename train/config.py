@@ -38,7 +38,8 @@ class TrainConfig:
     batch: int | float = 16
     # dataloader workers (Ultralytics forces 0 on CPU)
     workers: int = 8
-    # "auto" (first CUDA GPU, else CPU), "cpu", "0", "cuda:0", ...; one device only
+    # "auto" (first CUDA GPU, else CPU), "cpu", "0", "cuda:0", ...; "0,1" (or "0,1,2,3", ...) trains on
+    # several GPUs with Ultralytics' DDP (batch is the total over the GPUs)
     device: str = "auto"
     # Ultralytics optimizer name (SGD, Adam, AdamW, MuSGD, auto, ...)
     optimizer: str = "AdamW"
@@ -147,9 +148,20 @@ class TrainConfig:
             f"must be an integer >= 1, -1 (AutoBatch) or a CUDA memory fraction in (0, 1), got {self.batch}",
         )
         require(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
-        require(
-            "," not in self.device, "device", "multi-GPU (DDP) training is not supported; pick one device"
-        )
+        if "," in self.device:
+            parts = [p.strip() for p in self.device.split(",")]
+            require(
+                all(p.isdigit() for p in parts),
+                "device",
+                f"multi-GPU training takes GPU indices like 0,1; got {self.device!r}",
+            )
+            require(len(set(parts)) == len(parts), "device", f"lists a GPU twice: {self.device!r}")
+            require(
+                self.batch % len(parts) == 0,
+                "batch",
+                f"{self.batch} must be a multiple of the {len(parts)} GPUs of device={self.device} "
+                "(batch is the total over the GPUs)",
+            )
         require(self.lr0 > 0, "lr0", f"must be > 0, got {self.lr0}")
         require(0 < self.lrf <= 1, "lrf", f"must be in (0, 1], got {self.lrf}")
         require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 from dinocache.train.config import TrainConfig
+from dinocache.train.ddp import check_devices
 from dinocache.train.trainer import (
     DINO_ARGS_FILE,
     RESUME_FILE,
@@ -216,6 +217,8 @@ def train(cfg: TrainConfig, callbacks: dict[str, list] | None = None) -> DinoOBB
     `fn(trainer)`; module-level functions, not bound methods (they are deep-copied with the trainer state).
     """
     state = None
+    check_devices(cfg.device)  # device=0,1 with fewer GPUs: refused by count before anything else
+    device = ultralytics_device(cfg.device)
     if cfg.resume:
         cfg, state, save_dir = find_resume(cfg)
     else:
@@ -225,13 +228,9 @@ def train(cfg: TrainConfig, callbacks: dict[str, list] | None = None) -> DinoOBB
             raise TrainError(f"run folder {save_dir} already holds a run; pass resume=true or another name")
         cfg.name = run_id
     ctx = preflight(cfg)
-    ov = ultralytics_overrides(cfg, save_dir, ultralytics_device(cfg.device))
+    ov = ultralytics_overrides(cfg, save_dir, device)
     apply_augmentation_policy(cfg, ov)
-    csv = save_dir / "results.csv"
-    kept = csv.read_bytes() if state is not None and csv.exists() else None
     trainer = DinoOBBTrainer(overrides=ov, dino=cfg, ctx=ctx, resume_state=state)
-    if kept is not None:  # Ultralytics deletes results.csv unless its own resume is used
-        csv.write_bytes(kept)
     for event, fns in (callbacks or {}).items():
         for fn in fns:
             trainer.add_callback(event, fn)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from dinocache.train import eval_hooks
+from dinocache.train import ddp, eval_hooks
 from dinocache.train.config import TrainConfig
 from dinocache.train.dataset import TEACHER_KEY, DistillDataset, TeacherLookup
 from dinocache.train.export import export_clean
@@ -72,6 +72,8 @@ def apply_curriculum(trainer: DinoOBBTrainer) -> None:
                 p.requires_grad_(True)
         trainer.freeze_layer_names = [".dfl"]
         trainer.stage_frozen = False
+        if ddp.is_ddp(trainer.model):  # every rank runs this at the same epoch; see train/ddp.py
+            trainer.model = ddp.rewrap_ddp(trainer.model)
         LOGGER.info(f"{colorstr('dinocache:')} epoch {epoch + 1}: Stage B, all layers unfrozen")
     w = distill_weight(epoch, cfg)
     model.distill_weight = w
@@ -126,7 +128,8 @@ class DinoOBBTrainer(OBBTrainer):
     """OBBTrainer with DINOv3 feature distillation from a cache (or online) and the two-stage curriculum.
 
     `dino` is the TrainConfig and `ctx` the resolved teacher context; `resume_state` is the dict loaded
-    from weights/resume.pt when continuing a run.
+    from weights/resume.pt when continuing a run. On a DDP rank all three come from the DDPHandoff inside
+    `_callbacks` instead (Ultralytics rebuilds the trainer there without our arguments; train/ddp.py).
     """
 
     def __init__(
@@ -138,6 +141,9 @@ class DinoOBBTrainer(OBBTrainer):
         ctx: TeacherContext | None = None,
         resume_state: dict | None = None,
     ) -> None:
+        handoff = ddp.find_handoff(_callbacks) if dino is None else None
+        if handoff is not None:
+            dino, ctx, resume_state = ddp.unpack_handoff(handoff)
         self.dino = dino or TrainConfig()
         self.ctx = ctx
         self.resume_state = resume_state
@@ -150,9 +156,17 @@ class DinoOBBTrainer(OBBTrainer):
         self.aug_viz: dict[str, Any] | None = None
         self._aug_viz_epoch = -1
         self._quiet = quiet_log()
+        # Ultralytics deletes results.csv unless its own resume is used; ours continues it
+        csv = Path((overrides or {}).get("save_dir") or ".") / "results.csv"
+        kept = csv.read_bytes() if resume_state is not None and csv.is_file() else None
         super().__init__(cfg, overrides, _callbacks)
+        if kept is not None and RANK in {-1, 0} and not self.csv.exists():
+            self.csv.write_bytes(kept)
+        ddp.drop_handoff(self.callbacks)
         self.stage_frozen = bool(self.args.freeze)
-        self.add_callback("on_train_epoch_start", apply_curriculum)
+        # a DDP rank gets the parent's callbacks (this one included) back through _callbacks
+        if apply_curriculum not in self.callbacks["on_train_epoch_start"]:
+            self.add_callback("on_train_epoch_start", apply_curriculum)
         if RANK in {-1, 0}:
             self._write_args()
 
@@ -182,6 +196,23 @@ class DinoOBBTrainer(OBBTrainer):
             f"{tag} Stage A (epochs 1-{d.stage_a_epochs}): layers {_ranges(layers)} frozen "
             f"({self._quiet.frozen} tensors, {n / 1e6:.2f} M parameters); Stage B unfreezes them"
         )
+
+    def train(self) -> None:
+        """Ultralytics' train(); with several devices it launches the DDP ranks and hands them our config."""
+        if not self.ddp:
+            return super().train()
+        handoff = ddp.make_handoff(self)
+        self.callbacks[ddp.HANDOFF_EVENT].append(handoff)
+        if self.ctx is not None:
+            self.ctx.teacher = None  # each rank loads its own online teacher on its own GPU
+        # Ultralytics' generate_ddp_command deletes save_dir unless resuming; ours keeps resume.pt there
+        was_resume = self.resume
+        self.resume = self.resume or self.resume_state is not None
+        try:
+            return super().train()
+        finally:
+            self.resume = was_resume
+            ddp.drop_handoff(self.callbacks)
 
     # -- run folder ------------------------------------------------------------------------------------------
     def _write_args(self) -> None:
@@ -251,7 +282,7 @@ class DinoOBBTrainer(OBBTrainer):
             batch[TEACHER_KEY] = normalise_teacher(
                 batch[TEACHER_KEY], ctx.channel_mean, ctx.channel_std, self.dino.dino_distill_channels
             )
-            if VALID_KEY in batch and self._aug_viz_epoch != self.epoch:
+            if VALID_KEY in batch and self._aug_viz_epoch != self.epoch and RANK in {-1, 0}:
                 self._aug_viz_epoch = self.epoch
                 n = min(2, batch["img"].shape[0])
                 self.aug_viz = {

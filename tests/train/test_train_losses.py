@@ -129,7 +129,9 @@ def test_weight_schedule_per_epoch() -> None:
         ({"teacher_source": "disk"}, "teacher_source"),
         ({"extra": {"mosiac": 0}}, "extra"),
         ({"extra": {"freeze": 3}}, "extra"),
-        ({"device": "0,1"}, "device"),
+        ({"device": "0,0"}, "device"),
+        ({"device": "0,cuda:1"}, "device"),
+        ({"device": "0,1", "batch": 5}, "batch"),
         ({"epochz": 3}, "epochz"),
     ],
 )

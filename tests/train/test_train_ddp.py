@@ -1,0 +1,270 @@
+"""Multi-GPU training without GPUs: our model + loss under torch.distributed (gloo, 2 CPU processes), the
+config handoff through Ultralytics' generated DDP launcher, the rank-0 rules and the device refusal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from dinocache.train import ddp
+from dinocache.train.config import TrainConfig
+
+from dinocache.core.config import build, to_dict
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+
+def torchrun(nproc: int, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *argv]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# -- 2 ranks on the CPU: projection gradients all-reduced, loss equal to one process ----------------------------
+def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
+    sys.path.insert(0, str(HERE))
+    try:
+        import ddp_worker as w
+    finally:
+        sys.path.remove(str(HERE))
+    r = torchrun(2, str(HERE / "ddp_worker.py"), str(tmp_path))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in (0, 1)]
+
+    # one process, same weights, the same two micro-batches one after the other (gradient accumulation)
+    torch.set_num_threads(1)
+    model = w.build_model()
+    ref_loss = []
+    for i in (0, 1):
+        loss, _ = model(w.micro_batch(i))
+        loss.sum().backward()
+        ref_loss.append(loss.detach())
+    ref_a = w.grads(model, w.WATCH)
+
+    for i, r_ in enumerate(ranks):
+        # each rank's loss (distill term included, last entry) is the one-process loss of its micro-batch
+        assert torch.allclose(r_["a_loss"], ref_loss[i], rtol=1e-5, atol=1e-6), (i, r_["a_loss"], ref_loss[i])
+        assert float(r_["a_loss"][-1]) > 0 and float(r_["a_distill"]) > 0
+    proj = [k for k in ranks[0]["a_grads"] if k.startswith("distill_proj.")]
+    assert proj, "the projection got no gradient"
+    for k in ranks[0]["a_grads"]:
+        g0, g1 = ranks[0]["a_grads"][k], ranks[1]["a_grads"][k]
+        assert torch.equal(g0, g1), f"{k}: ranks differ (not all-reduced)"
+        # DDP averages world_size * grad_r over the ranks = the accumulated one-process gradient
+        assert torch.allclose(g0, ref_a[k], rtol=1e-4, atol=1e-6), k
+    assert not any(k.startswith("model.0.") for k in ranks[0]["a_grads"])  # frozen in Stage A
+
+    # Stage B: the curriculum re-wrapped DDP, so the newly unfrozen layers are all-reduced too
+    assert ranks[0]["rewrapped"] and ranks[1]["rewrapped"]
+    l0 = [k for k in ranks[0]["b_grads"] if k.startswith("model.0.")]
+    assert l0
+    for k in ranks[0]["b_grads"]:
+        assert torch.equal(ranks[0]["b_grads"][k], ranks[1]["b_grads"][k]), f"{k}: ranks differ in Stage B"
+    g = torch.stack([ranks[i]["b_grads"][l0[0]] for i in (0, 1)])
+    assert float(g.abs().sum()) > 0
+
+
+# -- the config reaches every rank through Ultralytics' own launcher -------------------------------------------
+@pytest.fixture(scope="module")
+def feature_cache(tmp_path_factory: pytest.TempPathFactory, demo_data: Path, tiny_teacher_dir: Path) -> Path:
+    from dinocache.precompute.run import main as precompute
+
+    d = tmp_path_factory.mktemp("cache")
+    (d / "empty.json").write_text("{}")
+    out = d / "features.zarr"
+    args = [f"data={demo_data}", f"cache={out}", f"dino_root={tiny_teacher_dir}", "imgsz=128", "channels=8"]
+    assert precompute(["--config", str(d / "empty.json"), *args, "device=cpu", "batch=8", "workers=0"]) == 0
+    return out
+
+
+def small_cfg(root: Path, demo_data: Path, teacher: Path, cache: Path, **kw) -> TrainConfig:
+    values = {
+        "data": str(demo_data),
+        "dino_root": str(teacher),
+        "cache": str(cache),
+        "imgsz": 128,
+        "epochs": 2,
+        "batch": 4,
+        "workers": 0,
+        "device": "cpu",
+        "nbs": 4,
+        "warmup_epochs": 0,
+        "dino_distill_channels": 8,
+        "dino_distill_warmup_epochs": 0,
+        "stage_a_ratio": 0.5,
+        "artifacts_root": str(root / "artifacts"),
+        "name": "ddp",
+        "eval_enabled": False,
+        "dino_viz_enabled": False,
+        "wandb_enabled": False,
+        "distill_geometric_aug": "off",
+        "extra": {"plots": False, "val": False},
+    }
+    values.update(kw)
+    return build(TrainConfig, values)
+
+
+def make_trainer(cfg: TrainConfig, resume_state: dict | None = None):
+    from dinocache.train.run import preflight, run_dir
+    from dinocache.train.trainer import DinoOBBTrainer, geometric_off, ultralytics_overrides
+
+    ctx = preflight(cfg)
+    ov = ultralytics_overrides(cfg, run_dir(cfg, cfg.name), "cpu")
+    geometric_off(ov)
+    return DinoOBBTrainer(overrides=ov, dino=cfg, ctx=ctx, resume_state=resume_state)
+
+
+def test_ultralytics_ddp_launcher_carries_our_config(
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch
+) -> None:
+    """Our train() with ddp on: Ultralytics writes its launcher + pickled state; running that launcher
+    (as one CPU process here instead of torchrun on GPUs) rebuilds our trainer with our TrainConfig and
+    teacher context from the state alone, and trains with the cache."""
+    import ultralytics.engine.trainer as ut
+    from ultralytics.utils.patches import torch_load
+
+    cfg = small_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache, stage_b_distill_weight=0.3)
+    trainer = make_trainer(cfg)
+    trainer.ddp, trainer.world_size = True, 2  # what device=0,1 sets; the ranks themselves run on the CPU
+    seen: dict = {}
+    real_run = subprocess.run  # ut.subprocess is the subprocess module itself
+
+    def fake_run(cmd, check=True):
+        file = cmd[-1]
+        assert cmd[cmd.index("--nproc_per_node") + 1] == "2"
+        state = torch_load(Path(file).with_suffix(".pt"), map_location="cpu")
+        h = ddp.find_handoff(state["callbacks"])
+        seen["handoff"] = h
+        seen["args"] = state["args"]
+        # no dinocache key leaked into Ultralytics' args (it would reject them on the rank)
+        assert not any(k.startswith(("dino_", "stage_", "teacher_")) for k in state["args"])
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+        r = real_run([sys.executable, file], env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        seen["out"] = r.stdout + r.stderr
+
+    monkeypatch.setattr(ut.subprocess, "run", fake_run)
+    trainer.train()
+    h = seen["handoff"]
+    assert isinstance(h, ddp.DDPHandoff) and h.dino == to_dict(cfg) and h.resume_file is None
+    assert h.ctx["cache_path"] == str(feature_cache) and h.ctx["channel_mean"] is not None
+    assert ddp.find_handoff(trainer.callbacks) is None  # removed again in the parent
+    d = trainer.save_dir
+    # written by the rebuilt trainer on "rank 0": our config, and a run that distilled from the cache
+    assert yaml.safe_load((d / "dinocache_args.yaml").read_text()) == to_dict(cfg)
+    rows = (d / "results.csv").read_text().splitlines()
+    head = [c.strip() for c in rows[0].split(",")]
+    last = dict(zip(head, (float(v) for v in rows[-1].split(","))))
+    assert len(rows) == 3 and last["train/distill"] > 0
+    assert (d / "weights" / "resume.pt").exists() and (d / "weights" / "last.pt").exists()
+    state = torch.load(d / "weights" / "resume.pt", weights_only=True)
+    assert state["stage"] == "B" and state["distill_weight"] == pytest.approx(0.3)  # the curriculum ran
+
+
+def test_ddp_resume_keeps_run_folder(
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch
+) -> None:
+    """Ultralytics deletes save_dir before launching unless resuming: ours must survive with resume.pt."""
+    import ultralytics.engine.trainer as ut
+    from dinocache.train.trainer import RESUME_FILE
+
+    cfg = small_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache)
+    trainer = make_trainer(cfg, resume_state={"epoch": 0})
+    (trainer.wdir / RESUME_FILE).write_bytes(b"x")
+    trainer.ddp, trainer.world_size = True, 2
+    seen = {}
+    monkeypatch.setattr(ut.subprocess, "run", lambda cmd, check=True: seen.setdefault("cmd", cmd))
+    trainer.train()
+    assert "cmd" in seen and (trainer.wdir / RESUME_FILE).exists()
+    assert trainer.resume is False  # restored after the launch
+
+
+def test_rank_handoff_roundtrip_and_callbacks_once(
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache
+) -> None:
+    """What a rank does with the pickled state: config and context back, our callback registered once."""
+    import cloudpickle
+    from dinocache.train.trainer import DinoOBBTrainer, apply_curriculum
+
+    cfg = small_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache)
+    parent = make_trainer(cfg)
+    parent.callbacks[ddp.HANDOFF_EVENT].append(ddp.make_handoff(parent))
+    state = cloudpickle.loads(cloudpickle.dumps({"args": vars(parent.args), "callbacks": parent.callbacks}))
+    from ultralytics.utils import DEFAULT_CFG_DICT
+
+    rank = DinoOBBTrainer(
+        cfg={**DEFAULT_CFG_DICT, "save_dir": ""}, overrides=state["args"], _callbacks=state["callbacks"]
+    )
+    assert to_dict(rank.dino) == to_dict(cfg)
+    assert rank.ctx.cache_path == str(feature_cache)
+    assert torch.equal(rank.ctx.channel_mean, parent.ctx.channel_mean)
+    assert rank.callbacks["on_train_epoch_start"].count(apply_curriculum) == 1
+    assert ddp.find_handoff(rank.callbacks) is None
+
+
+# -- rank-0 rules ---------------------------------------------------------------------------------------------
+def test_only_rank0_writes(tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch) -> None:
+    import ultralytics.engine.trainer as ut
+    import ultralytics.utils as uu
+    from dinocache.train import eval_hooks
+    from dinocache.train import trainer as tr
+
+    for mod in (ut, uu, tr):
+        monkeypatch.setattr(mod, "RANK", 1)
+    cfg = small_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache)
+    t = make_trainer(cfg)
+    assert not (t.save_dir / "dinocache_args.yaml").exists() and not (t.save_dir / "args.yaml").exists()
+    # grading, best_geo.pt, viz and logging: rank 0 only (returns before touching the trainer)
+    assert eval_hooks.after_save_model(object()) is None
+    # the augmented-sample viz copy is taken on rank 0 only
+    b = {
+        "img": torch.zeros(2, 3, 128, 128, dtype=torch.uint8),
+        "teacher_feat": torch.zeros(2, 8, 8, 8, dtype=torch.float16),
+        "teacher_valid": torch.ones(2, 8, 8),
+    }
+    t.epoch = 0
+    t.preprocess_batch(b)
+    assert t.aug_viz is None
+    monkeypatch.setattr(tr, "RANK", 0)
+    t.preprocess_batch(
+        {
+            "img": torch.zeros(2, 3, 128, 128, dtype=torch.uint8),
+            "teacher_feat": torch.zeros(2, 8, 8, 8, dtype=torch.float16),
+            "teacher_valid": torch.ones(2, 8, 8),
+        }
+    )
+    assert t.aug_viz is not None
+
+
+# -- device refusal -------------------------------------------------------------------------------------------
+def test_more_gpus_than_exist_refused(
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch
+) -> None:
+    from dinocache.train.run import TrainError, train
+
+    cfg = small_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache, device="0,1")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n < 2:
+        with pytest.raises(TrainError, match=rf"needs 2 CUDA GPUs but this machine has {n} CUDA GPU"):
+            train(cfg)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(TrainError, match=r"has 1 CUDA GPU \(0\.\.0\); GPU 1 does not exist"):
+        train(cfg)
+    assert not (tmp_path / "artifacts").exists()  # refused before anything was written
+
+
+def test_cli_names_gpu_count(tmp_path, capsys, monkeypatch) -> None:
+    from dinocache.train.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "c.json").write_text("{}")
+    rc = main(["--config", str(tmp_path / "c.json"), "device=0,1", "batch=4", f"artifacts_root={tmp_path}"])
+    assert rc == 2
+    assert "this machine has 0 CUDA GPUs" in capsys.readouterr().err
