@@ -156,8 +156,10 @@ def check_devices(device: str) -> None:
     missing = [i for i in ids if i >= n]
     if missing:
         have = f"{n} CUDA GPU{'s' if n != 1 else ''}" + (f" (0..{n - 1})" if n else "")
-        raise ValueError(
-            f"device={device}: multi-GPU training needs {len(ids)} CUDA GPUs but this machine has {have}; "
+        from dinocache.core.config import ConfigError
+
+        raise ConfigError(
+            f"device: {device!r}: multi-GPU training needs {len(ids)} CUDA GPUs but this machine has {have}; "
             f"GPU {', '.join(map(str, missing))} does not exist. Use device=cpu, a single GPU, or fewer GPUs"
         )
 

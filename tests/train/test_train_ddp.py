@@ -246,16 +246,18 @@ def test_only_rank0_writes(tmp_path, demo_data, tiny_teacher_dir, feature_cache,
 def test_more_gpus_than_exist_refused(
     tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch
 ) -> None:
-    from dinocache.train.run import TrainError, train
+    from dinocache.train.run import train
+
+    from dinocache.core.config import ConfigError
 
     cfg = small_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache, device="0,1")
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if n < 2:
-        with pytest.raises(TrainError, match=rf"needs 2 CUDA GPUs but this machine has {n} CUDA GPU"):
+        with pytest.raises(ConfigError, match=rf"needs 2 CUDA GPUs but this machine has {n} CUDA GPU"):
             train(cfg)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(TrainError, match=r"has 1 CUDA GPU \(0\.\.0\); GPU 1 does not exist"):
+    with pytest.raises(ConfigError, match=r"has 1 CUDA GPU \(0\.\.0\); GPU 1 does not exist"):
         train(cfg)
     assert not (tmp_path / "artifacts").exists()  # refused before anything was written
 
