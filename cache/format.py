@@ -1,4 +1,4 @@
-"""THE feature-cache format, version 1. Everything that writes or reads a cache follows this file.
+"""THE feature-cache format, version 2. Everything that writes or reads a cache follows this file.
 
 A cache is one Zarr v3 group (a local folder or an fsspec URL) holding, for N training images:
 
@@ -22,10 +22,16 @@ A cache is one Zarr v3 group (a local folder or an fsspec URL) holding, for N tr
 
 Group attribute `dinocache` (JSON, no pickle anywhere):
 
-    format "dinocache.features", version 1, ready (true only after creation finished: arrays, keys, PCA),
+    format "dinocache.features", version 2, ready (true only after creation finished: arrays, keys, PCA),
     n, k, grid [h, w], imgsz, patch_size, teacher_channels (C_t), dtype "float16", shard_size S, codec,
     key_len L, pca (bool), pca_fit_images, teacher (fingerprint dict from DinoV3Teacher.fingerprint),
-    fingerprint_id (sha256 of the canonical JSON of `teacher`), created_by, created_at, source {data, split}.
+    fingerprint_id (sha256 of the canonical JSON of `teacher`), teacher_files (file-level digest of the
+    teacher's weight files, `dinocache.teacher.digest.digest`: {version, files {name: {size, sha256}}, id};
+    the trainer compares it with its dino_root without building the model), created_by, created_at,
+    source {data, split}.
+
+Version history: 1 = the first release; 2 adds teacher_files (version 1 caches are refused with the
+command that rebuilds them).
 
 Writer rules (why: two writers touching one shard lose images silently, see docs/cache.md):
 - one creator makes the arrays and writes the attributes LAST with ready=true; other writers wait for
@@ -47,8 +53,19 @@ from typing import Any
 from dinocache.cache.errors import CacheFormatError, CacheMismatch
 
 FORMAT_NAME = "dinocache.features"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ATTRS_KEY = "dinocache"
+
+# What each older version lacks, for the refusal message (a reader never guesses at old layouts).
+OLDER_VERSIONS = {
+    1: "version 1 has no digest of the teacher's weight files, which the trainer needs to check the teacher "
+    "without loading it",
+}
+UPGRADE_HINT = (
+    "Upgrade it by rebuilding: `dinocache precompute --config config.json --overwrite` (or `dinocache "
+    "precompute cache=PATH dino_root=DIR ... --overwrite` with the options it was made with, saved in "
+    "precompute.yaml inside the cache folder)"
+)
 
 FEATURES = "features"
 DONE = "done"
@@ -119,6 +136,8 @@ class Spec:
     pca: bool
     pca_fit_images: int
     teacher: dict[str, Any]
+    # file-level digest of the teacher checkpoint (teacher.digest.digest); required since version 2
+    teacher_files: dict[str, Any] = field(default_factory=dict)
     fingerprint_id: str = ""
     dtype: str = FEATURE_DTYPE
     format: str = FORMAT_NAME
@@ -131,6 +150,7 @@ class Spec:
     def __post_init__(self) -> None:
         self.grid = [int(g) for g in self.grid]
         self.teacher = normalize_json(self.teacher)
+        self.teacher_files = normalize_json(self.teacher_files)
         if not self.fingerprint_id:
             self.fingerprint_id = fingerprint_id(self.teacher)
 
@@ -155,6 +175,11 @@ class Spec:
         required = {"n", "k", "grid", "imgsz", "patch_size", "teacher_channels", "shard_size", "codec"}
         required |= {"key_len", "pca", "pca_fit_images", "teacher"}
         missing = sorted(required - set(block))
+        if "teacher_files" not in block or not isinstance(block["teacher_files"], dict):
+            raise CacheFormatError(
+                f"{where}: the cache lacks the teacher's weight-file digest ('teacher_files', format version "
+                f"{FORMAT_VERSION}); it was written by an older or foreign writer. {UPGRADE_HINT}"
+            )
         if missing:
             raise CacheFormatError(
                 f"{where}: attribute block '{ATTRS_KEY}' lacks {missing}; the cache is damaged"
@@ -187,8 +212,11 @@ def check_attrs(attrs: dict[str, Any], where: str = "") -> dict[str, Any]:
             f"{where}: cache format version {version} was written by a newer dinocache; this one reads "
             f"version {FORMAT_VERSION}. Upgrade dinocache or rebuild the cache with --overwrite"
         )
-    if version != FORMAT_VERSION:  # pragma: no cover - no older versions exist yet
-        raise CacheFormatError(f"{where}: cache format version {version} is not supported")
+    if version != FORMAT_VERSION:
+        raise CacheFormatError(
+            f"{where}: cache format version {version} is older than this dinocache's version {FORMAT_VERSION} "
+            f"({OLDER_VERSIONS.get(version, 'an unknown older layout')}). {UPGRADE_HINT}"
+        )
     return block
 
 

@@ -216,6 +216,7 @@ class Precompute:
             pca=cfg.channels != "full",
             pca_fit_images=min(cfg.pca_fit_images, len(files)),
             teacher=teacher.fingerprint(cfg.imgsz),
+            teacher_files=self.teacher_files(),
             created_by=f"dinocache {_version()}",
             created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             source={"data": str(Path(cfg.data).resolve()), "split": cfg.split},
@@ -227,6 +228,20 @@ class Precompute:
             with torch.inference_mode():
                 self.compute(writer, teacher)
         return self.finish(writer)
+
+    def teacher_files(self) -> dict[str, Any]:
+        """File-level digest of dino_root's weight files (the trainer checks it without loading the teacher)."""
+        from dinocache.teacher.digest import DigestError, digest, locate
+
+        folder = locate(self.cfg.dino_root)
+        if folder is None:
+            raise ConfigError(
+                f"dino_root: cannot find the files of {self.cfg.dino_root!r} on disk to digest them"
+            )
+        try:
+            return digest(folder)
+        except DigestError as e:
+            raise ConfigError(f"dino_root: {e}") from None
 
     # -- store
     def open_store(self, spec: Any, keys: list[str], teacher: Any) -> Any:

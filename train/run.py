@@ -67,20 +67,18 @@ def check_cache(cfg: TrainConfig, fc: Any, keys: list[str], teacher: Any = None)
             f"dino_distill_channels={cfg.dino_distill_channels} but {where} stores only {fc.k} channels; "
             f"lower dino_distill_channels or {FIX} with more channels"
         )
-    if teacher is not None:
+    stored = fc.fingerprint or {}
+    if "layer" in stored and int(stored["layer"]) != cfg.dino_layer:
+        raise TrainError(
+            f"{where} holds teacher layer {stored['layer']} but dino_layer={cfg.dino_layer}; {FIX} or set dino_layer"
+        )
+    if teacher is not None:  # online mode with a cache: the loaded teacher must be the cache's
         try:
             cache.check_fingerprint(fc, teacher.fingerprint(cfg.imgsz))
         except cache.CacheMismatch as e:
             raise TrainError(f"{where} does not match the teacher {cfg.dino_root}: {e}; {FIX}") from None
     else:
-        stored = fc.fingerprint or {}
-        if "layer" in stored and int(stored["layer"]) != cfg.dino_layer:
-            raise TrainError(
-                f"{where} holds teacher layer {stored['layer']} but dino_layer={cfg.dino_layer}; {FIX} or set dino_layer"
-            )
-        LOGGER.warning(
-            f"{colorstr('dinocache:')} teacher {cfg.dino_root} not found: checked the cache's imgsz and layer only"
-        )
+        check_teacher_files(cfg, fc)
     known = {k: i for i, k in enumerate(fc.keys)}
     done = np.asarray(fc.done, dtype=bool)
     missing = [k for k in keys if k not in known or not done[known[k]]]
@@ -111,6 +109,33 @@ def model_layers(model: str) -> int:
     return len(d["backbone"]) + len(d["head"])
 
 
+def check_teacher_files(cfg: TrainConfig, fc: Any) -> None:
+    """Cache mode: dino_root's weight files must be byte-identical to those the cache was made with.
+
+    File-level digest only (streamed sha256, size+mtime sidecar): no model code is imported, nothing is built.
+    """
+    from dinocache.teacher.digest import DigestError, compare, digest, locate
+
+    where = f"cache {cfg.cache}"
+    folder = locate(cfg.dino_root)
+    if folder is None:
+        LOGGER.warning(
+            f"{colorstr('dinocache:')} teacher {cfg.dino_root} not found: checked the cache's imgsz and layer only"
+        )
+        return
+    try:
+        now = digest(folder)
+    except DigestError as e:
+        raise TrainError(f"dino_root: {e}; point dino_root at the teacher the cache was made with") from None
+    lines = compare(fc.spec.teacher_files, now)
+    if lines:
+        shown = "\n  ".join(f"{folder / ln}" for ln in lines)
+        raise TrainError(
+            f"{where} was made with other teacher weights than {folder}:\n  {shown}\n"
+            f"point dino_root at the teacher the cache was made with, or {FIX}"
+        )
+
+
 def preflight(cfg: TrainConfig) -> TeacherContext:
     """Resolve the dataset, cache and teacher for `cfg`, refusing before anything is written."""
     n_layers = model_layers(cfg.model)
@@ -123,14 +148,12 @@ def preflight(cfg: TrainConfig) -> TeacherContext:
     ctx = TeacherContext(dataset_root=root)
     if cfg.teacher_source == "none":
         return ctx
-    from dinocache.teacher.model import TeacherNotFound, load_teacher
-
     teacher = None
-    try:
+    if cfg.teacher_source == "online":
+        # cache mode never builds the teacher (nor imports transformers' model code): check_teacher_files
+        from dinocache.teacher.model import load_teacher
+
         teacher = load_teacher(cfg.dino_root, layer=cfg.dino_layer, device="cpu")
-    except TeacherNotFound:
-        if cfg.teacher_source == "online":
-            raise
     cache_path = cfg.cache
     use_cache = cfg.teacher_source == "cache" or (
         bool(cache_path) and ("://" in cache_path or Path(cache_path).exists())

@@ -61,7 +61,7 @@ def test_info_text_and_json(built, capsys) -> None:
     _, store = built
     assert cache_main(["info", str(store)]) == 0
     out = capsys.readouterr().out
-    for want in ("dinocache.features version 1", "N=16, done 16/16", "K=4 PCA components of 64", "grid 8x8"):
+    for want in ("dinocache.features version 2", "N=16, done 16/16", "K=4 PCA components of 64", "grid 8x8"):
         assert want in out
     assert "2,048 logical" not in out and "512 logical" in out  # 4 * 8 * 8 * 2 bytes
     assert "uncompressed" in out and "4 images per shard, 4 shard(s)" in out  # codec=none by default
@@ -69,7 +69,7 @@ def test_info_text_and_json(built, capsys) -> None:
     d = json.loads(capsys.readouterr().out)
     assert d["n"] == 16 and d["done"] == 16 and d["k"] == 4 and d["grid"] == [8, 8]
     assert d["bytes_per_image"] == 512 and d["disk_bytes_per_done_image"] > 0
-    assert d["teacher"]["layer"] == -1 and d["teacher"]["hidden_size"] == 64 and d["version"] == 1
+    assert d["teacher"]["layer"] == -1 and d["teacher"]["hidden_size"] == 64 and d["version"] == 2
 
 
 def test_verify_ok_with_teacher(built, tiny_teacher_dir: Path, capsys) -> None:

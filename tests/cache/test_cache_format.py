@@ -121,7 +121,9 @@ def _set_block(path: str, **changes) -> None:
 
 def test_version_and_format_refused(store: str, tmp_path: Path) -> None:
     _set_block(store, version=F.FORMAT_VERSION + 1)
-    with pytest.raises(cache.CacheFormatError, match="version 2 was written by a newer dinocache"):
+    with pytest.raises(
+        cache.CacheFormatError, match=f"version {F.FORMAT_VERSION + 1} was written by a newer dinocache"
+    ):
         cache.open(store)
     _set_block(store, version=F.FORMAT_VERSION, format="something.else")
     with pytest.raises(cache.CacheFormatError, match="format is 'something.else'"):
@@ -258,3 +260,26 @@ def test_forked_worker_after_parent_tensorstore_use_falls_back(store: str) -> No
     want = fc.read([1, 8]).tobytes()  # parent uses tensorstore
     with mp.get_context("fork").Pool(1) as pool:
         assert pool.apply(_read_in_child, (fc,)) == want
+
+
+def test_version_1_cache_refused_with_upgrade_command(store: str) -> None:
+    """A cache from before the weight-file digest (format 1): refused, the message gives the rebuild command."""
+    g = zarr.open_group(store, mode="r+")
+    block = dict(g.attrs["dinocache"])
+    block.pop("teacher_files")
+    block["version"] = 1
+    g.attrs["dinocache"] = block
+    with pytest.raises(cache.CacheFormatError) as e:
+        cache.open(store)
+    msg = str(e.value)
+    assert "version 1 is older" in msg and "digest of the teacher's weight files" in msg
+    assert "dinocache precompute --config config.json --overwrite" in msg and "precompute.yaml" in msg
+
+
+def test_store_missing_teacher_digest_refused(store: str) -> None:
+    g = zarr.open_group(store, mode="r+")
+    block = dict(g.attrs["dinocache"])
+    block.pop("teacher_files")
+    g.attrs["dinocache"] = block
+    with pytest.raises(cache.CacheFormatError, match=r"lacks the teacher's weight-file digest.*--overwrite"):
+        cache.open(store)

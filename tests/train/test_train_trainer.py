@@ -335,7 +335,10 @@ def test_refuses_cache_of_other_teacher(cfg_file, tmp_path, capsys) -> None:
 
     other = make_tiny_teacher(tmp_path / "other", seed=1)
     rc, err = _cli([f"dino_root={other}"], cfg_file, capsys)
-    assert rc == 2 and "weights_sha256" in err and "just precompute" in err
+    assert (
+        rc == 2 and "model.safetensors: changed since the cache was made" in err and "just precompute" in err
+    )
+    assert str(other / "model.safetensors") in err  # names the file
     rc, err = _cli(["dino_layer=1"], cfg_file, capsys)
     assert rc == 2 and "layer" in err and "just precompute" in err
     assert not (cfg_file.parent / "artifacts").exists()
@@ -393,3 +396,53 @@ def test_warp_run_draws_augmented_samples(tmp_path, demo_data, tiny_teacher_dir,
     for kind in ("teacher", "student", "mask", "diff"):
         img = cv2.imread(str(viz / f"augmented_0_{kind}.png"))
         assert img is not None and img.shape[0] > 0, kind
+
+
+def test_cache_mode_refuses_changed_weights_naming_the_file(
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache
+) -> None:
+    """Weights edited in place after precompute: refused by the file digest, the sidecar does not hide it."""
+    import time
+
+    from dinocache.teacher.digest import SIDECAR
+    from dinocache.train.run import TrainError, preflight
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_teacher_dir, teacher)
+    cfg = make_cfg(tmp_path, demo_data, teacher, feature_cache)
+    preflight(cfg)  # same bytes: accepted (and the size+mtime sidecar written)
+    assert (teacher / SIDECAR).exists()
+    w = teacher / "model.safetensors"
+    raw = bytearray(w.read_bytes())
+    raw[-1] ^= 0xFF  # same size, one byte different
+    time.sleep(0.01)
+    w.write_bytes(bytes(raw))
+    with pytest.raises(TrainError, match=r"model\.safetensors: changed since the cache was made"):
+        preflight(cfg)
+    (teacher / "model.safetensors").rename(teacher / "model-renamed.safetensors")
+    with pytest.raises(TrainError, match=r"model\.safetensors: in the cache's teacher, missing"):
+        preflight(cfg)
+
+
+def test_cache_mode_start_builds_no_teacher(tmp_path, demo_data, tiny_teacher_dir, feature_cache) -> None:
+    """preflight in cache mode imports no transformers model code and never calls from_pretrained."""
+    values = {"data": str(demo_data), "dino_root": str(tiny_teacher_dir), "cache": str(feature_cache)}
+    values |= {"imgsz": 128, "dino_distill_channels": 8}
+    (tmp_path / "cfg.json").write_text(json.dumps(values))
+    code = textwrap.dedent(
+        f"""
+        import json, sys
+        from dinocache.core.config import build
+        from dinocache.train.config import TrainConfig
+        from dinocache.train.run import preflight
+        import dinocache.teacher.model as tm
+        tm.DinoV3Teacher.from_pretrained = None  # any call would raise TypeError
+        ctx = preflight(build(TrainConfig, json.load(open({str(tmp_path / "cfg.json")!r}))))
+        assert ctx.cache_path and ctx.teacher is None
+        print("MODEL_MODULES", sorted(m for m in sys.modules if m.startswith("transformers.models")))
+        """
+    )
+    env = {**os.environ, "YOLO_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "MODEL_MODULES []" in r.stdout, r.stdout
