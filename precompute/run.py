@@ -166,12 +166,19 @@ def to_batch(images: Sequence[np.ndarray | None], imgsz: int, device: Any) -> An
 
 # ------------------------------------------------------------------------------------------ the run
 
+# Raw teacher outputs of PCA-fit batches kept in RAM for the write pass (float32 (B, C_t, h, w); 256 ViT-L
+# maps at 512 px are 1 GiB); beyond it the remaining fit batches are recomputed when written.
+KEEP_BYTES = 4 << 30
+_DECODED = np.zeros(0, np.uint8)  # stands for the pixels of a kept image that decoded fine
+
 
 class Precompute:
     def __init__(self, cfg: PrecomputeConfig) -> None:
         self.cfg = cfg
         self.rank, self.world = parse_shard(cfg.shard)
         self.bad: dict[str, str] = {}  # file -> reason
+        # (shard, b0) -> (raw teacher output (B, C_t, h, w), loaded images) of batches the PCA fit ran
+        self.kept: dict[tuple[int, int], tuple[Any, list[Loaded]]] = {}
 
     def log(self, msg: str) -> None:
         tag = f"[shard {self.rank}/{self.world}] " if self.world > 1 else ""
@@ -326,34 +333,82 @@ class Precompute:
         write_sidecar(self.cfg.cache, name, text, self.cfg.storage_options)
 
     # -- PCA
+    def batches(self, spec: Any) -> list[tuple[int, int, range]]:
+        """Every (shard, b0, rows) teacher batch of the write pass: fixed boundaries inside each shard."""
+        out = []
+        for s in range(spec.n_shards):
+            r = spec.shard_rows(s)
+            for b0 in range(0, len(r), self.cfg.batch):
+                out.append((s, b0, range(r.start + b0, min(r.stop, r.start + b0 + self.cfg.batch))))
+        return out
+
+    def fit_batches(self, spec: Any) -> list[tuple[int, int, range]]:
+        """Evenly spaced whole write-pass batches covering at least `pca_fit_images` images.
+
+        Whole batches, so the fit pass runs the teacher on exactly the tensors the write pass would and its
+        outputs can be written as rows (teacher once per image, bit-identical to recomputing them).
+        """
+        allb = self.batches(spec)
+        want = spec.pca_fit_images
+        k = min(len(allb), -(-want // self.cfg.batch))
+        while True:
+            pick = np.unique(np.linspace(0, len(allb) - 1, k).round().astype(int))
+            if sum(len(allb[i][2]) for i in pick) >= want or k >= len(allb):
+                return [allb[i] for i in pick]
+            k += 1
+
     def fit(self, spec: Any, teacher: Any) -> tuple[Any, np.ndarray, np.ndarray]:
-        """PCA basis (or None) and per-stored-channel mean/std from `pca_fit_images` evenly spaced images."""
+        """PCA basis (or None) and per-stored-channel mean/std from evenly spaced whole batches.
+
+        Keeps the raw teacher outputs of the batches this process will write (up to KEEP_BYTES) in
+        `self.kept`, so `compute` writes them instead of running the teacher on those images again.
+        """
+        import torch
         from dinocache.cache.pca import MomentAccumulator
+        from tqdm import tqdm
 
         cfg = self.cfg
-        n = len(self.files)
-        rows = np.unique(np.linspace(0, n - 1, spec.pca_fit_images).round().astype(int)).tolist()
+        picked = self.fit_batches(spec)
+        rows = [r for _, _, rr in picked for r in rr]
         acc = MomentAccumulator(teacher.channels)
         images = prefetch(self.files, rows, cfg.imgsz, self.pool, ahead=2 * cfg.batch)
-        used = 0
+        used, kept_bytes = 0, 0
         t0 = time.perf_counter()
-        import torch
-
-        with torch.inference_mode():
-            for b0 in range(0, len(rows), cfg.batch):
-                chunk = [next(images) for _ in rows[b0 : b0 + cfg.batch]]
-                good = [ld.rgb for ld in chunk if ld.rgb is not None]
-                if good:
-                    acc.update(teacher.extract_feature_map(to_batch(good, cfg.imgsz, teacher.device)))
-                    used += len(good)
+        bar = tqdm(total=len(rows), unit="img", desc="pca fit", dynamic_ncols=True, file=sys.stderr)
+        try:
+            with torch.inference_mode():
+                for s, b0, rr in picked:
+                    chunk = [next(images) for _ in rr]
+                    good = [j for j, ld in enumerate(chunk) if ld.rgb is not None]
+                    if good:
+                        # the same (B, 3, H, W) tensor the write pass builds for this batch
+                        y = teacher.extract_feature_map(
+                            to_batch([ld.rgb for ld in chunk], cfg.imgsz, teacher.device)
+                        )  # (B, C_t, h, w) float32
+                        acc.update(y[good] if len(good) < len(chunk) else y)
+                        used += len(good)
+                        nbytes = y.numel() * y.element_size()
+                        if s % self.world == self.rank and kept_bytes + nbytes <= KEEP_BYTES:
+                            # the write pass needs only "decoded or not", the hash and the error, not the pixels
+                            light = [
+                                Loaded(_DECODED if ld.rgb is not None else None, ld.sha256, ld.error)
+                                for ld in chunk
+                            ]
+                            self.kept[(s, b0)] = (y, light)
+                            kept_bytes += nbytes
+                    bar.update(len(chunk))
+        finally:
+            bar.close()
         if used == 0:
             from dinocache.core.data import DataError
 
             raise DataError(
                 f"none of the {len(rows)} PCA-fit images of {cfg.data} could be used (see errors above)"
             )
+        reused = sum(len(c) for _, c in self.kept.values())
         self.log(
-            f"fitted {'PCA' if spec.pca else 'channel stats'} on {used} images in {time.perf_counter() - t0:.1f}s"
+            f"fitted {'PCA' if spec.pca else 'channel stats'} on {used} images in {time.perf_counter() - t0:.1f}s; "
+            f"their {reused} teacher outputs are written as rows, not recomputed"
         )
         if not spec.pca:
             mean, std = acc.channel_stats()
@@ -386,6 +441,13 @@ class Precompute:
             self.log(f"{changed} image(s) changed since they were cached; recomputing their shards")
         return todo
 
+    def _shard_batches(self, spec: Any, s: int) -> list[tuple[int, range]]:
+        r = spec.shard_rows(s)
+        return [
+            (b0, range(r.start + b0, min(r.stop, r.start + b0 + self.cfg.batch)))
+            for b0 in range(0, len(r), self.cfg.batch)
+        ]
+
     def compute(self, writer: Any, teacher: Any) -> None:
         import torch
         from tqdm import tqdm
@@ -415,7 +477,13 @@ class Precompute:
 
         thread = threading.Thread(target=write_loop, name="cache-writer", daemon=True)
         thread.start()
-        images = prefetch(self.files, rows, cfg.imgsz, self.pool, ahead=max(2 * cfg.batch, 4 * cfg.workers))
+        todo_set = set(todo)
+        kept = {k: v for k, v in self.kept.items() if k[0] in todo_set}
+        self.kept = {}
+        fresh = [
+            r for s in todo for b0, rr in self._shard_batches(spec, s) if (s, b0) not in kept for r in rr
+        ]
+        images = prefetch(self.files, fresh, cfg.imgsz, self.pool, ahead=max(2 * cfg.batch, 4 * cfg.workers))
         t0 = time.perf_counter()
         bar = tqdm(total=len(rows), unit="img", desc="precompute", dynamic_ncols=True, file=sys.stderr)
         try:
@@ -426,8 +494,12 @@ class Precompute:
                 shas = [""] * m
                 ok = np.zeros(m, np.uint8)
                 # Fixed batch boundaries inside the shard: a rerun reproduces the same bits.
-                for b0 in range(0, m, cfg.batch):
-                    chunk = [next(images) for _ in range(b0, min(m, b0 + cfg.batch))]
+                for b0, rr in self._shard_batches(spec, s):
+                    y = None
+                    if (s, b0) in kept:  # computed by the PCA fit pass: same batch, same bits
+                        y, chunk = kept.pop((s, b0))
+                    else:
+                        chunk = [next(images) for _ in rr]
                     for j, ld in enumerate(chunk):
                         if ld.error:
                             self.bad[str(self.files[r.start + b0 + j])] = ld.error
@@ -435,8 +507,9 @@ class Precompute:
                                 f"precompute: skipped {self.files[r.start + b0 + j]}: {ld.error}",
                                 file=sys.stderr,
                             )
-                    x = to_batch([ld.rgb for ld in chunk], cfg.imgsz, teacher.device)
-                    y = teacher.extract_feature_map(x)  # (B, C_t, h, w) float32
+                    if y is None:
+                        x = to_batch([ld.rgb for ld in chunk], cfg.imgsz, teacher.device)
+                        y = teacher.extract_feature_map(x)  # (B, C_t, h, w) float32
                     if basis is not None:
                         y = basis.project(y)  # (B, C_t, h, w) -> (B, K, h, w)
                     y16 = y.to(torch.float16).cpu().numpy()

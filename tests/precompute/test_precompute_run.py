@@ -204,3 +204,29 @@ def test_foreign_folder_refused(demo_data: Path, tiny_teacher_dir: Path, tmp_pat
     assert run(demo_data, tiny_teacher_dir, store) == 2
     assert "is not a dinocache feature cache" in capsys.readouterr().err
     assert (store / "important.txt").read_text() == "keep me"
+
+
+def test_teacher_runs_once_per_image(
+    demo_data: Path, tiny_teacher_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """The PCA-fit pass's teacher outputs are written as rows: with pca_fit_images >= N every image is seen
+    once, and the cache equals one where every row was recomputed by the write pass."""
+    from dinocache.precompute import run as R
+    from dinocache.teacher.model import DinoV3Teacher
+
+    seen: list[int] = []
+    real = DinoV3Teacher.extract_feature_map
+    monkeypatch.setattr(
+        DinoV3Teacher, "extract_feature_map", lambda self, x: seen.append(x.shape[0]) or real(self, x)
+    )
+    n = len(train_images(demo_data))
+    assert run(demo_data, tiny_teacher_dir, tmp_path / "a.zarr", f"pca_fit_images={n}") == 0
+    assert sum(seen) == n
+    err = capsys.readouterr().err
+    assert "pca fit" in err and f"their {n} teacher outputs are written as rows" in err
+    seen.clear()
+    monkeypatch.setattr(R, "KEEP_BYTES", 0)  # keep nothing: the write pass recomputes every row
+    assert run(demo_data, tiny_teacher_dir, tmp_path / "b.zarr", f"pca_fit_images={n}") == 0
+    assert sum(seen) == 2 * n
+    a, b = cache.open(tmp_path / "a.zarr"), cache.open(tmp_path / "b.zarr")
+    assert a.read(range(n)).tobytes() == b.read(range(n)).tobytes()
