@@ -7,13 +7,14 @@
 This package is the only one that imports zarr.
 """
 
-from dinocache.cache.errors import CacheError, CacheFormatError, CacheMismatch
+from dinocache.cache.errors import CacheCorrupt, CacheError, CacheFormatError, CacheMismatch
 from dinocache.cache.format import FORMAT_NAME, FORMAT_VERSION
 from dinocache.cache.store import CacheWriter, FeatureCache, check_fingerprint, open  # noqa: A004
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "CacheCorrupt",
     "CacheError",
     "CacheFormatError",
     "CacheMismatch",

@@ -5,9 +5,11 @@
     dinocache cache verify --config config.json [cache=PATH data=DATA dino_root=DIR ...]
 
 `info` prints the format, the teacher fingerprint summary, N, K, grid, done count, bytes per image
-(logical and on disk), codec and shard size. `verify` checks that every image of the dataset split has
-a done row whose stored sha256 matches the file, that done rows hold no NaN/inf, and (with --dino-root)
-that the cache was made by that teacher; exit 0 with a summary line, 1 with counts and first examples.
+(logical and on disk), codec and shard size. `verify` re-reads every chunk of the cache through its crc32c
+checksum, checks that every shard file with done rows exists, that done rows hold no NaN/inf, that every
+image of the dataset split has a done row whose stored sha256 matches the file, and (with --dino-root)
+that the cache was made by that teacher; exit 0 with a summary line, 1 with one line per bad row (row,
+image key, shard file) and the repair command.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dinocache.cache.errors import CacheError
 from dinocache.cache.store import FeatureCache
 
 EXAMPLES = 5
+SHOWN = 200  # rows listed one per line by verify
 
 
 def _codec_text(codec: str) -> str:
@@ -138,39 +141,48 @@ def verify(
             check_fingerprint(fc, teacher.fingerprint(fc.imgsz if imgsz is None else imgsz))
         except CacheMismatch as e:
             add("teacher fingerprint mismatch", str(e))
+    from dinocache.cache import format as F
+    from dinocache.cache.check import _chunked, chunk_file, scan
+
     root, files = list_split_images(data, split)
-    done = fc.done
-    stored = fc.sha256()
-    wanted_rows = []
+    # every chunk of done/sha256/keys and every done row of features, re-read through its crc32c
+    damaged, done, keys = scan(fc)
+    for b in damaged:
+        add("damaged row (row, key, file)", b.line())
+    sha_raw, _ = _chunked(fc, F.SHA256)
+    from dinocache.cache.store import bytes_to_hex
+
+    stored = bytes_to_hex(sha_raw)
+    row_of = {k: i for i, k in enumerate(keys)}
+    bad_rows = {b.row for b in damaged}
     for f in files:
         key = image_key(f, root)
-        try:
-            row = fc.row_of(key)
-        except KeyError:
+        row = row_of.get(key)
+        if row is None:
             add("no row in the cache", key)
             continue
+        if row in bad_rows:
+            continue
+        where = f"row {row} {key} ({chunk_file(fc.path, F.FEATURES, row // fc.spec.shard_size)})"
         if not done[row]:
-            add("row not done", key)
-            continue
-        if file_sha256(f) != stored[row]:
-            add("sha256 mismatch (image changed since it was cached)", key)
-        wanted_rows.append(row)
-    # Scan every done row shard by shard (contiguous reads are the fast path).
-    keys = fc.keys
-    done_rows = np.flatnonzero(done)
-    for s in range(fc.spec.n_shards):
-        r = fc.spec.shard_rows(s)
-        rows = done_rows[(done_rows >= r.start) & (done_rows < r.stop)]
-        if rows.size == 0:
-            continue
-        x = fc.read(rows)
-        finite = np.isfinite(x.reshape(len(rows), -1)).all(1)
-        for row in rows[~finite]:
-            add("NaN/inf in a done row", keys[int(row)])
+            add("row not done", where)
+        elif file_sha256(f) != stored[row]:
+            add("sha256 mismatch (image changed since it was cached)", where)
     extra = len(set(keys) - {image_key(f, root) for f in files})
     for kind, items in problems.items():
-        shown = ", ".join(items[:EXAMPLES]) + (" ..." if len(items) > EXAMPLES else "")
-        lines.append(f"  {kind}: {len(items)}: {shown}")
+        if kind.startswith("damaged") or "mismatch (image" in kind or kind == "row not done":
+            # one line per row: row, image key and the shard file, up to SHOWN of them
+            lines.append(f"  {kind}: {len(items)}")
+            lines += [f"    {it}" for it in items[:SHOWN]]
+            if len(items) > SHOWN:
+                lines.append(f"    ... and {len(items) - SHOWN} more")
+        else:
+            shown = ", ".join(items[:EXAMPLES]) + (" ..." if len(items) > EXAMPLES else "")
+            lines.append(f"  {kind}: {len(items)}: {shown}")
+    if any(k != "teacher fingerprint mismatch" and k != "no row in the cache" for k in problems):
+        from dinocache.cache.check import repair_hint
+
+        lines.append(f"  fix: {repair_hint(fc)}")
     if extra:
         lines.append(f"  note: {extra} cache row(s) are not in the dataset split (ignored by the trainer)")
     n_bad = sum(len(v) for k, v in problems.items() if k != "teacher fingerprint mismatch")
@@ -179,7 +191,7 @@ def verify(
     if ok:
         head = (
             f"verify: OK {fc.path}: {len(files)}/{len(files)} images of {data} [{split}] cached, hashes match, "
-            f"no NaN/inf{teacher_txt}"
+            f"every chunk passes its crc32c, no NaN/inf{teacher_txt}"
         )
     else:
         head = f"verify: FAILED {fc.path}: {n_bad} problem(s) over {len(files)} dataset images" + (

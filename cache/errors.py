@@ -11,3 +11,9 @@ class CacheFormatError(CacheError):
 
 class CacheMismatch(CacheError):
     """The cache was made by a different teacher/imgsz/layer/K or for a different dataset listing."""
+
+
+class CacheCorrupt(CacheError):
+    """Stored data fails its checksum, is missing (shard file gone) or holds NaN/inf: the message names the
+    row, the image key, the file and the repair command. One message argument only, so a DataLoader worker
+    can re-raise it in the main process."""

@@ -6,7 +6,9 @@ A cache is one Zarr v3 group (a local folder or an fsspec URL) holding, for N tr
                                                    channels when channels=full), (h, w) = imgsz // patch.
                                                    Inner chunk = 1 image, grouped by the sharding codec into
                                                    shards of S images; codec Blosc zstd/lz4 (+byte shuffle)
-                                                   or none; fill_value NaN so a row never written reads NaN.
+                                                   or none, then crc32c on every inner chunk (version 2), so
+                                                   a flipped bit fails the read of exactly that image;
+                                                   fill_value NaN so a row never written reads NaN.
     done                    uint8   (N,)          1 once the row's features are written. Chunk = S rows, so
                                                    the owner of shard k also owns `done` chunk k.
     sha256                  uint8   (N, 32)       sha256 of the image file's bytes when the row was computed.
@@ -19,6 +21,10 @@ A cache is one Zarr v3 group (a local folder or an fsspec URL) holding, for N tr
     pca_mean                float32 (C_t,)        only when pca is true: x_pca = components @ (x - mean)
     pca_components          float32 (K, C_t)      rows sorted by decreasing explained variance
     pca_explained_variance  float32 (K,)
+
+Every chunk of every array ends with Zarr v3's own `crc32c` codec (version 2): `done`, `sha256` and
+`keys` too, so bit rot anywhere is a checksum error, never a silently wrong value. The shard index
+carries zarr's default crc32c as well.
 
 Group attribute `dinocache` (JSON, no pickle anywhere):
 
@@ -40,7 +46,8 @@ Writer rules (why: two writers touching one shard lose images silently, see docs
   marked done only after its data is written;
 - chunk keys use "." as separator so one image does not cost several directories.
 
-A newer version or a foreign format name is refused by `check_attrs`; version 1 readers never guess.
+A newer version or a foreign format name is refused by `check_attrs`; readers never guess. Version 1
+(no chunk checksums) is refused with the command that rebuilds it.
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ ATTRS_KEY = "dinocache"
 # What each older version lacks, for the refusal message (a reader never guesses at old layouts).
 OLDER_VERSIONS = {
     1: "version 1 has no digest of the teacher's weight files, which the trainer needs to check the teacher "
-    "without loading it",
+    "without loading it, and no crc32c checksum on its chunks, so bit rot would go unnoticed",
 }
 UPGRADE_HINT = (
     "Upgrade it by rebuilding: `dinocache precompute --config config.json --overwrite` (or `dinocache "
@@ -98,15 +105,22 @@ def auto_shard_size(bytes_per_image: int, n: int | None = None) -> int:
     return s
 
 
-def compressors(codec: str) -> list[Any] | None:
-    """Zarr codec list for `features` (inner chunks): Blosc with byte shuffle over the 2-byte fp16 words."""
+def compressors(codec: str) -> list[Any]:
+    """Zarr bytes-to-bytes codecs of `features` (inner chunks): Blosc with byte shuffle over the 2-byte fp16
+    words (unless codec=none), then crc32c so every stored image carries its own checksum."""
     from zarr.codecs import BloscCodec
 
-    if codec == "none":
-        return None
     if codec not in CODECS:
         raise CacheFormatError(f"unknown codec '{codec}', expected one of {list(CODECS)}")
-    return [BloscCodec(cname=codec, clevel=1, shuffle="shuffle", typesize=2)]
+    blosc = [] if codec == "none" else [BloscCodec(cname=codec, clevel=1, shuffle="shuffle", typesize=2)]
+    return [*blosc, *checksum()]
+
+
+def checksum() -> list[Any]:
+    """The codec list that ends every chunk of every array: Zarr v3's crc32c (read by tensorstore too)."""
+    from zarr.codecs import Crc32cCodec
+
+    return [Crc32cCodec()]
 
 
 def fingerprint_id(fingerprint: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from dinocache.cache import format as F
-from dinocache.cache.errors import CacheError, CacheFormatError, CacheMismatch
+from dinocache.cache.errors import CacheCorrupt, CacheError, CacheFormatError, CacheMismatch
 
 # ------------------------------------------------------------------------------------------ locations
 
@@ -96,7 +96,9 @@ def read_attrs(path: str | Path, storage_options: dict[str, Any] | None = None) 
     except FileNotFoundError:  # no folder, or a folder without a group (zarr's NodeNotFoundError)
         return None
     except Exception as e:
-        raise CacheFormatError(f"{path}: cannot open as a zarr group ({e})") from None
+        raise CacheFormatError(
+            f"{str(path).rstrip('/')}/zarr.json: cannot open {path} as a zarr group ({type(e).__name__}: {e})"
+        ) from None
     return dict(group.attrs)
 
 
@@ -226,11 +228,11 @@ class _Store:
                 raise CacheFormatError(
                     f"{self.path}: array '{name}' is missing; the cache is damaged"
                 ) from None
-            except Exception as e:  # e.g. zarr's UnknownCodecError for a codec this install lacks
+            except Exception as e:  # noqa: BLE001 - unreadable metadata (truncated/edited JSON, unknown codec)
                 raise CacheFormatError(
-                    f"{self.path}: array '{name}' cannot be opened ({type(e).__name__}: {e}); the cache is "
-                    "damaged or uses a codec this reader does not support: rebuild it "
-                    "(`dinocache precompute --overwrite`)"
+                    f"{self.path.rstrip('/')}/{name}/zarr.json: array '{name}' cannot be opened "
+                    f"({type(e).__name__}: {e}); the cache is damaged or uses a codec this reader does not "
+                    "support: rebuild it (`dinocache precompute --overwrite`)"
                 ) from None
             self._arrays[name] = arr
         return arr
@@ -307,8 +309,27 @@ class FeatureCache(_Store):
     @property
     def keys(self) -> list[str]:
         if self._keys is None:
-            self._keys = _decode_keys(np.asarray(self._array(F.KEYS)[:]))
+            self._keys = _decode_keys(self._whole(F.KEYS))
         return self._keys
+
+    def _whole(self, name: str) -> np.ndarray:
+        """A whole small array; a chunk failing its checksum is a CacheCorrupt naming the chunk file."""
+        from dinocache.cache.check import _chunked, chunk_file, repair_hint
+
+        try:
+            return np.asarray(self._array(name)[...])
+        except Exception:  # noqa: BLE001 - find and name the bad chunk
+            out, bad = _chunked(self, name)
+            if not bad:
+                return out
+            c, why = next(iter(bad.items()))
+            r = self.spec.shard_rows(c)
+            raise CacheCorrupt(
+                f"cache {self.path}: chunk {chunk_file(self.path, name, c)} of '{name}' (rows {r.start}-{r.stop - 1}) "
+                f"{why}"
+                + (f" (and {len(bad) - 1} more chunk(s))" if len(bad) > 1 else "")
+                + f"; {repair_hint(self)}"
+            ) from None
 
     def row_of(self, key: str) -> int:
         if self._row is None:
@@ -324,11 +345,11 @@ class FeatureCache(_Store):
     @property
     def done(self) -> np.ndarray:
         """(N,) bool, read fresh from the store."""
-        return np.asarray(self._array(F.DONE)[:]).astype(bool)
+        return self._whole(F.DONE).astype(bool)
 
     def sha256(self) -> list[str]:
         """Hex sha256 of each row's image file when it was computed ('00..' for rows never written)."""
-        return bytes_to_hex(np.asarray(self._array(F.SHA256)[:]))
+        return bytes_to_hex(self._whole(F.SHA256))
 
     def _stat(self, name: str) -> np.ndarray:
         if name not in self._stats:
@@ -491,14 +512,11 @@ class CacheWriter(_Store):
             compressors=F.compressors(spec.codec),
             fill_value=np.nan,
             dimension_names=("image", "channel", "y", "x"),
-            **kw,
+            chunk_key_encoding=F.CHUNK_KEY_ENCODING,
         )
-        group.create_array(
-            F.DONE, shape=(spec.n,), dtype="uint8", chunks=(s,), compressors=None, fill_value=0, **kw
-        )
-        group.create_array(
-            F.SHA256, shape=(spec.n, 32), dtype="uint8", chunks=(s, 32), compressors=None, fill_value=0, **kw
-        )
+        kw["compressors"] = F.checksum()  # every other array: crc32c on each chunk, no compression
+        group.create_array(F.DONE, shape=(spec.n,), dtype="uint8", chunks=(s,), fill_value=0, **kw)
+        group.create_array(F.SHA256, shape=(spec.n, 32), dtype="uint8", chunks=(s, 32), fill_value=0, **kw)
         karr = group.create_array(
             F.KEYS, shape=(spec.n, spec.key_len), dtype="uint8", chunks=(s, spec.key_len), fill_value=0, **kw
         )
@@ -565,6 +583,7 @@ class CacheWriter(_Store):
 
 
 __all__ = [
+    "CacheCorrupt",
     "CacheError",
     "CacheFormatError",
     "CacheMismatch",

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from dinocache.cache import format as F
 from dinocache.cache.cli import main as cache_main
 from dinocache.precompute.run import main as precompute_main
 
@@ -92,7 +93,8 @@ def test_verify_changed_image(copy, capsys) -> None:
     cv2.imwrite(str(f), 255 - cv2.imread(str(f)))
     assert verify(data, store) == 1
     err = capsys.readouterr().err
-    assert "sha256 mismatch (image changed since it was cached): 1: images/train/000004.png" in err
+    assert "sha256 mismatch (image changed since it was cached): 1\n    row 4 images/train/000004.png" in err
+    assert f"({store}/features/c.1.0.0.0)" in err and "dinocache cache repair" in err
 
 
 def test_verify_missing_and_not_done_rows(copy, capsys) -> None:
@@ -106,7 +108,9 @@ def test_verify_missing_and_not_done_rows(copy, capsys) -> None:
     err = capsys.readouterr().err
     assert "3 problem(s) over 17 dataset images" in err
     assert "no row in the cache: 1: images/train/zz_new.png" in err
-    assert "row not done: 2: images/train/000003.png, images/train/000005.png" in err
+    assert (
+        "row not done: 2\n    row 3 images/train/000003.png" in err and "row 5 images/train/000005.png" in err
+    )
 
 
 def test_verify_nan_in_done_row(copy, capsys) -> None:
@@ -116,7 +120,8 @@ def test_verify_nan_in_done_row(copy, capsys) -> None:
     x[2, 0, 0, 0] = np.inf
     g["features"][4:8] = x
     assert verify(data, store) == 1
-    assert "NaN/inf in a done row: 1: images/train/000006.png" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"row 6 images/train/000006.png: holds 1 NaN/inf value(s) ({store}/features/c.1.0.0.0)" in err
 
 
 def test_missing_cache_and_bad_args(built, tmp_path: Path, capsys) -> None:
