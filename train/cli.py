@@ -34,10 +34,21 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load(TrainConfig, args.config, "train", args.overrides)
         trainer = train(cfg)
     except (ConfigError, DataError, TrainError, TeacherNotFound, CacheError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_first_cause(e)}", file=sys.stderr)
         return 2
     print(f"dinocache train: outputs in {trainer.save_dir}")
     return 0
+
+
+def _first_cause(e: BaseException) -> str:
+    """The message itself: an error re-raised from a DataLoader worker carries the worker's traceback text, whose
+    last line is `pkg.Class: message`."""
+    text = str(e)
+    if "Original Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    name = type(e).__name__
+    return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
 
 
 if __name__ == "__main__":

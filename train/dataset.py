@@ -63,8 +63,11 @@ class TeacherLookup:
         return self._fc
 
     def __call__(self, im_file: str) -> np.ndarray:
-        key = image_key(im_file, self.root)
-        return np.asarray(self.fc.get(key, channels=self.channels))
+        """(D, h, w) float16; a checksum failure, a missing shard or NaN/inf is a CacheCorrupt naming the
+        image key, the shard file and the repair command: nothing damaged reaches the loss."""
+        from dinocache.cache.check import checked_map
+
+        return checked_map(self.fc, image_key(im_file, self.root), channels=self.channels)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_fc": None, "_pid": None}

@@ -88,6 +88,37 @@ def check_cache(cfg: TrainConfig, fc: Any, keys: list[str], teacher: Any = None)
             f"{where} lacks teacher features for {len(missing)} of {len(keys)} training images "
             f"(first: {first}); {FIX}"
         )
+    check_cache_files(cfg, fc, keys, known, done)
+
+
+def check_cache_files(cfg: TrainConfig, fc: Any, keys: list[str], known: dict[str, int], done: Any) -> None:
+    """Cheap start-of-run checks of what the per-read checks would only find mid-epoch: a shard file gone while
+    `done` says 1 (one folder listing) and, with verify_images=true, images edited since they were cached."""
+    from dinocache.cache.check import missing_shard_files, repair_hint
+
+    where = f"cache {cfg.cache}"
+    used = {known[k] for k in keys}
+    gone = [(f, [r for r in rows if r in used]) for _, f, rows in missing_shard_files(fc, done)]
+    gone = [(f, rows) for f, rows in gone if rows]
+    if gone:
+        f, rows = gone[0]
+        names = ", ".join(fc.keys[r] for r in rows[:5])
+        raise TrainError(
+            f"{where}: shard file {f} is missing although `done` says its {len(rows)} row(s) are computed "
+            f"(images {names}){f' and {len(gone) - 1} more shard file(s)' if len(gone) > 1 else ''}; "
+            f"{repair_hint(fc)}"
+        )
+    if cfg.verify_images:
+        from dinocache.core.data import file_sha256
+
+        root, files = list_split_images(cfg.data_yaml, "train")
+        stored = fc.sha256()
+        changed = [k for f in files if file_sha256(f) != stored[known[(k := image_key(f, root))]]]
+        if changed:
+            raise TrainError(
+                f"{where}: {len(changed)} training image(s) changed since they were cached "
+                f"(first: {', '.join(changed[:5])}); {repair_hint(fc)}"
+            )
 
 
 def model_layers(model: str) -> int:
@@ -250,12 +281,31 @@ def train(cfg: TrainConfig, callbacks: dict[str, list] | None = None) -> DinoOBB
         if (save_dir / "results.csv").exists() or (save_dir / "weights" / "last.pt").exists():
             raise TrainError(f"run folder {save_dir} already holds a run; pass resume=true or another name")
         cfg.name = run_id
+    device = ultralytics_device(cfg.device)  # before anything is loaded: no GPU is a clear error
     ctx = preflight(cfg)
     ov = ultralytics_overrides(cfg, save_dir, device)
     apply_augmentation_policy(cfg, ov)
-    trainer = DinoOBBTrainer(overrides=ov, dino=cfg, ctx=ctx, resume_state=state)
-    for event, fns in (callbacks or {}).items():
-        for fn in fns:
-            trainer.add_callback(event, fn)
-    trainer.train()
+    try:
+        trainer = DinoOBBTrainer(overrides=ov, dino=cfg, ctx=ctx, resume_state=state)
+        for event, fns in (callbacks or {}).items():
+            for fn in fns:
+                trainer.add_callback(event, fn)
+        trainer.train()
+    except BaseException:
+        if state is None:
+            discard_unsaved_run(save_dir)
+        raise
     return trainer
+
+
+def discard_unsaved_run(save_dir: Path) -> None:
+    """A new run that failed before its first checkpoint: remove its folder, so neither resume=true nor a rerun
+    with the same name finds a run that cannot be continued. A run with weights/resume.pt stays resumable."""
+    import shutil
+
+    if (save_dir / "weights" / RESUME_FILE).exists() or not save_dir.exists():
+        return
+    run = save_dir.parent
+    target = run if {p.name for p in run.iterdir()} <= {save_dir.name} else save_dir
+    shutil.rmtree(target, ignore_errors=True)
+    LOGGER.warning(f"{colorstr('dinocache:')} the run stopped before its first checkpoint; removed {target}")

@@ -1,0 +1,178 @@
+"""The fault-injection suite: damage catalogue, bad-input catalogue per command, SIGKILL resume of training.
+
+Every case goes through `Faults.run`, which calls a command's real `main(argv)` in-process and classifies
+what a user would see: `clear` (non-zero exit, an `error:`/`verify: FAILED` message naming what it must
+name), `vague` (non-zero exit, but the message lacks the file/key it must name), `traceback` (an exception
+escaped `main`) or `silent` (exit 0). The test then asserts `clear`. Kills survived are recorded too.
+
+At the end of the session the tally is written as JSON to $DINOCACHE_FAULTS_SUMMARY when set (the README's
+Reliability figures come from that file: `just faults`), and always printed in the terminal summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import traceback
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+IMGSZ = 128
+OUTCOMES = ("clear", "vague", "traceback", "silent")
+
+
+@dataclass
+class Tally:
+    cases: list[dict] = field(default_factory=list)
+    kills: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        by_cmd: dict[str, Counter] = {}
+        for c in self.cases:
+            by_cmd.setdefault(c["command"], Counter())[c["outcome"]] += 1
+        total = Counter(c["outcome"] for c in self.cases)
+        return {
+            "bad_inputs_tried": len(self.cases),
+            **{o: total.get(o, 0) for o in OUTCOMES},
+            "by_command": {k: {o: v.get(o, 0) for o in OUTCOMES} for k, v in sorted(by_cmd.items())},
+            "kills": len(self.kills),
+            "kills_survived": sum(1 for k in self.kills if k["survived"]),
+            "kill_runs": self.kills,
+            "cases": self.cases,
+        }
+
+
+TALLY = Tally()
+
+
+@dataclass
+class Result:
+    rc: int | None
+    err: str
+    outcome: str
+    exc: BaseException | None = None
+
+
+class Faults:
+    """Runs one bad input through one command and records the outcome."""
+
+    def __init__(self, capsys: pytest.CaptureFixture) -> None:
+        self.capsys = capsys
+
+    def run(
+        self,
+        command: str,
+        case: str,
+        main: Callable[[list[str]], int],
+        argv: Sequence[str],
+        must_name: Sequence[str] = (),
+        ok: bool = False,
+    ) -> Result:
+        """Call `main(argv)`; classify; record. `ok=True`: the input is fine (exit 0 is right, e.g. a clip)."""
+        self.capsys.readouterr()
+        exc = None
+        try:
+            rc = main(list(argv))
+        except SystemExit as e:  # argparse
+            rc = e.code if isinstance(e.code, int) else 2
+        except Exception as e:  # noqa: BLE001 - a traceback is what we are counting
+            rc, exc = None, e
+        out = self.capsys.readouterr()
+        err = out.err + out.out
+        if exc is not None:
+            outcome = "traceback"
+            err += "".join(traceback.format_exception(exc))
+        elif ok:
+            outcome = "clear" if rc == 0 else "vague"
+        elif rc == 0:
+            outcome = "silent"
+        elif all(s in err for s in must_name):
+            outcome = "clear"
+        else:
+            outcome = "vague"
+        TALLY.cases.append({"command": command, "case": case, "outcome": outcome, "rc": rc})
+        return Result(rc, err, outcome, exc)
+
+    def expect_clear(self, *a, **k) -> Result:
+        r = self.run(*a, **k)
+        assert r.outcome == "clear", f"{a[0]} / {a[1]}: {r.outcome} (rc={r.rc})\n{r.err[-3000:]}"
+        return r
+
+
+@pytest.fixture
+def faults(capsys: pytest.CaptureFixture) -> Faults:
+    return Faults(capsys)
+
+
+def record_kill(run: str, stage: str, survived: bool, detail: str = "") -> None:
+    TALLY.kills.append({"run": run, "stage": stage, "survived": survived, "detail": detail})
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest hook
+    if not TALLY.cases and not TALLY.kills:
+        return
+    s = TALLY.summary()
+    terminalreporter.write_line(
+        f"faults: {s['bad_inputs_tried']} bad inputs: {s['clear']} clear error, {s['vague']} vague, "
+        f"{s['traceback']} traceback, {s['silent']} silently accepted; kills survived "
+        f"{s['kills_survived']}/{s['kills']}"
+    )
+    target = os.environ.get("DINOCACHE_FAULTS_SUMMARY")
+    if target:
+        Path(target).write_text(json.dumps(s, indent=1) + "\n")
+        terminalreporter.write_line(f"faults: summary written to {target}")
+
+
+# -- shared material ----------------------------------------------------------------------------------------
+def precompute_args(data: Path, teacher: Path, store: Path, *extra: str) -> list[str]:
+    return [
+        f"data={data}",
+        f"dino_root={teacher}",
+        f"cache={store}",
+        f"imgsz={IMGSZ}",
+        "channels=8",
+        "shard_size=4",
+        "batch=4",
+        "workers=1",
+        "device=cpu",
+        "pca_fit_images=8",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def fault_cache(tmp_path_factory: pytest.TempPathFactory, demo_data: Path, tiny_teacher_dir: Path) -> Path:
+    """One precomputed cache of the demo data (16 rows, shards of 4); tests copy it before damaging it."""
+    import torch
+    from dinocache.precompute.run import main as precompute
+
+    d = tmp_path_factory.mktemp("faultcache")
+    (d / "empty.json").write_text("{}")
+    out = d / "features.zarr"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert (
+            precompute(
+                ["--config", str(d / "empty.json"), *precompute_args(demo_data, tiny_teacher_dir, out)]
+            )
+            == 0
+        )
+    finally:
+        torch.set_num_threads(n)
+    return out
+
+
+@pytest.fixture
+def work(tmp_path: Path, demo_data: Path, fault_cache: Path) -> tuple[Path, Path]:
+    """(data.yaml, cache) copies this test may damage."""
+    shutil.copytree(demo_data.parent, tmp_path / "ds")
+    shutil.copytree(fault_cache, tmp_path / "c.zarr")
+    for c in (tmp_path / "ds").rglob("*.cache"):
+        c.unlink()
+    return tmp_path / "ds" / "data.yaml", tmp_path / "c.zarr"
