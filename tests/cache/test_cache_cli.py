@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from dinocache.cache import format as F
 from dinocache.cache.cli import main as cache_main
 from dinocache.precompute.run import main as precompute_main
 
