@@ -62,6 +62,17 @@ def delete(path: str | Path, storage_options: dict[str, Any] | None = None) -> N
         fs.rm(root, recursive=True)
 
 
+def list_files(path: str | Path, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Names of the entries directly inside the store folder (fresh listing, no cached directory)."""
+    fs, root = _fs(path, storage_options)
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(root)  # s3fs & co. cache listings; other writers add files meanwhile
+    try:
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+    except FileNotFoundError:
+        return []
+
+
 def disk_bytes(path: str | Path, storage_options: dict[str, Any] | None = None, sub: str = "") -> int:
     """Bytes stored under `path/sub` (all files, chunk + metadata)."""
     fs, root = _fs(path, storage_options)

@@ -1,6 +1,7 @@
 """Run the DINOv3 teacher once per training image and store its (PCA-reduced) fp16 maps in the cache.
 
     dinocache precompute --config config.json [key=value ...] [--shard i/N] [--overwrite]
+    torchrun --nproc-per-node N -m dinocache precompute --config config.json [key=value ...]
 
 Flow: list the split exactly as Ultralytics does, key each image by its path relative to the dataset
 root; shard 0 fits the PCA on an evenly spaced sample and creates the store; every process then computes
@@ -62,8 +63,12 @@ class PrecomputeConfig:
     codec: Literal["zstd", "lz4", "none"] = "none"
     # images per zarr shard (the unit of writing and of --shard ownership); 0 = auto (~16 MiB, <= 256)
     shard_size: int = 0
-    # "i/N": this process writes the zarr shards k with k % N == i (process 0 creates the store)
+    # "i/N": this process writes the zarr shards k with k % N == i (process 0 creates the store); under
+    # torchrun or SLURM it comes from RANK/WORLD_SIZE (SLURM_PROCID/SLURM_NTASKS), see precompute/launch.py
     shard: str = "0/1"
+    # accept an unfinished store that was started with a different number of writers N (only once none of
+    # the old writers runs any more: ownership is shard k % N, so two layouts at once share zarr shards)
+    reshard: bool = False
     # delete an existing cache at `cache` and start over (single writer only)
     overwrite: bool = False
     # seconds a shard i > 0 waits for shard 0 to create the store
@@ -261,6 +266,7 @@ class Precompute:
             self.wait_ready()
             writer = CacheWriter(cfg.cache, so)
             self.check_compatible(writer, spec, keys)
+            self.check_layout(writer)
             return writer
         if cfg.overwrite and exists(cfg.cache, so):
             self.log(f"--overwrite: deleting {cfg.cache}")
@@ -270,6 +276,7 @@ class Precompute:
         if isinstance(block, dict) and block.get("ready"):
             writer = CacheWriter(cfg.cache, so)  # checks format name/version
             self.check_compatible(writer, spec, keys)
+            self.check_layout(writer)
             self.log(f"resuming {cfg.cache}: {int(np.count_nonzero(_done(writer)))}/{spec.n} rows done")
             return writer
         if isinstance(block, dict):  # ours, but creation never finished: nobody wrote rows into it
@@ -323,6 +330,35 @@ class Precompute:
             )
         hint = "rerun with --overwrite to delete it and rebuild (single writer), or point `cache` elsewhere"
         F.raise_mismatch(f"the existing cache {self.cfg.cache}", lines, hint)
+
+    def check_layout(self, writer: Any) -> None:
+        """Refuse to join an unfinished store that writers of another world size N have been writing.
+
+        Each writer leaves precompute.shard{i}of{N}.yaml (precompute.yaml when N = 1) in the store. Rows are
+        owned by shard k % N, so writers of two layouts running at once would share zarr shards, and two
+        writers of one shard silently lose images; the finished shards of an old layout are fine to keep,
+        so `reshard=true` joins anyway once the old writers are gone.
+        """
+        import re
+
+        from dinocache.cache.errors import CacheError
+        from dinocache.cache.store import list_files
+
+        worlds: dict[int, list[str]] = {}
+        for name in list_files(self.cfg.cache, self.cfg.storage_options):
+            m = re.fullmatch(r"precompute\.shard(\d+)of(\d+)\.yaml", name)
+            n = int(m.group(2)) if m else 1 if name == "precompute.yaml" else None
+            if n is not None and n != self.world:
+                worlds.setdefault(n, []).append(name)
+        if not worlds or self.cfg.reshard or bool(_done(writer).all()):
+            return
+        old = ", ".join(f"{n} ({', '.join(sorted(v)[:3])})" for n, v in sorted(worlds.items()))
+        raise CacheError(
+            f"{self.cfg.cache} is unfinished and was written with a different number of writers: {old}, "
+            f"but this launch has {self.world} (torchrun WORLD_SIZE, SLURM_NTASKS or --shard i/N). Relaunch "
+            f"with {min(worlds)} process(es) to finish it, or, once none of the old writers is still running, "
+            "pass reshard=true (finished shards are kept)"
+        )
 
     def save_config(self) -> None:
         import yaml
@@ -607,7 +643,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.overwrite:
         overrides.append("overwrite=true")
     try:
+        from dinocache.precompute import launch
+
         cfg = load(PrecomputeConfig, config, "precompute", overrides)
+        explicit = cfg.shard != "0/1" or any(o.split("=", 1)[0].strip() == "shard" for o in overrides)
+        cfg.shard, cfg.device = launch.resolve(cfg.shard, explicit, cfg.device, launch.from_env())
+        cfg.validate()  # again: the launcher may have made this one writer of several
         return Precompute(cfg).run()
     except (ConfigError, DataError, CacheError, TeacherNotFound) as e:
         print(f"error: {e}", file=sys.stderr)
