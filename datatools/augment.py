@@ -193,6 +193,8 @@ def run(cfg: AugmentConfig, log=print) -> Path:
             f"{cfg.data}: {col.n_errors} label/image errors; fix them first "
             f"(dinocache dataset validate {cfg.data} --fix OUT):\n  {first}"
         )
+    if col.clipped:
+        log(col.clipped_line())
     if "train" not in {it.split for it in col.items}:
         raise DataError(f"{cfg.data}: no 'train' split to augment")
     ext = "." + cfg.image_format

@@ -6,8 +6,9 @@
     dinocache dataset tile DATA --out OUT [--imgsz 512] [--overlap 0.2] [--min-visible 0.6] [--drop-empty]
     dinocache dataset split DATA --out OUT [--ratios 0.8,0.1,0.1] [--seed 0]
 
-DATA is a YOLO-OBB data.yaml (or its folder); inspect/validate also take a DOTA folder or a COCO JSON.
-Exit codes: 0 ok, 1 validation found errors, 2 bad input.
+DATA is a YOLO-OBB dataset yaml or its folder (data.yaml or the folder's one `<name>.yaml`); inspect/validate
+also take a DOTA folder or a COCO JSON. Exit codes: 0 ok, 1 validation found errors (with --fix: errors left
+in the written copy), 2 bad input.
 """
 
 from __future__ import annotations
@@ -87,9 +88,20 @@ def main(argv: list[str] | None = None) -> int:
                     f"{len(col.items)} images, {n_err} errors, {len(col.problems) - n_err} warnings",
                     file=sys.stderr,
                 )
+                if col.clipped:
+                    print(col.clipped_line(), file=sys.stderr)
             if args.fix:
                 out = fix(col, dups, args.fix, args.overwrite)
-                print(f"wrote cleaned copy to {out}", file=sys.stderr)
+                # the exit code says whether the copy (what the user trains on next) is clean
+                clean, _ = validate(out)
+                print(
+                    f"wrote cleaned copy to {out}: {clean.n_errors} errors"
+                    + (f"; use {out / 'data.yaml'}" if not clean.n_errors else ""),
+                    file=sys.stderr,
+                )
+                for p in clean.problems if clean.n_errors else []:
+                    print(p, file=sys.stderr)
+                return 1 if clean.n_errors else 0
             return 1 if col.n_errors else 0
         if args.cmd == "convert":
             from .convert import convert, parse_names

@@ -24,12 +24,22 @@ import cv2
 import numpy as np
 import yaml
 
-from dinocache.core.data import IMG_EXTS, DataError, dataset_root, load_data_yaml, split_images
+from dinocache.core.data import (
+    IMG_EXTS,
+    DataError,
+    dataset_root,
+    is_dataset_yaml,
+    load_data_yaml,
+    split_images,
+)
 
 from .geometry import min_area_box, polygon_area
 
 # Coordinates this far outside [0, 1] are rounding, not errors (Ultralytics allows 1e-2).
 COORD_TOL = 1e-3
+# Corners up to this far outside [0, 1] (objects cut by the tile border, common in published aerial sets)
+# are clipped to the image, as Ultralytics' own loader does (Instances.clip); further out is an error.
+CLIP_TOL = 0.05
 # Polygons with less normalised area than this are degenerate (a line or a point).
 MIN_AREA = 1e-8
 
@@ -78,6 +88,16 @@ class Collection:
     problems: list[Problem] = field(default_factory=list)
     orphan_labels: list[Path] = field(default_factory=list)
     masks: int = 0  # annotations given as polygons with more than 4 points
+    clipped: int = 0  # label lines with corners slightly (<= CLIP_TOL) outside the image, clipped
+
+    def clipped_line(self) -> str:
+        """The one line that counts the clipped label lines ('' when there are none)."""
+        if not self.clipped:
+            return ""
+        return (
+            f"{self.clipped} label line(s) have corners up to {CLIP_TOL:.0%} outside the image: clipped to it, "
+            "as Ultralytics does (dinocache dataset validate lists them)"
+        )
 
     def add(self, file: Path | str, line: int | None, severity: str, message: str) -> None:
         self.problems.append(Problem(str(file), line, severity, message))
@@ -110,10 +130,10 @@ def image_size(path: Path, decode: bool) -> tuple[int, int] | None:
 
 
 def label_path(image: Path) -> Path:
-    """Ultralytics' rule: last `/images/` -> `/labels/`, extension -> `.txt`."""
-    from ultralytics.data.utils import img2label_paths
-
-    return Path(img2label_paths([str(image)])[0])
+    """Ultralytics' rule (`ultralytics.data.utils.img2label_paths`, written out so that the dataset tools
+    don't import torch; a test compares both): last `/images/` -> `/labels/`, extension -> `.txt`."""
+    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    return Path(sb.join(str(image).rsplit(sa, 1)).rsplit(".", 1)[0] + ".txt")
 
 
 @contextmanager
@@ -234,11 +254,19 @@ def parse_yolo_label(
             continue
         clipped = False
         lo, hi = float(xy.min()), float(xy.max())
-        if lo < -COORD_TOL or hi > 1 + COORD_TOL:
+        if lo < -CLIP_TOL or hi > 1 + CLIP_TOL:
             col.add(
-                where, ln, "error", f"coordinate out of [0, 1] (min {lo:.4g}, max {hi:.4g}); --fix clips it"
+                where,
+                ln,
+                "error",
+                f"coordinate more than {CLIP_TOL:.0%} outside [0, 1] (min {lo:.4g}, max {hi:.4g}); "
+                "--fix clips it",
             )
             clipped = True
+        elif lo < -COORD_TOL or hi > 1 + COORD_TOL:
+            col.add(where, ln, "warning", f"corner outside [0, 1] (min {lo:.4g}, max {hi:.4g}): clipped")
+            xy = xy.clip(0.0, 1.0)
+            col.clipped += 1
         if len(xy) != 4:
             col.add(where, ln, "warning", f"polygon with {len(xy)} points; --fix makes it a rotated box")
         key = tuple(parts)
@@ -546,13 +574,15 @@ def detect_format(path: str | Path) -> str:
         if p.suffix == ".json":
             return "coco"
         raise DataError(f"{p}: expected a data.yaml, a COCO .json or a folder")
-    if (p / "data.yaml").is_file():
+    if (p / "data.yaml").is_file() or any(
+        q.suffix in (".yaml", ".yml") and is_dataset_yaml(q) for q in p.iterdir() if q.is_file()
+    ):
         return "yolo-obb"
     if find_dota_dirs(p):
         return "dota"
     if list(p.glob("*.json")) or list(p.glob("annotations/*.json")):
         return "coco"
-    raise DataError(f"{p}: no data.yaml, labelTxt folder or COCO .json found")
+    raise DataError(f"{p}: no dataset yaml (data.yaml or <name>.yaml), labelTxt folder or COCO .json found")
 
 
 def load_any(path: str | Path, fmt: str | None = None, decode: bool = False, names: list[str] | None = None):

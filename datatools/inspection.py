@@ -49,6 +49,7 @@ def summarize(col: Collection, max_problems: int = 20) -> dict:
             "max": [max(ws), max(hs)],
             "most_common": [[w, h, n] for (w, h), n in sizes.most_common(5)],
         },
+        "clipped": col.clipped,
         "problems": {
             "errors": len(errors),
             "warnings": len(col.problems) - len(errors),
@@ -79,6 +80,11 @@ def format_table(info: dict) -> str:
         lines.append(f"  {cid:>3} {name:<24} {info['instances_per_class'].get(name, 0)}")
     pr = info["problems"]
     lines.append(f"problems    {pr['errors']} errors, {pr['warnings']} warnings")
+    if info.get("clipped"):
+        lines.append(
+            f"clipped     {info['clipped']} label line(s) with corners up to 5% outside the image, clipped to it "
+            "as Ultralytics does"
+        )
     lines += [f"  {p}" for p in pr["first"]]
     if pr["errors"] + pr["warnings"] > len(pr["first"]):
         lines.append("  ... (dinocache dataset validate DATA lists all)")

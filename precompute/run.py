@@ -409,12 +409,17 @@ class Precompute:
         acc = MomentAccumulator(teacher.channels)
         images = prefetch(self.files, rows, cfg.imgsz, self.pool, ahead=2 * cfg.batch)
         used, kept_bytes = 0, 0
+        errors: list[str] = []
         t0 = time.perf_counter()
         bar = tqdm(total=len(rows), unit="img", desc="pca fit", dynamic_ncols=True, file=sys.stderr)
         try:
             with torch.inference_mode():
                 for s, b0, rr in picked:
                     chunk = [next(images) for _ in rr]
+                    for i, ld in zip(rr, chunk):
+                        if ld.rgb is None:
+                            errors.append(f"{self.files[i]}: {ld.error}")
+                            tqdm.write(f"precompute: PCA fit skipped {errors[-1]}", file=sys.stderr)
                     good = [j for j, ld in enumerate(chunk) if ld.rgb is not None]
                     if good:
                         # the same (B, 3, H, W) tensor the write pass builds for this batch
@@ -438,9 +443,8 @@ class Precompute:
         if used == 0:
             from dinocache.core.data import DataError
 
-            raise DataError(
-                f"none of the {len(rows)} PCA-fit images of {cfg.data} could be used (see errors above)"
-            )
+            shown = "\n  ".join(errors[:10]) + ("\n  ..." if len(errors) > 10 else "")
+            raise DataError(f"none of the {len(rows)} PCA-fit images of {cfg.data} could be used:\n  {shown}")
         reused = sum(len(c) for _, c in self.kept.values())
         self.log(
             f"fitted {'PCA' if spec.pca else 'channel stats'} on {used} images in {time.perf_counter() - t0:.1f}s; "

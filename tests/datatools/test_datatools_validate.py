@@ -37,7 +37,7 @@ def test_validate_reports_each_defect_with_file_and_line(yolo_data, capsys):
         ("labels/train/im1.txt:1: error", "not a number: 'abc'"),
         ("labels/train/im2.txt:2: warning", "duplicate of line 1"),
         ("labels/train/im2.txt:3: error", "class id 7 out of range"),
-        ("labels/train/im3.txt:1: error", "out of [0, 1]"),
+        ("labels/train/im3.txt:1: error", "more than 5% outside [0, 1]"),  # 1.2: not a border cut
         ("labels/train/im3.txt:2: error", "degenerate"),
         ("images/train/im4.png: error", "cannot be decoded"),
         ("labels/train/orphan.txt: warning", "without an image"),
@@ -53,7 +53,7 @@ def test_validate_fix_writes_clean_copy_and_keeps_input(yolo_data, tmp_path, cap
     _plant(root)
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     fixed = tmp_path / "fixed"
-    assert main(["validate", str(yolo_data), "--fix", str(fixed)]) == 1
+    assert main(["validate", str(yolo_data), "--fix", str(fixed)]) == 0  # the copy is clean
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
     capsys.readouterr()
     assert main(["validate", str(fixed / "data.yaml"), "--json"]) == 0
@@ -76,3 +76,88 @@ def test_inspect_json_and_table(yolo_data, capsys):
     assert main(["inspect", str(yolo_data.parent)]) == 0
     assert "yolo-obb" in capsys.readouterr().out
     assert main(["inspect", "/nonexistent/data.yaml"]) == 2
+
+
+def _publish(root, name: str = "aerial8.yaml"):
+    """A published Ultralytics-layout dataset: `<name>.yaml` (no data.yaml), some corners cut by the tile
+    border a few hundredths outside [0, 1]."""
+    (root / "data.yaml").rename(root / name)
+    lt = root / "labels" / "train"
+    (lt / "im0.txt").write_text(
+        "0 -0.03 0.2 0.3 0.2 0.3 0.4 -0.03 0.4\n1 0.5 0.5 1.02 0.5 1.02 0.7 0.5 0.7\n"
+    )
+    return root / name
+
+
+def test_published_dataset_accepted_with_clipped_corners(yolo_data, tmp_path, capsys):
+    from dinocache.datatools.augment import AugmentConfig, run
+
+    root = yolo_data.parent
+    _publish(root)
+    for arg in (root, root / "aerial8.yaml"):  # the folder (its one dataset yaml) or the yaml itself
+        assert main(["inspect", str(arg)]) == 0
+        assert "clipped     2 label line(s)" in capsys.readouterr().out
+    assert main(["validate", str(root)]) == 0  # warnings only
+    cap = capsys.readouterr()
+    assert "labels/train/im0.txt:1: warning: corner outside [0, 1] (min -0.03" in cap.out
+    assert "labels/train/im0.txt:2: warning" in cap.out
+    assert "2 label line(s) have corners up to 5% outside the image: clipped" in cap.err
+    logs: list[str] = []
+    out = run(AugmentConfig(data=str(root), out=str(tmp_path / "aug"), imgsz=64, views=1), log=logs.append)
+    assert out.exists() and any("2 label line(s)" in m for m in logs)
+    vals = [
+        float(v)
+        for f in (tmp_path / "aug" / "labels").rglob("*.txt")
+        for ln in f.read_text().splitlines()
+        for v in ln.split()[1:]
+    ]
+    assert vals and 0.0 <= min(vals) and max(vals) <= 1.0
+
+
+def test_two_dataset_yamls_refused_naming_both(yolo_data, capsys):
+    root = yolo_data.parent
+    _publish(root)
+    shutil.copy(root / "aerial8.yaml", root / "other.yaml")
+    (root / "notes.yaml").write_text("author: someone\n")  # not a dataset file: ignored
+    for cmd in ("inspect", "validate"):
+        assert main([cmd, str(root)]) == 2
+        err = capsys.readouterr().err
+        assert "2 dataset files: aerial8.yaml, other.yaml" in err and "notes.yaml" not in err
+    assert main(["inspect", str(root / "other.yaml")]) == 0  # naming the yaml itself resolves it
+
+
+def test_fix_exit_code_follows_the_copy(yolo_data, tmp_path, capsys):
+    """validate --fix exits 0 once the copy it wrote is clean, even though the input had errors."""
+    root = yolo_data.parent
+    lt = root / "labels" / "train"
+    (lt / "im1.txt").write_text("0 -0.2 0.1 0.3 0.1 0.3 0.3 -0.2 0.3\n")  # 20 % outside: an error
+    assert main(["validate", str(root)]) == 1
+    assert "labels/train/im1.txt:1: error: coordinate more than 5% outside" in capsys.readouterr().out
+    assert main(["validate", str(root), "--fix", str(tmp_path / "fixed")]) == 0
+    assert "0 errors" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path / "fixed")]) == 0
+
+
+def test_light_resolver_matches_ultralytics(yolo_data):
+    """`dataset inspect/validate` read the yaml without importing Ultralytics; its answer equals
+    check_det_dataset's and get_img_files', and the label rule equals img2label_paths."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from pathlib import Path
+from dinocache.core.data import load_data_yaml, split_images
+from dinocache.datatools.formats import label_path
+p = {str(yolo_data)!r}
+a = load_data_yaml(p); fa = split_images(a, "train")
+assert "ultralytics" not in sys.modules and "torch" not in sys.modules
+from ultralytics.data.utils import img2label_paths
+b = load_data_yaml(p); fb = split_images(b, "train")
+keys = ("path", "train", "val", "names", "nc", "channels", "yaml_file")
+assert {{k: str(a[k]) for k in keys}} == {{k: str(b[k]) for k in keys}}, (a, b)
+assert fa == fb and len(fa) == 6
+assert [str(label_path(f)) for f in fa] == img2label_paths([str(f) for f in fa])
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr

@@ -230,3 +230,19 @@ def test_teacher_runs_once_per_image(
     assert sum(seen) == 2 * n
     a, b = cache.open(tmp_path / "a.zarr"), cache.open(tmp_path / "b.zarr")
     assert a.read(range(n)).tobytes() == b.read(range(n)).tobytes()
+
+
+def test_pca_fit_lists_the_images_it_could_not_use(
+    demo_data: Path, tiny_teacher_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """No usable PCA-fit image: the error itself lists each image and why (nothing 'above' to look for)."""
+    data = copy_dataset(demo_data, tmp_path / "ds")
+    for p in train_images(data):
+        p.write_bytes(b"not an image")
+    store = tmp_path / "c.zarr"
+    assert run(data, tiny_teacher_dir, store) != 0
+    err = capsys.readouterr().err
+    assert "PCA-fit images" in err and "see errors above" not in err
+    first = train_images(data)[0]
+    assert f"\n  {first}: " in err
+    assert not store.exists()
