@@ -61,6 +61,7 @@ def info_dict(fc: FeatureCache) -> dict[str, Any]:
         "n_shards": spec.n_shards,
         "pca_fit_images": spec.pca_fit_images,
         "teacher": {
+            "family": t.get("family", "dinov3_vit"),
             "model_type": t.get("model_type"),
             "hidden_size": cfg.get("hidden_size"),
             "num_hidden_layers": cfg.get("num_hidden_layers"),
@@ -93,7 +94,8 @@ def print_info(d: dict[str, Any]) -> None:
         ("format", f"{d['format']} version {d['version']}"),
         (
             "teacher",
-            f"{t['model_type']} hidden {t['hidden_size']}, {t['num_hidden_layers']} layers, patch {t['patch_size']}, "
+            f"{t['family']} ({t['model_type']}) hidden {t['hidden_size']}, {t['num_hidden_layers']} layers, "
+            f"{t['patch_size']} px per cell, "
             f"layer {t['layer']}, imgsz {t['imgsz']}, weights sha256 {str(t['weights_sha256'])[:12]}",
         ),
         ("fingerprint", d["fingerprint_id"][:16]),
@@ -135,7 +137,10 @@ def verify(
         from dinocache.teacher.model import load_teacher
 
         teacher = load_teacher(
-            dino_root, layer=fc.fingerprint.get("layer", -1) if layer is None else layer, device=device
+            dino_root,
+            layer=fc.fingerprint.get("layer", -1) if layer is None else layer,
+            device=device,
+            family=str(fc.fingerprint.get("family", "auto")),
         )
         try:
             check_fingerprint(fc, teacher.fingerprint(fc.imgsz if imgsz is None else imgsz))

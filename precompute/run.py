@@ -42,8 +42,11 @@ class PrecomputeConfig:
     cache: str = "artifacts/cache/features.zarr"
     # fsspec storage options for a URL cache (credentials, endpoint...), passed through unchanged
     storage_options: dict[str, Any] = field(default_factory=dict)
-    # DINOv3 checkpoint folder (save_pretrained layout) or hub id
+    # teacher checkpoint folder (its library's save layout) or hub id; any family of teacher/registry.py
     dino_root: str = "dinov3"
+    # teacher family: auto (read from the checkpoint's config.json) or dinov3_vit, dinov3_timm,
+    # dinov3_convnext, dinov2, sam, grounding_dino (a mismatch with the checkpoint is refused)
+    teacher_family: str = "auto"
     # teacher layer: -1 = last hidden state after the final norm, i >= 0 = hidden_states[i]
     dino_layer: int = -1
     # image side in pixels; every image must already be imgsz x imgsz (the cache holds the pixels the trainer sees)
@@ -204,17 +207,17 @@ class Precompute:
         self.files = files
         keys = [image_key(f, root) for f in files]
         device = select_device(cfg.device)
-        teacher = load_teacher(cfg.dino_root, layer=cfg.dino_layer, device=device)
-        p = teacher.patch_size
-        if cfg.imgsz % p:
-            raise ConfigError(f"imgsz: {cfg.imgsz} is not a multiple of the teacher's patch size {p}")
+        teacher = load_teacher(cfg.dino_root, layer=cfg.dino_layer, device=device, family=cfg.teacher_family)
+        teacher.check_imgsz(cfg.imgsz)
+        # the teacher's own grid (SAM: 64x64 whatever imgsz) and image pixels per cell
+        p = teacher.stride(cfg.imgsz)
         c_t = teacher.channels
         k = c_t if cfg.channels == "full" else int(cfg.channels)
         if k > c_t:
             raise ConfigError(
                 f"channels: {k} but the teacher has only {c_t} channels; use <= {c_t} or channels=full"
             )
-        grid = [cfg.imgsz // p, cfg.imgsz // p]
+        grid = list(teacher.grid(cfg.imgsz))
         spec = F.Spec(
             n=len(files),
             k=k,

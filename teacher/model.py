@@ -136,7 +136,13 @@ def weights_sha256(module: torch.nn.Module) -> str:
 
 
 class DinoV3Teacher(torch.nn.Module):
-    """Frozen DINOv3 ViT returning patch-token feature maps (B, C_t, H/p, W/p) in float32."""
+    """Frozen DINOv3 ViT returning patch-token feature maps (B, C_t, H/p, W/p) in float32.
+
+    Family `dinov3_vit` of the teacher registry (teacher/registry.py); the other families
+    (teacher/families.py) share this interface: grid/stride/check_imgsz/extract_feature_map/fingerprint.
+    """
+
+    family = "dinov3_vit"
 
     def __init__(
         self,
@@ -244,6 +250,21 @@ class DinoV3Teacher(torch.nn.Module):
     def device(self) -> torch.device:
         return self._mean.device
 
+    def grid(self, imgsz: int) -> tuple[int, int]:
+        return imgsz // self.patch_size, imgsz // self.patch_size
+
+    def input_size(self, imgsz: int) -> int:
+        return int(imgsz)
+
+    def check_imgsz(self, imgsz: int) -> None:
+        p = self.patch_size
+        if imgsz % p:
+            raise ConfigError(f"imgsz: {imgsz} is not a multiple of the teacher's patch size {p}")
+
+    def stride(self, imgsz: int) -> int:
+        self.check_imgsz(imgsz)
+        return self.patch_size
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         dev = self.device
         use = self.amp_request if self.amp_request is not None else True
@@ -294,6 +315,7 @@ class DinoV3Teacher(torch.nn.Module):
         cfg = {k: v for k, v in self.model.config.to_dict().items() if k not in VOLATILE_CONFIG_KEYS}
         cfg = json.loads(json.dumps(cfg, sort_keys=True, default=str))  # plain JSON types only
         return {
+            "family": self.family,
             "model_type": str(self.model.config.model_type),
             "config": cfg,
             "weights_sha256": self.weights_sha256(),
@@ -306,7 +328,13 @@ class DinoV3Teacher(torch.nn.Module):
 
 
 def load_teacher(
-    dino_root: str | Path, layer: int = -1, device: str | torch.device = "cpu", amp: bool | None = None
-) -> DinoV3Teacher:
-    """Same as `DinoV3Teacher.from_pretrained`."""
-    return DinoV3Teacher.from_pretrained(dino_root, layer=layer, device=device, amp=amp)
+    dino_root: str | Path,
+    layer: int = -1,
+    device: str | torch.device = "cpu",
+    amp: bool | None = None,
+    family: str = "auto",
+) -> Any:
+    """The teacher of any registered family (teacher/registry.py); DINOv3 ViT folders give a DinoV3Teacher."""
+    from dinocache.teacher.registry import load_teacher as _load
+
+    return _load(dino_root, layer=layer, device=device, amp=amp, family=family)

@@ -58,6 +58,8 @@ class TrainConfig:
 
     # DINOv3 teacher folder (save_pretrained layout) or hub id; online mode runs it, cache mode checks its fingerprint
     dino_root: str = "dinov3"
+    # teacher family: auto (from the checkpoint's config.json) or one of teacher/registry.py FAMILIES
+    teacher_family: str = "auto"
     # teacher layer: -1 = last_hidden_state (final norm), i >= 0 = hidden_states[i]; must match the cache
     dino_layer: int = -1
     # epochs over which the distillation weight ramps linearly from 0 to its stage value

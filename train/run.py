@@ -184,7 +184,7 @@ def preflight(cfg: TrainConfig) -> TeacherContext:
         # cache mode never builds the teacher (nor imports transformers' model code): check_teacher_files
         from dinocache.teacher.model import load_teacher
 
-        teacher = load_teacher(cfg.dino_root, layer=cfg.dino_layer, device="cpu")
+        teacher = load_teacher(cfg.dino_root, layer=cfg.dino_layer, device="cpu", family=cfg.teacher_family)
     cache_path = cfg.cache
     use_cache = cfg.teacher_source == "cache" or (
         bool(cache_path) and ("://" in cache_path or Path(cache_path).exists())

@@ -303,7 +303,10 @@ class DinoOBBTrainer(OBBTrainer):
                 from dinocache.teacher.model import load_teacher
 
                 self._teacher = load_teacher(
-                    self.dino.dino_root, layer=self.dino.dino_layer, device=self.device
+                    self.dino.dino_root,
+                    layer=self.dino.dino_layer,
+                    device=self.device,
+                    family=self.dino.teacher_family,
                 )
         return self._teacher
 

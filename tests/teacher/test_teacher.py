@@ -105,6 +105,7 @@ def test_fingerprint_stable_json_and_sensitive(
 ) -> None:
     fp = teacher.fingerprint(IMGSZ)
     assert set(fp) == {
+        "family",
         "model_type",
         "config",
         "weights_sha256",
