@@ -16,6 +16,7 @@ after writing every other row. Options and rules: docs/cache.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import queue
 import sys
@@ -76,6 +77,9 @@ class PrecomputeConfig:
     overwrite: bool = False
     # seconds a shard i > 0 waits for shard 0 to create the store
     wait_timeout: float = 3600.0
+
+    def __post_init__(self) -> None:
+        self.validate()  # every construction path validates, not only the config loader
 
     def validate(self) -> None:
         require(self.imgsz > 0, "imgsz", f"must be positive, got {self.imgsz}")
@@ -181,8 +185,10 @@ _DECODED = np.zeros(0, np.uint8)  # stands for the pixels of a kept image that d
 
 
 class Precompute:
-    def __init__(self, cfg: PrecomputeConfig) -> None:
-        self.cfg = cfg
+    """Python API, the same shape as training: `Precompute(PrecomputeConfig(...), device="cuda:0").run()`."""
+
+    def __init__(self, cfg: PrecomputeConfig, device: str | None = None) -> None:
+        self.cfg = cfg if device is None else dataclasses.replace(cfg, device=str(device))
         self.rank, self.world = parse_shard(cfg.shard)
         self.bad: dict[str, str] = {}  # file -> reason
         # (shard, b0) -> (raw teacher output (B, C_t, h, w), loaded images) of batches the PCA fit ran

@@ -23,6 +23,8 @@ GEOMETRIC_AUGMENTATIONS: dict[str, float] = {
     "multi_scale": 0.0,
 }
 
+DEFAULT_DATA = "dataset/augmented/data.yaml"
+
 # Trainer arguments we set ourselves; `extra` may not override them (it would silently break the run layout).
 RESERVED_EXTRA = {"model", "data", "project", "name", "exist_ok", "resume", "task", "mode", "freeze", "rect"}
 
@@ -100,10 +102,11 @@ class TrainConfig:
     # confidence threshold of the geometric grade
     eval_conf_threshold: float = 0.9
 
-    # dataset root folder; used only when `data` is empty (then data = dataset_root/data.yaml)
+    # dataset root folder: when set (and `data` is left at its default), data = dataset_root/data.yaml; an
+    # explicit `data` must then lie inside it
     dataset_root: str = ""
     # YOLO-OBB data.yaml of the (augmented) dataset the cache was computed on
-    data: str = "dataset/augmented/data.yaml"
+    data: str = DEFAULT_DATA
     # Zarr feature cache written by `dinocache precompute`; also gives the PCA basis and stats for online mode
     cache: str = "artifacts/cache/features.zarr"
     # root of all run outputs: {artifacts_root}/{model_key}/runs/{run_id}/train/
@@ -141,6 +144,15 @@ class TrainConfig:
         from ultralytics.cfg import DEFAULT_CFG_DICT
 
         return set(DEFAULT_CFG_DICT) - RESERVED_EXTRA
+
+    def __post_init__(self) -> None:
+        # every construction path validates: the config loader, `TrainConfig(...)` by hand, dataclasses.replace
+        for key in ("dino_root", "dataset_root", "data", "cache", "artifacts_root", "model", "name"):
+            if isinstance(getattr(self, key), Path):  # the seed's API passes Paths
+                setattr(self, key, str(getattr(self, key)))
+        if self.dataset_root and self.data in ("", DEFAULT_DATA):
+            self.data = str(Path(self.dataset_root) / "data.yaml")
+        self.validate()
 
     def validate(self) -> None:
         require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
@@ -213,6 +225,13 @@ class TrainConfig:
         require(0 <= self.eval_iou_threshold <= 1, "eval_iou_threshold", "must be in [0, 1]")
         require(0 <= self.eval_conf_threshold <= 1, "eval_conf_threshold", "must be in [0, 1]")
         require(bool(self.data or self.dataset_root), "data", "set data (a data.yaml) or dataset_root")
+        if self.dataset_root:
+            root = Path(self.dataset_root).expanduser().resolve()
+            require(
+                root in self.data_yaml.parents,
+                "dataset_root",
+                f"data {self.data!r} is not inside dataset_root {self.dataset_root!r}; set one of them",
+            )
         require(bool(self.model), "model", "must name a model yaml or .pt")
         require(
             Path(self.model).suffix in (".yaml", ".yml", ".pt"),

@@ -3,6 +3,7 @@ step, the run folder, resume, and the Ultralytics arguments."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -264,15 +265,16 @@ def apply_augmentation_policy(cfg: TrainConfig, ov: dict[str, Any]) -> str:
     return msg
 
 
-def train(cfg: TrainConfig, callbacks: dict[str, list] | None = None) -> DinoOBBTrainer:
-    """Train one run as configured; returns the finished trainer (its save_dir holds the outputs).
-
-    `callbacks` maps Ultralytics events (on_train_epoch_start, on_fit_epoch_end, ...) to extra functions
-    `fn(trainer)`; module-level functions, not bound methods (they are deep-copied with the trainer state).
-    """
+def prepare(
+    cfg: TrainConfig, device: str | None = None
+) -> tuple[TrainConfig, dict[str, Any], TeacherContext, dict | None]:
+    """Everything before the trainer exists: the run folder (new or resumed), the preflight checks, the
+    Ultralytics arguments with the augmentation policy. Returns (cfg, overrides, ctx, resume state).
+    `DinoOBBTrainer(TrainConfig(...), device=...)` and `train()` both start here."""
+    if device is not None:
+        cfg = dataclasses.replace(cfg, device=str(device))  # re-validated by __post_init__
     state = None
     check_devices(cfg.device)  # device=0,1 with fewer GPUs: refused by count before anything else
-    device = ultralytics_device(cfg.device)
     if cfg.resume:
         cfg, state, save_dir = find_resume(cfg)
     else:
@@ -280,11 +282,21 @@ def train(cfg: TrainConfig, callbacks: dict[str, list] | None = None) -> DinoOBB
         save_dir = run_dir(cfg, run_id)
         if (save_dir / "results.csv").exists() or (save_dir / "weights" / "last.pt").exists():
             raise TrainError(f"run folder {save_dir} already holds a run; pass resume=true or another name")
-        cfg.name = run_id
+        cfg = dataclasses.replace(cfg, name=run_id)
     device = ultralytics_device(cfg.device)  # before anything is loaded: no GPU is a clear error
     ctx = preflight(cfg)
     ov = ultralytics_overrides(cfg, save_dir, device)
     apply_augmentation_policy(cfg, ov)
+    return cfg, ov, ctx, state
+
+
+def train(cfg: TrainConfig, callbacks: dict[str, list] | None = None) -> DinoOBBTrainer:
+    """Train one run as configured; returns the finished trainer (its save_dir holds the outputs).
+
+    `callbacks` maps Ultralytics events (on_train_epoch_start, on_fit_epoch_end, ...) to extra functions
+    `fn(trainer)`; module-level functions, not bound methods (they are deep-copied with the trainer state).
+    """
+    cfg, ov, ctx, state = prepare(cfg)
     try:
         trainer = DinoOBBTrainer(overrides=ov, dino=cfg, ctx=ctx, resume_state=state)
         for event, fns in (callbacks or {}).items():
@@ -293,7 +305,7 @@ def train(cfg: TrainConfig, callbacks: dict[str, list] | None = None) -> DinoOBB
         trainer.train()
     except BaseException:
         if state is None:
-            discard_unsaved_run(save_dir)
+            discard_unsaved_run(Path(ov["save_dir"]))
         raise
     return trainer
 

@@ -127,7 +127,9 @@ def _ranges(ids: list[int]) -> str:
 class DinoOBBTrainer(OBBTrainer):
     """OBBTrainer with DINOv3 feature distillation from a cache (or online) and the two-stage curriculum.
 
-    `dino` is the TrainConfig and `ctx` the resolved teacher context; `resume_state` is the dict loaded
+    Python API: `DinoOBBTrainer(TrainConfig(...), device="cuda:0").train()` resolves the run like
+    `dinocache train` does (train.run.prepare). Ultralytics' own form (`cfg`, `overrides`) takes
+    `dino`, the TrainConfig, and `ctx`, the resolved teacher context; `resume_state` is the dict loaded
     from weights/resume.pt when continuing a run. On a DDP rank all three come from the DDPHandoff inside
     `_callbacks` instead (Ultralytics rebuilds the trainer there without our arguments; train/ddp.py).
     """
@@ -140,7 +142,17 @@ class DinoOBBTrainer(OBBTrainer):
         dino: TrainConfig | None = None,
         ctx: TeacherContext | None = None,
         resume_state: dict | None = None,
+        device: str | None = None,
     ) -> None:
+        if isinstance(cfg, TrainConfig):
+            # the Python API: DinoOBBTrainer(TrainConfig(...), device="cuda:0").train(), the same run as
+            # `dinocache train` (run folder, preflight checks, augmentation policy: train.run.prepare)
+            from dinocache.train.run import prepare
+
+            dino, ov, ctx, resume_state = prepare(cfg, device)
+            cfg, overrides = DEFAULT_CFG, {**ov, **(overrides or {})}
+        elif device is not None:
+            overrides = {**(overrides or {}), "device": device}
         handoff = ddp.find_handoff(_callbacks) if dino is None else None
         if handoff is not None:
             dino, ctx, resume_state = ddp.unpack_handoff(handoff)

@@ -156,9 +156,11 @@ def build(cls: type[T], values: dict[str, Any], source: str = "", cli: dict[str,
         merged[pfield] = {**merged.get(pfield, {}), **passed}
     kwargs = {k: _coerce(v, hints[k], k) for k, v in merged.items()}
     try:
-        obj = cls(**kwargs)
+        obj = cls(**kwargs)  # a config whose __post_init__ validates raises here
     except TypeError as e:  # pragma: no cover - dataclass signature mismatch
         raise ConfigError(f"{source}: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{e}{where}") from None
     validate = getattr(obj, "validate", None)
     if validate is not None:
         try:
