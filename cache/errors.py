@@ -17,3 +17,7 @@ class CacheCorrupt(CacheError):
     """Stored data fails its checksum, is missing (shard file gone) or holds NaN/inf: the message names the
     row, the image key, the file and the repair command. One message argument only, so a DataLoader worker
     can re-raise it in the main process."""
+
+
+class CacheExists(CacheError):
+    """A writer found the store already created by another writer (the loser of two simultaneous creators)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from dinocache.cache import format as F
-from dinocache.cache.errors import CacheCorrupt, CacheError, CacheFormatError, CacheMismatch
+from dinocache.cache.errors import CacheCorrupt, CacheError, CacheExists, CacheFormatError, CacheMismatch
 
 # ------------------------------------------------------------------------------------------ locations
 
@@ -264,6 +264,25 @@ class _Store:
                 )
         return spec
 
+    def _whole(self, name: str) -> np.ndarray:
+        """A whole small array; a chunk failing its checksum is a CacheCorrupt naming the chunk file."""
+        from dinocache.cache.check import _chunked, chunk_file, repair_hint
+
+        try:
+            return np.asarray(self._array(name)[...])
+        except Exception:  # noqa: BLE001 - find and name the bad chunk
+            out, bad = _chunked(self, name)
+            if not bad:
+                return out
+            c, why = next(iter(bad.items()))
+            r = self.spec.shard_rows(c)
+            raise CacheCorrupt(
+                f"cache {self.path}: chunk {chunk_file(self.path, name, c)} of '{name}' (rows {r.start}-{r.stop - 1}) "
+                f"{why}"
+                + (f" (and {len(bad) - 1} more chunk(s))" if len(bad) > 1 else "")
+                + f"; {repair_hint(self)}"
+            ) from None
+
     def __getstate__(self) -> dict[str, Any]:
         # zarr handles and their event loop must not cross a fork/spawn: reopen lazily on the other side.
         state = self.__dict__.copy()
@@ -323,25 +342,6 @@ class FeatureCache(_Store):
             self._keys = _decode_keys(self._whole(F.KEYS))
         return self._keys
 
-    def _whole(self, name: str) -> np.ndarray:
-        """A whole small array; a chunk failing its checksum is a CacheCorrupt naming the chunk file."""
-        from dinocache.cache.check import _chunked, chunk_file, repair_hint
-
-        try:
-            return np.asarray(self._array(name)[...])
-        except Exception:  # noqa: BLE001 - find and name the bad chunk
-            out, bad = _chunked(self, name)
-            if not bad:
-                return out
-            c, why = next(iter(bad.items()))
-            r = self.spec.shard_rows(c)
-            raise CacheCorrupt(
-                f"cache {self.path}: chunk {chunk_file(self.path, name, c)} of '{name}' (rows {r.start}-{r.stop - 1}) "
-                f"{why}"
-                + (f" (and {len(bad) - 1} more chunk(s))" if len(bad) > 1 else "")
-                + f"; {repair_hint(self)}"
-            ) from None
-
     def row_of(self, key: str) -> int:
         if self._row is None:
             self._row = {k: i for i, k in enumerate(self.keys)}
@@ -364,7 +364,7 @@ class FeatureCache(_Store):
 
     def _stat(self, name: str) -> np.ndarray:
         if name not in self._stats:
-            self._stats[name] = np.asarray(self._array(name)[:], np.float32)
+            self._stats[name] = self._whole(name).astype(np.float32)
         return self._stats[name]
 
     @property
@@ -505,10 +505,23 @@ class CacheWriter(_Store):
         if len(keys) != spec.n:
             raise CacheError(f"{len(keys)} keys for a cache of n={spec.n}")
         if exists(path, storage_options):
-            raise CacheError(f"{path} already exists; delete it first")
+            raise CacheExists(
+                f"{path} appeared while this precompute was preparing to create it: another precompute is (or "
+                "was) writing it. Do not delete it; wait for that run to end, then rerun this command: it resumes "
+                "and computes only the shards still missing"
+            )
         h, w = spec.grid
         s = spec.shard_size
-        group = zarr.open_group(_zarr_store(path, storage_options, read_only=False), mode="w-")
+        try:
+            group = zarr.open_group(_zarr_store(path, storage_options, read_only=False), mode="w-")
+        except Exception:  # noqa: BLE001 - zarr's ContainsGroupError: lost the race to another creator
+            if exists(path, storage_options) and read_attrs(path, storage_options) is not None:
+                raise CacheExists(
+                    f"{path} was created by another precompute a moment ago: it is (or was) writing it. Do not "
+                    "delete it; wait for that run to end, then rerun this command: it resumes and computes only "
+                    "the shards still missing"
+                ) from None
+            raise
         # Attributes first with ready=false, so a crash during creation leaves a store we recognise
         # as ours and unfinished (the next run recreates it), never one that looks complete.
         unfinished = F.Spec(**{**spec.__dict__, "ready": False})
@@ -553,7 +566,7 @@ class CacheWriter(_Store):
         return cls(path, storage_options)
 
     def stored_keys(self) -> list[str]:
-        return _decode_keys(np.asarray(self._array(F.KEYS)[:]))
+        return _decode_keys(self._whole(F.KEYS))
 
     def basis(self) -> Any:
         """The stored PCA basis (float32) or None; writers project with exactly these numbers."""
@@ -563,17 +576,46 @@ class CacheWriter(_Store):
 
         return PCABasis(
             *(
-                np.asarray(self._array(n)[:], np.float32)
+                self._whole(n).astype(np.float32)
                 for n in (F.PCA_MEAN, F.PCA_COMPONENTS, F.PCA_EXPLAINED_VARIANCE)
             )
         )
 
     def shard_state(self, shard: int) -> tuple[np.ndarray, list[str]]:
         """(done (m,) bool, sha256 hex list) of the rows of `shard`."""
+        from dinocache.cache.check import _reason, chunk_file, repair_hint
+
         r = self.spec.shard_rows(shard)
-        done = np.asarray(self._array(F.DONE)[r.start : r.stop]).astype(bool)
-        sha = bytes_to_hex(np.asarray(self._array(F.SHA256)[r.start : r.stop]))
+        try:
+            done = np.asarray(self._array(F.DONE)[r.start : r.stop]).astype(bool)
+            sha = bytes_to_hex(np.asarray(self._array(F.SHA256)[r.start : r.stop]))
+        except CacheError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a chunk failing its checksum
+            raise CacheCorrupt(
+                f"cache {self.path}: the done/sha256 chunk of shard {shard} ({chunk_file(self.path, F.DONE, shard)}) "
+                f"{_reason(e)}; {repair_hint(self)}"
+            ) from None
         return done, sha
+
+    def reset_shard(self, shard: int) -> None:
+        """Repair: delete the shard's features file and write its done/sha256 chunks as zeros (not done), so the
+        next write pass recomputes the whole shard with its usual batch boundaries (same bits as a fresh run)."""
+        from dinocache.cache.check import shard_file
+
+        fs, _ = _fs(self.path, self.storage_options)
+        f = shard_file(self, shard)
+        target = str(local_path(f).resolve()) if local_path(f) is not None else f
+        if fs.exists(target):
+            fs.rm(target)
+        r = self.spec.shard_rows(shard)
+        self._array(F.SHA256)[r.start : r.stop] = np.zeros((len(r), 32), np.uint8)
+        self._array(F.DONE)[r.start : r.stop] = np.zeros(len(r), np.uint8)
+
+    def write_keys(self, shard: int, keys: Sequence[str]) -> None:
+        """Repair: rewrite the keys chunk of `shard` from the dataset listing (`keys` = all N keys)."""
+        r = self.spec.shard_rows(shard)
+        self._array(F.KEYS)[r.start : r.stop] = encode_keys(list(keys)[r.start : r.stop], self.spec.key_len)
 
     def write_shard(
         self, shard: int, features: np.ndarray, sha256_hex: Sequence[str], done: np.ndarray

@@ -3,7 +3,7 @@
     dinocache demo-data dataset          # synthetic OBB dataset
     dinocache make-tiny-teacher dinov3   # tiny random DINOv3 saved with save_pretrained
     dinocache precompute --config config.json [key=value ...]
-    dinocache cache info PATH | dinocache cache verify PATH --data DATA
+    dinocache cache info PATH | dinocache cache verify PATH --data DATA | dinocache cache repair PATH --data DATA
     dinocache train --config config.json [key=value ...]
 
 Each subcommand lives in its own package as `main(argv) -> int`; imports are lazy so `--help` is fast.
@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("dinocache.datatools.demo_data", "write a synthetic YOLO-OBB dataset"),
     "make-tiny-teacher": ("dinocache.teacher.tiny", "save a tiny random DINOv3 with save_pretrained"),
     "precompute": ("dinocache.precompute.run", "run the teacher once per image into the Zarr cache"),
-    "cache": ("dinocache.cache.cli", "inspect or verify a feature cache (info, verify)"),
+    "cache": ("dinocache.cache.cli", "inspect, verify or repair a feature cache (info, verify, repair)"),
     "train": ("dinocache.train.cli", "train the OBB student with cached/online/no distillation"),
     "grade": ("dinocache.grade.cli", "geometric grade of a checkpoint on a val split"),
     "finetune-teacher": ("dinocache.finetune.train", "LoRA fine-tune the DINOv3 teacher"),
@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dinocache: unknown command '{cmd}'{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")  # never let Ultralytics pip-install on our behalf
+    if cmd == "cache" and rest[:1] == ["repair"]:
+        # recomputing rows needs the teacher: precompute's floor, above the cache package
+        from dinocache.precompute.run import repair_main
+
+        return int(repair_main(rest[1:]) or 0)
     module = importlib.import_module(COMMANDS[cmd][0])
     return int(module.main(rest) or 0)
 

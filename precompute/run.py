@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import json
 import queue
 import sys
 import threading
@@ -77,6 +78,10 @@ class PrecomputeConfig:
     overwrite: bool = False
     # seconds a shard i > 0 waits for shard 0 to create the store
     wait_timeout: float = 3600.0
+    # repair an existing cache: every row `cache verify` finds bad (chunk checksum failure, shard file missing,
+    # NaN/inf) has its shard reset to not done, then the usual pass recomputes those shards and the ones whose
+    # images changed, with the same batch boundaries: the result equals a fresh cache bit for bit
+    repair: bool = False
 
     def __post_init__(self) -> None:
         self.validate()  # every construction path validates, not only the config loader
@@ -91,6 +96,10 @@ class PrecomputeConfig:
         require(self.wait_timeout > 0, "wait_timeout", "must be positive")
         require(bool(self.cache), "cache", "must be a path or URL")
         i, n = parse_shard(self.shard)
+        require(not (self.repair and self.overwrite), "repair", "and overwrite exclude each other")
+        require(
+            not (self.repair and n > 1), "repair", f"runs as a single writer, not with shard={self.shard}"
+        )
         require(
             not (self.overwrite and n > 1),
             "overwrite",
@@ -282,8 +291,15 @@ class Precompute:
             delete(cfg.cache, so)
         attrs = read_attrs(cfg.cache, so)
         block = (attrs or {}).get(F.ATTRS_KEY)
+        if cfg.repair and not (isinstance(block, dict) and block.get("ready")):
+            raise CacheError(
+                f"repair: {cfg.cache} is not a finished feature cache, nothing to repair; run `dinocache precompute` "
+                "(it creates or resumes it)"
+            )
         if isinstance(block, dict) and block.get("ready"):
             writer = CacheWriter(cfg.cache, so)  # checks format name/version
+            if cfg.repair:
+                self.repair(writer, keys)
             self.check_compatible(writer, spec, keys)
             self.check_layout(writer)
             self.log(f"resuming {cfg.cache}: {int(np.count_nonzero(_done(writer)))}/{spec.n} rows done")
@@ -304,6 +320,31 @@ class Precompute:
             f"creating {cfg.cache}: N={spec.n} K={spec.k} grid={spec.grid} shard_size={spec.shard_size} codec={spec.codec}"
         )
         return CacheWriter.create(cfg.cache, spec, keys, mean, std, pca, so)
+
+    def repair(self, writer: Any, keys: list[str]) -> None:
+        """Find every bad row (every chunk re-read through its crc32c, shard files, NaN/inf) and reset its shard to
+        not done; keys chunks that fail their checksum are rewritten from the dataset listing."""
+        import dinocache.cache.format as F
+        from dinocache.cache.check import scan
+        from dinocache.cache.store import FeatureCache
+
+        fc = FeatureCache(self.cfg.cache, self.cfg.storage_options)
+        bad, _, _ = scan(fc)
+        spec = writer.spec
+        shards = sorted({b.row // spec.shard_size for b in bad})
+        for b in bad:
+            self.log(f"repair: {b.line()}")
+        if len(keys) == spec.n:
+            for s in sorted({b.row // spec.shard_size for b in bad if f"/{F.KEYS}/" in b.file}):
+                writer.write_keys(s, keys)
+        for s in shards:
+            writer.reset_shard(s)
+        self.repaired = (len(bad), len(shards))
+        self.log(
+            f"repair: {len(bad)} bad row(s) in {len(shards)} shard(s) reset to not done"
+            if bad
+            else "repair: no damaged rows; recomputing only shards whose images changed (if any)"
+        )
 
     def wait_ready(self) -> None:
         import dinocache.cache.format as F
@@ -374,8 +415,12 @@ class Precompute:
         from dinocache.cache.store import write_sidecar
 
         name = "precompute.yaml" if self.world == 1 else f"precompute.shard{self.rank}of{self.world}.yaml"
-        text = yaml.safe_dump(to_dict(self.cfg), sort_keys=False)
-        write_sidecar(self.cfg.cache, name, text, self.cfg.storage_options)
+        saved = {k: v for k, v in to_dict(self.cfg).items() if k != "repair"}  # how it was made, not mended
+        text = yaml.safe_dump(saved, sort_keys=False)
+        try:
+            write_sidecar(self.cfg.cache, name, text, self.cfg.storage_options)
+        except OSError as e:  # e.g. a finished cache in a read-only folder: fine unless rows must be written
+            self.config_error = f"cannot write {self.cfg.cache}/{name} ({e.strerror or e})"
 
     # -- PCA
     def batches(self, spec: Any) -> list[tuple[int, int, range]]:
@@ -509,6 +554,15 @@ class Precompute:
         self.n_computed = len(rows)
         if owned - len(todo):
             self.log(f"{owned - len(todo)} of {owned} owned shard(s) already done, skipped")
+        blocked = getattr(self, "config_error", None)
+        if blocked and rows:
+            from dinocache.cache.errors import CacheError
+
+            raise CacheError(
+                f"{blocked}; {len(rows)} row(s) still need writing: make the cache folder writable"
+            )
+        if blocked:
+            self.log(f"{blocked}; nothing to write, the cache is complete")
         if not rows:
             return
         h, w = spec.grid
@@ -602,7 +656,7 @@ class Precompute:
 def _done(writer: Any) -> np.ndarray:
     import dinocache.cache.format as F
 
-    return np.asarray(writer._array(F.DONE)[:])
+    return writer._whole(F.DONE)  # a chunk failing its checksum: CacheCorrupt naming it
 
 
 def _sha_or_empty(path: Path) -> str:
@@ -669,6 +723,65 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def repair_main(argv: list[str] | None = None) -> int:
+    """`dinocache cache repair PATH --data DATA [--config config.json] [key=value ...]`
+
+    Recomputes only what is bad or stale in the cache at PATH, with the options it was made with (the
+    precompute.yaml it holds; else config.json's precompute section), overridden by key=value (e.g. device=cpu).
+    """
+    import yaml
+    from dinocache.cache.errors import CacheError
+    from dinocache.cache.store import _fs
+    from dinocache.teacher.model import TeacherNotFound
+
+    from dinocache.core.config import build, field_names, parse_overrides
+    from dinocache.core.data import DataError
+
+    ap = argparse.ArgumentParser(
+        prog="dinocache cache repair", description=repair_main.__doc__.splitlines()[0]
+    )
+    ap.add_argument("path", help="the cache folder or URL")
+    ap.add_argument("--data", required=True, help="data.yaml of the dataset the cache was built from")
+    ap.add_argument("--config", default=None, help="config.json used when the cache holds no precompute.yaml")
+    ap.add_argument(
+        "overrides", nargs="*", help="key=value overrides (device=cpu, workers=4, storage_options=...)"
+    )
+    args = ap.parse_intermixed_args(argv)
+    try:
+        cli = parse_overrides(args.overrides)
+        so = json.loads(cli["storage_options"]) if "storage_options" in cli else None
+        fs, root = _fs(args.path, so)
+        if not fs.exists(f"{root.rstrip('/')}/zarr.json"):
+            raise CacheError(
+                f"repair: no feature cache at {args.path}, nothing to repair; run `dinocache precompute`"
+            )
+        sidecar = f"{root.rstrip('/')}/precompute.yaml"
+        forced = {"cache": args.path, "data": args.data, "repair": True, "overwrite": False, "shard": "0/1"}
+        if fs.exists(sidecar):
+            saved = yaml.safe_load(fs.cat(sidecar).decode()) or {}
+            known = field_names(PrecomputeConfig)
+            values = {k: v for k, v in saved.items() if k in known}
+            values.update(cli)
+            values.update(forced)
+            cfg = build(PrecomputeConfig, values, f"{args.path}/precompute.yaml")
+        else:
+            config = args.config or ("config.json" if Path("config.json").exists() else None)
+            extra = [f"{k}={v}" for k, v in forced.items()]
+            cfg = load(PrecomputeConfig, config, "precompute", [*args.overrides, *extra])
+        run = Precompute(cfg)
+        rc = run.run()
+        n_bad, n_shards = getattr(run, "repaired", (0, 0))
+        print(
+            f"repair: {args.path}: {n_bad} bad row(s) in {n_shards} shard(s) and {getattr(run, 'n_computed', 0)} "
+            f"row(s) recomputed in all{'' if rc == 0 else ' (some images could not be cached, see above)'}",
+            file=sys.stderr,
+        )
+        return rc
+    except (ConfigError, DataError, CacheError, TeacherNotFound, json.JSONDecodeError, yaml.YAMLError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
