@@ -98,6 +98,40 @@ def write_sidecar(
     return target
 
 
+REMOTE_HINT = (
+    "check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or key/secret in "
+    "storage_options) and the endpoint (AWS_ENDPOINT_URL or storage_options.endpoint_url)"
+)
+
+
+def _remote_error(path: str | Path, e: BaseException) -> CacheError:
+    return CacheError(f"{path}: cannot reach the object store ({type(e).__name__}: {e}); {REMOTE_HINT}")
+
+
+def check_reachable(path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
+    """For an object-store URL (s3://, gs://, ...): the credentials work and the bucket exists.
+
+    CacheError naming the URL otherwise, raised before anything is computed or written (a bucket is never
+    created on the user's behalf). Local paths: nothing to check.
+    """
+    if local_path(path) is not None:
+        return
+    try:
+        fs, root = _fs(path, storage_options)
+        bucket = root.split("/", 1)[0]
+        if hasattr(fs, "invalidate_cache"):
+            fs.invalidate_cache(bucket)
+        # the store's own path first: s3fs answers a bucket lookup without credentials with "absent"
+        found = fs.exists(root) or fs.exists(bucket)
+    except Exception as e:
+        raise _remote_error(path, e) from None
+    if not found:
+        raise CacheError(
+            f"{path}: bucket '{bucket}' does not exist (or these credentials cannot see it); create it first, "
+            f"e.g. `aws s3 mb s3://{bucket}`, or {REMOTE_HINT}"
+        )
+
+
 def read_attrs(path: str | Path, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The group attributes of `path`, or None when there is no zarr group there (yet)."""
     import zarr
@@ -107,6 +141,8 @@ def read_attrs(path: str | Path, storage_options: dict[str, Any] | None = None) 
     except FileNotFoundError:  # no folder, or a folder without a group (zarr's NodeNotFoundError)
         return None
     except Exception as e:
+        if local_path(path) is None and not isinstance(e, (ValueError, KeyError, TypeError)):
+            raise _remote_error(path, e) from None  # credentials, network, permissions
         raise CacheFormatError(
             f"{str(path).rstrip('/')}/zarr.json: cannot open {path} as a zarr group ({type(e).__name__}: {e})"
         ) from None
@@ -190,12 +226,56 @@ def _warn_forked() -> None:
     )
 
 
-def _ts_open(path: str, name: str) -> Any:
-    """Open array `name` of the local zarr group at `path` read-only with tensorstore's zarr3 driver."""
+# fsspec/s3fs storage options tensorstore's s3 driver cannot take: with them, URL reads stay on zarr-python
+_S3_OPTIONS_ZARR_ONLY = ("key", "secret", "token", "anon", "profile", "session", "requester_pays")
+
+
+def _ts_s3_kvstore(path: str, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """tensorstore's `s3` kvstore for an s3:// store (same endpoint, region and credentials as s3fs, from
+    AWS_* variables or storage_options' endpoint_url/client_kwargs), or None when it cannot express them."""
+    so = dict(storage_options or {})
+    if not str(path).startswith(("s3://", "s3a://")) or any(so.get(k) for k in _S3_OPTIONS_ZARR_ONLY):
+        return None
+    bucket, _, prefix = str(path).split("://", 1)[1].partition("/")
+    ck = so.get("client_kwargs") or {}
+    kv: dict[str, Any] = {"driver": "s3", "bucket": bucket, "path": prefix.strip("/") + "/"}
+    endpoint = so.get("endpoint_url") or ck.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        kv["endpoint"] = endpoint
+    region = ck.get("region_name") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kv["aws_region"] = region
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        kv["aws_credentials"] = {"type": "environment"}
+    return kv
+
+
+@functools.cache
+def _warn_ts_url(path: str, why: str) -> None:
+    import warnings
+
+    warnings.warn(
+        f"dinocache: tensorstore cannot read {path} ({why}); reading it with zarr-python + fsspec (slower)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _ts_open(path: str, name: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """Open array `name` of the zarr group at `path` read-only with tensorstore's zarr3 driver: a local
+    folder through the `file` kvstore, an s3:// store through the `s3` kvstore (None: use zarr-python)."""
     import tensorstore as ts
 
     lp = local_path(path)
-    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str((lp / name).resolve())}}
+    if lp is not None:
+        kvstore = {"driver": "file", "path": str((lp / name).resolve())}
+    else:
+        kvstore = _ts_s3_kvstore(path, storage_options)
+        if kvstore is None:
+            return None
+        kvstore["path"] += f"{name}/"
+    spec = {"driver": "zarr3", "kvstore": kvstore}
     # One copy thread: reads are small and run inside DataLoader workers that already use every core.
     context = ts.Context({"data_copy_concurrency": {"limit": 1}})
     try:
@@ -390,7 +470,7 @@ class FeatureCache(_Store):
         """(B,) rows -> float16 (B, D, h, w) with D = channels (the first D components) or K.
 
         Rows never written read as NaN. Duplicates and any order are fine: unique rows are read sorted,
-        in one tensorstore index-array read (local stores), then put back in the asked order.
+        in one tensorstore index-array read (local and s3:// stores), then put back in the asked order.
         """
         idx = np.asarray(rows, dtype=np.int64).reshape(-1)
         d = self.k if channels is None else int(channels)
@@ -422,16 +502,28 @@ class FeatureCache(_Store):
     def _ts_features(self) -> Any:
         """The tensorstore handle of `features`, opened on first use in this process; None -> zarr-python.
 
-        None for non-local stores (fsspec URLs) and in a process forked from one that already used
-        tensorstore (its thread pools do not survive fork(): the child would abort, see docs/cache.md).
+        Local folders and s3:// stores (tensorstore's s3 kvstore, same AWS_* settings as s3fs) use it; None
+        for other fsspec URLs (gs://, az://, ...), s3 storage options tensorstore cannot express (explicit
+        keys, anon, profile), and in a process forked from one that already used tensorstore (its thread
+        pools do not survive fork(): the child would abort, see docs/cache.md).
         """
         pid = os.getpid()
         if self._ts is not None and self._ts_pid == pid:
             return self._ts
         self._ts = None
-        if self._ts_mode == "zarr" or local_path(self.path) is None or not _tensorstore_usable():
+        if self._ts_mode == "zarr" or not _tensorstore_usable():
             return None
-        self._ts = _ts_open(self.path, F.FEATURES)
+        if local_path(self.path) is None:
+            if _ts_s3_kvstore(self.path, self.storage_options) is None:
+                return None  # other object stores (gs://, az://, ...): zarr-python + fsspec
+            try:
+                self._ts = _ts_open(self.path, F.FEATURES, self.storage_options)
+            except CacheFormatError as e:  # e.g. an endpoint tensorstore cannot reach: zarr-python still can
+                _warn_ts_url(self.path, str(e))
+                self._ts_mode = "zarr"
+                return None
+        else:
+            self._ts = _ts_open(self.path, F.FEATURES)
         self._ts_pid = pid
         return self._ts
 

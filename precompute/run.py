@@ -277,9 +277,10 @@ class Precompute:
     def open_store(self, spec: Any, keys: list[str], teacher: Any) -> Any:
         import dinocache.cache.format as F
         from dinocache.cache.errors import CacheError
-        from dinocache.cache.store import CacheWriter, delete, exists, read_attrs
+        from dinocache.cache.store import CacheWriter, check_reachable, delete, exists, read_attrs
 
         cfg, so = self.cfg, self.cfg.storage_options
+        check_reachable(cfg.cache, so)  # object store: credentials and bucket, before any compute
         if self.rank > 0:
             self.wait_ready()
             writer = CacheWriter(cfg.cache, so)
