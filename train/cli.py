@@ -7,7 +7,10 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`dinocache train --config config.json [key=value ...]` (wrapped by `just train`)."""
+    """`dinocache train --config config.json [key=value ...]` (wrapped by `just train`).
+
+    Exit 0: trained and every evaluation ran; 1: trained, but an evaluation failed (eval/failures.txt);
+    2: refused or stopped by bad input (config, data, cache, teacher)."""
     ap = argparse.ArgumentParser(prog="dinocache train", description=__doc__.splitlines()[0])
     ap.add_argument(
         "--config", default="config.json", help="JSON file whose 'train' section holds the options"
@@ -16,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from dinocache.train.config import TrainConfig
+    from dinocache.train.eval_hooks import EvalFailed
     from dinocache.train.run import TrainError, train
 
     from dinocache.core.config import ConfigError, load
@@ -36,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, TrainError, TeacherNotFound, CacheError) as e:
         print(f"error: {_first_cause(e)}", file=sys.stderr)
         return 2
+    except EvalFailed as e:  # the run finished and saved its weights, but a grade failed: not a success
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"dinocache train: outputs in {trainer.save_dir}")
     return 0
 

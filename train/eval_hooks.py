@@ -15,8 +15,10 @@ best.pt's metrics. The grade is computed on the just-written `weights/last.pt` (
 best_geo.pt then copies), so `dinocache grade --weights best_geo.pt` reproduces the logged numbers.
 
 A failure inside the evaluation or the viz (e.g. a malformed val label file, which Ultralytics' own
-validator only skips with a warning) is reported with a warning and training goes on; `dinocache grade`
-on the same data gives the full error.
+validator only skips with a warning) does not stop training (the epochs and checkpoints are not lost), but
+it is never silent: it is logged as an error, recorded in eval/failures.txt (epoch, stage, error), logged
+as the scalar `eval/failed`, and once training has finished `DinoOBBTrainer.train()` raises `EvalFailed`
+(so `dinocache train` exits 1, not 0). `dinocache grade` on the same data gives the full traceback.
 """
 
 from __future__ import annotations
@@ -44,10 +46,36 @@ def _rank0() -> bool:
     return RANK in {-1, 0}
 
 
-def _warn(msg: str) -> None:
+FAILURES_FILE = "failures.txt"  # under eval/: one line per failed evaluation or viz
+
+
+class EvalFailed(RuntimeError):
+    """Training finished (checkpoints saved) but at least one evaluation or DINO viz failed."""
+
+
+def _record_failure(trainer: Any, geo: GeoEval, epoch: int, what: str, e: Exception) -> None:
     from ultralytics.utils import LOGGER
 
-    LOGGER.warning(f"dinocache eval: {msg}")
+    line = f"epoch {epoch}: {what} failed: {type(e).__name__}: {e}"
+    geo.failures.append(line)
+    LOGGER.error(f"dinocache eval: {line} (training goes on; the run will end with EvalFailed)")
+    out = Path(trainer.save_dir) / "eval" / FAILURES_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a") as f:
+        f.write(line + "\n")
+
+
+def raise_if_failed(trainer: Any) -> None:
+    """After training: EvalFailed naming the failed evaluations, so a broken grade never looks like a good run."""
+    geo = getattr(trainer, ATTR, None)
+    failures = getattr(geo, "failures", None)
+    if failures:
+        where = Path(trainer.save_dir) / "eval" / FAILURES_FILE
+        raise EvalFailed(
+            f"{len(failures)} evaluation(s) failed during training (first: {failures[0]}); the weights in "
+            f"{Path(trainer.save_dir) / 'weights'} are saved, the failures are listed in {where}; "
+            "`dinocache grade` on the same data shows the full error"
+        )
 
 
 def epoch_scalars(trainer: Any) -> dict[str, float]:
@@ -79,6 +107,7 @@ class GeoEval:
         self.logger = RunLogger(self.run_dir, self.cfg)
         self._val: list[Sample] | None = None
         self._viz_samples: list[Sample] | None = None
+        self.failures: list[str] = []  # "epoch N: what failed: error", see raise_if_failed
 
     def opt(self, key: str, default: Any) -> Any:
         return getattr(self.cfg, key, default)
@@ -246,7 +275,8 @@ def after_save_model(trainer: Any, ema_model: torch.nn.Module | None = None) -> 
             images += panels
             scalars.update({f"eval/{k}": v for k, v in metrics.items() if k in _LOGGED_GRADE_KEYS})
         except Exception as e:
-            _warn(f"epoch {epoch}: evaluation failed, training goes on ({type(e).__name__}: {e})")
+            _record_failure(trainer, geo, epoch, "evaluation", e)
+            scalars["eval/failed"] = 1.0
     if (
         ema_model is not None
         and geo.opt("dino_viz_enabled", True)
@@ -255,7 +285,8 @@ def after_save_model(trainer: Any, ema_model: torch.nn.Module | None = None) -> 
         try:
             images += geo.run_feature_viz(trainer, ema_model, epoch)[: 3 * LOGGED_IMAGES]
         except Exception as e:
-            _warn(f"epoch {epoch}: DINO feature viz failed, training goes on ({type(e).__name__}: {e})")
+            _record_failure(trainer, geo, epoch, "DINO feature viz", e)
+            scalars["eval/failed"] = 1.0
     geo.logger.log_epoch(epoch, scalars)
     if images:
         geo.logger.log_images(epoch, images)

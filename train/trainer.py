@@ -210,9 +210,14 @@ class DinoOBBTrainer(OBBTrainer):
         )
 
     def train(self) -> None:
-        """Ultralytics' train(); with several devices it launches the DDP ranks and hands them our config."""
+        """Ultralytics' train(); with several devices it launches the DDP ranks and hands them our config.
+
+        Ends with `EvalFailed` when an evaluation failed during training (train/eval_hooks.py): the epochs ran
+        and the checkpoints are saved, but the run does not look like a good one."""
         if not self.ddp:
-            return super().train()
+            result = super().train()
+            eval_hooks.raise_if_failed(self)
+            return result
         handoff = ddp.make_handoff(self)
         self.callbacks[ddp.HANDOFF_EVENT].append(handoff)
         if self.ctx is not None:
@@ -221,10 +226,12 @@ class DinoOBBTrainer(OBBTrainer):
         was_resume = self.resume
         self.resume = self.resume or self.resume_state is not None
         try:
-            return super().train()
+            result = super().train()
         finally:
             self.resume = was_resume
             ddp.drop_handoff(self.callbacks)
+        eval_hooks.raise_if_failed(self)  # a DDP rank 0 that evaluated; the launcher itself has nothing
+        return result
 
     # -- run folder ------------------------------------------------------------------------------------------
     def _write_args(self) -> None:

@@ -150,3 +150,60 @@ def test_real_training_run_writes_everything(tmp_path, demo_data, tiny_teacher_d
     tags = set(ea.Tags()["scalars"])
     assert {"train/box_loss", "train/distill", "eval/grade", "curriculum/distill_weight", "lr/pg0"} <= tags
     assert [e.step for e in ea.Scalars("eval/grade")] == [1, 2]
+
+
+def test_failed_evaluation_is_recorded_and_ends_the_run_non_zero(tmp_path, demo_data, monkeypatch):
+    """A malformed val label: training goes on (the hook returns), but eval/failures.txt names it, the
+    scalar eval/failed is logged, raise_if_failed raises EvalFailed and `dinocache train` exits 1."""
+    import shutil
+
+    import pytest
+    from dinocache.train import cli
+    from dinocache.train.eval_hooks import EvalFailed, raise_if_failed
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_data.parent, data)
+    bad = sorted((data / "labels" / "val").glob("*.txt"))[0]
+    bad.write_text("0 0.1 0.1 0.2\n")  # 4 fields: the grader's label reader refuses it
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    cfg = build(
+        TrainConfig,
+        {"data": str(data / "data.yaml"), "teacher_source": "none", "epochs": 1, "wandb_enabled": False},
+    )
+    trainer = SimpleNamespace(
+        dino=cfg,
+        save_dir=run,
+        args=SimpleNamespace(data=str(data / "data.yaml"), imgsz=IMGSZ, batch=4),
+        device=torch.device("cpu"),
+        epoch=0,
+        epochs=1,
+        stop=False,
+        last=run / "weights" / "last.pt",
+        tloss=None,
+        metrics={},
+        lr={},
+        stage="B",
+        model=torch.nn.Linear(1, 1),
+    )
+    logged = []
+    from dinocache.grade.logging import RunLogger
+
+    monkeypatch.setattr(RunLogger, "log_epoch", lambda self, epoch, scalars: logged.append(dict(scalars)))
+    assert after_save_model(trainer) is None  # no metrics, no exception: the epoch is not lost
+    finish_run(trainer)
+    text = (run / "eval" / "failures.txt").read_text()
+    assert "epoch 1: evaluation failed: DataError" in text and f"{bad.name}:1" in text
+    assert logged and logged[-1]["eval/failed"] == 1.0
+    with pytest.raises(EvalFailed, match=r"1 evaluation\(s\) failed.*failures.txt"):
+        raise_if_failed(trainer)
+
+    def failing_train(cfg):
+        raise EvalFailed("1 evaluation(s) failed during training")
+
+    monkeypatch.setattr("dinocache.train.run.train", failing_train)
+    (tmp_path / "c.json").write_text("{}")
+    assert (
+        cli.main(["--config", str(tmp_path / "c.json"), f"data={data / 'data.yaml'}", "teacher_source=none"])
+        == 1
+    )
