@@ -1,0 +1,41 @@
+"""dinocache: distill a DINOv3 teacher into a YOLO OBB student from a Zarr feature cache.
+
+Python API (each name is imported on first use, so `import dinocache` stays light and the floors hold):
+
+    from dinocache import TrainConfig, DinoOBBTrainer
+    trainer = DinoOBBTrainer(TrainConfig(dataset_root="dataset/augmented", epochs=10), device="cuda:0")
+    trainer.train()
+
+    from dinocache import PrecomputeConfig, Precompute
+    Precompute(PrecomputeConfig(data="dataset/augmented/data.yaml"), device="cuda:0").run()
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "TrainConfig": "dinocache.train.config",
+    "DinoOBBTrainer": "dinocache.train.trainer",
+    "train": "dinocache.train.run",
+    "PrecomputeConfig": "dinocache.precompute.run",
+    "Precompute": "dinocache.precompute.run",
+}
+
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dinocache' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

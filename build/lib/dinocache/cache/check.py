@@ -1,0 +1,178 @@
+"""Finding damage in a cache: every chunk re-read through its crc32c, missing shard files, NaN/inf rows.
+
+`scan` is what `dinocache cache verify` and `cache repair` run (every row of every shard); `checked_map`
+is what the trainer's dataset calls for each image it reads (one row, any read backend), and
+`missing_shard_files` is the cheap start-of-training check. Every finding names the row, the image key
+and the file, and every error names the repair command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dinocache.cache import format as F
+from dinocache.cache.errors import CacheCorrupt, CacheError
+
+
+@dataclass
+class BadRow:
+    """One row whose stored data cannot be trusted."""
+
+    row: int
+    key: str
+    file: str  # the shard (features) or chunk file holding the damage
+    reason: str
+
+    def line(self) -> str:
+        return f"row {self.row} {self.key}: {self.reason} ({self.file})"
+
+
+def chunk_file(path: str, array: str, chunk: int) -> str:
+    """File of chunk/shard `chunk` along the image axis of `array` (keys use '.' as separator)."""
+    tail = {F.FEATURES: ".0.0.0", F.DONE: "", F.SHA256: ".0", F.KEYS: ".0"}.get(array, "")
+    return f"{str(path).rstrip('/')}/{array}/c.{chunk}{tail}"
+
+
+def shard_file(fc: Any, shard: int) -> str:
+    return chunk_file(fc.path, F.FEATURES, shard)
+
+
+def repair_hint(fc: Any) -> str:
+    data = (fc.spec.source or {}).get("data") or "DATA"
+    return (
+        f"repair it with `dinocache cache repair {fc.path} --data {data}` (recomputes only the bad rows), "
+        "or rebuild it with `dinocache precompute --overwrite`"
+    )
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e)
+    if "checksum" in text.lower() or "digest" in text.lower():
+        return "fails its crc32c checksum (bit rot, a torn or edited file)"
+    return f"cannot be read ({type(e).__name__}: {text[:200]})"
+
+
+def _listing(fc: Any, array: str) -> set[str] | None:
+    """Names of the files in `array`'s folder, None when the store cannot be listed."""
+    from dinocache.cache.store import _fs
+
+    fs, root = _fs(fc.path, fc.storage_options)
+    try:
+        return {
+            str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{root.rstrip('/')}/{array}", detail=False)
+        }
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _chunked(fc: Any, name: str) -> tuple[np.ndarray, dict[int, str]]:
+    """The whole small array `name` read chunk by chunk; chunks failing their checksum read as zeros and are
+    returned as {chunk: reason}."""
+    arr = fc._array(name)
+    out = np.zeros(arr.shape, arr.dtype)
+    bad: dict[int, str] = {}
+    try:
+        out[...] = np.asarray(arr[...])
+        return out, bad
+    except Exception:  # noqa: BLE001 - find which chunk, below
+        pass
+    for c in range(fc.spec.n_shards):
+        r = fc.spec.shard_rows(c)
+        try:
+            out[r.start : r.stop] = np.asarray(arr[r.start : r.stop])
+        except Exception as e:  # noqa: BLE001 - any read failure of stored bytes is damage
+            bad[c] = _reason(e)
+    return out, bad
+
+
+def missing_shard_files(fc: Any, done: np.ndarray | None = None) -> list[tuple[int, str, list[int]]]:
+    """(shard, file, done rows) for every shard that has done rows but no file: one folder listing."""
+    names = _listing(fc, F.FEATURES)
+    if names is None:
+        return []
+    done = np.asarray(fc.done if done is None else done, bool)
+    out = []
+    for s in range(fc.spec.n_shards):
+        r = fc.spec.shard_rows(s)
+        rows = [int(i) for i in np.flatnonzero(done[r.start : r.stop]) + r.start]
+        if rows and f"c.{s}.0.0.0" not in names:
+            out.append((s, shard_file(fc, s), rows))
+    return out
+
+
+def scan(fc: Any) -> tuple[list[BadRow], np.ndarray, list[str]]:
+    """(bad rows, done flags, keys) after re-reading every chunk of `done`, `sha256`, `keys` and every done
+    row of `features` (checksum, presence of the shard file, finiteness)."""
+    bad: list[BadRow] = []
+    raw_keys, bad_keys = _chunked(fc, F.KEYS)
+    from dinocache.cache.store import _decode_keys
+
+    keys = _decode_keys(raw_keys)
+    for c in bad_keys:
+        for r in fc.spec.shard_rows(c):
+            keys[r] = f"<key of row {r} unreadable>"
+    done_raw, bad_done = _chunked(fc, F.DONE)
+    done = done_raw.astype(bool)
+    _, bad_sha = _chunked(fc, F.SHA256)
+    flagged: set[int] = set()
+    for name, chunks in ((F.KEYS, bad_keys), (F.DONE, bad_done), (F.SHA256, bad_sha)):
+        for c, why in chunks.items():
+            for r in fc.spec.shard_rows(c):
+                if r not in flagged:
+                    flagged.add(r)
+                    bad.append(BadRow(r, keys[r], chunk_file(fc.path, name, c), f"'{name}' chunk {why}"))
+    missing = {sh: rows for sh, _, rows in missing_shard_files(fc, done)}
+    for sh in range(fc.spec.n_shards):
+        r = fc.spec.shard_rows(sh)
+        rows = [int(i) for i in np.flatnonzero(done[r.start : r.stop]) + r.start if int(i) not in flagged]
+        if not rows:
+            continue
+        f = shard_file(fc, sh)
+        if sh in missing:
+            bad += [BadRow(i, keys[i], f, "shard file is missing (done says 1)") for i in rows]
+            continue
+        try:
+            x = fc.read(rows)
+            per_row = dict(zip(rows, x))
+            errors: dict[int, str] = {}
+        except Exception:  # noqa: BLE001 - one bad chunk fails the whole read: find which, row by row
+            per_row, errors = {}, {}
+            for i in rows:
+                try:
+                    per_row[i] = fc.read([i])[0]
+                except Exception as e:  # noqa: BLE001
+                    errors[i] = _reason(e)
+        for i in rows:
+            if i in errors:
+                bad.append(BadRow(i, keys[i], f, f"image chunk {errors[i]}"))
+            elif not np.isfinite(per_row[i]).all():
+                nbad = int(np.count_nonzero(~np.isfinite(per_row[i])))
+                bad.append(BadRow(i, keys[i], f, f"holds {nbad} NaN/inf value(s)"))
+    bad.sort(key=lambda b: b.row)
+    return bad, done, keys
+
+
+def checked_map(fc: Any, key: str, channels: int | None = None) -> np.ndarray:
+    """(D, h, w) float16 map of image `key`, or CacheCorrupt naming key, row, shard file and the repair command:
+    a checksum failure, a missing shard (reads as NaN fill) or NaN/inf never reaches a loss."""
+    row = fc.row_of(key)
+    shard = row // fc.spec.shard_size
+    where = f"cache {fc.path}: the teacher map of image {key} (row {row}, shard file {shard_file(fc, shard)})"
+    try:
+        x = np.asarray(fc.get(key, channels=channels))
+    except CacheError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever backend reads it, a stored-bytes failure is damage
+        raise CacheCorrupt(f"{where} {_reason(e)}; {repair_hint(fc)}") from None
+    if not np.isfinite(x).all():
+        gone = missing_shard_files(fc)
+        why = (
+            "is missing: its shard file was deleted although `done` says 1"
+            if any(s == shard for s, _, _ in gone)
+            else f"holds {int(np.count_nonzero(~np.isfinite(x)))} NaN/inf value(s)"
+        )
+        raise CacheCorrupt(f"{where} {why}; {repair_hint(fc)}")
+    return x

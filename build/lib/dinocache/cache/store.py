@@ -1,0 +1,740 @@
+"""Reading and writing a feature cache (format in cache/format.py). The only module that imports zarr.
+
+`FeatureCache` is the read-only handle the trainer uses; it opens the zarr arrays lazily and drops them
+when pickled, so it can be built in the main process and survive DataLoader fork/spawn. `CacheWriter`
+is what `dinocache precompute` uses: one creator, then whole-shard writes by each shard owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dinocache.cache import format as F
+from dinocache.cache.errors import CacheCorrupt, CacheError, CacheExists, CacheFormatError, CacheMismatch
+
+# ------------------------------------------------------------------------------------------ locations
+
+
+def local_path(path: str | Path) -> Path | None:
+    """The local folder of `path` (plain path or file:// URL), None for other fsspec URLs."""
+    s = str(path)
+    if s.startswith("file://"):
+        return Path(s[len("file://") :])
+    if "://" in s:
+        return None
+    return Path(s)
+
+
+def _zarr_store(path: str | Path, storage_options: dict[str, Any] | None, read_only: bool) -> Any:
+    from zarr.storage import FsspecStore, LocalStore
+
+    lp = local_path(path)
+    if lp is not None:
+        # LocalStore writes temp file + rename, so a killed writer never leaves a torn chunk.
+        return LocalStore(lp, read_only=read_only)
+    return FsspecStore.from_url(str(path), storage_options=storage_options or {}, read_only=read_only)
+
+
+def _fs(path: str | Path, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
+    import fsspec.core
+
+    lp = local_path(path)
+    if lp is not None:
+        return fsspec.core.url_to_fs(str(lp.resolve()))
+    return fsspec.core.url_to_fs(str(path), **(storage_options or {}))
+
+
+def exists(path: str | Path, storage_options: dict[str, Any] | None = None) -> bool:
+    fs, root = _fs(path, storage_options)
+    return bool(fs.exists(root))
+
+
+def delete(path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
+    fs, root = _fs(path, storage_options)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def list_files(path: str | Path, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Names of the entries directly inside the store folder (fresh listing, no cached directory)."""
+    fs, root = _fs(path, storage_options)
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(root)  # s3fs & co. cache listings; other writers add files meanwhile
+    try:
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+    except FileNotFoundError:
+        return []
+
+
+def disk_bytes(path: str | Path, storage_options: dict[str, Any] | None = None, sub: str = "") -> int:
+    """Bytes stored under `path/sub` (all files, chunk + metadata)."""
+    fs, root = _fs(path, storage_options)
+    p = f"{root.rstrip('/')}/{sub}" if sub else root
+    return int(fs.du(p)) if fs.exists(p) else 0
+
+
+def write_sidecar(
+    path: str | Path, name: str, text: str, storage_options: dict[str, Any] | None = None
+) -> str:
+    """Write a small text file inside the store folder (zarr ignores it); atomic for local folders."""
+    lp = local_path(path)
+    if lp is not None:
+        lp.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=lp, prefix=f".{name}.")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, lp / name)
+        return str(lp / name)
+    fs, root = _fs(path, storage_options)
+    target = f"{root.rstrip('/')}/{name}"
+    fs.pipe(target, text.encode())
+    return target
+
+
+REMOTE_HINT = (
+    "check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or key/secret in "
+    "storage_options) and the endpoint (AWS_ENDPOINT_URL or storage_options.endpoint_url)"
+)
+
+
+def _remote_error(path: str | Path, e: BaseException) -> CacheError:
+    return CacheError(f"{path}: cannot reach the object store ({type(e).__name__}: {e}); {REMOTE_HINT}")
+
+
+def check_reachable(path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
+    """For an object-store URL (s3://, gs://, ...): the credentials work and the bucket exists.
+
+    CacheError naming the URL otherwise, raised before anything is computed or written (a bucket is never
+    created on the user's behalf). Local paths: nothing to check.
+    """
+    if local_path(path) is not None:
+        return
+    try:
+        fs, root = _fs(path, storage_options)
+        bucket = root.split("/", 1)[0]
+        if hasattr(fs, "invalidate_cache"):
+            fs.invalidate_cache(bucket)
+        # the store's own path first: s3fs answers a bucket lookup without credentials with "absent"
+        found = fs.exists(root) or fs.exists(bucket)
+    except Exception as e:
+        raise _remote_error(path, e) from None
+    if not found:
+        raise CacheError(
+            f"{path}: bucket '{bucket}' does not exist (or these credentials cannot see it); create it first, "
+            f"e.g. `aws s3 mb s3://{bucket}`, or {REMOTE_HINT}"
+        )
+
+
+def read_attrs(path: str | Path, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The group attributes of `path`, or None when there is no zarr group there (yet)."""
+    import zarr
+
+    try:
+        group = zarr.open_group(_zarr_store(path, storage_options, read_only=True), mode="r")
+    except FileNotFoundError:  # no folder, or a folder without a group (zarr's NodeNotFoundError)
+        return None
+    except Exception as e:
+        if local_path(path) is None and not isinstance(e, (ValueError, KeyError, TypeError)):
+            raise _remote_error(path, e) from None  # credentials, network, permissions
+        raise CacheFormatError(
+            f"{str(path).rstrip('/')}/zarr.json: cannot open {path} as a zarr group ({type(e).__name__}: {e})"
+        ) from None
+    return dict(group.attrs)
+
+
+def _decode_keys(raw: np.ndarray) -> list[str]:
+    # (N, L) uint8 zero padded -> fixed-width bytes strings; numpy drops the trailing NULs.
+    if raw.shape[0] == 0:
+        return []
+    fixed = np.ascontiguousarray(raw).view(f"S{raw.shape[1]}").reshape(-1)
+    return [b.decode("utf-8") for b in fixed]
+
+
+def encode_keys(keys: Sequence[str], key_len: int) -> np.ndarray:
+    """Keys -> (N, key_len) uint8, zero padded; refuses a key that does not fit."""
+    enc = [k.encode("utf-8") for k in keys]
+    for k in enc:
+        if len(k) > key_len:
+            raise CacheError(f"key {k.decode()!r} is longer than key_len={key_len}")
+    if not enc:
+        return np.zeros((0, key_len), np.uint8)
+    return np.array(enc, dtype=f"S{key_len}").view(np.uint8).reshape(len(enc), key_len)
+
+
+def hex_to_bytes(digests: Sequence[str]) -> np.ndarray:
+    """sha256 hex digests -> (N, 32) uint8."""
+    return np.array([np.frombuffer(bytes.fromhex(d), np.uint8) for d in digests], np.uint8).reshape(-1, 32)
+
+
+def bytes_to_hex(raw: np.ndarray) -> list[str]:
+    return [bytes(r).hex() for r in np.asarray(raw, np.uint8)]
+
+
+def _expected_arrays(spec: F.Spec) -> dict[str, tuple[tuple[int, ...], str]]:
+    h, w = spec.grid
+    out = {
+        F.FEATURES: ((spec.n, spec.k, h, w), F.FEATURE_DTYPE),
+        F.DONE: ((spec.n,), "uint8"),
+        F.SHA256: ((spec.n, 32), "uint8"),
+        F.KEYS: ((spec.n, spec.key_len), "uint8"),
+        F.CHANNEL_MEAN: ((spec.k,), "float32"),
+        F.CHANNEL_STD: ((spec.k,), "float32"),
+    }
+    if spec.pca:
+        out[F.PCA_MEAN] = ((spec.teacher_channels,), "float32")
+        out[F.PCA_COMPONENTS] = ((spec.k, spec.teacher_channels), "float32")
+        out[F.PCA_EXPLAINED_VARIANCE] = ((spec.k,), "float32")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ tensorstore
+
+READ_PATHS = ("auto", "zarr")
+_TS_USED_BY: int | None = None  # pid of the first process that used tensorstore
+
+
+def _tensorstore_usable() -> bool:
+    """False in a process forked from one that used tensorstore (the child would abort on first use)."""
+    global _TS_USED_BY
+    pid = os.getpid()
+    if _TS_USED_BY is None:
+        _TS_USED_BY = pid
+        return True
+    if _TS_USED_BY == pid:
+        return True
+    _warn_forked()
+    return False
+
+
+@functools.cache
+def _warn_forked() -> None:
+    import warnings
+
+    warnings.warn(
+        "dinocache: this process was forked after its parent read the cache through tensorstore, which "
+        "cannot be used after fork(); reading with zarr-python instead (slower). Read features only in "
+        "DataLoader workers, or start them with the spawn/forkserver method.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+# fsspec/s3fs storage options tensorstore's s3 driver cannot take: with them, URL reads stay on zarr-python
+_S3_OPTIONS_ZARR_ONLY = ("key", "secret", "token", "anon", "profile", "session", "requester_pays")
+
+
+def _ts_s3_kvstore(path: str, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """tensorstore's `s3` kvstore for an s3:// store (same endpoint, region and credentials as s3fs, from
+    AWS_* variables or storage_options' endpoint_url/client_kwargs), or None when it cannot express them."""
+    so = dict(storage_options or {})
+    if not str(path).startswith(("s3://", "s3a://")) or any(so.get(k) for k in _S3_OPTIONS_ZARR_ONLY):
+        return None
+    bucket, _, prefix = str(path).split("://", 1)[1].partition("/")
+    ck = so.get("client_kwargs") or {}
+    kv: dict[str, Any] = {"driver": "s3", "bucket": bucket, "path": prefix.strip("/") + "/"}
+    endpoint = so.get("endpoint_url") or ck.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        kv["endpoint"] = endpoint
+    region = ck.get("region_name") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kv["aws_region"] = region
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        kv["aws_credentials"] = {"type": "environment"}
+    return kv
+
+
+@functools.cache
+def _warn_ts_url(path: str, why: str) -> None:
+    import warnings
+
+    warnings.warn(
+        f"dinocache: tensorstore cannot read {path} ({why}); reading it with zarr-python + fsspec (slower)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _ts_open(path: str, name: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """Open array `name` of the zarr group at `path` read-only with tensorstore's zarr3 driver: a local
+    folder through the `file` kvstore, an s3:// store through the `s3` kvstore (None: use zarr-python)."""
+    import tensorstore as ts
+
+    lp = local_path(path)
+    if lp is not None:
+        kvstore = {"driver": "file", "path": str((lp / name).resolve())}
+    else:
+        kvstore = _ts_s3_kvstore(path, storage_options)
+        if kvstore is None:
+            return None
+        kvstore["path"] += f"{name}/"
+    spec = {"driver": "zarr3", "kvstore": kvstore}
+    # One copy thread: reads are small and run inside DataLoader workers that already use every core.
+    context = ts.Context({"data_copy_concurrency": {"limit": 1}})
+    try:
+        return ts.open(spec, read=True, open=True, context=context).result()
+    except Exception as e:  # tensorstore raises ValueError/ts-specific errors for bad metadata or codecs
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CacheFormatError(
+            f"{path}: array '{name}' cannot be read with tensorstore ({first}); the cache is damaged or "
+            "uses a codec this reader does not support: rebuild it (`dinocache precompute --overwrite`)"
+        ) from None
+
+
+class _Store:
+    """Shared plumbing: path, lazily opened group/arrays, spec checks."""
+
+    def __init__(self, path: str | Path, storage_options: dict[str, Any] | None, read_only: bool) -> None:
+        self.path = str(path)
+        self.storage_options = dict(storage_options or {})
+        self._read_only = read_only
+        self._group: Any = None
+        self._arrays: dict[str, Any] = {}
+
+    def _open_group(self) -> Any:
+        import zarr
+
+        if self._group is None:
+            attrs = read_attrs(self.path, self.storage_options)
+            if attrs is None:
+                raise CacheFormatError(f"{self.path}: no feature cache there (run `dinocache precompute`)")
+            store = _zarr_store(self.path, self.storage_options, read_only=self._read_only)
+            self._group = zarr.open_group(store, mode="r" if self._read_only else "r+")
+        return self._group
+
+    def _array(self, name: str) -> Any:
+        arr = self._arrays.get(name)
+        if arr is None:
+            group = self._open_group()
+            try:
+                arr = group[name]
+            except KeyError:
+                raise CacheFormatError(
+                    f"{self.path}: array '{name}' is missing; the cache is damaged"
+                ) from None
+            except Exception as e:  # noqa: BLE001 - unreadable metadata (truncated/edited JSON, unknown codec)
+                raise CacheFormatError(
+                    f"{self.path.rstrip('/')}/{name}/zarr.json: array '{name}' cannot be opened "
+                    f"({type(e).__name__}: {e}); the cache is damaged or uses a codec this reader does not "
+                    "support: rebuild it (`dinocache precompute --overwrite`)"
+                ) from None
+            self._arrays[name] = arr
+        return arr
+
+    def _load_spec(self) -> F.Spec:
+        spec = F.Spec.from_attrs(dict(self._open_group().attrs), self.path)
+        if not spec.ready:
+            raise CacheFormatError(
+                f"{self.path}: the cache was never finished being created (ready=false); "
+                "rerun `dinocache precompute` (shard 0 recreates it)"
+            )
+        for name, (shape, dtype) in _expected_arrays(spec).items():
+            arr = self._array(name)
+            if tuple(arr.shape) != shape or str(arr.dtype) != dtype:
+                raise CacheFormatError(
+                    f"{self.path}: array '{name}' is {tuple(arr.shape)} {arr.dtype}, the format says "
+                    f"{shape} {dtype}; the cache is damaged"
+                )
+        return spec
+
+    def _whole(self, name: str) -> np.ndarray:
+        """A whole small array; a chunk failing its checksum is a CacheCorrupt naming the chunk file."""
+        from dinocache.cache.check import _chunked, chunk_file, repair_hint
+
+        try:
+            return np.asarray(self._array(name)[...])
+        except Exception:  # noqa: BLE001 - find and name the bad chunk
+            out, bad = _chunked(self, name)
+            if not bad:
+                return out
+            c, why = next(iter(bad.items()))
+            r = self.spec.shard_rows(c)
+            raise CacheCorrupt(
+                f"cache {self.path}: chunk {chunk_file(self.path, name, c)} of '{name}' (rows {r.start}-{r.stop - 1}) "
+                f"{why}"
+                + (f" (and {len(bad) - 1} more chunk(s))" if len(bad) > 1 else "")
+                + f"; {repair_hint(self)}"
+            ) from None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # zarr handles and their event loop must not cross a fork/spawn: reopen lazily on the other side.
+        state = self.__dict__.copy()
+        state["_group"] = None
+        state["_arrays"] = {}
+        if "_ts" in state:
+            state["_ts"], state["_ts_pid"] = None, None
+        return state
+
+
+class FeatureCache(_Store):
+    """Read-only view of a cache: lookup by image key, batched fp16 reads. See `cache.open`.
+
+    Feature reads go through tensorstore (zarr3 driver) for local stores, opened lazily in each process;
+    metadata, keys and statistics (read once) and URL stores go through zarr-python. `read_path="zarr"`
+    forces zarr-python for everything (the reference the tests compare against).
+    """
+
+    def __init__(
+        self, path: str | Path, storage_options: dict[str, Any] | None = None, read_path: str = "auto"
+    ) -> None:
+        if read_path not in READ_PATHS:
+            raise ValueError(f"read_path={read_path!r}, expected one of {list(READ_PATHS)}")
+        super().__init__(path, storage_options, read_only=True)
+        self.spec = self._load_spec()
+        self._keys: list[str] | None = None
+        self._row: dict[str, int] | None = None
+        self._stats: dict[str, np.ndarray] = {}
+        # "auto": tensorstore for local stores, zarr-python otherwise; "zarr": always zarr-python
+        self._ts_mode = "auto" if read_path == "auto" else "zarr"
+        self._ts: Any = None
+        self._ts_pid: int | None = None
+
+    # -- attributes
+    n = property(lambda self: self.spec.n)
+    k = property(lambda self: self.spec.k)
+    imgsz = property(lambda self: self.spec.imgsz)
+    shard_size = property(lambda self: self.spec.shard_size)
+    codec = property(lambda self: self.spec.codec)
+    fingerprint_id = property(lambda self: self.spec.fingerprint_id)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return int(self.spec.grid[0]), int(self.spec.grid[1])
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.spec.to_attrs()[F.ATTRS_KEY]
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return dict(self.spec.teacher)
+
+    @property
+    def keys(self) -> list[str]:
+        if self._keys is None:
+            self._keys = _decode_keys(self._whole(F.KEYS))
+        return self._keys
+
+    def row_of(self, key: str) -> int:
+        if self._row is None:
+            self._row = {k: i for i, k in enumerate(self.keys)}
+        try:
+            return self._row[key]
+        except KeyError:
+            raise KeyError(
+                f"image {key!r} has no row in the feature cache {self.path} ({self.n} rows); "
+                "was the cache built from this dataset? (`dinocache cache verify`)"
+            ) from None
+
+    @property
+    def done(self) -> np.ndarray:
+        """(N,) bool, read fresh from the store."""
+        return self._whole(F.DONE).astype(bool)
+
+    def sha256(self) -> list[str]:
+        """Hex sha256 of each row's image file when it was computed ('00..' for rows never written)."""
+        return bytes_to_hex(self._whole(F.SHA256))
+
+    def _stat(self, name: str) -> np.ndarray:
+        if name not in self._stats:
+            self._stats[name] = self._whole(name).astype(np.float32)
+        return self._stats[name]
+
+    @property
+    def channel_mean(self) -> np.ndarray:
+        return self._stat(F.CHANNEL_MEAN)
+
+    @property
+    def channel_std(self) -> np.ndarray:
+        return self._stat(F.CHANNEL_STD)
+
+    @property
+    def pca(self) -> Any:
+        """precompute.pca.PCABasis, or None for a raw-channel (channels=full) cache."""
+        if not self.spec.pca:
+            return None
+        from dinocache.cache.pca import PCABasis
+
+        return PCABasis(
+            self._stat(F.PCA_MEAN), self._stat(F.PCA_COMPONENTS), self._stat(F.PCA_EXPLAINED_VARIANCE)
+        )
+
+    def read(self, rows: Sequence[int] | np.ndarray, channels: int | None = None) -> np.ndarray:
+        """(B,) rows -> float16 (B, D, h, w) with D = channels (the first D components) or K.
+
+        Rows never written read as NaN. Duplicates and any order are fine: unique rows are read sorted,
+        in one tensorstore index-array read (local and s3:// stores), then put back in the asked order.
+        """
+        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+        d = self.k if channels is None else int(channels)
+        if not 1 <= d <= self.k:
+            raise ValueError(f"channels={channels} but the cache {self.path} stores K={self.k}")
+        h, w = self.grid
+        if idx.size == 0:
+            return np.empty((0, d, h, w), np.float16)
+        bad = idx[(idx < 0) | (idx >= self.n)]
+        if bad.size:
+            raise IndexError(f"row {int(bad[0])} out of range for cache {self.path} with {self.n} rows")
+        if idx.size == 1:
+            uniq, inverse = idx, None
+        else:
+            uniq, inverse = np.unique(idx, return_inverse=True)
+            if inverse.size == uniq.size:  # no duplicates: identity order if already sorted
+                inverse = None if (np.diff(idx) > 0).all() else inverse
+        t = self._ts_features()
+        if t is not None:
+            block = (
+                t[uniq, :d].read().result() if uniq.size > 1 else t[int(uniq[0]), :d].read().result()[None]
+            )
+            block = np.asarray(block)
+        else:
+            block = self._zarr_read(uniq, d)
+        return block if inverse is None else block[inverse]
+
+    # -- read paths
+    def _ts_features(self) -> Any:
+        """The tensorstore handle of `features`, opened on first use in this process; None -> zarr-python.
+
+        Local folders and s3:// stores (tensorstore's s3 kvstore, same AWS_* settings as s3fs) use it; None
+        for other fsspec URLs (gs://, az://, ...), s3 storage options tensorstore cannot express (explicit
+        keys, anon, profile), and in a process forked from one that already used tensorstore (its thread
+        pools do not survive fork(): the child would abort, see docs/cache.md).
+        """
+        pid = os.getpid()
+        if self._ts is not None and self._ts_pid == pid:
+            return self._ts
+        self._ts = None
+        if self._ts_mode == "zarr" or not _tensorstore_usable():
+            return None
+        if local_path(self.path) is None:
+            if _ts_s3_kvstore(self.path, self.storage_options) is None:
+                return None  # other object stores (gs://, az://, ...): zarr-python + fsspec
+            try:
+                self._ts = _ts_open(self.path, F.FEATURES, self.storage_options)
+            except CacheFormatError as e:  # e.g. an endpoint tensorstore cannot reach: zarr-python still can
+                _warn_ts_url(self.path, str(e))
+                self._ts_mode = "zarr"
+                return None
+        else:
+            self._ts = _ts_open(self.path, F.FEATURES)
+        self._ts_pid = pid
+        return self._ts
+
+    def _zarr_read(self, uniq: np.ndarray, d: int) -> np.ndarray:
+        """zarr-python fallback: contiguous runs of the sorted unique rows, gathered in one sync call."""
+        from zarr.core.sync import sync
+
+        cuts = np.flatnonzero(np.diff(uniq) != 1) + 1
+        starts = np.concatenate([[0], cuts])
+        ends = np.concatenate([cuts, [uniq.size]])
+        arr = self._array(F.FEATURES)._async_array
+        ch = slice(0, d)
+
+        async def _gather() -> list[Any]:
+            return await asyncio.gather(
+                *[arr.getitem((slice(int(uniq[s]), int(uniq[e - 1]) + 1), ch)) for s, e in zip(starts, ends)]
+            )
+
+        parts = [np.asarray(p) for p in sync(_gather())]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def get(self, key: str, channels: int | None = None) -> np.ndarray:
+        """float16 (D, h, w) of one image by key."""
+        return self.read([self.row_of(key)], channels)[0]
+
+    def disk_bytes(self) -> int:
+        """Bytes the `features` array takes in the store (chunks + shard indexes)."""
+        return disk_bytes(self.path, self.storage_options, F.FEATURES)
+
+
+def open(  # noqa: A001
+    path: str | Path, storage_options: dict[str, Any] | None = None, read_path: str = "auto"
+) -> FeatureCache:
+    """Open a cache read-only; refuses foreign/newer formats and unfinished stores (CacheFormatError)."""
+    return FeatureCache(path, storage_options, read_path)
+
+
+def check_fingerprint(fc: FeatureCache, expected: dict[str, Any]) -> None:
+    """CacheMismatch naming every teacher field where the cache differs from `expected`."""
+    if F.fingerprint_id(F.normalize_json(expected)) == fc.fingerprint_id:
+        return
+    lines = F.diff(fc.fingerprint, expected, "teacher.") or ["fingerprint_id differs"]
+    F.raise_mismatch(
+        f"the teacher of cache {fc.path}",
+        lines,
+        "rebuild the cache for this teacher (`dinocache precompute ... --overwrite`) or use the teacher it was made with",
+    )
+
+
+class CacheWriter(_Store):
+    """Read-write handle used by precompute. Create once (`create`), then any owner writes whole shards."""
+
+    def __init__(self, path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
+        super().__init__(path, storage_options, read_only=False)
+        self.spec = self._load_spec()
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        spec: F.Spec,
+        keys: Sequence[str],
+        channel_mean: np.ndarray,
+        channel_std: np.ndarray,
+        pca: Any = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> CacheWriter:
+        """Make a fresh store at `path` (which must not exist): arrays, keys, stats, PCA, attrs last."""
+        import zarr
+
+        if len(keys) != spec.n:
+            raise CacheError(f"{len(keys)} keys for a cache of n={spec.n}")
+        if exists(path, storage_options):
+            raise CacheExists(
+                f"{path} appeared while this precompute was preparing to create it: another precompute is (or "
+                "was) writing it. Do not delete it; wait for that run to end, then rerun this command: it resumes "
+                "and computes only the shards still missing"
+            )
+        h, w = spec.grid
+        s = spec.shard_size
+        try:
+            group = zarr.open_group(_zarr_store(path, storage_options, read_only=False), mode="w-")
+        except Exception:  # noqa: BLE001 - zarr's ContainsGroupError: lost the race to another creator
+            if exists(path, storage_options) and read_attrs(path, storage_options) is not None:
+                raise CacheExists(
+                    f"{path} was created by another precompute a moment ago: it is (or was) writing it. Do not "
+                    "delete it; wait for that run to end, then rerun this command: it resumes and computes only "
+                    "the shards still missing"
+                ) from None
+            raise
+        # Attributes first with ready=false, so a crash during creation leaves a store we recognise
+        # as ours and unfinished (the next run recreates it), never one that looks complete.
+        unfinished = F.Spec(**{**spec.__dict__, "ready": False})
+        group.attrs.update(unfinished.to_attrs())
+        kw = {"chunk_key_encoding": F.CHUNK_KEY_ENCODING}
+        group.create_array(
+            F.FEATURES,
+            shape=(spec.n, spec.k, h, w),
+            dtype=F.FEATURE_DTYPE,
+            chunks=(1, spec.k, h, w),
+            shards=(s, spec.k, h, w),
+            compressors=F.compressors(spec.codec),
+            fill_value=np.nan,
+            dimension_names=("image", "channel", "y", "x"),
+            chunk_key_encoding=F.CHUNK_KEY_ENCODING,
+        )
+        kw["compressors"] = F.checksum()  # every other array: crc32c on each chunk, no compression
+        group.create_array(F.DONE, shape=(spec.n,), dtype="uint8", chunks=(s,), fill_value=0, **kw)
+        group.create_array(F.SHA256, shape=(spec.n, 32), dtype="uint8", chunks=(s, 32), fill_value=0, **kw)
+        karr = group.create_array(
+            F.KEYS, shape=(spec.n, spec.key_len), dtype="uint8", chunks=(s, spec.key_len), fill_value=0, **kw
+        )
+        if spec.n:
+            karr[:] = encode_keys(keys, spec.key_len)
+        vectors = {F.CHANNEL_MEAN: channel_mean, F.CHANNEL_STD: channel_std}
+        if spec.pca:
+            if pca is None:
+                raise CacheError("spec.pca is true but no PCA basis was given")
+            vectors |= {
+                F.PCA_MEAN: pca.mean,
+                F.PCA_COMPONENTS: pca.components,
+                F.PCA_EXPLAINED_VARIANCE: pca.explained_variance,
+            }
+        for name, value in vectors.items():
+            value = np.asarray(value, np.float32)
+            a = group.create_array(
+                name, shape=value.shape, dtype="float32", chunks=value.shape, fill_value=0.0, **kw
+            )
+            a[...] = value
+        done = F.Spec(**{**spec.__dict__, "ready": True})
+        group.attrs.update(done.to_attrs())
+        return cls(path, storage_options)
+
+    def stored_keys(self) -> list[str]:
+        return _decode_keys(self._whole(F.KEYS))
+
+    def basis(self) -> Any:
+        """The stored PCA basis (float32) or None; writers project with exactly these numbers."""
+        if not self.spec.pca:
+            return None
+        from dinocache.cache.pca import PCABasis
+
+        return PCABasis(
+            *(
+                self._whole(n).astype(np.float32)
+                for n in (F.PCA_MEAN, F.PCA_COMPONENTS, F.PCA_EXPLAINED_VARIANCE)
+            )
+        )
+
+    def shard_state(self, shard: int) -> tuple[np.ndarray, list[str]]:
+        """(done (m,) bool, sha256 hex list) of the rows of `shard`."""
+        from dinocache.cache.check import _reason, chunk_file, repair_hint
+
+        r = self.spec.shard_rows(shard)
+        try:
+            done = np.asarray(self._array(F.DONE)[r.start : r.stop]).astype(bool)
+            sha = bytes_to_hex(np.asarray(self._array(F.SHA256)[r.start : r.stop]))
+        except CacheError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a chunk failing its checksum
+            raise CacheCorrupt(
+                f"cache {self.path}: the done/sha256 chunk of shard {shard} ({chunk_file(self.path, F.DONE, shard)}) "
+                f"{_reason(e)}; {repair_hint(self)}"
+            ) from None
+        return done, sha
+
+    def reset_shard(self, shard: int) -> None:
+        """Repair: delete the shard's features file and write its done/sha256 chunks as zeros (not done), so the
+        next write pass recomputes the whole shard with its usual batch boundaries (same bits as a fresh run)."""
+        from dinocache.cache.check import shard_file
+
+        fs, _ = _fs(self.path, self.storage_options)
+        f = shard_file(self, shard)
+        target = str(local_path(f).resolve()) if local_path(f) is not None else f
+        if fs.exists(target):
+            fs.rm(target)
+        r = self.spec.shard_rows(shard)
+        self._array(F.SHA256)[r.start : r.stop] = np.zeros((len(r), 32), np.uint8)
+        self._array(F.DONE)[r.start : r.stop] = np.zeros(len(r), np.uint8)
+
+    def write_keys(self, shard: int, keys: Sequence[str]) -> None:
+        """Repair: rewrite the keys chunk of `shard` from the dataset listing (`keys` = all N keys)."""
+        r = self.spec.shard_rows(shard)
+        self._array(F.KEYS)[r.start : r.stop] = encode_keys(list(keys)[r.start : r.stop], self.spec.key_len)
+
+    def write_shard(
+        self, shard: int, features: np.ndarray, sha256_hex: Sequence[str], done: np.ndarray
+    ) -> None:
+        """Write one whole shard in one call per array: features, then sha256, then done (last)."""
+        r = self.spec.shard_rows(shard)
+        m = len(r)
+        h, w = self.spec.grid
+        if features.shape != (m, self.spec.k, h, w) or features.dtype != np.float16:
+            raise CacheError(
+                f"shard {shard}: features {features.shape} {features.dtype}, expected {(m, self.spec.k, h, w)} float16"
+            )
+        if len(sha256_hex) != m or len(done) != m:
+            raise CacheError(f"shard {shard}: {len(sha256_hex)} hashes / {len(done)} flags for {m} rows")
+        self._array(F.FEATURES)[r.start : r.stop] = features
+        self._array(F.SHA256)[r.start : r.stop] = hex_to_bytes([h or "0" * 64 for h in sha256_hex])
+        self._array(F.DONE)[r.start : r.stop] = np.asarray(done, np.uint8)
+
+
+__all__ = [
+    "CacheCorrupt",
+    "CacheError",
+    "CacheFormatError",
+    "CacheMismatch",
+    "CacheWriter",
+    "FeatureCache",
+    "check_fingerprint",
+    "open",
+]

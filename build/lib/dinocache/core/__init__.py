@@ -1,0 +1,1 @@
+"""Shared helpers at the bottom floor: config plumbing, dataset listing, files, memory, devices."""

@@ -1,0 +1,243 @@
+"""Shared config plumbing for every entry point.
+
+Each entry point owns one dataclass whose fields are its options. The values come, in order of
+precedence, from `key=value` command-line arguments, the entry point's section of `config.json`, the
+shared top-level keys of `config.json` (SHARED_KEYS), and the dataclass defaults. Command-line strings
+are read as YAML (`[16, 19]`, `{close_mosaic: 0}`), types are checked by pydantic against the field
+annotations, unknown keys are refused with the closest known name, and `validate()` checks ranges. A
+class may take another tool's keys into one dict field (TrainConfig: every Ultralytics train argument
+goes into `extra`). The resolved config is saved beside the outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A bad config value or key; the message names the key (and the file when there is one)."""
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# Top-level keys of config.json that every section inherits unless it sets its own value.
+SHARED_KEYS = ("imgsz", "data", "cache", "dino_root")
+
+
+def _adapter(tp: Any) -> Any:
+    """pydantic's validator for one field type (lax mode: "3" -> 3, "true" -> True, 5 -> "5")."""
+    from pydantic import ConfigDict, TypeAdapter
+
+    key = repr(tp)
+    if key not in _ADAPTERS:
+        _ADAPTERS[key] = TypeAdapter(tp, config=ConfigDict(coerce_numbers_to_str=True))
+    return _ADAPTERS[key]
+
+
+_ADAPTERS: dict[str, Any] = {}
+
+
+def _parts(tp: Any) -> tuple[Any, ...]:
+    """The members of a union (or the type itself)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return typing.get_args(tp)
+    return (tp,)
+
+
+def parse_value(text: str, key: str, tp: Any = Any) -> Any:
+    """A string (command line or config file) -> the value for a key of type `tp`. Lists, mappings and
+    untyped keys (another tool's arguments) are read as YAML (`[16, 19]`, `{close_mosaic: 0}`, `0.5`); a
+    list key also takes `a,b`; `none`/`null` is None where None is allowed; everything else stays a string
+    for pydantic to coerce (so `off` stays 'off' for a Literal and `name=2024` a string)."""
+    s = text.strip()
+    parts = _parts(tp)
+    if s.lower() in ("none", "null") and (tp is Any or type(None) in parts):
+        return None
+    containers = [
+        p for p in parts if p is Any or typing.get_origin(p) in (list, tuple, set, dict) or p is dict
+    ]
+    if not containers:
+        return text
+    if all(typing.get_origin(p) in (list, tuple, set) for p in containers) and not s.startswith("["):
+        return [v.strip() for v in s.split(",") if v.strip()]
+    try:
+        return yaml.safe_load(s) if s else s
+    except yaml.YAMLError as e:
+        if s[:1] in "[{":
+            why = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
+            raise ConfigError(f"{key}: cannot parse {text!r} as a YAML value ({why or e})") from None
+        return text
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Validate `value` against the field type `tp` with pydantic; the error names the key."""
+    from pydantic import ValidationError
+
+    if isinstance(value, bool) and tp in (int, float):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    try:
+        return _adapter(tp).validate_python(value)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"{key}: {err['msg']} (got {value!r})") from None
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """`["epochs=3", "device=cpu"]` -> `{"epochs": "3", "device": "cpu"}` (values parsed by `build`)."""
+    out: dict[str, str] = {}
+    for a in args:
+        if "=" not in a:
+            raise ConfigError(f"argument {a!r} is not of the form key=value")
+        k, v = a.split("=", 1)
+        out[k.strip().replace("-", "_")] = v
+    return out
+
+
+def _passthrough(cls: type) -> tuple[str, frozenset[str]]:
+    """(field, keys): a config class may accept another tool's keys into one dict field, e.g. TrainConfig
+    takes every Ultralytics train argument into `extra` (`passthrough_keys()` classmethod)."""
+    fn = getattr(cls, "passthrough_keys", None)
+    if fn is None:
+        return "", frozenset()
+    return getattr(cls, "passthrough_field", "extra"), frozenset(fn()) - set(field_names(cls))
+
+
+def check_keys(cls: type, values: dict[str, Any], source: str) -> None:
+    """Refuse keys that are neither fields nor pass-through keys, naming the closest of both."""
+    known = field_names(cls)
+    _, extra = _passthrough(cls)
+    where = f" in {source}" if source else ""
+    for k in values:
+        if k not in known and k not in extra:
+            raise ConfigError(f"unknown config key '{k}'{where}{_suggest(k, [*known, *sorted(extra)])}")
+
+
+def build(cls: type[T], values: dict[str, Any], source: str = "", cli: dict[str, str] | None = None) -> T:
+    """Construct `cls` from `values` (JSON/YAML values) updated by `cli` (key=value strings): unknown keys
+    refused, pass-through keys gathered into their dict field, types checked by pydantic, then validate()."""
+    hints = typing.get_type_hints(cls)
+    known = field_names(cls)
+    pfield, pkeys = _passthrough(cls)
+    check_keys(cls, values, source)
+    if cli:
+        source = f"{source} or the command line" if source and source != "command line" else "command line"
+    where = f" in {source}" if source else ""
+    check_keys(cls, cli or {}, "command line")
+    merged: dict[str, Any] = {}
+    passed: dict[str, Any] = {}
+    for items in (values, cli or {}):
+        for k, v in items.items():
+            if isinstance(v, str):
+                v = parse_value(v, k, hints[k] if k in known else Any)
+            if k in pkeys:
+                passed[k] = v
+            elif k == pfield and isinstance(v, dict):
+                merged[k] = {**merged.get(k, {}), **v}
+            else:
+                merged[k] = v
+    if pfield and passed:
+        merged[pfield] = {**merged.get(pfield, {}), **passed}
+    kwargs = {k: _coerce(v, hints[k], k) for k, v in merged.items()}
+    try:
+        obj = cls(**kwargs)  # a config whose __post_init__ validates raises here
+    except TypeError as e:  # pragma: no cover - dataclass signature mismatch
+        raise ConfigError(f"{source}: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{e}{where}") from None
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ConfigError as e:
+            raise ConfigError(f"{e}{where}") from None
+    return obj
+
+
+def read_config(path: str | Path | None) -> dict[str, Any]:
+    """The whole config.json ({} without a file); errors name the file (and line for bad JSON)."""
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be an object with sections like 'train'")
+    for k, v in data.items():
+        if not isinstance(v, dict) and k not in SHARED_KEYS:
+            raise ConfigError(
+                f"{p}: unknown top-level key '{k}'{_suggest(k, list(SHARED_KEYS))}; top-level keys are "
+                f"sections (objects) or the shared keys {', '.join(SHARED_KEYS)}"
+            )
+    return data
+
+
+def read_section(path: str | Path | None, section: str, fields: list[str] | None = None) -> dict[str, Any]:
+    """`config.json[section]` with the shared top-level keys it doesn't set itself ({} when there is no
+    file or section). With `fields`, only shared keys that are among them are inherited."""
+    data = read_config(path)
+    sec = data.get(section, {})
+    if not isinstance(sec, dict):
+        raise ConfigError(f"{path}: section '{section}' must be an object")
+    shared = {k: data[k] for k in SHARED_KEYS if k in data and (fields is None or k in fields)}
+    return {**shared, **sec}
+
+
+def load(cls: type[T], config_path: str | Path | None, section: str, overrides: list[str] | None = None) -> T:
+    """Defaults <- shared top-level keys <- config.json[section] <- key=value overrides; validated."""
+    values = read_section(config_path, section, field_names(cls))
+    source = f"{config_path}[{section}]" if config_path else ""
+    return build(cls, values, source or "command line", cli=parse_overrides(overrides or []))
+
+
+def build_keys_check(cls: type, values: dict[str, Any], source: str) -> None:
+    check_keys(cls, values, source)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    def conv(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return {f.name: conv(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
+def save(obj: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML (args.yaml style)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+    return p
+
+
+def require(cond: bool, key: str, msg: str) -> None:
+    """`validate()` helper: raise ConfigError naming `key` unless `cond`."""
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")

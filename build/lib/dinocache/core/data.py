@@ -1,0 +1,219 @@
+"""One place that says which images a split holds and how the cache keys them.
+
+Precompute and the trainer must agree exactly on the list of training images and on each image's key
+(its path relative to the dataset root, POSIX style), so both call these functions. Listing reuses
+Ultralytics' own `check_det_dataset` and `BaseDataset.get_img_files`, so we see what its loader sees.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import yaml
+
+IMG_EXTS = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm", "heic"}
+
+
+class DataError(ValueError):
+    """Bad dataset input; the message names the file."""
+
+
+def is_dataset_yaml(p: Path) -> bool:
+    """A YOLO dataset file: a mapping with a split (train/val) and classes (names/nc)."""
+    try:
+        d = yaml.safe_load(p.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(d, dict) and bool({"train", "val"} & set(d)) and bool({"names", "nc"} & set(d))
+
+
+def find_data_yaml(data: str | Path) -> Path:
+    """The dataset file a `data` key names: the yaml itself, or in a folder its `data.yaml`, else its one
+    dataset yaml of any name (published datasets ship `<name>.yaml`); two candidates are refused, named."""
+    p = Path(data).expanduser().resolve()
+    if not p.exists():
+        raise DataError(f"dataset file {p} does not exist")
+    if p.is_dir():
+        if (p / "data.yaml").is_file():
+            return p / "data.yaml"
+        cands = sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml") and is_dataset_yaml(q))
+        if not cands:
+            raise DataError(
+                f"{p} has no data.yaml (nor one other dataset yaml: <name>.yaml with train/val and names)"
+            )
+        if len(cands) > 1:
+            raise DataError(
+                f"{p} holds {len(cands)} dataset files: {', '.join(q.name for q in cands)}; pass the one to use"
+            )
+        return cands[0]
+    return p
+
+
+def _names_dict(names: Any) -> dict[int, str] | None:
+    if isinstance(names, list):
+        return {i: str(n) for i, n in enumerate(names)}
+    if isinstance(names, dict) and all(isinstance(k, int) for k in names):
+        return {k: str(v) for k, v in sorted(names.items())}
+    return None
+
+
+def _try_light(p: Path, require_val: bool) -> dict[str, Any] | None:
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # the full path below reports it
+    if not isinstance(raw, dict):
+        return None
+    splits = [k for k in ("train", "val", "test") if raw.get(k)]
+    if (require_val and not {"train", "val"} <= set(splits)) or not splits:
+        return None
+    return _resolve_light(p, raw)
+
+
+def _resolve_light(p: Path, raw: dict[str, Any]) -> dict[str, Any] | None:
+    """check_det_dataset's answer for the plain case (local folders that exist, names as a list or an int
+    mapping, no nc), without importing Ultralytics (and torch): `dataset inspect/validate` start in a second.
+    None for anything else, which then goes through Ultralytics itself (tests compare both)."""
+    names = _names_dict(raw.get("names"))
+    if names is None or "nc" in raw or "download" in raw or "validation" in raw:
+        return None
+    root = Path(raw.get("path") or p.parent)
+    if not root.exists():
+        return None  # Ultralytics looks under its DATASETS_DIR
+    info: dict[str, Any] = {**raw, "names": names, "nc": len(names), "channels": raw.get("channels", 3)}
+    info["path"] = root
+    for k in ("train", "val", "test", "minival"):
+        v = raw.get(k)
+        if not v:
+            continue
+        if not isinstance(v, str):
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                return None
+            info[k] = [str((root / x).resolve()) for x in v]
+        else:
+            x = (root / v).resolve()
+            if not x.exists() and v.startswith("../"):
+                x = (root / v[3:]).resolve()
+            info[k] = str(x)
+        if not all(Path(x).exists() for x in (info[k] if isinstance(info[k], list) else [info[k]])):
+            return None
+    info["yaml_file"] = str(p)
+    return info
+
+
+def load_data_yaml(data: str | Path, require_val: bool = True) -> dict[str, Any]:
+    """The one data.yaml resolver: Ultralytics' own `check_det_dataset` on the absolute path (so `path:` is
+    not taken relative to Ultralytics' DATASETS_DIR). Returns Ultralytics' dict with absolute
+    `path`/`train`/`val`/`test`, `names` as {id: name} and `yaml_file`.
+
+    `require_val=False` (the dataset tools, which also read what `convert` wrote for a single split) accepts
+    any non-empty subset of train/val/test: Ultralytics checks a copy in which the missing splits point at a
+    present one, with `path:` pinned to the original's root, and those stand-ins are dropped again."""
+    p = find_data_yaml(data)
+    if "ultralytics" not in sys.modules:  # light commands: don't pay torch's import for a yaml
+        light = _try_light(p, require_val)
+        if light is not None:
+            return light
+    from ultralytics.data.utils import check_det_dataset
+
+    src, stand_ins = p, []
+    if not require_val:
+        try:
+            raw = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise DataError(f"{p}: invalid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise DataError(f"{p}: expected a mapping with train/val/names")
+        present = [k for k in ("train", "val", "test") if raw.get(k)]
+        if not present:
+            raise DataError(f"{p}: no train/val/test split")
+        stand_ins = [k for k in ("train", "val") if not raw.get(k)]
+    with tempfile.TemporaryDirectory() as tmp:
+        if stand_ins:
+            raw = {**raw, "path": raw.get("path") or str(p.parent)}
+            raw.update({k: raw[present[0]] for k in stand_ins})
+            src = Path(tmp) / p.name
+            src.write_text(yaml.safe_dump(raw))
+        try:
+            info = check_det_dataset(str(src), autodownload=False)
+        except Exception as e:  # Ultralytics raises several types; say which file
+            raise DataError(f"{p}: {str(e).replace(str(src), str(p))}") from None
+    for k in stand_ins:
+        info.pop(k, None)
+    info["yaml_file"] = str(p)
+    return info
+
+
+def dataset_root(info: dict[str, Any]) -> Path:
+    return Path(info["path"]).resolve()
+
+
+def _img_files(src: str | list[str]) -> list[str]:
+    """Ultralytics' BaseDataset.get_img_files (fraction 1) without importing it: folders searched recursively,
+    .txt lists with `./` relative to the list, image suffixes only, sorted."""
+    f: list[str] = []
+    for p in src if isinstance(src, list) else [src]:
+        p = Path(p)
+        if p.is_dir():
+            f += glob.glob(str(Path(glob.escape(p)) / "**" / "*.*"), recursive=True)
+        elif p.is_file():
+            with open(p, encoding="utf-8-sig") as t:
+                lines = t.read().strip().splitlines()
+            parent = str(p.parent) + os.sep
+            f += [x.replace("./", parent, 1) if x.startswith("./") else x for x in lines]
+        else:
+            raise FileNotFoundError(f"{p} does not exist")
+    files = sorted(x.replace("/", os.sep) for x in f if x.rpartition(".")[-1].lower() in IMG_EXTS)
+    if not files:
+        raise FileNotFoundError(f"No images found in {src}")
+    return files
+
+
+def split_images(info: dict[str, Any], split: str) -> list[Path]:
+    """Sorted image files of `split` of a loaded data.yaml, exactly as Ultralytics' loader lists them
+    (its own BaseDataset.get_img_files once Ultralytics is imported, else the same rule in `_img_files`)."""
+    src = info.get(split)
+    where = info.get("yaml_file", "data.yaml")
+    if not src:
+        raise DataError(f"{where}: no '{split}' split")
+    try:
+        if "ultralytics" in sys.modules:
+            from ultralytics.data.base import BaseDataset
+
+            files = BaseDataset.get_img_files(SimpleNamespace(prefix="", fraction=1.0), src)
+        else:
+            files = _img_files(src)
+    except FileNotFoundError as e:
+        cause = e.__cause__ or e
+        raise DataError(f"{where}: no images for split '{split}' ({cause})") from None
+    return [Path(f).resolve() for f in files]
+
+
+def list_split_images(data: str | Path, split: str = "train") -> tuple[Path, list[Path]]:
+    """(dataset root, sorted image files of `split`) exactly as Ultralytics' loader lists them."""
+    info = load_data_yaml(data)
+    return dataset_root(info), split_images(info, split)
+
+
+def image_key(image: str | Path, root: str | Path) -> str:
+    """Cache key of an image: its path relative to the dataset root, POSIX separators."""
+    p = Path(image).resolve()
+    try:
+        return p.relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        raise DataError(f"image {p} is not inside the dataset root {root}") from None
+
+
+def file_sha256(path: str | Path, bufsize: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()

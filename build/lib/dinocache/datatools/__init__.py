@@ -1,0 +1,1 @@
+"""Dataset tools (inspect, validate, convert, tile, split) and offline OBB augmentation."""

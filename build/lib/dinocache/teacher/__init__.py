@@ -1,0 +1,1 @@
+"""The teacher: loading (from_pretrained), freezing, fingerprints, tiny random teachers."""

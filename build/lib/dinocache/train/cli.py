@@ -1,0 +1,61 @@
+"""`dinocache train`: train the YOLO26-n OBB student with cached, online or no DINOv3 distillation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`dinocache train --config config.json [key=value ...]` (wrapped by `just train`).
+
+    Exit 0: trained and every evaluation ran; 1: trained, but an evaluation failed (eval/failures.txt);
+    2: refused or stopped by bad input (config, data, cache, teacher)."""
+    ap = argparse.ArgumentParser(prog="dinocache train", description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--config", default="config.json", help="JSON file whose 'train' section holds the options"
+    )
+    ap.add_argument("overrides", nargs="*", help="key=value options overriding the config file")
+    args = ap.parse_args(argv)
+
+    from dinocache.core.config import ConfigError, load
+    from dinocache.core.data import DataError
+    from dinocache.train.config import TrainConfig
+    from dinocache.train.eval_hooks import EvalFailed
+    from dinocache.train.run import TrainError, train
+
+    try:
+        from dinocache.teacher.model import TeacherNotFound
+    except ImportError:  # pragma: no cover
+        TeacherNotFound = FileNotFoundError  # noqa: N806
+    try:
+        from dinocache.cache import CacheError
+    except ImportError:  # pragma: no cover
+        CacheError = TrainError  # noqa: N806
+
+    try:
+        cfg = load(TrainConfig, args.config, "train", args.overrides)
+        trainer = train(cfg)
+    except (ConfigError, DataError, TrainError, TeacherNotFound, CacheError) as e:
+        print(f"error: {_first_cause(e)}", file=sys.stderr)
+        return 2
+    except EvalFailed as e:  # the run finished and saved its weights, but a grade failed: not a success
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"dinocache train: outputs in {trainer.save_dir}")
+    return 0
+
+
+def _first_cause(e: BaseException) -> str:
+    """The message itself: an error re-raised from a DataLoader worker carries the worker's traceback text, whose
+    last line is `pkg.Class: message`."""
+    text = str(e)
+    if "Original Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    name = type(e).__name__
+    return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+
+
+if __name__ == "__main__":
+    sys.exit(main())

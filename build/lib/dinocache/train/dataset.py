@@ -1,0 +1,137 @@
+"""Training dataset that attaches each image's cached teacher map; flips flip it too (warp.WarpFlip).
+
+The teacher map is looked up by the image's key (its path relative to the dataset root, see
+`dinocache.data.image_key`), never by index: Ultralytics re-sorts `im_files` in some modes. The cache is
+opened lazily in each dataloader worker (a Zarr handle is not shared across processes).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ultralytics.data.augment import Compose, RandomFlip
+from ultralytics.data.dataset import YOLODataset
+
+from dinocache.core.data import image_key
+from dinocache.train.warp import (
+    TEACHER_KEY,
+    VALID_KEY,
+    WarpFlip,
+    disable_blends,
+    stack_valid,
+    wrap_transforms,
+)
+
+
+def swap_flips(transforms: Compose) -> Compose:
+    """Replace every RandomFlip inside `transforms` (nested Compose included) by warp.py's WarpFlip.
+
+    The one flip path of both modes: without warp state WarpFlip flips the plain (D, h, w) map with the image,
+    exact for images whose side is a multiple of the patch size (pixel column x lies in cell x // p, and after a
+    horizontal flip in cell (w - 1) - x // p).
+    """
+    items = transforms.transforms
+    for i, t in enumerate(items):
+        if isinstance(t, Compose):
+            swap_flips(t)
+        elif type(t) is RandomFlip:
+            items[i] = WarpFlip(p=t.p, direction=t.direction, flip_idx=t.flip_idx)
+    return transforms
+
+
+class TeacherLookup:
+    """Maps an image file to its (D, h, w) float16 teacher map from the cache; opens the cache lazily per process."""
+
+    def __init__(self, cache_path: str, root: str | Path, channels: int) -> None:
+        self.cache_path = str(cache_path)
+        self.root = str(root)
+        self.channels = int(channels)
+        self._fc: Any = None
+        self._pid: int | None = None
+
+    @property
+    def fc(self) -> Any:
+        if self._fc is None or self._pid != os.getpid():
+            from dinocache import cache
+
+            self._fc = cache.open(self.cache_path)
+            self._pid = os.getpid()
+        return self._fc
+
+    def __call__(self, im_file: str) -> np.ndarray:
+        """(D, h, w) float16; a checksum failure, a missing shard or NaN/inf is a CacheCorrupt naming the
+        image key, the shard file and the repair command: nothing damaged reaches the loss."""
+        from dinocache.cache.check import checked_map
+
+        return checked_map(self.fc, image_key(im_file, self.root), channels=self.channels)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fc": None, "_pid": None}
+
+
+class DistillDataset(YOLODataset):
+    """YOLODataset whose training samples carry `teacher_feat` (D, h, w) float16 of exactly the image seen."""
+
+    def __init__(
+        self,
+        *args: Any,
+        teacher: TeacherLookup | None = None,
+        geometric_aug: str = "off",
+        patch: int = 16,
+        valid_threshold: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        # set before super().__init__, which builds the transforms
+        self.teacher = teacher
+        self.geometric_aug = geometric_aug
+        self.patch = patch
+        self.valid_threshold = valid_threshold
+        self._feat_buffer: dict[int, np.ndarray] = {}  # warp mode: maps of the images in Mosaic's buffer
+        super().__init__(*args, **kwargs)
+
+    def build_transforms(self, hyp: Any = None) -> Compose:
+        # also called by close_mosaic(), so the wrappers stay in after mosaic closes
+        if self.geometric_aug == "warp" and self.augment and self.teacher is not None:
+            disable_blends(hyp)  # mixup/cutmix/copy-paste cannot be followed (train/warp.py)
+            return wrap_transforms(super().build_transforms(hyp), self.patch, self.valid_threshold)
+        return swap_flips(super().build_transforms(hyp))
+
+    def get_image_and_label(self, index: int) -> dict[str, Any]:
+        label = super().get_image_and_label(index)
+        if self.teacher is not None and self.augment:
+            label[TEACHER_KEY] = self._teacher_map(index, label["im_file"])
+        return label
+
+    def _teacher_map(self, index: int, im_file: str) -> np.ndarray:
+        """The cached map; in warp mode kept while its image is in Mosaic's buffer (Ultralytics keeps semantic
+        masks the same way), so a mosaic costs ~1 cache read instead of 4. Maps are never modified in place."""
+        feat = self._feat_buffer.get(index)
+        if feat is None:
+            feat = self.teacher(im_file)
+            if self.geometric_aug == "warp" and index in self.buffer:
+                self._feat_buffer[index] = feat
+                if len(self._feat_buffer) > len(self.buffer):
+                    self._feat_buffer = {
+                        i: self._feat_buffer[i] for i in self.buffer if i in self._feat_buffer
+                    }
+        return feat
+
+    def teacher_feat_for(self, index: int) -> np.ndarray:
+        """(D, h, w) cached map of image `index` (warp protocol; get_image_and_label attaches it already)."""
+        return self._teacher_map(index, self.im_files[index])
+
+    @staticmethod
+    def collate_fn(batch: list[dict]) -> dict:
+        feats = [b.pop(TEACHER_KEY, None) for b in batch]
+        valids = [b.pop(VALID_KEY, None) for b in batch]
+        out = YOLODataset.collate_fn(batch)
+        if all(f is not None for f in feats):
+            # (D, h, w) x B -> (B, D, h, w) float16
+            out[TEACHER_KEY] = torch.stack([torch.from_numpy(np.ascontiguousarray(f)) for f in feats], 0)
+        if valids and all(v is not None for v in valids):
+            out[VALID_KEY] = stack_valid(valids)  # warp mode: (h, w) x B -> (B, h, w) float32
+        return out

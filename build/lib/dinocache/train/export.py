@@ -1,0 +1,55 @@
+"""Clean student weights: a plain Ultralytics OBBModel without projection, hooks or dinocache classes.
+
+Why: a checkpoint pickles its model class by reference. If best.pt named `train.model.DistillOBBModel`,
+loading it where dinocache is not installed would make Ultralytics try `pip install train`, and PyPI's
+`train` is somebody else's package. So the run's best.pt/last.pt hold only Ultralytics classes, and the
+state needed to resume lives in weights/resume.pt as plain tensors and dicts.
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from pathlib import Path
+
+import torch
+from torch import nn
+from ultralytics.nn.tasks import OBBModel
+
+# model attributes Ultralytics' ModelEMA.update_attr carries along; the predictor/validator read them
+_ATTRS = ("yaml", "nc", "args", "names", "stride", "class_weights", "pt_path", "task")
+
+
+def export_clean(model: nn.Module) -> OBBModel:
+    """A plain OBBModel with `model`'s weights (minus `distill_proj.*`), on the same device and dtype."""
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("distill_proj.")}
+    param = next(model.parameters())
+    clean = OBBModel(cfg=deepcopy(model.yaml), ch=model.yaml.get("channels", 3), nc=model.nc, verbose=False)
+    clean.load_state_dict(sd, strict=True)
+    for a in _ATTRS:
+        if hasattr(model, a):
+            setattr(clean, a, deepcopy(getattr(model, a)))
+    clean.criterion = None
+    for p in clean.parameters():
+        p.requires_grad_(False)
+    return clean.to(device=param.device, dtype=param.dtype).train(model.training)
+
+
+def clean_checkpoint(path: str | Path, out: str | Path | None = None) -> Path:
+    """Rewrite an Ultralytics checkpoint so its model objects are plain OBBModels (in place when out=None)."""
+    from ultralytics.utils.patches import torch_load
+
+    path = Path(path)
+    ckpt = torch_load(path, map_location="cpu")
+    for k in ("model", "ema"):
+        if isinstance(ckpt.get(k), nn.Module):
+            m = ckpt[k]
+            ckpt[k] = (
+                export_clean(m.float()).half()
+                if next(m.parameters()).dtype == torch.half
+                else export_clean(m)
+            )
+    out = Path(out) if out else path
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,135 @@
+"""The training-time student: Ultralytics' OBBModel plus feature hooks and the 1x1 projection.
+
+Only training checkpoints of the run (never the final best.pt/last.pt, see train/export.py) contain this
+class. The distillation term is added inside `loss()` because Ultralytics' training step calls
+`model(batch)` and sums what comes back; the key `distill` is always emitted (0 when off), since
+Ultralytics fixes the loss columns from the first batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from ultralytics.nn.tasks import OBBModel
+
+from dinocache.train.losses import align_to_grid, masked_cosine_loss, obb_cell_mask
+
+DISTILL_KEY = "distill"  # <= 10 characters: Ultralytics prints loss names with %11s
+
+
+class FeatHook:
+    """Forward hook that keeps the last output of a layer, in training mode only.
+
+    A class (not a lambda or a bound method) so the model stays picklable and deep-copyable; the stored
+    tensor is part of the autograd graph, so it is dropped when pickling/deep-copying (EMA copies the model).
+    """
+
+    def __init__(self) -> None:
+        self.feat: torch.Tensor | None = None
+
+    def __call__(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        if module.training:
+            self.feat = output
+
+    def pop(self) -> torch.Tensor | None:
+        f, self.feat = self.feat, None
+        return f
+
+    def __getstate__(self) -> dict:
+        return {"feat": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.feat = None
+
+
+class DistillOBBModel(OBBModel):
+    """OBBModel whose `loss()` adds `w * L_distill` from hooked layers projected to the teacher's D channels."""
+
+    def __init__(
+        self,
+        cfg: str | dict = "yolo26n-obb.yaml",
+        ch: int = 3,
+        nc: int | None = None,
+        verbose: bool = True,
+        distill_layers: list[int] | tuple[int, ...] = (19,),
+        distill_channels: int = 32,
+        object_weight: float = 1.15,
+        background_weight: float = 0.15,
+        enabled: bool = True,
+    ) -> None:
+        super().__init__(cfg=cfg, ch=ch, nc=nc, verbose=verbose)
+        n_layers = len(self.model)
+        for i in distill_layers:
+            if not 0 <= i < n_layers - 1:
+                raise ValueError(
+                    f"dino_distill_layers: layer {i} is not a feature layer of this model (0..{n_layers - 2})"
+                )
+        self.distill_layers = list(distill_layers) if enabled else []
+        self.distill_channels = int(distill_channels)
+        self.distill_object_weight = float(object_weight)
+        self.distill_background_weight = float(background_weight)
+        # set every epoch by the trainer from train.losses.distill_weight
+        self.distill_weight = 0.0
+        self.distill_hooks: list[FeatHook] = []
+        in_channels = self._layer_channels(self.distill_layers, ch) if self.distill_layers else []
+        # one 1x1 conv per hooked layer: (B, C_s, h, w) -> (B, D, h, w); a submodule so optimizer/EMA/checkpoints see it
+        self.distill_proj = nn.ModuleList(nn.Conv2d(c, self.distill_channels, 1) for c in in_channels)
+        for i in self.distill_layers:
+            hook = FeatHook()
+            self.model[i].register_forward_hook(hook)
+            self.distill_hooks.append(hook)
+
+    def _layer_channels(self, layers: list[int], ch: int) -> list[int]:
+        """Output channels of `layers`, found with one small forward pass (works for any yaml)."""
+        out: dict[int, int] = {}
+        handles = [
+            self.model[i].register_forward_hook(lambda m, a, o, i=i: out.__setitem__(i, o.shape[1]))
+            for i in layers
+        ]
+        was_training = self.training
+        try:
+            self.eval()
+            with torch.no_grad():
+                self.predict(torch.zeros(1, ch, 64, 64))
+        finally:
+            for h in handles:
+                h.remove()
+            self.train(was_training)
+        return [out[i] for i in layers]
+
+    def distill_loss(self, feats: list[torch.Tensor], batch: dict) -> torch.Tensor:
+        """Unweighted L_distill averaged over the hooked layers (scalar, fp32)."""
+        teacher = batch["teacher_feat"]  # (B, D, h_t, w_t), already normalised
+        grid = (int(teacher.shape[-2]), int(teacher.shape[-1]))
+        b = teacher.shape[0]
+        mask = obb_cell_mask(batch["bboxes"], batch["batch_idx"], b, grid)  # (B, h_t, w_t)
+        valid = batch.get("teacher_valid")  # warp mode: (B, h_t, w_t) in [0, 1]; else None
+        terms = []
+        for proj, f in zip(self.distill_proj, feats):
+            s = align_to_grid(proj(f), grid)  # (B, C_s, h, w) -> (B, D, h, w) -> (B, D, h_t, w_t)
+            terms.append(
+                masked_cosine_loss(
+                    s, teacher, mask, self.distill_object_weight, self.distill_background_weight, valid=valid
+                )
+            )
+        return torch.stack(terms).mean()
+
+    def loss(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, items = super().loss(batch, preds)  # the forward runs here, so the hooks have fired
+        feats = [h.pop() for h in self.distill_hooks]
+        d = torch.zeros(1, device=loss.device)
+        teacher = batch.get("teacher_feat") if isinstance(batch, dict) else None
+        if (
+            self.training
+            and self.distill_weight > 0
+            and teacher is not None
+            and feats
+            and all(f is not None for f in feats)
+        ):
+            d = (self.distill_weight * self.distill_loss(feats, batch)).reshape(1)
+        items = dict(items)
+        items[DISTILL_KEY] = d.detach()[0]
+        # the stock terms come multiplied by the batch size; scale ours the same way
+        return torch.cat([loss, d.to(loss.dtype) * batch["img"].shape[0]]), items

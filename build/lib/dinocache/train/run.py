@@ -1,0 +1,323 @@
+"""Everything before and around `DinoOBBTrainer.train()`: checks that refuse a bad run before the first
+step, the run folder, resume, and the Ultralytics arguments."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ultralytics.utils import LOGGER, colorstr
+
+from dinocache.core.config import build
+from dinocache.core.data import image_key, list_split_images
+from dinocache.core.device import ultralytics_device
+from dinocache.train.config import TrainConfig
+from dinocache.train.ddp import check_devices
+from dinocache.train.trainer import (
+    DINO_ARGS_FILE,
+    RESUME_FILE,
+    DinoOBBTrainer,
+    TeacherContext,
+    geometric_off,
+    ultralytics_overrides,
+    warp_blends_off,
+)
+
+FIX = "run `just precompute` (dinocache precompute --config config.json) to (re)build it"
+
+
+class TrainError(RuntimeError):
+    """A run that must not start (bad cache, missing rows, existing run folder); the message says the fix."""
+
+
+def runs_root(cfg: TrainConfig) -> Path:
+    return Path(cfg.artifacts_root).expanduser().resolve() / cfg.model_key / "runs"
+
+
+def run_dir(cfg: TrainConfig, run_id: str) -> Path:
+    """artifacts/{model_key}/runs/{run_id}/train"""
+    return runs_root(cfg) / run_id / "train"
+
+
+def _open_cache(path: str) -> Any:
+    from dinocache import cache
+
+    try:
+        return cache.open(path)
+    except cache.CacheError as e:
+        raise TrainError(f"cache: cannot use {path}: {e}; {FIX}") from None
+    except FileNotFoundError:
+        raise TrainError(f"cache: {path} does not exist; {FIX}") from None
+
+
+def check_cache(cfg: TrainConfig, fc: Any, keys: list[str], teacher: Any = None) -> None:
+    """Refuse a cache made for another teacher/layer/imgsz, too few channels, or missing training images."""
+    from dinocache import cache
+
+    where = f"cache {cfg.cache}"
+    if int(fc.imgsz) != cfg.imgsz:
+        raise TrainError(
+            f"{where} was computed at imgsz={fc.imgsz} but imgsz={cfg.imgsz}; {FIX} or set imgsz"
+        )
+    if cfg.dino_distill_channels > int(fc.k):
+        raise TrainError(
+            f"dino_distill_channels={cfg.dino_distill_channels} but {where} stores only {fc.k} channels; "
+            f"lower dino_distill_channels or {FIX} with more channels"
+        )
+    stored = fc.fingerprint or {}
+    if "layer" in stored and int(stored["layer"]) != cfg.dino_layer:
+        raise TrainError(
+            f"{where} holds teacher layer {stored['layer']} but dino_layer={cfg.dino_layer}; {FIX} or set dino_layer"
+        )
+    if teacher is not None:  # online mode with a cache: the loaded teacher must be the cache's
+        try:
+            cache.check_fingerprint(fc, teacher.fingerprint(cfg.imgsz))
+        except cache.CacheMismatch as e:
+            raise TrainError(f"{where} does not match the teacher {cfg.dino_root}: {e}; {FIX}") from None
+    else:
+        check_teacher_files(cfg, fc)
+    known = {k: i for i, k in enumerate(fc.keys)}
+    done = np.asarray(fc.done, dtype=bool)
+    missing = [k for k in keys if k not in known or not done[known[k]]]
+    if missing:
+        first = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise TrainError(
+            f"{where} lacks teacher features for {len(missing)} of {len(keys)} training images "
+            f"(first: {first}); {FIX}"
+        )
+    check_cache_files(cfg, fc, keys, known, done)
+
+
+def check_cache_files(cfg: TrainConfig, fc: Any, keys: list[str], known: dict[str, int], done: Any) -> None:
+    """Cheap start-of-run checks of what the per-read checks would only find mid-epoch: a shard file gone while
+    `done` says 1 (one folder listing) and, with verify_images=true, images edited since they were cached."""
+    from dinocache.cache.check import missing_shard_files, repair_hint
+
+    where = f"cache {cfg.cache}"
+    used = {known[k] for k in keys}
+    gone = [(f, [r for r in rows if r in used]) for _, f, rows in missing_shard_files(fc, done)]
+    gone = [(f, rows) for f, rows in gone if rows]
+    if gone:
+        f, rows = gone[0]
+        names = ", ".join(fc.keys[r] for r in rows[:5])
+        raise TrainError(
+            f"{where}: shard file {f} is missing although `done` says its {len(rows)} row(s) are computed "
+            f"(images {names}){f' and {len(gone) - 1} more shard file(s)' if len(gone) > 1 else ''}; "
+            f"{repair_hint(fc)}"
+        )
+    if cfg.verify_images:
+        from dinocache.core.data import file_sha256
+
+        root, files = list_split_images(cfg.data_yaml, "train")
+        stored = fc.sha256()
+        changed = [k for f in files if file_sha256(f) != stored[known[(k := image_key(f, root))]]]
+        if changed:
+            raise TrainError(
+                f"{where}: {len(changed)} training image(s) changed since they were cached "
+                f"(first: {', '.join(changed[:5])}); {repair_hint(fc)}"
+            )
+
+
+def model_layers(model: str) -> int:
+    """Number of layers of the student `model` (an Ultralytics model yaml or a .pt checkpoint)."""
+    if Path(model).suffix == ".pt":
+        from ultralytics.nn.tasks import load_checkpoint
+
+        if not Path(model).is_file():
+            raise TrainError(
+                f"model: {model} does not exist (a pretrained .pt or an Ultralytics model .yaml)"
+            )
+        return len(load_checkpoint(model)[0].model)
+    from ultralytics.nn.tasks import yaml_model_load
+
+    try:
+        d = yaml_model_load(model)
+    except FileNotFoundError:
+        raise TrainError(f"model: {model} is neither a file nor an Ultralytics model yaml") from None
+    return len(d["backbone"]) + len(d["head"])
+
+
+def check_teacher_files(cfg: TrainConfig, fc: Any) -> None:
+    """Cache mode: dino_root's weight files must be byte-identical to those the cache was made with.
+
+    File-level digest only (streamed sha256, size+mtime sidecar): no model code is imported, nothing is built.
+    """
+    from dinocache.teacher.digest import DigestError, compare, digest, locate
+
+    where = f"cache {cfg.cache}"
+    folder = locate(cfg.dino_root)
+    if folder is None:
+        LOGGER.warning(
+            f"{colorstr('dinocache:')} teacher {cfg.dino_root} not found: checked the cache's imgsz and layer only"
+        )
+        return
+    try:
+        now = digest(folder)
+    except DigestError as e:
+        raise TrainError(f"dino_root: {e}; point dino_root at the teacher the cache was made with") from None
+    lines = compare(fc.spec.teacher_files, now)
+    if lines:
+        shown = "\n  ".join(f"{folder / ln}" for ln in lines)
+        raise TrainError(
+            f"{where} was made with other teacher weights than {folder}:\n  {shown}\n"
+            f"point dino_root at the teacher the cache was made with, or {FIX}"
+        )
+
+
+def preflight(cfg: TrainConfig) -> TeacherContext:
+    """Resolve the dataset, cache and teacher for `cfg`, refusing before anything is written."""
+    n_layers = model_layers(cfg.model)
+    if cfg.freeze_layers > n_layers:
+        raise TrainError(
+            f"stage_a_freeze={cfg.freeze_layers} but {cfg.model} has only {n_layers} layers (0-{n_layers - 1}); "
+            "10 freezes the YOLO26 backbone"
+        )
+    root, files = list_split_images(cfg.data_yaml, "train")
+    ctx = TeacherContext(dataset_root=root)
+    if cfg.teacher_source == "none":
+        return ctx
+    teacher = None
+    if cfg.teacher_source == "online":
+        # cache mode never builds the teacher (nor imports transformers' model code): check_teacher_files
+        from dinocache.teacher.model import load_teacher
+
+        teacher = load_teacher(cfg.dino_root, layer=cfg.dino_layer, device="cpu", family=cfg.teacher_family)
+    cache_path = cfg.cache
+    use_cache = cfg.teacher_source == "cache" or (
+        bool(cache_path) and ("://" in cache_path or Path(cache_path).exists())
+    )
+    if use_cache:
+        fc = _open_cache(cache_path)
+        check_cache(cfg, fc, [image_key(f, root) for f in files], teacher)
+        ctx.cache_path = cache_path
+        ctx.channel_mean = torch.as_tensor(np.asarray(fc.channel_mean, dtype=np.float32))
+        ctx.channel_std = torch.as_tensor(np.asarray(fc.channel_std, dtype=np.float32))
+        ctx.pca = fc.pca
+    else:
+        LOGGER.info(
+            f"{colorstr('dinocache:')} no cache at {cache_path!r}: online targets are the first "
+            f"{cfg.dino_distill_channels} raw teacher channels, not PCA components"
+        )
+        if teacher is not None and cfg.dino_distill_channels > teacher.channels:
+            raise TrainError(
+                f"dino_distill_channels={cfg.dino_distill_channels} exceeds the teacher's {teacher.channels} channels"
+            )
+    ctx.teacher = teacher if cfg.teacher_source == "online" else None
+    return ctx
+
+
+def find_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict, Path]:
+    """(saved config with this call's device/workers, resume state, run folder) of the run to continue."""
+    if cfg.name:
+        d = run_dir(cfg, cfg.name)
+        if not (d / "weights" / RESUME_FILE).exists():
+            raise TrainError(f"resume: {d / 'weights' / RESUME_FILE} does not exist (run '{cfg.name}')")
+    else:
+        cands = sorted(runs_root(cfg).glob(f"*/train/weights/{RESUME_FILE}"), key=lambda p: p.stat().st_mtime)
+        if not cands:
+            raise TrainError(f"resume: no run with weights/{RESUME_FILE} under {runs_root(cfg)}")
+        d = cands[-1].parent.parent
+    import yaml
+
+    saved = yaml.safe_load((d / DINO_ARGS_FILE).read_text())
+    saved.update(resume=True, name=d.parent.name, device=cfg.device, workers=cfg.workers)
+    new = build(TrainConfig, saved, str(d / DINO_ARGS_FILE))
+    # tensors, numbers and plain dicts only: loads with weights_only=True
+    state = torch.load(d / "weights" / RESUME_FILE, map_location="cpu", weights_only=True)
+    return new, state, d
+
+
+def apply_augmentation_policy(cfg: TrainConfig, ov: dict[str, Any]) -> str:
+    """Set the run's augmentation in `ov` (in place) and log it; returns the log line.
+
+    `distill_geometric_aug=warp` (the default) keeps mosaic, affine and flips for `cache` AND `online`: the
+    cache warps each stored map with its image, the online teacher runs on the augmented batch itself
+    (preprocess_batch). Both switch off what a cached map cannot follow (blends, multi_scale), so none /
+    cache / online differ only in where the teacher map comes from (the fair A/B of `dinocache compare`).
+    `off` switches pixel-moving augmentation off for both.
+    """
+    src = cfg.teacher_source
+    if src == "none":
+        return ""
+    if cfg.distill_geometric_aug == "warp":
+        was_on = warp_blends_off(ov)
+        how = (
+            "warp each cached teacher map with its image"
+            if src == "cache"
+            else "the teacher runs on each augmented batch (same augmentation as cache mode)"
+        )
+        msg = (
+            f"teacher_source={src}, distill_geometric_aug=warp: mosaic, affine and flips stay on and {how}; "
+            f"{', '.join(was_on) or 'no blend was on'} -> 0 (cannot be followed by a cached map)"
+        )
+    else:
+        was_on = geometric_off(ov)
+        msg = (
+            f"teacher_source={src}, distill_geometric_aug=off: geometric augmentation off "
+            f"({', '.join(was_on) or 'none was on'} -> 0) so each teacher cell stays under its pixels; "
+            "photometric augmentation and flips (which flip the teacher map too) stay on"
+        )
+    LOGGER.info(f"{colorstr('dinocache:')} {msg}")
+    return msg
+
+
+def prepare(
+    cfg: TrainConfig, device: str | None = None
+) -> tuple[TrainConfig, dict[str, Any], TeacherContext, dict | None]:
+    """Everything before the trainer exists: the run folder (new or resumed), the preflight checks, the
+    Ultralytics arguments with the augmentation policy. Returns (cfg, overrides, ctx, resume state).
+    `DinoOBBTrainer(TrainConfig(...), device=...)` and `train()` both start here."""
+    if device is not None:
+        cfg = dataclasses.replace(cfg, device=str(device))  # re-validated by __post_init__
+    state = None
+    check_devices(cfg.device)  # device=0,1 with fewer GPUs: refused by count before anything else
+    if cfg.resume:
+        cfg, state, save_dir = find_resume(cfg)
+    else:
+        run_id = cfg.name or time.strftime("%Y%m%d-%H%M%S")
+        save_dir = run_dir(cfg, run_id)
+        if (save_dir / "results.csv").exists() or (save_dir / "weights" / "last.pt").exists():
+            raise TrainError(f"run folder {save_dir} already holds a run; pass resume=true or another name")
+        cfg = dataclasses.replace(cfg, name=run_id)
+    device = ultralytics_device(cfg.device)  # before anything is loaded: no GPU is a clear error
+    ctx = preflight(cfg)
+    ov = ultralytics_overrides(cfg, save_dir, device)
+    apply_augmentation_policy(cfg, ov)
+    return cfg, ov, ctx, state
+
+
+def train(cfg: TrainConfig, callbacks: dict[str, list] | None = None) -> DinoOBBTrainer:
+    """Train one run as configured; returns the finished trainer (its save_dir holds the outputs).
+
+    `callbacks` maps Ultralytics events (on_train_epoch_start, on_fit_epoch_end, ...) to extra functions
+    `fn(trainer)`; module-level functions, not bound methods (they are deep-copied with the trainer state).
+    """
+    cfg, ov, ctx, state = prepare(cfg)
+    try:
+        trainer = DinoOBBTrainer(overrides=ov, dino=cfg, ctx=ctx, resume_state=state)
+        for event, fns in (callbacks or {}).items():
+            for fn in fns:
+                trainer.add_callback(event, fn)
+        trainer.train()
+    except BaseException:
+        if state is None:
+            discard_unsaved_run(Path(ov["save_dir"]))
+        raise
+    return trainer
+
+
+def discard_unsaved_run(save_dir: Path) -> None:
+    """A new run that failed before its first checkpoint: remove its folder, so neither resume=true nor a rerun
+    with the same name finds a run that cannot be continued. A run with weights/resume.pt stays resumable."""
+    import shutil
+
+    if (save_dir / "weights" / RESUME_FILE).exists() or not save_dir.exists():
+        return
+    run = save_dir.parent
+    target = run if {p.name for p in run.iterdir()} <= {save_dir.name} else save_dir
+    shutil.rmtree(target, ignore_errors=True)
+    LOGGER.warning(f"{colorstr('dinocache:')} the run stopped before its first checkpoint; removed {target}")

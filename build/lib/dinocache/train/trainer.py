@@ -1,0 +1,486 @@
+"""DinoOBBTrainer: Ultralytics' OBB trainer fed with cached (or live) DINOv3 features.
+
+What it changes in Ultralytics' loop, and where:
+- `get_model`: a DistillOBBModel (hooks + 1x1 projection; the loss term lives in its `loss()`).
+- `build_dataset`: the training set attaches each image's cached teacher map; flips flip it too.
+- `preprocess_batch`: normalises the teacher map on the device, or computes it live (online mode).
+- `on_train_epoch_start` callback: the two-stage curriculum (unfreeze, distillation weight).
+- `save_model`: best.pt/last.pt hold a clean OBBModel; resume state goes to weights/resume.pt (tensors only).
+- `resume_training`: restores model, projection, EMA, optimizer and epoch from weights/resume.pt.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from copy import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from ultralytics.data.build import build_yolo_dataset
+from ultralytics.models.yolo.obb import OBBTrainer
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr
+from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
+
+from dinocache.core.config import to_dict
+from dinocache.train import ddp, eval_hooks
+from dinocache.train.config import TrainConfig
+from dinocache.train.dataset import TEACHER_KEY, DistillDataset, TeacherLookup
+from dinocache.train.export import export_clean
+from dinocache.train.losses import distill_weight, normalise_teacher, stage_of
+from dinocache.train.model import DistillOBBModel
+from dinocache.train.warp import VALID_KEY
+
+RESUME_FILE = "resume.pt"
+DINO_ARGS_FILE = "dinocache_args.yaml"
+
+
+class TeacherContext:
+    """What the trainer needs from the cache/teacher, resolved once before training (see train.run.preflight)."""
+
+    def __init__(
+        self,
+        dataset_root: Path,
+        cache_path: str | None = None,
+        channel_mean: torch.Tensor | None = None,
+        channel_std: torch.Tensor | None = None,
+        pca: Any = None,
+        teacher: Any = None,
+    ) -> None:
+        self.dataset_root = dataset_root
+        self.cache_path = cache_path
+        self.channel_mean = channel_mean
+        self.channel_std = channel_std
+        self.pca = pca
+        self.teacher = teacher  # online mode: the DinoV3Teacher loaded by preflight
+
+
+def apply_curriculum(trainer: DinoOBBTrainer) -> None:
+    """on_train_epoch_start: Stage B unfreezes (3 steps, see the notes) and sets this epoch's distill weight.
+
+    Runs before Ultralytics' `_model_train()`, which puts the BatchNorms named in `freeze_layer_names` in
+    eval mode; emptying that list (bar .dfl) is what restores BatchNorm training.
+    """
+    cfg = trainer.dino
+    epoch = trainer.epoch
+    model = unwrap_model(trainer.model)
+    stage = stage_of(epoch, cfg)
+    if stage == "B" and trainer.stage_frozen:
+        for name, p in model.named_parameters():
+            if ".dfl" not in name and p.dtype.is_floating_point:
+                p.requires_grad_(True)
+        trainer.freeze_layer_names = [".dfl"]
+        trainer.stage_frozen = False
+        if ddp.is_ddp(trainer.model):  # every rank runs this at the same epoch; see train/ddp.py
+            trainer.model = ddp.rewrap_ddp(trainer.model)
+        LOGGER.info(f"{colorstr('dinocache:')} epoch {epoch + 1}: Stage B, all layers unfrozen")
+    w = distill_weight(epoch, cfg)
+    model.distill_weight = w
+    trainer.stage = stage
+    if w != trainer.last_logged_weight:
+        LOGGER.info(f"{colorstr('dinocache:')} epoch {epoch + 1}: Stage {stage}, distill weight w={w:.4g}")
+        trainer.last_logged_weight = w
+
+
+class QuietLog(logging.Filter):
+    """Drops Ultralytics' per-parameter `Freezing layer` lines (the trainer logs one summary instead) and
+    repeats of `Fast image access` (every dataset build checks it; once per process says it all)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = 0
+        self.speed_seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg.startswith("Freezing layer '"):
+            self.frozen += 1
+            return False
+        if "Fast image access" in msg:
+            seen, self.speed_seen = self.speed_seen, True
+            return not seen
+        return True
+
+
+def quiet_log() -> QuietLog:
+    """The process's QuietLog on Ultralytics' LOGGER (installed once)."""
+    for f in LOGGER.filters:
+        if isinstance(f, QuietLog):
+            return f
+    f = QuietLog()
+    LOGGER.addFilter(f)
+    return f
+
+
+def _ranges(ids: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'"""
+    out: list[str] = []
+    for i in sorted(ids):
+        if out and int(out[-1].split("-")[-1]) == i - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{i}"
+        else:
+            out.append(str(i))
+    return ", ".join(out)
+
+
+class DinoOBBTrainer(OBBTrainer):
+    """OBBTrainer with DINOv3 feature distillation from a cache (or online) and the two-stage curriculum.
+
+    Python API: `DinoOBBTrainer(TrainConfig(...), device="cuda:0").train()` resolves the run like
+    `dinocache train` does (train.run.prepare). Ultralytics' own form (`cfg`, `overrides`) takes
+    `dino`, the TrainConfig, and `ctx`, the resolved teacher context; `resume_state` is the dict loaded
+    from weights/resume.pt when continuing a run. On a DDP rank all three come from the DDPHandoff inside
+    `_callbacks` instead (Ultralytics rebuilds the trainer there without our arguments; train/ddp.py).
+    """
+
+    def __init__(
+        self,
+        cfg: Any = DEFAULT_CFG,
+        overrides: dict | None = None,
+        _callbacks: dict | None = None,
+        dino: TrainConfig | None = None,
+        ctx: TeacherContext | None = None,
+        resume_state: dict | None = None,
+        device: str | None = None,
+    ) -> None:
+        if isinstance(cfg, TrainConfig):
+            # the Python API: DinoOBBTrainer(TrainConfig(...), device="cuda:0").train(), the same run as
+            # `dinocache train` (run folder, preflight checks, augmentation policy: train.run.prepare)
+            from dinocache.train.run import prepare
+
+            dino, ov, ctx, resume_state = prepare(cfg, device)
+            cfg, overrides = DEFAULT_CFG, {**ov, **(overrides or {})}
+        elif device is not None:
+            overrides = {**(overrides or {}), "device": device}
+        handoff = ddp.find_handoff(_callbacks) if dino is None else None
+        if handoff is not None:
+            dino, ctx, resume_state = ddp.unpack_handoff(handoff)
+        self.dino = dino or TrainConfig()
+        self.ctx = ctx
+        self.resume_state = resume_state
+        self.stage = "A"
+        self.stage_frozen = False
+        self.last_logged_weight: float | None = None
+        self._teacher: Any = None  # online teacher: held here, never a submodule of the student
+        # first samples of each epoch as the student saw them (augmented image, warped teacher map,
+        # validity), CPU copies for the DINO viz: shows that warped maps line up with augmented images
+        self.aug_viz: dict[str, Any] | None = None
+        self._aug_viz_epoch = -1
+        self._quiet = quiet_log()
+        # Ultralytics deletes results.csv unless its own resume is used; ours continues it
+        csv = Path((overrides or {}).get("save_dir") or ".") / "results.csv"
+        kept = csv.read_bytes() if resume_state is not None and csv.is_file() else None
+        super().__init__(cfg, overrides, _callbacks)
+        if kept is not None and RANK in {-1, 0} and not self.csv.exists():
+            self.csv.write_bytes(kept)
+        ddp.drop_handoff(self.callbacks)
+        self.stage_frozen = bool(self.args.freeze)
+        # a DDP rank gets the parent's callbacks (this one included) back through _callbacks
+        if apply_curriculum not in self.callbacks["on_train_epoch_start"]:
+            self.add_callback("on_train_epoch_start", apply_curriculum)
+        if RANK in {-1, 0}:
+            self._write_args()
+
+    def _setup_train(self) -> None:
+        self._quiet.frozen = 0
+        super()._setup_train()
+        self._log_freeze()
+
+    def _log_freeze(self) -> None:
+        """One line for Stage A's freeze instead of Ultralytics' line per parameter."""
+        d = self.dino
+        tag = colorstr("dinocache:")
+        if d.stage_a_epochs == 0:
+            return
+        if not self.stage_frozen:
+            why = (
+                f"model={d.model} starts from random weights, nothing to protect; set stage_a_freeze=N to freeze"
+                if d.stage_a_freeze is None
+                else "stage_a_freeze=0"
+            )
+            LOGGER.info(f"{tag} Stage A (epochs 1-{d.stage_a_epochs}) trains every layer: {why}")
+            return
+        model = unwrap_model(self.model)
+        layers = [int(n.split(".")[1]) for n in self.freeze_layer_names if n.startswith("model.")]
+        n = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        LOGGER.info(
+            f"{tag} Stage A (epochs 1-{d.stage_a_epochs}): layers {_ranges(layers)} frozen "
+            f"({self._quiet.frozen} tensors, {n / 1e6:.2f} M parameters); Stage B unfreezes them"
+        )
+
+    def train(self) -> None:
+        """Ultralytics' train(); with several devices it launches the DDP ranks and hands them our config.
+
+        Ends with `EvalFailed` when an evaluation failed during training (train/eval_hooks.py): the epochs ran
+        and the checkpoints are saved, but the run does not look like a good one."""
+        if not self.ddp:
+            result = super().train()
+            eval_hooks.raise_if_failed(self)
+            return result
+        handoff = ddp.make_handoff(self)
+        self.callbacks[ddp.HANDOFF_EVENT].append(handoff)
+        if self.ctx is not None:
+            self.ctx.teacher = None  # each rank loads its own online teacher on its own GPU
+        # Ultralytics' generate_ddp_command deletes save_dir unless resuming; ours keeps resume.pt there
+        was_resume = self.resume
+        self.resume = self.resume or self.resume_state is not None
+        try:
+            result = super().train()
+        finally:
+            self.resume = was_resume
+            ddp.drop_handoff(self.callbacks)
+        eval_hooks.raise_if_failed(self)  # a DDP rank 0 that evaluated; the launcher itself has nothing
+        return result
+
+    # -- run folder ------------------------------------------------------------------------------------------
+    def _write_args(self) -> None:
+        """dinocache_args.yaml = our TrainConfig; args.yaml = Ultralytics' args plus a `dinocache:` section."""
+        ours = to_dict(self.dino)
+        YAML.save(self.save_dir / DINO_ARGS_FILE, ours)
+        ul = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items()}
+        YAML.save(self.save_dir / "args.yaml", {**ul, "dinocache": ours})
+
+    # -- model -------------------------------------------------------------------------------------------------
+    def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> DistillOBBModel:
+        d = self.dino
+        model = DistillOBBModel(
+            cfg,
+            ch=self.data["channels"],
+            nc=self.data["nc"],
+            verbose=verbose and RANK == -1,
+            distill_layers=d.dino_distill_layers,
+            distill_channels=d.dino_distill_channels,
+            object_weight=d.dino_distill_object_weight,
+            background_weight=d.dino_distill_background_weight,
+            enabled=d.distills,
+        )
+        model = self.set_model_names_for_load(model)
+        if weights:
+            model.load(weights)
+        return model
+
+    # -- data --------------------------------------------------------------------------------------------------
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
+        if mode != "train" or self.dino.teacher_source != "cache":
+            return super().build_dataset(img_path, mode, batch)
+        gs = max(int(unwrap_model(self.model).stride.max()), 32)
+        lookup = TeacherLookup(self.ctx.cache_path, self.ctx.dataset_root, self.dino.dino_distill_channels)
+        warp = self.dino.distill_geometric_aug == "warp"
+        patch = int((getattr(lookup.fc, "fingerprint", None) or {}).get("patch_size", 16)) if warp else 16
+        # same arguments as ultralytics.data.build.build_yolo_dataset, with our subclass
+        ds = build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, rect=False, stride=gs)
+        return DistillDataset(
+            img_path=ds.img_path,
+            imgsz=self.args.imgsz,
+            batch_size=batch,
+            augment=True,
+            hyp=self.args,
+            rect=False,
+            cache=self.args.cache or None,
+            single_cls=self.args.single_cls or False,
+            stride=gs,
+            pad=0.0,
+            prefix=colorstr(f"{mode}: "),
+            task=self.args.task,
+            classes=self.args.classes,
+            data=self.data,
+            fraction=ds.fraction if hasattr(ds, "fraction") else self.args.fraction,
+            teacher=lookup,
+            geometric_aug=self.dino.distill_geometric_aug,
+            patch=patch,
+            valid_threshold=self.dino.distill_valid_threshold,
+        )
+
+    def preprocess_batch(self, batch: dict) -> dict:
+        batch = super().preprocess_batch(batch)
+        model = unwrap_model(self.model)
+        ctx = self.ctx
+        if self.dino.teacher_source == "cache" and TEACHER_KEY in batch:
+            # (B, D, h, w) float16 from the cache -> standardised float32
+            batch[TEACHER_KEY] = normalise_teacher(
+                batch[TEACHER_KEY], ctx.channel_mean, ctx.channel_std, self.dino.dino_distill_channels
+            )
+            if VALID_KEY in batch and self._aug_viz_epoch != self.epoch and RANK in {-1, 0}:
+                self._aug_viz_epoch = self.epoch
+                n = min(2, batch["img"].shape[0])
+                self.aug_viz = {
+                    "img": batch["img"][:n].detach().float().cpu(),  # (n, 3, H, W) in [0, 1]
+                    "teacher": batch[TEACHER_KEY][:n].detach().float().cpu(),  # (n, D, h, w)
+                    "valid": batch[VALID_KEY][:n].detach().float().cpu(),  # (n, h, w)
+                }
+        elif self.dino.teacher_source == "online" and getattr(model, "distill_weight", 0) > 0:
+            batch[TEACHER_KEY] = self.online_teacher_features(batch["img"])
+        return batch
+
+    def online_teacher(self) -> Any:
+        if self._teacher is None:
+            if self.ctx is not None and self.ctx.teacher is not None:
+                self._teacher = self.ctx.teacher.to(self.device)
+                self.ctx.teacher = None
+            else:
+                from dinocache.teacher.model import load_teacher
+
+                self._teacher = load_teacher(
+                    self.dino.dino_root,
+                    layer=self.dino.dino_layer,
+                    device=self.device,
+                    family=self.dino.teacher_family,
+                )
+        return self._teacher
+
+    def online_teacher_features(self, img: torch.Tensor) -> torch.Tensor:
+        """Same target as the cache: teacher map -> PCA projection (if the cache has one) -> first D, normalised."""
+        ctx = self.ctx
+        d = self.dino.dino_distill_channels
+        with torch.no_grad():
+            feat = self.online_teacher().extract_feature_map(img.float())  # (B, C_t, h, w) float32
+            if ctx is not None and ctx.pca is not None:
+                feat = ctx.pca.project(feat)  # (B, C_t, h, w) -> (B, K, h, w)
+            if ctx is not None and ctx.channel_mean is not None:
+                return normalise_teacher(feat, ctx.channel_mean, ctx.channel_std, d)
+            return feat[:, :d].float()
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def save_model(self) -> bool:
+        """Ultralytics' save with a clean OBBModel in place of the EMA, then weights/resume.pt (state dicts only)."""
+        ema_model = self.ema.ema
+        self.ema.ema = export_clean(ema_model)
+        try:
+            saved = super().save_model()
+        finally:
+            self.ema.ema = ema_model
+        self._save_resume_state(ema_model)
+        # Once per epoch, after validation and after last.pt is written (not on_fit_epoch_end, which
+        # final_eval fires a second time): grade, best_geo.pt, overlays, DINO viz, TensorBoard/W&B.
+        eval_hooks.after_save_model(self, ema_model)
+        return saved
+
+    def _save_resume_state(self, ema_model: torch.nn.Module) -> None:
+        state = {
+            "epoch": int(self.epoch),
+            "stage": self.stage,
+            "distill_weight": float(getattr(unwrap_model(self.model), "distill_weight", 0.0)),
+            "ema": {k: v.detach().cpu().clone() for k, v in ema_model.state_dict().items()},
+            "updates": int(self.ema.updates),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_fitness": None if self.best_fitness is None else float(self.best_fitness),
+            "stopper": {
+                "best_fitness": None
+                if self.stopper.best_fitness is None
+                else float(self.stopper.best_fitness),
+                "best_epoch": int(self.stopper.best_epoch),
+            },
+            "dinocache": to_dict(self.dino),
+        }
+        tmp = self.wdir / (RESUME_FILE + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.wdir / RESUME_FILE)
+
+    def resume_training(self, ckpt: Any) -> None:
+        state = self.resume_state
+        if state is None:
+            return super().resume_training(ckpt)
+        start_epoch = int(state["epoch"]) + 1
+        if start_epoch >= self.epochs:
+            raise RuntimeError(
+                f"run in {self.save_dir} already trained {self.epochs} epochs; nothing to resume"
+            )
+        model = unwrap_model(self.model)
+        model.load_state_dict(state["ema"], strict=True)  # like Ultralytics: continue from the EMA weights
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.ema = ModelEMA(self.model)
+        self.ema.ema.load_state_dict(state["ema"], strict=True)
+        self.ema.updates = state["updates"]
+        self.best_fitness = state.get("best_fitness")
+        self.stopper.__dict__.update(state.get("stopper") or {})
+        if getattr(model.model[-1], "one2one_cv2", None) is not None:
+            model.criterion = model.init_criterion()
+            model.criterion.updates = start_epoch - 1
+            model.criterion.update()
+        self.start_epoch = start_epoch
+        LOGGER.info(
+            f"{colorstr('dinocache:')} resuming {self.save_dir} at epoch {start_epoch + 1}/{self.epochs} "
+            f"(Stage {stage_of(start_epoch, self.dino)}, w={distill_weight(start_epoch, self.dino):.4g})"
+        )
+
+    def final_eval(self) -> None:
+        super().final_eval()
+        eval_hooks.finish_run(self)
+        self.release_teacher()
+
+    def release_teacher(self) -> None:
+        self._teacher = None
+
+
+def ultralytics_overrides(cfg: TrainConfig, save_dir: Path, device: str) -> dict[str, Any]:
+    """The Ultralytics training arguments of a run."""
+    ov: dict[str, Any] = {
+        "model": cfg.model,
+        "data": str(cfg.data_yaml),
+        "epochs": cfg.epochs,
+        "imgsz": cfg.imgsz,
+        "batch": cfg.batch,
+        "workers": cfg.workers,
+        "device": device,
+        "optimizer": cfg.optimizer,
+        "lr0": cfg.lr0,
+        "lrf": cfg.lrf,
+        "weight_decay": cfg.weight_decay,
+        "nbs": cfg.nbs,
+        "warmup_epochs": cfg.warmup_epochs,
+        "amp": cfg.amp,
+        "seed": cfg.seed,
+        "deterministic": True,
+        "save_dir": str(save_dir),
+        "exist_ok": True,
+        "rect": False,
+        "freeze": cfg.freeze_layers if cfg.stage_a_epochs > 0 and cfg.freeze_layers > 0 else None,
+        "close_mosaic": cfg.close_mosaic,
+    }
+    ov.update(cfg.extra)
+    return ov
+
+
+def geometric_off(ov: dict[str, Any]) -> list[str]:
+    """Switch off pixel-moving augmentation in `ov` (in place); returns the names that were on."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    from dinocache.train.config import GEOMETRIC_AUGMENTATIONS
+
+    was_on = []
+    for k, v in GEOMETRIC_AUGMENTATIONS.items():
+        cur = ov.get(k, DEFAULT_CFG_DICT.get(k))
+        if cur and not (isinstance(cur, float) and math.isclose(cur, v)):
+            was_on.append(k)
+        ov[k] = v
+    ov["close_mosaic"] = 0
+    return was_on
+
+
+def warp_blends_off(ov: dict[str, Any]) -> list[str]:
+    """Warp mode: switch off what the teacher map cannot follow (blends, multi-scale); returns what was on."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    from dinocache.train.warp import BLEND_AUGMENTATIONS
+
+    was_on = []
+    for k in (*BLEND_AUGMENTATIONS, "multi_scale"):
+        if float(ov.get(k, DEFAULT_CFG_DICT.get(k)) or 0.0) > 0:
+            was_on.append(k)
+        ov[k] = 0.0
+    return was_on
+
+
+__all__ = [
+    "warp_blends_off",
+    "DinoOBBTrainer",
+    "TeacherContext",
+    "apply_curriculum",
+    "ultralytics_overrides",
+    "geometric_off",
+    "copy",
+]

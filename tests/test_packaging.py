@@ -1,0 +1,50 @@
+"""Item 1 of the layout issue: the wheel installs one top-level package, `dinocache`, and nothing else."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    # no build isolation: the installed setuptools builds it offline in a few seconds
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(ROOT),
+        ],
+        check=True,
+        timeout=300,
+        cwd=out,
+    )
+    (whl,) = out.glob("dinocache-*.whl")
+    return whl
+
+
+def test_wheel_holds_only_dinocache(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/", 1)[0] for n in names}
+    dist_info = {t for t in top if t.endswith(".dist-info")}
+    assert top - dist_info == {"dinocache"}, sorted(top)
+    (di,) = dist_info
+    assert zipfile.ZipFile(wheel).read(f"{di}/top_level.txt").decode().split() == ["dinocache"]
+    # every stage folder is inside the namespace
+    for pkg in ("core", "teacher", "cache", "datatools", "precompute", "grade", "train", "finetune"):
+        assert f"dinocache/{pkg}/__init__.py" in names, pkg
+    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
