@@ -8,7 +8,8 @@ The ranks never talk to each other (no process group): every rank is one `--shar
 writer of the same store, so they coordinate only through it (rank 0 creates it, the others wait for its
 `ready` flag; each writes the zarr shards k with k % WORLD_SIZE == RANK). torchrun sets RANK, WORLD_SIZE
 and LOCAL_RANK; a SLURM task has SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID (torchrun's win when both
-are set, as under `srun torchrun ...`). The local rank picks the GPU when `device` is auto or cuda.
+are set, as under `srun torchrun ...`). The local rank picks the GPU when `device` is auto or cuda (the
+only visible GPU when the launcher binds one GPU per process, e.g. `srun --gpus-per-task=1`).
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def resolve(shard: str, shard_explicit: bool, device: str, launch: Launch | None
 
         if torch.cuda.is_available():
             n = torch.cuda.device_count()
+            if n == 1:  # the launcher bound one GPU to this process (srun --gpus-per-task=1 & co.)
+                return launch.shard, "cuda:0"
             if launch.local_rank >= n:
                 raise ConfigError(
                     f"device: local rank {launch.local_rank} of {launch.source} needs GPU {launch.local_rank} but "

@@ -113,6 +113,8 @@ def test_local_rank_picks_the_gpu(monkeypatch) -> None:
     assert launch.resolve("0/1", False, "cuda:0", t) == ("5/8", "cuda:0")  # an explicit GPU stays
     with pytest.raises(ConfigError, match="needs GPU 2 but this node has 2 CUDA GPU"):
         launch.resolve("0/1", False, "auto", launch.Launch(2, 8, 2, "torchrun"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # srun --gpus-per-task=1: one visible GPU
+    assert launch.resolve("0/1", False, "auto", launch.Launch(7, 8, 3, "SLURM")) == ("7/8", "cuda:0")
 
 
 def test_explicit_shard_conflicting_with_torchrun_refused(
