@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 from dinocache.train.warp import (
+    GEOM_KEY,
+    SRC_KEY,
     TEACHER_KEY,
-    VALID_KEY,
     WarpFlip,
+    collate_geometry,
     disable_blends,
-    stack_valid,
     wrap_transforms,
 )
 from ultralytics.data.augment import Compose, RandomFlip
@@ -127,11 +128,13 @@ class DistillDataset(YOLODataset):
     @staticmethod
     def collate_fn(batch: list[dict]) -> dict:
         feats = [b.pop(TEACHER_KEY, None) for b in batch]
-        valids = [b.pop(VALID_KEY, None) for b in batch]
+        srcs = [b.pop(SRC_KEY, None) for b in batch]
+        geoms = [b.pop(GEOM_KEY, None) for b in batch]
         out = YOLODataset.collate_fn(batch)
         if all(f is not None for f in feats):
-            # (D, h, w) x B -> (B, D, h, w) float16
+            # off mode: (D, h, w) x B -> (B, D, h, w) float16
             out[TEACHER_KEY] = torch.stack([torch.from_numpy(np.ascontiguousarray(f)) for f in feats], 0)
-        if valids and all(v is not None for v in valids):
-            out[VALID_KEY] = stack_valid(valids)  # warp mode: (h, w) x B -> (B, h, w) float32
+        if all(g is not None for g in geoms):
+            # warp mode: tile maps (B, T, D, h, w) + geometry (B, T, GEOM_FIELDS); warped on the device
+            out[SRC_KEY], out[GEOM_KEY] = collate_geometry(srcs, geoms)
         return out

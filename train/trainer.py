@@ -24,7 +24,7 @@ from dinocache.train.dataset import TEACHER_KEY, DistillDataset, TeacherLookup
 from dinocache.train.export import export_clean
 from dinocache.train.losses import distill_weight, normalise_teacher, stage_of
 from dinocache.train.model import DistillOBBModel
-from dinocache.train.warp import VALID_KEY
+from dinocache.train.warp import SRC_KEY, VALID_KEY, warp_batch
 from ultralytics.data.build import build_yolo_dataset
 from ultralytics.models.yolo.obb import OBBTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr
@@ -296,6 +296,11 @@ class DinoOBBTrainer(OBBTrainer):
         batch = super().preprocess_batch(batch)
         model = unwrap_model(self.model)
         ctx = self.ctx
+        if self.dino.teacher_source == "cache" and self.dino.distill_geometric_aug == "warp":
+            # maps + geometry from the workers -> warped maps and validity, resampled here on the device
+            if SRC_KEY in batch:
+                batch[SRC_KEY] = batch[SRC_KEY].to(self.device, non_blocking=True)
+            warp_batch(batch, self.dino.distill_valid_threshold)
         if self.dino.teacher_source == "cache" and TEACHER_KEY in batch:
             # (B, D, h, w) float16 from the cache -> standardised float32
             batch[TEACHER_KEY] = normalise_teacher(

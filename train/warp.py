@@ -10,15 +10,25 @@ geometry:
 - `WarpFlip`        (RandomFlip)        the flip decision and direction
 - `WarpLetterBox`   (LetterBox)         resize ratio and padding
 
-Each transform left-multiplies the per-tile matrix `A` (source-image pixel -> current-frame pixel) and moves
-an "owner" map (which source tile each pixel came from; 255 = padding/border) through Ultralytics' own
-`apply_semantic` of that transform, so the owner map follows the image by the very same code path (nearest
-neighbour, the same border fill). `RenderTeacher` (last, before `Format`) then resamples every source map
-ONCE at feature resolution with the composed matrix and writes
+Each transform left-multiplies the per-tile matrix `A` (source-image pixel -> current-frame pixel). Nothing
+is resampled in the dataloader: `AttachGeometry` (last, before `Format`) attaches each sample's
 
-- `labels["teacher_feat"]`  (D, H/s, W/s) float16: the warped map (mosaic: tiles blended by pixel coverage)
-- `labels["teacher_valid"]` (H/s, W/s) float32 in {0, 1}: 1 where at least `valid_threshold` of the cell's
-  s x s pixels come from one source image's real pixels (not mosaic/letterbox/affine-border padding).
+- `labels["teacher_src"]`  (T, D, h, w): the cached map of each of its T source tiles (1, 4 or 9)
+- `labels["teacher_geom"]` (T, GEOM_FIELDS) float64: per tile the inverse matrix A^-1, the map offset, the
+  tile's source rectangle (which source pixels the tile shows: a mosaic crop, else the whole image), the
+  output size, the patch and a presence flag (a few hundred bytes)
+
+and the trainer resamples the whole batch on the training device in `preprocess_batch` (`warp_batch`), which
+writes
+
+- `batch["teacher_feat"]`  (B, D, H/s, W/s) float32: the warped maps (mosaic: tiles blended by pixel coverage)
+- `batch["teacher_valid"]` (B, H/s, W/s) float32 in {0, 1}: 1 where at least `valid_threshold` of the cell's
+  sample points come from one source image's real pixels (not mosaic/letterbox/affine-border padding).
+
+Ownership is computed analytically: an output pixel p belongs to tile i when the nearest source pixel of
+A_i^-1 p lies inside tile i's source rectangle (the last tile wins, as in Mosaic's paste order); this is what
+Ultralytics' nearest-neighbour semantic-mask path computes, without moving an owner image through every
+transform on the CPU.
 
 Pixel-centre convention (cv2 and Ultralytics): pixel x has its centre at integer x. A feature cell c covers
 pixels [c*s, (c+1)*s), its centre at c*s + (s-1)/2, so pixel = K f with K = [[s, 0, (s-1)/2], [0, s, (s-1)/2],
@@ -40,7 +50,6 @@ extra images Mosaic loads when their labels carry no map).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,10 +74,14 @@ from ultralytics.utils import IterableSimpleNamespace
 
 TEACHER_KEY = "teacher_feat"  # in: (D, h, w) cached map of the loaded image; out: the warped map
 VALID_KEY = "teacher_valid"  # out: (h, w) float32 in {0, 1}
-STATE_KEY = "_warp_state"  # WarpState while the pipeline runs; RenderTeacher pops it
+STATE_KEY = "_warp_state"  # WarpState while the pipeline runs; AttachGeometry pops it
+SRC_KEY = "teacher_src"  # (T, D, h, w) cached maps of a sample's tiles; collated (B, T, D, h, w)
+GEOM_KEY = "teacher_geom"  # (T, GEOM_FIELDS) float64 per-tile geometry; collated (B, T, GEOM_FIELDS)
 PARAMS_KEY = "warp_params"  # per-sample record of every geometric transform (kept only when asked)
 
-NONE_ID = 255  # owner-map value of pixels that come from no source image (Ultralytics' semantic ignore fill)
+# teacher_geom columns: A^-1 (9, row-major), map offset (ox, oy), source rectangle (x0, y0, x1, y1) in
+# source pixels, output (H, W) in pixels, patch, present (0 for the padding rows of a collated batch)
+GEOM_FIELDS = 19
 
 # Hyper-parameters switched off in warp mode (see module docstring).
 BLEND_AUGMENTATIONS = ("mixup", "cutmix", "copy_paste")
@@ -103,26 +116,25 @@ class Tile:
     offset: tuple[float, float]
     # image file (for the record and error messages)
     key: str = ""
+    # (x0, y0, x1, y1): the source pixels [x0, x1) x [y0, y1) this tile shows (a mosaic crop, else the image)
+    region: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
 
 
 @dataclass
 class WarpState:
-    """Geometry of one sample so far: its source tiles and where each current pixel came from."""
+    """Geometry of one sample so far: its source tiles and what each transform did."""
 
     tiles: list[Tile]
-    # (H, W) uint8 owner map in the current frame: tile index, NONE_ID for padding/border
-    owner: np.ndarray
     # teacher stride s in pixels (cell size)
     patch: int
     # what each transform did to this sample (the recorded parameters)
     params: list[dict[str, Any]] = field(default_factory=list)
 
-    def apply(self, T: np.ndarray, owner: np.ndarray, record: dict[str, Any]) -> None:
-        """A current-frame transform T (3x3, old pixel -> new pixel) happened; owner is the new owner map."""
+    def apply(self, T: np.ndarray, record: dict[str, Any]) -> None:
+        """A current-frame transform T (3x3, old pixel -> new pixel) happened."""
         T = np.asarray(T, dtype=np.float64)
         for t in self.tiles:
             t.A = T @ t.A
-        self.owner = owner
         self.params.append(record)
 
 
@@ -153,8 +165,8 @@ def _single_state(labels: dict[str, Any], patch: int) -> WarpState:
     key = str(labels.get("im_file", ""))
     feat = _as_map(labels.pop(TEACHER_KEY), key)
     h, w = labels["img"].shape[:2]
-    tile = Tile(feat=feat, A=_eye(), offset=source_offset(feat, (h, w), patch, key), key=key)
-    return WarpState(tiles=[tile], owner=np.zeros((h, w), dtype=np.uint8), patch=patch)
+    tile = Tile(feat, _eye(), source_offset(feat, (h, w), patch, key), key, (0.0, 0.0, float(w), float(h)))
+    return WarpState(tiles=[tile], patch=patch)
 
 
 def _state(labels: dict[str, Any], patch: int) -> WarpState | None:
@@ -163,11 +175,6 @@ def _state(labels: dict[str, Any], patch: int) -> WarpState | None:
     if st is None and labels.get(TEACHER_KEY) is not None:
         st = labels[STATE_KEY] = _single_state(labels, patch)
     return st
-
-
-def _moved(transform: BaseTransform, owner: np.ndarray, params: dict[str, Any]) -> np.ndarray:
-    """The owner map moved by `transform`'s own apply_semantic (nearest neighbour, ignore fill 255)."""
-    return transform.apply_semantic({"semantic_mask": owner}, params)["semantic_mask"]
 
 
 class WarpMosaic(Mosaic):
@@ -197,7 +204,7 @@ class WarpMosaic(Mosaic):
             if STATE_KEY in labels:
                 raise WarpError("Mosaic must be the first geometric transform of the pipeline in warp mode")
             layout = params["layout"]
-            tiles, record, tmp_layout = [], [], []
+            tiles, record = [], []
             for i, item in enumerate(layout):
                 pl = item["labels_patch"]
                 h, w = item["img_shape"]
@@ -206,24 +213,27 @@ class WarpMosaic(Mosaic):
                 # the same translation apply_instances gives the boxes
                 if self.n == 4:
                     padw, padh = item["padw"], item["padh"]
-                else:
+                    crop = [int(item[k]) for k in ("x1b", "y1b", "x2b", "y2b")]
+                else:  # Mosaic._mosaic9 pastes img[y1b:y2b, x1b:x2b] with x1b = x1 - padw
+                    x1b, y1b = item["x1"] - item["padw"], item["y1"] - item["padh"]
+                    crop = [
+                        int(x1b),
+                        int(y1b),
+                        int(x1b + item["x2"] - item["x1"]),
+                        int(y1b + item["y2"] - item["y1"]),
+                    ]
                     padw, padh = item["padw"] + self.border[0], item["padh"] + self.border[1]
-                tiles.append(
-                    Tile(feat, _translate(padw, padh), source_offset(feat, (h, w), self.patch, key), key)
-                )
+                region = tuple(float(v) for v in crop)
+                off = source_offset(feat, (h, w), self.patch, key)
+                tiles.append(Tile(feat, _translate(padw, padh), off, key, region))
                 rec = {"key": key, "img_shape": [int(h), int(w)], "pad": [int(padw), int(padh)]}
                 rec["ratio_pad"] = [float(v) for v in pl.get("ratio_pad", (1.0, 1.0))]
                 rec["paste"] = [
                     int(item[k]) for k in ("x1a", "y1a", "x2a", "y2a", "x1", "y1", "x2", "y2") if k in item
                 ]
-                rec["crop"] = [int(item[k]) for k in ("x1b", "y1b", "x2b", "y2b") if k in item]
+                rec["crop"] = crop
                 record.append(rec)
-                tmp_layout.append({**item, "labels_patch": {"semantic_mask": np.full((h, w), i, np.uint8)}})
-            first = tmp_layout[0]["labels_patch"]["semantic_mask"]
-            owner = Mosaic.apply_semantic(
-                self, {"semantic_mask": first, "mix_labels": []}, {"layout": tmp_layout}
-            )
-            st = WarpState(tiles=tiles, owner=owner["semantic_mask"], patch=self.patch)
+            st = WarpState(tiles=tiles, patch=self.patch)
             st.params.append({"op": "mosaic", "n": self.n, "tiles": record})
             labels[STATE_KEY] = st
         return super().apply_image(labels, params)
@@ -242,7 +252,7 @@ class WarpPerspective(RandomPerspective):
                 M = np.vstack([M[:2], [0.0, 0.0, 1.0]])
             rec = {"op": "affine", "M": M.tolist(), "size": [int(v) for v in params["size"]]}
             rec["perspective"] = bool(self.perspective)
-            st.apply(M, _moved(self, st.owner, params), rec)
+            st.apply(M, rec)
         return super().apply_image(labels, params)
 
 
@@ -262,11 +272,7 @@ class WarpFlip(RandomFlip):
                     T[1, 1], T[1, 2] = -1.0, h - 1.0
                 else:
                     T[0, 0], T[0, 2] = -1.0, w - 1.0
-            st.apply(
-                T,
-                _moved(self, st.owner, params),
-                {"op": "flip", "direction": params["direction"], "flip": bool(params["flip"])},
-            )
+            st.apply(T, {"op": "flip", "direction": params["direction"], "flip": bool(params["flip"])})
         elif labels.get(TEACHER_KEY) is not None and params["flip"]:
             # not moved by anything else: a flip of the whole map is exact (side = whole cells)
             labels[TEACHER_KEY] = np.flip(labels[TEACHER_KEY], axis=-2 if vertical else -1)
@@ -293,7 +299,7 @@ class WarpLetterBox(LetterBox):
                 "ratio": [nw / w, nh / h],
                 "pad": [int(params["left"]), int(params["top"])],
             }
-            st.apply(T, _moved(self, st.owner, params), rec)
+            st.apply(T, rec)
         return super().apply_image(labels, params)
 
 
@@ -305,137 +311,235 @@ def feature_matrix(A: np.ndarray, offset: tuple[float, float], patch: int) -> np
     return np.linalg.solve(k_out, np.asarray(A, dtype=np.float64) @ k_src)
 
 
-def _gather(feat: np.ndarray, M_feat: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Values of (D, h, w) at the source points of output cells (xs, ys) through M_feat -> (D, n) float32."""
-    d, h, w = feat.shape
-    p = np.linalg.solve(M_feat, np.stack([xs, ys, np.ones_like(xs)]).astype(np.float64))  # (3, n)
-    sx, sy = p[0] / p[2], p[1] / p[2]
-    rx, ry = np.rint(sx), np.rint(sy)
-    if np.abs(sx - rx).max(initial=0) < 1e-6 and np.abs(sy - ry).max(initial=0) < 1e-6:
-        ix = np.clip(rx, 0, w - 1).astype(np.intp)
-        iy = np.clip(ry, 0, h - 1).astype(np.intp)
-        return feat[:, iy, ix].astype(np.float32, copy=False)  # whole cells: a copy, bit-exact
-    sx, sy = np.clip(sx, 0, w - 1), np.clip(sy, 0, h - 1)  # border replicate; validity comes from coverage
-    x0 = np.minimum(np.floor(sx).astype(np.intp), max(w - 2, 0))
-    y0 = np.minimum(np.floor(sy).astype(np.intp), max(h - 2, 0))
-    dx, dy = int(w > 1), int(h > 1) * w
-    fx, fy = (sx - x0).astype(np.float32)[:, None], (sy - y0).astype(np.float32)[:, None]
-    # channels-last rows: each gather fetches one contiguous D-vector
-    f = np.ascontiguousarray(feat.transpose(1, 2, 0), dtype=np.float32).reshape(h * w, d)
-    i = y0 * w + x0
-    out = (f[i] * (1 - fx) + f[i + dx] * fx) * (1 - fy) + (f[i + dy] * (1 - fx) + f[i + dy + dx] * fx) * fy
-    return out.T
-
-
-def sample_bilinear(feat: np.ndarray, M_feat: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """Resample (D, h, w) at every output cell of out_hw = (gh, gw) through M_feat (source -> output).
-
-    Border replicate. Where the inverse map hits whole cells (flips, shifts by whole cells, identity) values
-    are copied, so the result is bit-exact; elsewhere bilinear in float32. (cv2.warpAffine quantises sub-pixel
-    positions to 1/32 for more than 4 channels, an error of ~2% of the value range, so the gather is ours.)
-    """
-    gh, gw = out_hw
-    ys, xs = np.divmod(np.arange(gh * gw), gw)
-    return _gather(feat, M_feat, xs, ys).reshape(feat.shape[0], gh, gw)
-
-
-@functools.lru_cache(maxsize=8)
-def _cell_index(gh: int, gw: int, k: int) -> np.ndarray:
-    """(gh*k, gw*k) index of the cell each sample point belongs to."""
-    return (np.arange(gh * k)[:, None] // k) * gw + np.arange(gw * k)[None, :] // k
-
-
-def coverage(owner: np.ndarray, n_tiles: int, patch: int, samples: int = 4) -> np.ndarray:
-    """(n, gh, gw) float32: share of each cell's pixels that came from tile i, from samples x samples points.
-
-    The points sit at the centres of a samples x samples split of the cell (samples=patch counts every
-    pixel); 4 (16 points) keeps the cost far below the image warp and the share within 1/16.
-    """
-    H, W = owner.shape
-    gh, gw = H // patch, W // patch
-    k = max(1, min(samples, patch))
-    step = patch // k
-    o = owner[step // 2 : gh * patch : step, step // 2 : gw * patch : step][: gh * k, : gw * k]
-    ids = np.minimum(o, n_tiles).astype(np.intp)  # NONE_ID (and anything else) -> bin n_tiles
-    n1 = n_tiles + 1
-    counts = np.bincount((_cell_index(gh, gw, k) * n1 + ids).ravel(), minlength=gh * gw * n1)
-    share = counts.reshape(gh, gw, n1)[..., :n_tiles].astype(np.float32) * (1.0 / (k * k))
-    return np.ascontiguousarray(np.moveaxis(share, -1, 0))
-
-
-def render(
-    state: WarpState,
-    out_hw: tuple[int, int],
-    valid_threshold: float = DEFAULT_VALID_THRESHOLD,
-    dtype: Any = np.float16,
-    samples: int = 4,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Warped map (D, H/s, W/s) and validity (H/s, W/s) of a sample whose image is now out_hw = (H, W) px.
-
-    Each source map is sampled only at the cells its tile covers; a cell on a tile seam mixes its tiles by
-    pixel share, as the image does. Cells no tile covers are 0 (and invalid).
-    """
-    s = state.patch
+def geometry_rows(state: WarpState, out_hw: tuple[int, int]) -> np.ndarray:
+    """(T, GEOM_FIELDS) float64 geometry of a sample whose image is now out_hw = (H, W) px (see GEOM_FIELDS)."""
     H, W = out_hw
+    rows = np.zeros((len(state.tiles), GEOM_FIELDS), np.float64)
+    for i, t in enumerate(state.tiles):
+        try:
+            inv = np.linalg.inv(t.A)
+        except np.linalg.LinAlgError:
+            raise WarpError(
+                f"{t.key}: the composed transform is singular (degenerate scale/perspective)"
+            ) from None
+        rows[i, :9] = inv.reshape(-1)
+        rows[i, 9:11] = t.offset
+        rows[i, 11:15] = t.region
+        rows[i, 15:19] = (H, W, state.patch, 1.0)
+    return rows
+
+
+class AttachGeometry(BaseTransform):
+    """Last geometric step (before Format): attaches the tile maps and their geometry; resamples nothing.
+
+    The trainer warps the whole batch on its device (`warp_batch`). A map no transform moved (aug all off)
+    gets identity geometry, so the device path is the only path in warp mode.
+    """
+
+    def __init__(
+        self, valid_threshold: float = DEFAULT_VALID_THRESHOLD, keep_params: bool = False, patch: int = 16
+    ) -> None:
+        if not 0.0 < valid_threshold <= 1.0:
+            raise WarpError(f"valid_threshold: {valid_threshold} must be in (0, 1]")
+        self.valid_threshold = valid_threshold  # kept for the record; applied in warp_batch
+        self.keep_params = keep_params
+        self.patch = patch
+
+    def __call__(self, labels: dict[str, Any]) -> dict[str, Any]:
+        st = labels.pop(STATE_KEY, None)
+        if st is None and labels.get(TEACHER_KEY) is not None:
+            st = _single_state(labels, self.patch)
+        if st is not None:
+            d = st.tiles[0].feat.shape[0]
+            for t in st.tiles:
+                if t.feat.shape != st.tiles[0].feat.shape:
+                    raise WarpError(
+                        f"{t.key}: teacher map {t.feat.shape} differs from the sample's first tile {st.tiles[0].feat.shape}"
+                        if t.feat.shape[0] == d
+                        else f"{t.key}: teacher map has {t.feat.shape[0]} channels, the sample's first tile {d}"
+                    )
+            labels[SRC_KEY] = np.stack([np.ascontiguousarray(t.feat) for t in st.tiles])  # (T, D, h, w)
+            labels[GEOM_KEY] = geometry_rows(st, labels["img"].shape[:2])
+            if self.keep_params:
+                labels[PARAMS_KEY] = st.params
+        return labels
+
+
+def collate_geometry(srcs: list[np.ndarray], geoms: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """B x (T_i, D, h, w) maps and B x (T_i, GEOM_FIELDS) rows -> (B, T, D, h, w), (B, T, GEOM_FIELDS).
+
+    T = max T_i; padding rows have present = 0 and zero maps (weight 0 on the device).
+    """
+    t = max(g.shape[0] for g in geoms)
+    src = torch.zeros((len(srcs), t, *srcs[0].shape[1:]), dtype=torch.from_numpy(srcs[0][:0]).dtype)
+    geom = torch.zeros((len(geoms), t, GEOM_FIELDS), dtype=torch.float64)
+    for i, (m, g) in enumerate(zip(srcs, geoms)):
+        if m.shape[1:] != srcs[0].shape[1:]:
+            raise WarpError(
+                f"sample {i}: teacher maps {m.shape[1:]} differ from sample 0's {srcs[0].shape[1:]}"
+            )
+        src[i, : m.shape[0]] = torch.from_numpy(np.ascontiguousarray(m))
+        geom[i, : g.shape[0]] = torch.from_numpy(g)
+    return src, geom
+
+
+def _apply_h(inv: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """inv (N, 3, 3) applied to the points (x, y) (P,) -> source (x, y), each (N, P) (homogeneous divide)."""
+    px = inv[:, 0, 0, None] * x + inv[:, 0, 1, None] * y + inv[:, 0, 2, None]
+    py = inv[:, 1, 0, None] * x + inv[:, 1, 1, None] * y + inv[:, 1, 2, None]
+    pw = inv[:, 2, 0, None] * x + inv[:, 2, 1, None] * y + inv[:, 2, 2, None]
+    return px / pw, py / pw
+
+
+def sample_maps(feat: torch.Tensor, inv_feat: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Resample maps (N, D, h, w) at every output cell of out_hw = (gh, gw) -> (N, gh*gw, D) float32.
+
+    inv_feat (N, 3, 3) float64 maps output cell coords to source cell coords (cell centres at integers).
+    Border replicate, bilinear; a source position within 1e-6 of a cell centre is snapped to it, so flips,
+    whole-cell shifts and identity copy values bit-exactly. (torch's grid_sample normalises coordinates to
+    [-1, 1] and back, which turns an exact cell index into 2.9999999 and mixes in a neighbour; the gather
+    below is the same bilinear rule without that round trip, on any device.)
+    """
+    n, d, h, w = feat.shape
+    gh, gw = out_hw
+    dev = feat.device
+    ys, xs = torch.meshgrid(
+        torch.arange(gh, device=dev, dtype=torch.float64),
+        torch.arange(gw, device=dev, dtype=torch.float64),
+        indexing="ij",
+    )
+    sx, sy = _apply_h(inv_feat.to(torch.float64), xs.reshape(-1), ys.reshape(-1))  # (N, P)
+    # a perspective can send points to infinity: clamp to the border like any other outside point
+    sx = torch.nan_to_num(sx, nan=0.0, posinf=float(w - 1), neginf=0.0)
+    sy = torch.nan_to_num(sy, nan=0.0, posinf=float(h - 1), neginf=0.0)
+    rx, ry = torch.round(sx), torch.round(sy)
+    sx = torch.where((sx - rx).abs() < 1e-6, rx, sx).clamp(0, w - 1)
+    sy = torch.where((sy - ry).abs() < 1e-6, ry, sy).clamp(0, h - 1)
+    x0 = sx.floor().clamp(max=max(w - 2, 0))
+    y0 = sy.floor().clamp(max=max(h - 2, 0))
+    fx = (sx - x0).to(torch.float32)[..., None]  # (N, P, 1)
+    fy = (sy - y0).to(torch.float32)[..., None]
+    dx, dy = int(w > 1), int(h > 1) * w
+    base = (torch.arange(n, device=dev) * (h * w))[:, None]
+    i00 = base + y0.long() * w + x0.long()  # (N, P) rows of the channels-last table
+    table = feat.to(torch.float32).permute(0, 2, 3, 1).reshape(n * h * w, d)  # one D-vector per cell
+    f00, f01 = table[i00], table[i00 + dx]
+    f10, f11 = table[i00 + dy], table[i00 + dy + dx]
+    return (f00 * (1 - fx) + f01 * fx) * (1 - fy) + (f10 * (1 - fx) + f11 * fx) * fy  # (N, P, D)
+
+
+def _feature_inverse(geom: torch.Tensor) -> torch.Tensor:
+    """(N, GEOM_FIELDS) -> (N, 3, 3): output cell coords -> source cell coords = K_src^-1 A^-1 K_out."""
+    inv = geom[:, :9].reshape(-1, 3, 3)
+    s = geom[:, 17]
+    c = (s - 1) / 2
+    z, o = torch.zeros_like(s), torch.ones_like(s)
+    k_out = torch.stack([s, z, c, z, s, c, z, z, o], 1).reshape(-1, 3, 3)
+    ox, oy = geom[:, 9], geom[:, 10]  # source pixel + offset = map-canvas pixel = s * cell + c
+    k_src_inv = torch.stack([1 / s, z, (ox - c) / s, z, 1 / s, (oy - c) / s, z, z, o], 1).reshape(-1, 3, 3)
+    return k_src_inv @ inv @ k_out
+
+
+def render_batch(
+    src: torch.Tensor, geom: torch.Tensor, valid_threshold: float = DEFAULT_VALID_THRESHOLD, samples: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp a batch on src's device: (B, T, D, h, w) maps + (B, T, GEOM_FIELDS) -> (B, D, H/s, W/s), (B, H/s, W/s).
+
+    Each tile's map is sampled at every output cell; cells are blended by the share of their samples x
+    samples points each tile owns (a cell one tile covers is that tile's value, bit for bit); cells no tile
+    covers are 0 and invalid. valid = 1 where one tile owns >= valid_threshold of the cell's points.
+    """
+    if src.ndim != 5 or geom.ndim != 3 or geom.shape[:2] != src.shape[:2] or geom.shape[2] != GEOM_FIELDS:
+        raise WarpError(
+            f"warp_batch needs maps (B, T, D, h, w) and geometry (B, T, {GEOM_FIELDS}), got "
+            f"{tuple(src.shape)} and {tuple(geom.shape)}"
+        )
+    b, t, d, h, w = src.shape
+    geom = geom.to(src.device, torch.float64)
+    present = geom[..., 18] > 0  # (B, T)
+    if not bool(present[:, 0].all()):
+        raise WarpError("a sample of the batch has no tile geometry (first tile not present)")
+    first = geom[:, 0]
+    H, W, s = int(first[0, 15]), int(first[0, 16]), int(first[0, 17])
+    same = (geom[..., 15] == H) & (geom[..., 16] == W) & (geom[..., 17] == s)
+    if not bool(same[present].all()):
+        raise WarpError("the samples of a batch must share one output size and patch")
     if H % s or W % s:
         raise WarpError(f"augmented image {H}x{W} is not a multiple of the teacher patch {s}")
-    if state.owner.shape != (H, W):
-        raise WarpError(
-            f"owner map {state.owner.shape} does not match the image {H}x{W} (a transform was missed)"
-        )
     gh, gw = H // s, W // s
-    cov = coverage(state.owner, len(state.tiles), s, samples).reshape(len(state.tiles), -1)  # (n, gh*gw)
-    d = state.tiles[0].feat.shape[0]
-    out = np.zeros((d, gh * gw), dtype=np.float32)
-    single = len(state.tiles) == 1
-    for t, c in zip(state.tiles, cov):
-        if t.feat.shape[0] != d:
-            raise WarpError(
-                f"{t.key}: teacher map has {t.feat.shape[0]} channels, the sample's first tile {d}"
-            )
-        cells = np.flatnonzero(c)
-        if cells.size == 0:
-            continue
-        ys, xs = np.divmod(cells, gw)
-        vals = _gather(t.feat, feature_matrix(t.A, t.offset, s), xs, ys)  # (D, n_cells)
-        if single:  # copy, so whole-cell moves stay bit-exact
-            out[:, cells] = vals
-        else:
-            out[:, cells] += c[cells] * vals
-    if not single:
-        total = cov.sum(0)
-        hit = total > 0
-        out[:, hit] /= total[hit]
-    valid = (cov.max(0) >= valid_threshold - 1e-9).astype(np.float32).reshape(gh, gw)
-    return out.reshape(d, gh, gw).astype(dtype), valid
+    # padding rows (present 0): identity geometry with an empty rectangle, so they own nothing and stay finite
+    pad = torch.zeros_like(geom)
+    pad[..., [0, 4, 8]] = 1.0
+    pad[..., 15:18] = geom[:, :1, 15:18]
+    flat = torch.where(present[..., None], geom, pad).reshape(b * t, GEOM_FIELDS)
+    # -- ownership of the k x k sample points of every cell (same points as the old owner-map count)
+    k = max(1, min(samples, s))
+    step = s // k
+    pts_y = torch.arange(gh * k, device=src.device, dtype=torch.float64)
+    pts_y = (pts_y // k) * s + step // 2 + (pts_y % k) * step
+    pts_x = torch.arange(gw * k, device=src.device, dtype=torch.float64)
+    pts_x = (pts_x // k) * s + step // 2 + (pts_x % k) * step
+    yy, xx = torch.meshgrid(pts_y, pts_x, indexing="ij")
+    qx, qy = _apply_h(flat[:, :9].reshape(-1, 3, 3), xx.reshape(-1), yy.reshape(-1))  # (B*T, P) source px
+    nx, ny = torch.floor(qx + 0.5), torch.floor(qy + 0.5)  # nearest source pixel, as cv2's INTER_NEAREST
+    r = flat[:, 11:15, None]
+    claim = (nx >= r[:, 0]) & (nx < r[:, 2]) & (ny >= r[:, 1]) & (ny < r[:, 3])
+    claim = claim.reshape(b, t, -1) & present[..., None]  # (B, T, P)
+    # the last claiming tile owns a point (Mosaic pastes in tile order)
+    order = torch.arange(1, t + 1, device=src.device)[None, :, None]
+    owner = (claim * order).amax(1)  # (B, P): 0 = nobody, else tile index + 1
+    onehot = (owner[:, None, :] == order).to(torch.float32)  # (B, T, P)
+    cov = onehot.reshape(b, t, gh, k, gw, k).mean((3, 5)).reshape(b, t, gh * gw)  # (B, T, cells)
+    # -- values: every tile's map at every output cell, blended by coverage
+    vals = sample_maps(src.reshape(b * t, d, h, w), _feature_inverse(flat), (gh, gw))  # (B*T, cells, D)
+    vals = vals.reshape(b, t, gh * gw, d)
+    total = cov.sum(1, keepdim=True)  # (B, 1, cells)
+    weight = torch.where(total > 0, cov / total.clamp(min=1e-12), torch.zeros_like(cov))  # c / c == 1 exactly
+    out = torch.where(weight[..., None] > 0, weight[..., None] * vals, torch.zeros_like(vals)).sum(1)
+    out = out.permute(0, 2, 1).reshape(b, d, gh, gw).contiguous()
+    valid = (cov.amax(1) >= valid_threshold - 1e-9).to(torch.float32).reshape(b, gh, gw)
+    return out, valid
 
 
-class RenderTeacher(BaseTransform):
-    """Last geometric step (before Format): resamples the source maps once and adds teacher_feat/_valid."""
+def warp_batch(batch: dict[str, Any], valid_threshold: float = DEFAULT_VALID_THRESHOLD) -> dict[str, Any]:
+    """Trainer side: replace the collated maps + geometry by the warped maps and the validity mask (in place).
+
+    Raises WarpError for a warp-mode batch without geometry: a plain map is never used silently.
+    """
+    if SRC_KEY not in batch or GEOM_KEY not in batch:
+        raise WarpError(
+            f"distill_geometric_aug=warp but the batch carries no teacher geometry ('{SRC_KEY}'/'{GEOM_KEY}'"
+            f"{'; it has a plain ' + repr(TEACHER_KEY) if TEACHER_KEY in batch else ''}): the dataset's transforms "
+            "must end with warp.AttachGeometry (wrap_transforms / DistillDataset in warp mode)"
+        )
+    feat, valid = render_batch(batch.pop(SRC_KEY), batch.pop(GEOM_KEY), valid_threshold)
+    batch[TEACHER_KEY], batch[VALID_KEY] = feat, valid
+    return batch
+
+
+class RenderTeacher:
+    """One sample, on the CPU, through the trainer's device warp: for tools and tests (warp-check).
+
+    Takes labels after the geometric transforms (a WarpState or the attached geometry) and returns them with
+    `teacher_feat` (D, H/s, W/s) float32 and `teacher_valid` (H/s, W/s) float32 as numpy arrays.
+    """
 
     def __init__(
         self, valid_threshold: float = DEFAULT_VALID_THRESHOLD, keep_params: bool = False, samples: int = 4
     ) -> None:
-        if not 0.0 < valid_threshold <= 1.0:
-            raise WarpError(f"valid_threshold: {valid_threshold} must be in (0, 1]")
+        self.attach = AttachGeometry(valid_threshold, keep_params)
         self.valid_threshold = valid_threshold
-        self.keep_params = keep_params
         self.samples = samples
 
     def __call__(self, labels: dict[str, Any]) -> dict[str, Any]:
-        st = labels.pop(STATE_KEY, None)
+        st = labels.get(STATE_KEY)
         if st is not None:
-            dtype = (
-                st.tiles[0].feat.dtype if st.tiles[0].feat.dtype in (np.float16, np.float32) else np.float32
-            )
-            feat, valid = render(st, labels["img"].shape[:2], self.valid_threshold, dtype, self.samples)
-            labels[TEACHER_KEY], labels[VALID_KEY] = feat, valid
-            if self.keep_params:
-                labels[PARAMS_KEY] = st.params
-        elif labels.get(TEACHER_KEY) is not None:  # never moved: the whole cached map is valid
-            feat = np.ascontiguousarray(labels[TEACHER_KEY])
-            labels[TEACHER_KEY] = feat
-            labels[VALID_KEY] = np.ones(feat.shape[-2:], dtype=np.float32)
+            self.attach.patch = st.patch
+        labels = self.attach(labels) if SRC_KEY not in labels else labels
+        if SRC_KEY in labels:
+            src, geom = collate_geometry([labels.pop(SRC_KEY)], [labels.pop(GEOM_KEY)])
+            feat, valid = render_batch(src, geom, self.valid_threshold, self.samples)
+            labels[TEACHER_KEY], labels[VALID_KEY] = feat[0].numpy(), valid[0].numpy()
         return labels
 
 
@@ -493,17 +597,17 @@ def wrap_transforms(
     valid_threshold: float = DEFAULT_VALID_THRESHOLD,
     keep_params: bool = False,
 ) -> Compose:
-    """Swap the warp wrappers into an Ultralytics Compose (in place, nested ones too) and add RenderTeacher.
+    """Swap the warp wrappers into an Ultralytics Compose (in place, nested ones too) and add AttachGeometry.
 
-    RenderTeacher goes right before `Format` when there is one (the output of `YOLODataset.build_transforms`),
+    AttachGeometry goes right before `Format` when there is one (the output of `YOLODataset.build_transforms`),
     else at the end (the output of `v8_transforms`). Raises WarpError for blends with p > 0 or spatial
     Albumentations, which warp mode cannot follow.
     """
     _walk(transforms, patch, {})
-    render_t = RenderTeacher(valid_threshold, keep_params)
+    attach = AttachGeometry(valid_threshold, keep_params, patch)
     items = transforms.transforms
     at = next((i for i, t in enumerate(items) if isinstance(t, Format)), len(items))
-    items.insert(at, render_t)
+    items.insert(at, attach)
     return transforms
 
 
@@ -526,7 +630,7 @@ def build_warp_transforms(
 ) -> Compose:
     """`ultralytics.data.augment.v8_transforms` with the warp wrappers swapped in (blends off, on a copy of hyp).
 
-    Returns the training Compose without `Format`, like v8_transforms; RenderTeacher is its last step.
+    Returns the training Compose without `Format`, like v8_transforms; AttachGeometry is its last step.
     """
     h = IterableSimpleNamespace(**vars(hyp))
     disable_blends(h)
@@ -541,11 +645,6 @@ def combine_masks(obj_mask: torch.Tensor, valid: torch.Tensor | None) -> tuple[t
     obj = obj_mask.float()
     v = torch.ones_like(obj) if valid is None else valid.to(obj.device, torch.float32)
     return obj * v, (1.0 - obj) * v
-
-
-def stack_valid(valids: list[np.ndarray]) -> torch.Tensor:
-    """Collate helper: B x (h, w) -> (B, h, w) float32."""
-    return torch.stack([torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for v in valids], 0)
 
 
 def cos_per_cell(a: np.ndarray, b: np.ndarray, eps: float = 1e-8) -> np.ndarray:

@@ -20,6 +20,7 @@ from dinocache.train.warp import (
     STATE_KEY,
     TEACHER_KEY,
     VALID_KEY,
+    RenderTeacher,
     WarpError,
     WarpFlip,
     WarpMosaic,
@@ -27,7 +28,9 @@ from dinocache.train.warp import (
     build_warp_transforms,
     combine_masks,
     feature_matrix,
-    sample_bilinear,
+    render_batch,
+    sample_maps,
+    warp_batch,
     wrap_transforms,
 )
 from ultralytics.cfg import DEFAULT_CFG
@@ -77,8 +80,8 @@ def run(ds: PoolDataset, tf: Compose, index: int, seed: int = 0) -> dict:
     random.seed(seed)
     np.random.seed(seed)
     out = tf(ds.get_image_and_label(index))
-    assert STATE_KEY not in out
-    return out
+    assert STATE_KEY not in out and TEACHER_KEY not in out  # the dataloader attaches geometry only
+    return RenderTeacher()(out)  # the trainer's device warp, on the CPU
 
 
 def check_exact(out: dict) -> int:
@@ -145,7 +148,7 @@ def test_mosaic_aligned_exact(dataset, monkeypatch):
     random.seed(0)
     label = dataset.get_image_and_label(3)
     monkeypatch.setattr(random, "uniform", uniform)
-    out = tf(label)
+    out = RenderTeacher()(tf(label))
     monkeypatch.undo()
     mos = next(p for p in out[PARAMS_KEY] if p["op"] == "mosaic")
     assert len(mos["tiles"]) == 4 and mos["tiles"][0]["key"].endswith(".png")
@@ -200,11 +203,18 @@ def test_letterbox_and_nonsquare_offset():
     canvas[32:96] = img
     feat = pool_teacher(canvas)
     lb = wrap_transforms(Compose([WarpLetterBox(new_shape=128, scaleup=False)]))
-    out = lb({"img": img, TEACHER_KEY: feat, "im_file": "x.png"})
+    out = RenderTeacher()(lb({"img": img, TEACHER_KEY: feat, "im_file": "x.png"}))
     np.testing.assert_array_equal(out["img"], canvas)
     v = out[VALID_KEY] > 0
     assert v.sum() == 32 and v[2:6].all() and not v[:2].any()
     np.testing.assert_array_equal(out[TEACHER_KEY][:, v], feat[:, v])
+
+
+def _sample(x: np.ndarray, M: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """(D, h, w) resampled through M (source -> output cell coords) by the device sampler -> (D, gh, gw)."""
+    inv = torch.from_numpy(np.linalg.inv(M))[None]
+    got = sample_maps(torch.from_numpy(x)[None], inv, out_hw)[0]  # (gh*gw, D)
+    return got.T.reshape(x.shape[0], *out_hw).numpy()
 
 
 def test_feature_matrix_flip_is_index_reversal():
@@ -212,14 +222,14 @@ def test_feature_matrix_flip_is_index_reversal():
     Mf = feature_matrix(F, (0.0, 0.0), 16)
     np.testing.assert_array_equal(Mf, [[-1, 0, 7], [0, 1, 0], [0, 0, 1]])
     x = np.arange(2 * 3 * 8, dtype=np.float32).reshape(2, 3, 8)
-    np.testing.assert_array_equal(sample_bilinear(x, Mf, (3, 8)), x[..., ::-1])
+    np.testing.assert_array_equal(_sample(x, Mf, (3, 8)), x[..., ::-1])
 
 
-def test_sample_bilinear_matches_grid_sample():
+def test_device_sampler_matches_grid_sample():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(5, 6, 7)).astype(np.float32)
     M = np.array([[0.9, 0.2, 0.4], [-0.1, 1.1, -0.3], [0, 0, 1]])
-    got = sample_bilinear(x, M, (6, 7))
+    got = _sample(x, M, (6, 7))
     inv = np.linalg.inv(M)
     ys, xs = np.mgrid[0:6, 0:7]
     p = inv @ np.stack([xs.ravel(), ys.ravel(), np.ones(42)])
@@ -241,7 +251,7 @@ def test_blends_refused_and_disabled(dataset):
     assert warp.disable_blends(h) == ["mixup", "cutmix"] and h.mixup == 0.0
     tf = build_warp_transforms(dataset, hyp(mixup=0.5, mosaic=1.0), 128)
     names = [type(t).__name__ for t in tf.transforms]
-    assert names[-1] == "RenderTeacher"
+    assert names[-1] == "AttachGeometry"
     pre = tf.transforms[0]
     assert isinstance(pre.transforms[0], WarpMosaic) and isinstance(pre.transforms[-1], WarpPerspective)
     assert all(isinstance(t, WarpFlip) for t in tf.transforms if isinstance(t, RandomFlip))
@@ -251,7 +261,7 @@ def test_wrap_keeps_ultralytics_settings_and_format_order(dataset):
     tf = dataset.build_transforms(hyp(degrees=7.0, scale=0.3, fliplr=0.4))
     wrap_transforms(tf, patch=16)
     names = [type(t).__name__ for t in tf.transforms]
-    assert names[-2:] == ["RenderTeacher", "Format"]
+    assert names[-2:] == ["AttachGeometry", "Format"]
     aff = tf.transforms[0].transforms[-1]
     assert isinstance(aff, RandomPerspective) and isinstance(aff, WarpPerspective)
     assert aff.degrees == 7.0 and aff.scale == 0.3 and aff.size == (128, 128)
@@ -260,14 +270,19 @@ def test_wrap_keeps_ultralytics_settings_and_format_order(dataset):
 
 
 def test_through_format_and_collate(dataset):
+    from dinocache.train.dataset import DistillDataset
+
     tf = dataset.build_transforms(hyp(mosaic=1.0, degrees=10.0, scale=0.3, translate=0.1, fliplr=0.5))
     wrap_transforms(tf)
-    batch = [run(dataset, tf, i, i) for i in range(4)]
-    assert all(b["img"].shape == (3, 128, 128) for b in batch)
-    feats = torch.stack([torch.from_numpy(b.pop(TEACHER_KEY)) for b in batch])  # (B, 3, 8, 8)
-    valid = warp.stack_valid([b.pop(VALID_KEY) for b in batch])  # (B, 8, 8)
+    samples = []
+    for i in range(4):
+        random.seed(i)
+        samples.append(tf(dataset.get_image_and_label(i)))
+    assert all(b["img"].shape == (3, 128, 128) for b in samples)
+    b = warp_batch(DistillDataset.collate_fn(samples))
+    feats, valid = b[TEACHER_KEY], b[VALID_KEY]
     assert feats.shape == (4, 3, 8, 8) and valid.shape == (4, 8, 8) and torch.isfinite(feats).all()
-    YOLODataset.collate_fn(batch)
+    assert warp.SRC_KEY not in b and warp.GEOM_KEY not in b
 
 
 def test_missing_tile_map_is_a_clear_error(dataset):
@@ -305,7 +320,7 @@ def test_teacher_feat_for_fallback(dataset):
         Compose([WarpMosaic(ds, imgsz=128, p=1.0), WarpPerspective(size=(128, 128), scale=0)])
     )
     random.seed(2)
-    out = tf(ds.get_image_and_label(0))
+    out = RenderTeacher()(tf(ds.get_image_and_label(0)))
     assert out[TEACHER_KEY].shape == (3, 8, 8) and out[VALID_KEY].sum() > 0
 
 
@@ -359,15 +374,47 @@ def test_combine_masks():
 
 
 def test_valid_threshold_rule():
-    st = warp.WarpState(tiles=[], owner=np.full((16, 32), warp.NONE_ID, np.uint8), patch=16)
-    st.tiles.append(warp.Tile(np.ones((2, 1, 2), np.float32), np.eye(3), (0.0, 0.0), "t"))
-    st.owner[:8, :16] = 0  # cell 0 half covered, cell 1 empty
-    _, v = warp.render(st, (16, 32), valid_threshold=0.5)
-    assert v.tolist() == [[1.0, 0.0]]
-    _, v = warp.render(st, (16, 32), valid_threshold=0.75)
-    assert v.tolist() == [[0.0, 0.0]]
+    st = warp.WarpState(tiles=[], patch=16)
+    # a 16x32 image whose tile shows only its top-left 16x8 pixels: cell 0 half covered, cell 1 empty
+    st.tiles.append(warp.Tile(np.ones((2, 1, 2), np.float32), np.eye(3), (0.0, 0.0), "t", (0, 0, 16, 8)))
+    src, geom = warp.collate_geometry([np.ones((1, 2, 1, 2), np.float32)], [warp.geometry_rows(st, (16, 32))])
+    _, v = render_batch(src, geom, valid_threshold=0.5)
+    assert v.tolist() == [[[1.0, 0.0]]]
+    _, v = render_batch(src, geom, valid_threshold=0.75)
+    assert v.tolist() == [[[0.0, 0.0]]]
     with pytest.raises(WarpError):
-        warp.RenderTeacher(valid_threshold=0.0)
+        warp.AttachGeometry(valid_threshold=0.0)
+
+
+def test_sample_without_geometry_is_a_clear_error(dataset):
+    """Warp mode given a plain map (no geometry): refused, never used as if it were warped."""
+    batch = {TEACHER_KEY: torch.zeros(2, 3, 8, 8), "img": torch.zeros(2, 3, 128, 128)}
+    with pytest.raises(WarpError, match="carries no teacher geometry.*plain 'teacher_feat'.*AttachGeometry"):
+        warp_batch(batch)
+    src, geom = torch.zeros(2, 1, 3, 8, 8), torch.zeros(2, 1, warp.GEOM_FIELDS, dtype=torch.float64)
+    with pytest.raises(WarpError, match="has no tile geometry"):
+        render_batch(src, geom)
+    with pytest.raises(WarpError, match="needs maps"):
+        render_batch(src[:, 0], geom)
+
+
+def test_batch_warp_equals_per_sample_warp(dataset):
+    """A collated batch (tiles padded to the largest sample) warps like each sample on its own."""
+    tf = _albu_off(build_warp_transforms(dataset, hyp(mosaic=0.5, degrees=10.0, fliplr=0.5), 128))
+    samples = []
+    for i in range(6):
+        random.seed(i)
+        samples.append(tf(dataset.get_image_and_label(i % 4)))
+    assert {s[warp.SRC_KEY].shape[0] for s in samples} == {1, 4}  # mixed single images and mosaics
+    batch = {warp.SRC_KEY: None, warp.GEOM_KEY: None}
+    batch[warp.SRC_KEY], batch[warp.GEOM_KEY] = warp.collate_geometry(
+        [s[warp.SRC_KEY] for s in samples], [s[warp.GEOM_KEY] for s in samples]
+    )
+    warp_batch(batch)
+    for i, s in enumerate(samples):
+        one = RenderTeacher()(dict(s))
+        assert torch.equal(batch[TEACHER_KEY][i], torch.from_numpy(one[TEACHER_KEY]))
+        assert torch.equal(batch[VALID_KEY][i], torch.from_numpy(one[VALID_KEY]))
 
 
 def test_mosaic9_and_perspective_follow_the_image(dataset):

@@ -9,7 +9,7 @@ import dinocache.train.losses as losses
 import numpy as np
 import torch
 from dinocache.train.dataset import DistillDataset
-from dinocache.train.warp import TEACHER_KEY, VALID_KEY
+from dinocache.train.warp import GEOM_KEY, SRC_KEY, TEACHER_KEY, VALID_KEY, warp_batch
 from ultralytics.cfg import DEFAULT_CFG
 from ultralytics.utils import IterableSimpleNamespace
 
@@ -52,14 +52,20 @@ def _ds(demo_data, mode: str, **hyp: float):
 
 
 def _batch(ds, seed: int = 0) -> dict:
+    """A collated batch as the trainer sees it after preprocess_batch (warp mode: warped on the 'device')."""
     random.seed(seed)
     np.random.seed(seed)
-    return DistillDataset.collate_fn([ds[i] for i in range(4)])
+    b = DistillDataset.collate_fn([ds[i] for i in range(4)])
+    if ds.geometric_aug == "warp":
+        assert TEACHER_KEY not in b and b[GEOM_KEY].dtype == torch.float64  # workers resample nothing
+        assert b[SRC_KEY].shape[:2] == b[GEOM_KEY].shape[:2]
+        warp_batch(b)
+    return b
 
 
 def test_warp_batch_has_stacked_valid_and_trains_the_loss(demo_data):
     ds = _ds(demo_data, "warp", mosaic=1.0, degrees=10.0, scale=0.3, translate=0.1, fliplr=0.5, mixup=0.5)
-    assert ds.transforms.transforms[-2].__class__.__name__ == "RenderTeacher"
+    assert ds.transforms.transforms[-2].__class__.__name__ == "AttachGeometry"
     b = _batch(ds)
     assert b[TEACHER_KEY].shape == (4, 3, 8, 8) and b[VALID_KEY].shape == (4, 8, 8)
     assert b[VALID_KEY].dtype == torch.float32 and 0 < b[VALID_KEY].sum() <= 4 * 64
