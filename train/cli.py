@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     from dinocache.train.config import TrainConfig
     from dinocache.train.eval_hooks import EvalFailed
     from dinocache.train.run import TrainError, train
+    from dinocache.train.trainer import NonFiniteLoss
 
     from dinocache.core.config import ConfigError, load
     from dinocache.core.data import DataError
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, TrainError, TeacherNotFound, CacheError) as e:
         print(f"error: {_first_cause(e)}", file=sys.stderr)
         return 2
-    except EvalFailed as e:  # the run finished and saved its weights, but a grade failed: not a success
+    except (EvalFailed, NonFiniteLoss) as e:  # the run went wrong (a grade failed, NaN loss): not a success
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"dinocache train: outputs in {trainer.save_dir}")

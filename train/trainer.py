@@ -124,6 +124,10 @@ def _ranges(ids: list[int]) -> str:
     return ", ".join(out)
 
 
+class NonFiniteLoss(RuntimeError):
+    """The training loss (or the validation fitness) became NaN/inf: the run stops, the last good checkpoint stays."""
+
+
 class DinoOBBTrainer(OBBTrainer):
     """OBBTrainer with DINOv3 feature distillation from a cache (or online) and the two-stage curriculum.
 
@@ -167,6 +171,9 @@ class DinoOBBTrainer(OBBTrainer):
         # validity), CPU copies for the DINO viz: shows that warped maps line up with augmented images
         self.aug_viz: dict[str, Any] | None = None
         self._aug_viz_epoch = -1
+        self._last_saved_epoch: int | None = None  # epoch of the newest weights/resume.pt (NaN message)
+        # resumed run: training seconds before the resume (results.csv `time` goes on from there)
+        self._time_offset = 0.0
         self._quiet = quiet_log()
         # Ultralytics deletes results.csv unless its own resume is used; ours continues it
         csv = Path((overrides or {}).get("save_dir") or ".") / "results.csv"
@@ -382,6 +389,7 @@ class DinoOBBTrainer(OBBTrainer):
         tmp = self.wdir / (RESUME_FILE + ".tmp")
         torch.save(state, tmp)
         tmp.replace(self.wdir / RESUME_FILE)
+        self._last_saved_epoch = int(self.epoch)
 
     def resume_training(self, ckpt: Any) -> None:
         state = self.resume_state
@@ -407,9 +415,66 @@ class DinoOBBTrainer(OBBTrainer):
             model.criterion.updates = start_epoch - 1
             model.criterion.update()
         self.start_epoch = start_epoch
+        self._last_saved_epoch = start_epoch - 1
+        self._time_offset = _last_time(self.csv)
         LOGGER.info(
             f"{colorstr('dinocache:')} resuming {self.save_dir} at epoch {start_epoch + 1}/{self.epochs} "
             f"(Stage {stage_of(start_epoch, self.dino)}, w={distill_weight(start_epoch, self.dino):.4g})"
+        )
+
+    def save_metrics(self, metrics: dict) -> None:
+        """Ultralytics' results.csv row; after a resume its `time` column continues instead of restarting at 0."""
+        self.train_time_start -= self._time_offset
+        try:
+            super().save_metrics(metrics)
+        finally:
+            self.train_time_start += self._time_offset
+
+    # -- NaN / inf ------------------------------------------------------------------------------------------
+    def optimizer_step(self) -> None:
+        """Check the loss before every optimizer step, so a NaN/inf never reaches the weights."""
+        self._check_finite_loss()
+        super().optimizer_step()
+
+    def _check_finite_loss(self) -> None:
+        bad = {k: float(v) for k, v in (self.tloss or {}).items() if not math.isfinite(float(v))}
+        if self.loss is not None and not bool(torch.isfinite(self.loss).all()):
+            bad.setdefault("loss", float(self.loss.detach().sum()))
+        if bad:
+            raise NonFiniteLoss(self._non_finite_message(", ".join(f"{k}={v}" for k, v in bad.items())))
+
+    def _handle_nan_recovery(self, epoch: int) -> bool:
+        """Ultralytics' NaN hook at the end of each epoch (loss of the last batch, validation fitness; broadcast
+        under DDP). Ultralytics would reload last.pt and retry; here a NaN ends the run: last.pt holds a clean
+        OBBModel (no projection, no resume state) and a run that produced NaN once is broken, not unlucky."""
+        import numpy as np
+
+        loss_nan = self.loss is not None and not bool(torch.isfinite(self.loss).all())
+        fitness_nan = self.fitness is not None and not np.isfinite(self.fitness)
+        corrupted = RANK in {-1, 0} and (loss_nan or fitness_nan)
+        if RANK != -1:
+            import torch.distributed as dist
+
+            flag = [corrupted if RANK == 0 else None]
+            dist.broadcast_object_list(flag, 0)
+            corrupted = flag[0]
+        if corrupted:
+            what = "training loss" if loss_nan else f"validation fitness ({self.fitness})"
+            raise NonFiniteLoss(self._non_finite_message(what))
+        return False
+
+    def _non_finite_message(self, what: str) -> str:
+        saved = self._last_saved_epoch
+        kept = (
+            f"the last good checkpoint is kept: {self.last} and {self.wdir / RESUME_FILE} (epoch {saved + 1}); "
+            "continue it with resume=true after lowering lr0"
+            if saved is not None
+            else "no checkpoint had been saved yet, so the run folder is removed"
+        )
+        return (
+            f"NaN/inf during training at epoch {self.epoch + 1}/{self.epochs} ({what}); the run stops and this "
+            f"epoch is not saved; {kept}. Check the data (`dinocache dataset validate`) and the cache "
+            "(`dinocache cache verify`), or lower lr0"
         )
 
     def final_eval(self) -> None:
@@ -419,6 +484,18 @@ class DinoOBBTrainer(OBBTrainer):
 
     def release_teacher(self) -> None:
         self._teacher = None
+
+
+def _last_time(csv_path: Path) -> float:
+    """The `time` (seconds since the run started) of the last row of results.csv, 0 when there is none."""
+    import csv
+
+    try:
+        with open(csv_path, encoding="utf-8") as f:
+            rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
+        return float(rows[-1]["time"]) if rows else 0.0
+    except (OSError, KeyError, ValueError, TypeError):
+        return 0.0
 
 
 def ultralytics_overrides(cfg: TrainConfig, save_dir: Path, device: str) -> dict[str, Any]:
@@ -479,6 +556,7 @@ def warp_blends_off(ov: dict[str, Any]) -> list[str]:
 
 
 __all__ = [
+    "NonFiniteLoss",
     "warp_blends_off",
     "DinoOBBTrainer",
     "TeacherContext",

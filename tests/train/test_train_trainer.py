@@ -286,6 +286,12 @@ def test_resume_restores_stage_weight_and_projection(
     first = train(cfg, callbacks={"on_train_epoch_end": [_stop_after_first_epoch]})
     state = torch.load(first.wdir / "resume.pt", weights_only=True)
     assert state["epoch"] == 0 and state["stage"] == "A"
+    csv_path = first.save_dir / "results.csv"
+    lines = csv_path.read_text().splitlines()  # pretend epoch 1 took 1000 s: the resumed run's time goes on
+    head = [c.strip() for c in lines[0].split(",")]
+    cells = lines[1].split(",")
+    cells[head.index("time")] = "1000"
+    csv_path.write_text("\n".join([lines[0], ",".join(cells)]) + "\n")
     probe = ResumeProbe()
     cfg2 = make_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache, name="r", resume=True, epochs=99)
     second = train(cfg2, callbacks={"on_train_epoch_start": [probe]})
@@ -293,7 +299,9 @@ def test_resume_restores_stage_weight_and_projection(
     assert probe.start_epoch == 1 and probe.l0_grad  # resumed into Stage B: unfrozen
     assert probe.w == pytest.approx(0.08)
     torch.testing.assert_close(probe.proj, state["ema"]["distill_proj.0.weight"].float())
-    assert [int(r["epoch"]) for r in read_csv(second.save_dir / "results.csv")] == [1, 2]
+    rows = read_csv(second.save_dir / "results.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert rows[0]["time"] == 1000 and rows[1]["time"] > 1000  # the time column continues across the resume
 
 
 # -- refusals ------------------------------------------------------------------------------------------------------
