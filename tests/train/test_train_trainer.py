@@ -1,6 +1,6 @@
 """End-to-end trainer runs on the tiny teacher and tiny data (imgsz 128, batch 4, CPU).
 
-One precomputed cache (the real `precompute.run.main`) is shared by the module. Runs use nbs=batch and
+One precomputed cache (the real `precompute.run.main`, tests/train/conftest.py) is shared by the session. Runs use nbs=batch and
 warmup_epochs=0 so every batch is an optimizer step.
 """
 
@@ -25,19 +25,6 @@ from dinocache.train.config import TrainConfig
 from dinocache.train.losses import distill_weight
 
 from dinocache.core.config import build
-
-
-@pytest.fixture(scope="module")
-def feature_cache(tmp_path_factory: pytest.TempPathFactory, demo_data: Path, tiny_teacher_dir: Path) -> Path:
-    from dinocache.precompute.run import main as precompute
-
-    d = tmp_path_factory.mktemp("cache")
-    (d / "empty.json").write_text("{}")
-    out = d / "features.zarr"
-    args = [f"data={demo_data}", f"cache={out}", f"dino_root={tiny_teacher_dir}", "imgsz=128", "channels=16"]
-    rc = precompute(["--config", str(d / "empty.json"), *args, "device=cpu", "batch=8", "workers=0"])
-    assert rc == 0
-    return out
 
 
 def make_cfg(root: Path, demo_data: Path, teacher: Path, cache: Path, **kw) -> TrainConfig:
