@@ -43,6 +43,14 @@ verify *ARGS:
 train *ARGS:
     dinocache train --config {{config}} "$@"
 
+# A/B of distillation over seeds on your data and teacher (e.g. `just compare modes=none,cache,online seeds=3 epochs=20`)
+compare *ARGS:
+    dinocache compare --config {{config}} {{ARGS}}
+
+# build (once, cached) a tiny DINOv3 fine-tuned on demo data; prints its folder (use it as dino_root)
+demo-teacher *ARGS:
+    dinocache make-demo-teacher {{ARGS}}
+
 # LoRA fine-tune the teacher (see merge-teacher)
 finetune-teacher *ARGS:
     dinocache finetune-teacher --config {{config}} "$@"

@@ -2,9 +2,11 @@
 
     dinocache demo-data dataset          # synthetic OBB dataset
     dinocache make-tiny-teacher dinov3   # tiny random DINOv3 saved with save_pretrained
+    dinocache make-demo-teacher [OUT]    # tiny DINOv3 fine-tuned on demo data (cached; prints its folder)
     dinocache precompute --config config.json [key=value ...]
     dinocache cache info PATH | dinocache cache verify PATH --data DATA | dinocache cache repair PATH --data DATA
     dinocache train --config config.json [key=value ...]
+    dinocache compare --config config.json [modes=none,cache,online] [seeds=3] [epochs=N]
 
 Each subcommand lives in its own package as `main(argv) -> int`; imports are lazy so `--help` is fast.
 """
@@ -20,9 +22,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("dinocache.demo", "run the whole pipeline on generated data and a tiny teacher"),
     "demo-data": ("dinocache.datatools.demo_data", "write a synthetic YOLO-OBB dataset"),
     "make-tiny-teacher": ("dinocache.teacher.tiny", "save a tiny random DINOv3 with save_pretrained"),
+    "make-demo-teacher": (
+        "dinocache.finetune.demo_teacher",
+        "build (once, cached) a tiny DINOv3 fine-tuned on demo data: a teacher that knows",
+    ),
     "precompute": ("dinocache.precompute.run", "run the teacher once per image into the Zarr cache"),
     "cache": ("dinocache.cache.cli", "inspect, verify or repair a feature cache (info, verify, repair)"),
     "train": ("dinocache.train.cli", "train the OBB student with cached/online/no distillation"),
+    "compare": ("dinocache.compare", "A/B of distillation over seeds: none / cache / online (+ controls)"),
     "grade": ("dinocache.grade.cli", "geometric grade of a checkpoint on a val split"),
     "finetune-teacher": ("dinocache.finetune.train", "LoRA fine-tune the DINOv3 teacher"),
     "merge-teacher": ("dinocache.finetune.merge", "merge LoRA adapters into a plain DINOv3 folder"),

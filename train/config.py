@@ -127,6 +127,9 @@ class TrainConfig:
     # warp mode: a teacher cell is distilled when at least this share of its pixels comes from one source
     # image (not mosaic/letterbox/affine-border padding)
     distill_valid_threshold: float = 0.5
+    # control experiment (cache mode): each training image gets ANOTHER image's cached map (a derangement of
+    # the cache's keys seeded by `seed`); it must not help. `dinocache compare` mode cache-shuffled
+    distill_shuffle_maps: bool = False
     # continue the run `name` (or the newest run of this model) from weights/resume.pt
     resume: bool = False
     # at start, also hash every training image and refuse the run when one changed since it was cached (reads
@@ -247,6 +250,11 @@ class TrainConfig:
             "/" not in self.name and "\\" not in self.name and self.name not in (".", ".."),
             "name",
             f"must be a plain folder name, got {self.name!r}",
+        )
+        require(
+            not self.distill_shuffle_maps or self.teacher_source == "cache",
+            "distill_shuffle_maps",
+            "shuffles cached maps: needs teacher_source=cache",
         )
         bad = sorted(set(self.extra) & RESERVED_EXTRA)
         require(not bad, "extra", f"{bad} are set by dinocache itself; use the train options instead")

@@ -45,14 +45,23 @@ def swap_flips(transforms: Compose) -> Compose:
 
 
 class TeacherLookup:
-    """Maps an image file to its (D, h, w) float16 teacher map from the cache; opens the cache lazily per process."""
+    """Maps an image file to its (D, h, w) float16 teacher map from the cache; opens the cache lazily per process.
 
-    def __init__(self, cache_path: str, root: str | Path, channels: int) -> None:
+    `shuffle_seed` (the control run of `dinocache compare`, mode cache-shuffled): every image gets ANOTHER
+    image's map, a seeded derangement of the cache's keys, so the maps keep their statistics but lose
+    their content's link to the image.
+    """
+
+    def __init__(
+        self, cache_path: str, root: str | Path, channels: int, shuffle_seed: int | None = None
+    ) -> None:
         self.cache_path = str(cache_path)
         self.root = str(root)
         self.channels = int(channels)
+        self.shuffle_seed = shuffle_seed
         self._fc: Any = None
         self._pid: int | None = None
+        self._other: dict[str, str] | None = None
 
     @property
     def fc(self) -> Any:
@@ -63,12 +72,24 @@ class TeacherLookup:
             self._pid = os.getpid()
         return self._fc
 
+    def other_key(self, key: str) -> str:
+        """cache-shuffled: the key whose map `key` gets (never itself when the cache has >= 2 rows)."""
+        if self._other is None:
+            keys = sorted(self.fc.keys)
+            perm = np.random.default_rng(self.shuffle_seed).permutation(len(keys))
+            # i-th of the permuted order gets the (i+1)-th's map: a cycle, so no image keeps its own
+            self._other = {keys[perm[i]]: keys[perm[(i + 1) % len(keys)]] for i in range(len(keys))}
+        return self._other.get(key, key)
+
     def __call__(self, im_file: str) -> np.ndarray:
         """(D, h, w) float16; a checksum failure, a missing shard or NaN/inf is a CacheCorrupt naming the
         image key, the shard file and the repair command: nothing damaged reaches the loss."""
         from dinocache.cache.check import checked_map
 
-        return checked_map(self.fc, image_key(im_file, self.root), channels=self.channels)
+        key = image_key(im_file, self.root)
+        if self.shuffle_seed is not None:
+            key = self.other_key(key)
+        return checked_map(self.fc, key, channels=self.channels)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_fc": None, "_pid": None}

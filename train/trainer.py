@@ -272,7 +272,12 @@ class DinoOBBTrainer(OBBTrainer):
         if mode != "train" or self.dino.teacher_source != "cache":
             return super().build_dataset(img_path, mode, batch)
         gs = max(int(unwrap_model(self.model).stride.max()), 32)
-        lookup = TeacherLookup(self.ctx.cache_path, self.ctx.dataset_root, self.dino.dino_distill_channels)
+        lookup = TeacherLookup(
+            self.ctx.cache_path,
+            self.ctx.dataset_root,
+            self.dino.dino_distill_channels,
+            shuffle_seed=self.dino.seed if self.dino.distill_shuffle_maps else None,
+        )
         warp = self.dino.distill_geometric_aug == "warp"
         patch = int((getattr(lookup.fc, "fingerprint", None) or {}).get("patch_size", 16)) if warp else 16
         # same arguments as ultralytics.data.build.build_yolo_dataset, with our subclass

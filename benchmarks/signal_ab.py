@@ -1,0 +1,175 @@
+"""Distillation-gain benchmark (issue 14): does the cached map teach the student? Reuses `dinocache compare`.
+
+    python -m benchmarks.signal_ab --work DIR [--quick] [--epochs N] [--seeds N] [--modes a,b,...]
+
+1. the knowledgeable teacher (`dinocache make-demo-teacher`, built once and cached) and its linear probe
+   against the random base it started from (finetune/probe.py);
+2. the students' data: demo-data seed 1 (never the teacher's 1000 or the probe's 2000): `n_train`
+   training images and a separate held-out set of `n_val` >= 200 images (the data.yaml's val split, the
+   reporting set); a tuning set (seed 3, its own data.yaml) exists for choosing settings, never the
+   reporting set;
+3. the cache (`dinocache precompute`, PCA to 32 channels) of the training images;
+4. `dinocache compare` over the modes and seeds, everything else identical; writes DIR/compare/.
+
+The pytest wrapper (benchmarks/test_signal.py) puts the result into latest.json (`signal.*`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+IMGSZ = 128
+# demo-data object sizes at 128 px (twice the defaults: the objects cover as many 16-px patches as the
+# default demo's at 256 px); the teacher was trained on the same distribution (other seeds)
+SIZES = {"min_size": 0.16, "max_size": 0.6}
+ALL_MODES = ["none", "cache", "online", "cache-off", "cache-shuffled"]
+
+
+def settings(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {
+            "n_train": 16,
+            "n_val": 200,
+            "epochs": 2,
+            "val_every": 1,
+            "seeds": 1,
+            "modes": ["none", "cache", "cache-shuffled"],
+        }
+    # sized for a shared 2-core CPU (15 runs in about an hour); on a GPU raise epochs and n_train
+    return {"n_train": 32, "n_val": 200, "epochs": 12, "val_every": 4, "seeds": 3, "modes": ALL_MODES}
+
+
+def teacher(quick: bool) -> Path:
+    from dinocache.finetune.demo_teacher import make_demo_teacher
+
+    if quick:  # a weaker teacher in seconds: the suite's plumbing, not its figures
+        return make_demo_teacher(n_train=200, n_val=32, epochs=2)
+    return make_demo_teacher()
+
+
+def prepare(work: Path, teacher_dir: Path, n_train: int, n_val: int) -> dict[str, str]:
+    """Data, tuning split and cache under `work` (reused when present)."""
+    from dinocache.datatools.demo_data import make_demo_dataset
+    from dinocache.precompute.run import main as precompute
+
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / f"data-{n_train}-{n_val}"
+    if not (data / "data.yaml").is_file():
+        make_demo_dataset(data, n_train=n_train, n_val=n_val, imgsz=IMGSZ, seed=1, overwrite=True, **SIZES)
+    tune = work / f"tune-{n_val}"
+    if not (tune / "data.yaml").is_file():
+        make_demo_dataset(tune, n_train=1, n_val=n_val, imgsz=IMGSZ, seed=3, overwrite=True, **SIZES)
+    # tuning data.yaml: the same training images, evaluated on the tuning set's images
+    names = (data / "data.yaml").read_text().split("names:", 1)[1]
+    (work / "tune.yaml").write_text(
+        f"train: {data / 'images' / 'train'}\nval: {tune / 'images' / 'val'}\nnames:{names}"
+    )
+    cache = work / f"cache-{teacher_dir.name}-{n_train}.zarr"
+    if not (cache / "zarr.json").exists():
+        (work / "empty.json").write_text("{}")
+        rc = precompute(
+            ["--config", str(work / "empty.json"), f"data={data / 'data.yaml'}", f"cache={cache}",
+             f"dino_root={teacher_dir}", f"imgsz={IMGSZ}", "channels=32", "device=auto", "batch=16",
+             "workers=0", "overwrite=true"]
+        )  # fmt: skip
+        if rc != 0:
+            raise RuntimeError(f"precompute of {cache} failed (exit {rc})")
+    return {"data": str(data / "data.yaml"), "tune": str(work / "tune.yaml"), "cache": str(cache)}
+
+
+def train_values(paths: dict[str, str], teacher_dir: Path, epochs: int) -> dict[str, Any]:
+    """The train section every run shares (only mode and seed differ)."""
+    return {
+        "data": paths["data"],
+        "cache": paths["cache"],
+        "dino_root": str(teacher_dir),
+        "model": "yolo26n-obb.yaml",
+        "imgsz": IMGSZ,
+        "epochs": epochs,
+        "batch": 4,
+        "nbs": 4,  # an optimizer step per batch (32 images: 8 steps an epoch)
+        "workers": 0,
+        "device": "auto",
+        "warmup_epochs": 1,
+        "dino_distill_warmup_epochs": 1,
+        "eval_enabled": False,  # compare grades last.pt itself, once
+        "dino_viz_enabled": False,
+        "wandb_enabled": False,
+        "extra": {"plots": False},
+    }
+
+
+def run(work: Path, quick: bool, **over: Any) -> dict[str, Any]:
+    from dinocache.compare import CompareConfig, compare
+    from dinocache.core.config import build
+
+    s = {**settings(quick), **{k: v for k, v in over.items() if v is not None}}
+    tdir = teacher(quick)
+    paths = prepare(work, tdir, s["n_train"], s["n_val"])
+    probes = probe(work, tdir)
+    out = work / "compare"
+    if (out / "compare.json").exists():
+        import shutil
+
+        shutil.rmtree(out)
+    cfg = build(
+        CompareConfig,
+        {"modes": s["modes"], "seeds": s["seeds"], "out": str(out), "val_every": s["val_every"]},
+        "signal_ab",
+    )
+    compare(train_values(paths, tdir, s["epochs"]), cfg)
+    doc = json.loads((out / "compare.json").read_text())
+    doc["settings"] = s
+    doc["teacher"] = str(tdir)
+    doc["probe"] = probes
+    (work / "signal.json").write_text(json.dumps(doc, indent=2, default=str))
+    return doc
+
+
+def probe(work: Path, tdir: Path) -> list[dict[str, Any]]:
+    """Linear probe of the knowledgeable teacher and of the random base it was fine-tuned from."""
+    from dinocache.finetune.demo_teacher import INFO_FILE
+    from dinocache.finetune.probe import probe_teacher
+    from dinocache.teacher.tiny import make_tiny_teacher
+
+    st = json.loads((tdir / INFO_FILE).read_text())["settings"]
+    base = work / f"random-base-{st['size']}-{st['seed']}"
+    if not (base / "config.json").is_file():
+        make_tiny_teacher(base, seed=st["seed"], size=st["size"], overwrite=True)
+    rows = []
+    for name, t in (("knowledgeable (make-demo-teacher)", tdir), ("random base", base)):
+        r = probe_teacher(t, work / "probe", imgsz=IMGSZ, channels=32, images=200, **SIZES)
+        rows.append({"teacher": name, **{k: v for k, v in r.items() if k != "teacher"}})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.signal_ab --work DIR [--quick] [--epochs N] [--seeds N] [--modes a,b]`"""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--seeds", type=int)
+    ap.add_argument("--n-train", type=int)
+    ap.add_argument("--modes")
+    ap.add_argument("--val-every", type=int)
+    a = ap.parse_args(argv)
+    modes = a.modes.split(",") if a.modes else None
+    run(
+        Path(a.work),
+        a.quick,
+        epochs=a.epochs,
+        seeds=a.seeds,
+        modes=modes,
+        n_train=a.n_train,
+        val_every=a.val_every,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""Does distillation help on YOUR data and teacher? One command trains the A/B over seeds and tabulates it.
+
+    dinocache compare --config config.json [modes=none,cache,online] [seeds=3] [epochs=N] [out=DIR]
+                      [train.KEY=VALUE ...]
+
+Every run uses config.json's "train" section (plus `train.KEY=VALUE` overrides) and differs from the
+others only in the mode and the seed:
+
+- `none`            no distillation (teacher_source=none)
+- `cache`           cached maps, warped with each augmented image (the default cache mode)
+- `online`          the teacher runs on each augmented batch (same augmentation as `cache`)
+- `cache-off`       cached maps with geometric augmentation off (distill_geometric_aug=off)
+- `cache-shuffled`  control: each image gets ANOTHER image's cached map (must not help)
+
+Runs go seed by seed, modes alternating (so a machine that slows down hurts every mode alike), into
+OUT/runs/{model}/runs/{mode}-s{seed}/. Scores are the LAST epoch's (no best-epoch pick on the evaluation
+set): Ultralytics' mAP50 / mAP50-95 on the data's val split (results.csv) and the project's grade of
+last.pt on the same split. OUT gets compare.md, compare.csv (one row per run), compare.json (runs,
+per-mode mean/std, per-epoch curves) and val_map.png (val mAP50-95 per epoch, mean +/- std per mode),
+rewritten after every run. Default OUT: {artifacts_root}/compare/{YYYYmmdd-HHMMSS}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dinocache.core.config import ConfigError, build, parse_overrides, read_section, require
+
+# mode -> TrainConfig values that make it
+MODES: dict[str, dict[str, Any]] = {
+    "none": {"teacher_source": "none"},
+    "cache": {"teacher_source": "cache", "distill_geometric_aug": "warp"},
+    "online": {"teacher_source": "online", "distill_geometric_aug": "warp"},
+    "cache-off": {"teacher_source": "cache", "distill_geometric_aug": "off"},
+    "cache-shuffled": {
+        "teacher_source": "cache",
+        "distill_geometric_aug": "warp",
+        "distill_shuffle_maps": True,
+    },
+}
+SCORES = ("map50", "map50_95", "grade", "val_box_loss", "val_cls_loss")
+
+
+@dataclass
+class CompareConfig:
+    # modes to train, in this order within each seed (see the module doc)
+    modes: list[str] = field(default_factory=lambda: ["none", "cache", "online"])
+    # number of seeds per mode (seed0, seed0+1, ...)
+    seeds: int = 3
+    # first seed
+    seed0: int = 0
+    # epochs per run; 0 = the train section's
+    epochs: int = 0
+    # output folder; empty = {artifacts_root}/compare/{timestamp}
+    out: str = ""
+    # validate every N epochs (and always the last); the curves have a point per validation. Ultralytics'
+    # per-epoch validation of a small student on a >= 200-image set costs more than its training epoch
+    val_every: int = 1
+    # also grade last.pt of each run with the project's geometric grade (eval_* keys of the train section)
+    grade: bool = True
+
+    def validate(self) -> None:
+        require(bool(self.modes), "modes", "name at least one mode")
+        bad = [m for m in self.modes if m not in MODES]
+        require(not bad, "modes", f"{bad} are not modes; choose from {list(MODES)}")
+        require(len(set(self.modes)) == len(self.modes), "modes", f"duplicate modes in {self.modes}")
+        require(self.seeds >= 1, "seeds", f"must be >= 1, got {self.seeds}")
+        require(self.seed0 >= 0, "seed0", f"must be >= 0, got {self.seed0}")
+        require(self.epochs >= 0, "epochs", f"must be >= 0, got {self.epochs}")
+        require(self.val_every >= 1, "val_every", f"must be >= 1, got {self.val_every}")
+
+
+def run_config(train_values: dict[str, Any], mode: str, seed: int, cfg: CompareConfig, out: Path) -> Any:
+    """The TrainConfig of one run: the user's train values, then the mode, seed, name and folder."""
+    from dinocache.train.config import TrainConfig
+
+    values = {**train_values, **MODES[mode], "seed": seed, "name": f"{mode}-s{seed}"}
+    values["artifacts_root"] = str(out / "runs")
+    values["resume"] = False
+    if cfg.epochs:
+        values["epochs"] = cfg.epochs
+    return build(TrainConfig, values, f"compare mode {mode}")
+
+
+# trainer.metrics keys (validation) -> our names
+VAL_METRICS = {
+    "metrics/mAP50(B)": "map50",
+    "metrics/mAP50-95(B)": "map50_95",
+    "val/box_loss": "val_box_loss",
+    "val/cls_loss": "val_cls_loss",
+}
+CURVE_ATTR = "_compare_curves"
+
+
+def _val_toggle(trainer: Any) -> None:
+    """on_train_epoch_end: validate this epoch only every `val_every` epochs (the last always validates)."""
+    k = int(getattr(trainer, "_compare_val_every", 1))
+    trainer.args.val = (trainer.epoch + 1) % k == 0
+
+
+def _record_val(trainer: Any) -> None:
+    """on_fit_epoch_end: keep this epoch's validation metrics and train losses (only when it validated)."""
+    final = trainer.epoch + 1 >= trainer.epochs
+    if not (trainer.args.val or final) or not trainer.metrics:
+        return
+    c = getattr(trainer, CURVE_ATTR, None)
+    if c is None:
+        c = {"epoch": [], **{v: [] for v in VAL_METRICS.values()}, "distill_loss": []}
+        setattr(trainer, CURVE_ATTR, c)
+    c["epoch"].append(trainer.epoch + 1)
+    for k, v in VAL_METRICS.items():
+        c[v].append(float(trainer.metrics.get(k, math.nan)))
+    items = trainer.label_loss_items(trainer.tloss, prefix="train")
+    c["distill_loss"].append(float(items.get("train/distill_loss", math.nan)))
+
+
+def _set_val_every(k: int):
+    def on_pretrain_routine_start(trainer: Any) -> None:
+        trainer._compare_val_every = k
+
+    return on_pretrain_routine_start
+
+
+def train_one(tcfg: Any, grade: bool, val_every: int = 1) -> dict[str, Any]:
+    """Train one run; its scores (last epoch), curves (every validation) and cost."""
+    from dinocache.train.run import train
+
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    callbacks = {"on_train_epoch_end": [_val_toggle], "on_fit_epoch_end": [_record_val]}
+    if val_every > 1:
+        callbacks["on_pretrain_routine_start"] = [_set_val_every(val_every)]
+    trainer = train(tcfg, callbacks=callbacks)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    save_dir = Path(trainer.save_dir)
+    curves = getattr(trainer, CURVE_ATTR, None) or {"epoch": [], **{v: [] for v in VAL_METRICS.values()}}
+    curves.setdefault("distill_loss", [])
+    n_img = len(trainer.train_loader.dataset)
+    row: dict[str, Any] = {
+        "run": tcfg.name,
+        "seed": tcfg.seed,
+        "epochs": tcfg.epochs,
+        "train_images": n_img,
+        **{v: (curves[v][-1] if curves[v] else math.nan) for v in VAL_METRICS.values()},
+        "distill_loss_last": curves["distill_loss"][-1] if curves["distill_loss"] else math.nan,
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        # cost per training image seen (training + the per-epoch validation, as a user pays it)
+        "s_per_img": wall / max(1, n_img * tcfg.epochs),
+        "cpu_s_per_img": cpu / max(1, n_img * tcfg.epochs),
+        "save_dir": str(save_dir),
+    }
+    if grade:
+        from dinocache.grade.evaluate import evaluate
+
+        res = evaluate(
+            save_dir / "weights" / "last.pt",
+            tcfg.data_yaml,
+            tcfg.imgsz,
+            conf_thr=tcfg.eval_conf_threshold,
+            iou_thr=tcfg.eval_iou_threshold,
+            device=str(trainer.device),
+            batch=max(1, tcfg.batch),
+        )
+        row["grade"] = float(res.metrics.get("grade") or 0.0)
+    row["curves"] = curves
+    return row
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    xs = [x for x in xs if not math.isnan(x)]
+    if not xs:
+        return math.nan, math.nan
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per mode: n, mean and std of each score, mean cost; the delta of each mean against `none`."""
+    rows = []
+    base = (
+        {s: _mean_std([r.get(s, math.nan) for r in runs["none"]])[0] for s in SCORES}
+        if runs.get("none")
+        else {}
+    )
+    for mode, rs in runs.items():
+        if not rs:
+            continue
+        row: dict[str, Any] = {"mode": mode, "n": len(rs), "seeds": [r["seed"] for r in rs]}
+        for s in SCORES:
+            m, sd = _mean_std([r.get(s, math.nan) for r in rs])
+            row[f"{s}_mean"], row[f"{s}_std"] = m, sd
+            if base and mode != "none":
+                row[f"{s}_delta_vs_none"] = m - base[s]
+        row["s_per_img"] = statistics.fmean(r["s_per_img"] for r in rs)
+        row["cpu_s_per_img"] = statistics.fmean(r["cpu_s_per_img"] for r in rs)
+        row["distill_loss_last"] = _mean_std([r["distill_loss_last"] for r in rs])[0]
+        rows.append(row)
+    return rows
+
+
+def _pm(m: float, s: float) -> str:
+    return "n/a" if math.isnan(m) else f"{m:.4f} ± {s:.4f}"
+
+
+def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        f"# dinocache compare: {meta['epochs']} epochs, seeds {meta['seeds']}, imgsz {meta['imgsz']}",
+        "",
+        f"Train data {meta['data']} ({meta['train_images']} training images), evaluated on its val split "
+        "(last epoch, no best-epoch pick). mean ± std over seeds; Δ = difference of the means against none.",
+        "",
+        "| mode | n | mAP50 | mAP50-95 | grade | Δ mAP50-95 | val cls loss | val box loss | final distill loss "
+        "| s/img (wall) | CPU s/img |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary:
+        d = r.get("map50_95_delta_vs_none")
+        lines.append(
+            f"| {r['mode']} | {r['n']} | {_pm(r['map50_mean'], r['map50_std'])} | "
+            f"{_pm(r['map50_95_mean'], r['map50_95_std'])} | {_pm(r['grade_mean'], r['grade_std'])} | "
+            f"{'' if d is None else f'{d:+.4f}'} | {_pm(r['val_cls_loss_mean'], r['val_cls_loss_std'])} | "
+            f"{_pm(r['val_box_loss_mean'], r['val_box_loss_std'])} | {r['distill_loss_last']:.4f} | {r['s_per_img']:.4f} | "
+            f"{r['cpu_s_per_img']:.4f} |"
+        )
+    return "\n".join(lines) + "\n\n![val mAP50-95 per epoch](val_map.png)\n"
+
+
+def plot(runs: dict[str, list[dict[str, Any]]], path: Path, metric: str = "map50_95") -> None:
+    """Val `metric` per epoch: mean over seeds per mode, shaded +/- std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for mode, rs in runs.items():
+        if not rs:
+            continue
+        n = min(len(r["curves"][metric]) for r in rs)
+        if n == 0:
+            continue
+        y = np.array([r["curves"][metric][:n] for r in rs], dtype=float)
+        x = np.array(rs[0]["curves"]["epoch"][:n])
+        m, s = np.nanmean(y, 0), np.nanstd(y, 0)
+        ax.plot(x, m, marker="o", ms=3, label=f"{mode} (n={len(rs)})")
+        ax.fill_between(x, m - s, m + s, alpha=0.15)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"val {metric.replace('_', '-').replace('map', 'mAP')}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(
+    out: Path, runs: dict[str, list[dict[str, Any]]], meta: dict[str, Any]
+) -> list[dict[str, Any]]:
+    summary = summarise(runs)
+    flat = [
+        {"mode": m, **{k: v for k, v in r.items() if k != "curves"}} for m, rs in runs.items() for r in rs
+    ]
+    cols: list[str] = []
+    for r in flat:
+        cols += [k for k in r if k not in cols]
+    tmp = out / "compare.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(flat)
+    tmp.replace(out / "compare.csv")
+    doc = {"meta": meta, "summary": summary, "runs": runs}
+    (out / "compare.json.tmp").write_text(json.dumps(doc, indent=2, default=str))
+    (out / "compare.json.tmp").replace(out / "compare.json")
+    (out / "compare.md").write_text(markdown(summary, meta))
+    try:
+        plot(runs, out / "val_map.png")
+    except Exception as e:  # a plot failure must not lose the numbers
+        print(f"compare: plot failed: {e}", file=sys.stderr)
+    return summary
+
+
+def preflight_all(train_values: dict[str, Any], cfg: CompareConfig, out: Path) -> list[Any]:
+    """Build and preflight one config per mode before any training: a bad cache fails in seconds."""
+    from dinocache.train.run import preflight
+
+    cfgs = []
+    for mode in cfg.modes:
+        tcfg = run_config(train_values, mode, cfg.seed0, cfg, out)
+        preflight(tcfg)
+        cfgs.append(tcfg)
+    return cfgs
+
+
+def compare(train_values: dict[str, Any], cfg: CompareConfig) -> Path:
+    """Train every (seed, mode) run and write the tables; returns the output folder."""
+    from dinocache.train.config import TrainConfig
+
+    base = build(TrainConfig, dict(train_values), "compare: train section")
+    out = Path(cfg.out) if cfg.out else Path(base.artifacts_root) / "compare" / time.strftime("%Y%m%d-%H%M%S")
+    out = out.expanduser().resolve()
+    if (out / "compare.json").exists():
+        raise ConfigError(f"out: {out} already holds a comparison; pick another out=")
+    first = preflight_all(train_values, cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = list(range(cfg.seed0, cfg.seed0 + cfg.seeds))
+    meta = {
+        "modes": cfg.modes,
+        "seeds": seeds,
+        "epochs": first[0].epochs,
+        "imgsz": first[0].imgsz,
+        "data": str(first[0].data_yaml),
+        "dino_root": first[0].dino_root,
+        "cache": first[0].cache,
+        "train_images": None,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in cfg.modes}
+    for seed in seeds:
+        for mode in cfg.modes:
+            tcfg = run_config(train_values, mode, seed, cfg, out)
+            print(f"\n==> compare: {mode}, seed {seed} ({tcfg.epochs} epochs)", flush=True)
+            row = train_one(tcfg, cfg.grade, cfg.val_every)
+            runs[mode].append(row)
+            meta["train_images"] = row["train_images"]
+            summary = write_outputs(out, runs, meta)
+            print(
+                f"==> compare: {mode} seed {seed}: mAP50 {row['map50']:.4f} mAP50-95 {row['map50_95']:.4f}"
+                f"{' grade ' + format(row['grade'], '.4f') if 'grade' in row else ''} "
+                f"({row['wall_s']:.0f} s)",
+                flush=True,
+            )
+    meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    summary = write_outputs(out, runs, meta)
+    print("\n" + markdown(summary, meta))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`dinocache compare --config config.json [modes=none,cache,online] [seeds=3] [epochs=N] [out=DIR] [train.KEY=V]`"""
+    ap = argparse.ArgumentParser(prog="dinocache compare", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="config.json", help="config.json (its 'train' section)")
+    ap.add_argument(
+        "options", nargs="*", help="modes=a,b seeds=N epochs=N out=DIR grade=false train.KEY=VALUE"
+    )
+    args = ap.parse_args(argv)
+
+    from dinocache.core.data import DataError
+    from dinocache.train.run import TrainError
+
+    try:
+        from dinocache.cache import CacheError
+        from dinocache.teacher.model import TeacherNotFound
+    except ImportError:  # pragma: no cover
+        TeacherNotFound = CacheError = TrainError  # noqa: N806
+    try:
+        opts = parse_overrides(args.options)
+        train_over = {k[len("train.") :]: v for k, v in opts.items() if k.startswith("train.")}
+        ours: dict[str, Any] = {k: v for k, v in opts.items() if not k.startswith("train.")}
+        if "modes" in ours:
+            ours["modes"] = [m.strip() for m in str(ours["modes"]).strip("[]").split(",") if m.strip()]
+        cfg = build(CompareConfig, ours, "command line")
+        train_values = dict(read_section(args.config, "train"))
+        if train_over:
+            from dinocache.train.config import TrainConfig
+
+            parsed = build(TrainConfig, {**train_values, **train_over}, "command line")
+            train_values.update({k: getattr(parsed, k) for k in train_over})
+        out = compare(train_values, cfg)
+    except (ConfigError, DataError, TrainError, TeacherNotFound, CacheError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"dinocache compare: table, CSV, JSON and plot in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
