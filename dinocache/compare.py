@@ -110,6 +110,8 @@ def _val_toggle(trainer: Any) -> None:
 def _record_val(trainer: Any) -> None:
     """on_fit_epoch_end: keep this epoch's validation metrics and train losses (only when it validated)."""
     final = trainer.epoch + 1 >= trainer.epochs
+    if trainer.epoch + 1 > trainer.epochs:  # final_eval re-fires this with epoch + 1 (best.pt's metrics)
+        return
     if not (trainer.args.val or final) or not trainer.metrics:
         return
     c = getattr(trainer, CURVE_ATTR, None)
@@ -124,10 +126,10 @@ def _record_val(trainer: Any) -> None:
 
 
 def _set_val_every(k: int):
-    def on_pretrain_routine_start(trainer: Any) -> None:
+    def on_train_start(trainer: Any) -> None:
         trainer._compare_val_every = k
 
-    return on_pretrain_routine_start
+    return on_train_start
 
 
 def train_one(tcfg: Any, grade: bool, val_every: int = 1) -> dict[str, Any]:
@@ -137,7 +139,7 @@ def train_one(tcfg: Any, grade: bool, val_every: int = 1) -> dict[str, Any]:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     callbacks = {"on_train_epoch_end": [_val_toggle], "on_fit_epoch_end": [_record_val]}
     if val_every > 1:
-        callbacks["on_pretrain_routine_start"] = [_set_val_every(val_every)]
+        callbacks["on_train_start"] = [_set_val_every(val_every)]
     trainer = train(tcfg, callbacks=callbacks)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     save_dir = Path(trainer.save_dir)
