@@ -183,7 +183,7 @@ def read_data_yaml(path: str | Path) -> DataSpec:
 
 
 def write_data_yaml(root: Path, names: dict[int, str], splits: list[str]) -> Path:
-    """data.yaml without `path:` (resolved from its own folder, see dinocache/data.py)."""
+    """data.yaml without `path:` (resolved from its own folder, see dinocache.core.data)."""
     d = {s: f"images/{s}" for s in ("train", "val", "test") if s in splits}
     d["names"] = {int(k): v for k, v in sorted(names.items())}
     out = root / "data.yaml"

@@ -89,6 +89,8 @@ class TrainConfig:
     dino_viz_enabled: bool = True
     # every how many epochs to save them
     dino_viz_every_n_epochs: int = 5
+    # fixed training images shown in dino_viz/ (the first ones that hold objects)
+    dino_viz_samples: int = 4
     # log to Weights & Biases (offline unless WANDB_API_KEY is set)
     wandb_enabled: bool = True
     # W&B project name
@@ -97,6 +99,8 @@ class TrainConfig:
     eval_enabled: bool = True
     # every how many epochs to evaluate
     eval_interval_epochs: int = 2
+    # val images drawn per evaluation in eval/epoch_NNN/viz/val/ (the first ones, the same every time)
+    eval_viz_max_samples: int = 16
     # IoU threshold of the geometric grade
     eval_iou_threshold: float = 0.75
     # confidence threshold of the geometric grade
@@ -225,6 +229,8 @@ class TrainConfig:
         )
         require(self.dino_viz_every_n_epochs >= 1, "dino_viz_every_n_epochs", "must be >= 1")
         require(self.eval_interval_epochs >= 1, "eval_interval_epochs", "must be >= 1")
+        require(self.dino_viz_samples >= 1, "dino_viz_samples", "must be >= 1")
+        require(self.eval_viz_max_samples >= 1, "eval_viz_max_samples", "must be >= 1")
         require(0 <= self.eval_iou_threshold <= 1, "eval_iou_threshold", "must be in [0, 1]")
         require(0 <= self.eval_conf_threshold <= 1, "eval_conf_threshold", "must be in [0, 1]")
         require(bool(self.data or self.dataset_root), "data", "set data (a data.yaml) or dataset_root")

@@ -33,7 +33,7 @@ from dinocache.grade.featviz import feature_viz_dir, save_feature_viz
 from dinocache.grade.logging import RunLogger
 from dinocache.grade.overlays import eval_dir, write_overlays
 
-# Defaults for options the TrainConfig may not have (read with getattr).
+# Defaults for the TrainConfig's eval_viz_max_samples / dino_viz_samples when the trainer has no TrainConfig.
 DEFAULT_VIZ_MAX_SAMPLES = 16  # eval_viz_max_samples: val images drawn per evaluation
 DEFAULT_DINO_VIZ_SAMPLES = 4  # dino_viz_samples: fixed training images shown in dino_viz/
 LOGGED_IMAGES = 4  # eval panels (and DINO viz samples) sent to TensorBoard / W&B per epoch

@@ -1,8 +1,9 @@
 """Resume after a crash and two concurrent `--shard i/2` writers, compared bit for bit with an
-uninterrupted single-writer run. Fast in-process versions (a writer that dies after two shards; two
-writer threads) run by default; the real thing (SIGKILL of a subprocess, two writer processes) is
-marked slow because each child spends most of its time importing torch/transformers. There a
-test-only wrapper slows each shard write so the kill lands mid-run and the writers overlap."""
+uninterrupted single-writer run: in-process versions (a writer that dies after two shards; two writer
+threads) and the real thing (SIGKILL of a subprocess, two writer processes). All of them run by default
+(none is marked slow); the subprocess ones take longest, each child spending most of its time importing
+torch/transformers. There a test-only wrapper slows each shard write so the kill lands mid-run and the
+writers overlap."""
 
 from __future__ import annotations
 
