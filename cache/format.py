@@ -39,6 +39,12 @@ Group attribute `dinocache` (JSON, no pickle anywhere):
 Version history: 1 = the first release; 2 adds teacher_files (version 1 caches are refused with the
 command that rebuilds them).
 
+Multi-teacher caches (version 2, cache/multi.py): a root group with attribute `dinocache_teachers` (a manifest:
+imgsz, n, and per teacher NAME its fingerprint_id, family, k, grid, patch_size) and one complete store of
+this format per teacher under `teachers/NAME/`, each with its own fingerprint, teacher_files and PCA. All
+teachers of one cache cover the same images at the same imgsz. `patch_size` is the teacher's cell size in
+image pixels (imgsz / grid; SAM: imgsz / 64), `teacher.family` its registry family (teacher/registry.py).
+
 Writer rules (why: two writers touching one shard lose images silently, see docs/cache.md):
 - one creator makes the arrays and writes the attributes LAST with ready=true; other writers wait for
   ready and open the store read-write without touching metadata;
@@ -210,6 +216,12 @@ class Spec:
 def check_attrs(attrs: dict[str, Any], where: str = "") -> dict[str, Any]:
     """Return the `dinocache` block after checking format name and version; CacheFormatError otherwise."""
     block = attrs.get(ATTRS_KEY)
+    if not isinstance(block, dict) and isinstance(attrs.get("dinocache_teachers"), dict):
+        held = sorted(attrs["dinocache_teachers"].get("teachers", {}))
+        raise CacheFormatError(
+            f"{where} is a multi-teacher cache holding teachers {held} (cache/multi.py): name them in the "
+            "trainer's `teachers` list, or open one with cache.multi.open_teacher"
+        )
     if not isinstance(block, dict):
         raise CacheFormatError(
             f"{where} is not a dinocache feature cache (no '{ATTRS_KEY}' attribute block); "

@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import queue
+import re
 import sys
 import threading
 import time
@@ -51,6 +52,9 @@ class PrecomputeConfig:
     teacher_family: str = "auto"
     # teacher layer: -1 = last hidden state after the final norm, i >= 0 = hidden_states[i]
     dino_layer: int = -1
+    # multi-teacher cache: write this teacher as `cache`/teachers/NAME (1-8 of a-z0-9_), next to the cache's
+    # other teachers (same images and imgsz); empty = `cache` is a single-teacher store (cache/multi.py)
+    teacher_name: str = ""
     # image side in pixels; every image must already be imgsz x imgsz (the cache holds the pixels the trainer sees)
     imgsz: int = 512
     # K stored channels: top-K PCA components, or "full" to keep the teacher's raw C_t channels
@@ -88,6 +92,11 @@ class PrecomputeConfig:
 
     def validate(self) -> None:
         require(self.imgsz > 0, "imgsz", f"must be positive, got {self.imgsz}")
+        require(
+            not self.teacher_name or bool(re.match(r"^[a-z0-9_]{1,8}$", self.teacher_name)),
+            "teacher_name",
+            f"{self.teacher_name!r} must be 1-8 characters of a-z, 0-9 and _ (it names teachers/NAME and d_NAME)",
+        )
         require(self.channels == "full" or self.channels >= 1, "channels", "must be >= 1 or 'full'")
         require(self.pca_fit_images >= 1, "pca_fit_images", "must be >= 1")
         require(self.batch >= 1, "batch", "must be >= 1")
@@ -198,6 +207,13 @@ class Precompute:
 
     def __init__(self, cfg: PrecomputeConfig, device: str | None = None) -> None:
         self.cfg = cfg if device is None else dataclasses.replace(cfg, device=str(device))
+        # multi-teacher cache: this run writes the single-teacher store teachers/NAME inside it
+        self.multi_root: str | None = None
+        if cfg.teacher_name:
+            from dinocache.cache.multi import teacher_path
+
+            self.multi_root = cfg.cache
+            self.cfg = dataclasses.replace(self.cfg, cache=teacher_path(cfg.cache, cfg.teacher_name))
         self.rank, self.world = parse_shard(cfg.shard)
         self.bad: dict[str, str] = {}  # file -> reason
         # (shard, b0) -> (raw teacher output (B, C_t, h, w), loaded images) of batches the PCA fit ran
@@ -253,7 +269,13 @@ class Precompute:
         )
         with ThreadPoolExecutor(max(1, cfg.workers), thread_name_prefix="decode") as pool:
             self.pool = pool
+            if self.multi_root is not None:
+                self.check_multi(keys)
             writer = self.open_store(spec, keys, teacher)
+            if self.multi_root is not None and self.rank == 0:
+                from dinocache.cache.multi import register
+
+                register(self.multi_root, cfg.teacher_name, writer.spec, cfg.storage_options)
             self.save_config()
             with torch.inference_mode():
                 self.compute(writer, teacher)
@@ -272,6 +294,22 @@ class Precompute:
             return digest(folder)
         except DigestError as e:
             raise ConfigError(f"dino_root: {e}") from None
+
+    def check_multi(self, keys: list[str]) -> None:
+        """A multi-teacher cache: the root is not a single-teacher store, and the other teachers cover the
+        same images at the same imgsz."""
+        import dinocache.cache.format as F
+        from dinocache.cache.errors import CacheError
+        from dinocache.cache.multi import check_joinable
+        from dinocache.cache.store import read_attrs
+
+        root, so = str(self.multi_root), self.cfg.storage_options
+        if F.ATTRS_KEY in (read_attrs(root, so) or {}):
+            raise CacheError(
+                f"{root} is a single-teacher cache; teacher_name={self.cfg.teacher_name} needs a multi-teacher "
+                "cache: choose another `cache` path (or drop teacher_name)"
+            )
+        check_joinable(root, self.cfg.teacher_name, self.cfg.imgsz, keys, so)
 
     # -- store
     def open_store(self, spec: Any, keys: list[str], teacher: Any) -> Any:

@@ -184,7 +184,20 @@ def _save_sam(tmp: Path, size: str) -> str:
                 hidden_size=d, mlp_dim=2 * d, num_hidden_layers=1, iou_head_hidden_dim=d
             ),
         )
-    SamModel(cfg).eval().save_pretrained(tmp)
+    model = SamModel(cfg).eval()
+    # transformers' SAM init leaves the patch embedding ~1e-10 (real weights replace it): the random
+    # encoder's maps would be ~0 everywhere, so give every near-zero conv/linear weight a normal init
+    import torch
+
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if (
+            isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+            and w is not None
+            and float(w.detach().std()) < 1e-6
+        ):
+            torch.nn.init.normal_(w, std=0.02)
+    model.save_pretrained(tmp)
     SamImageProcessor().save_pretrained(tmp)
     return "facebook/sam-vit-base"
 

@@ -142,6 +142,11 @@ class TrainConfig:
     # other Ultralytics training arguments, e.g. {"hsv_h": 0, "fliplr": 0.5, "patience": 50}; each of them can
     # also be given as a key of its own (`patience=20`, `"close_mosaic": 0`) and lands here
     extra: dict[str, Any] = field(default_factory=dict)
+    # multi-teacher distillation from one multi-teacher cache (cache/multi.py): a list of
+    # {"teacher": NAME, "layers": [19], "channels": 32, "object_weight": 1.15, "background_weight": 0.15,
+    #  "stage_a_weight": 0.25, "stage_b_weight": 0.08, "dino_root": DIR}; omitted keys take the dino_* /
+    # stage_* values above; each term is its own loss column d_NAME. Empty = the single teacher of `cache`.
+    teachers: list[dict[str, Any]] = field(default_factory=list)
 
     # every Ultralytics argument dinocache does not set itself is a key too (gathered into `extra`)
     passthrough_field = "extra"
@@ -262,6 +267,17 @@ class TrainConfig:
             "distill_shuffle_maps",
             "shuffles cached maps: needs teacher_source=cache",
         )
+        terms = teacher_terms(self)
+        require(
+            not terms or self.teacher_source == "cache",
+            "teachers",
+            "multi-teacher distillation reads a multi-teacher cache: set teacher_source=cache",
+        )
+        require(
+            not (terms and self.distill_shuffle_maps),
+            "distill_shuffle_maps",
+            "is a single-teacher control; it is not supported with a `teachers` list",
+        )
         bad = sorted(set(self.extra) & RESERVED_EXTRA)
         require(not bad, "extra", f"{bad} are set by dinocache itself; use the train options instead")
         try:
@@ -311,6 +327,85 @@ class TrainConfig:
     @property
     def distills(self) -> bool:
         return self.teacher_source != "none"
+
+
+TERM_KEYS = (
+    "teacher",
+    "layers",
+    "channels",
+    "object_weight",
+    "background_weight",
+    "stage_a_weight",
+    "stage_b_weight",
+    "dino_root",
+)
+
+
+@dataclass
+class TeacherTerm:
+    """One distillation term of a multi-teacher run (an entry of TrainConfig.teachers, defaults filled)."""
+
+    # teacher name in the multi-teacher cache (teachers/NAME); the loss column is d_NAME
+    teacher: str
+    # student layers distilled against this teacher
+    layers: list[int]
+    # first D PCA channels of this teacher
+    channels: int
+    object_weight: float
+    background_weight: float
+    stage_a_weight: float
+    stage_b_weight: float
+    # optional: the teacher's folder, checked against the cache's weight-file digest
+    dino_root: str = ""
+
+    @property
+    def loss_name(self) -> str:
+        return f"d_{self.teacher}"
+
+
+def teacher_terms(cfg: TrainConfig) -> list[TeacherTerm]:
+    """The `teachers` list as TeacherTerms; a bad entry is a ConfigError naming teachers[i].key."""
+    import re
+
+    out: list[TeacherTerm] = []
+    if not isinstance(cfg.teachers, list):
+        raise ConfigError(f"teachers: must be a list of {{teacher: NAME, ...}} entries, got {cfg.teachers!r}")
+    for i, e in enumerate(cfg.teachers):
+        where = f"teachers[{i}]"
+        if not isinstance(e, dict):
+            raise ConfigError(f"{where}: must be a mapping like {{teacher: dino, channels: 32}}, got {e!r}")
+        unknown = sorted(set(e) - set(TERM_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {list(TERM_KEYS)}")
+        name = str(e.get("teacher", ""))
+        if not re.match(r"^[a-z0-9_]{1,8}$", name):
+            raise ConfigError(
+                f"{where}.teacher: {name!r} must be 1-8 characters of a-z, 0-9 and _ (the cache's teachers/NAME)"
+            )
+        try:
+            t = TeacherTerm(
+                teacher=name,
+                layers=[int(v) for v in e.get("layers", cfg.dino_distill_layers)],
+                channels=int(e.get("channels", cfg.dino_distill_channels)),
+                object_weight=float(e.get("object_weight", cfg.dino_distill_object_weight)),
+                background_weight=float(e.get("background_weight", cfg.dino_distill_background_weight)),
+                stage_a_weight=float(e.get("stage_a_weight", cfg.stage_a_distill_weight)),
+                stage_b_weight=float(e.get("stage_b_weight", cfg.stage_b_distill_weight)),
+                dino_root=str(e.get("dino_root", "")),
+            )
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{where}: {err}") from None
+        if not t.layers or any(v < 0 for v in t.layers) or len(set(t.layers)) != len(t.layers):
+            raise ConfigError(f"{where}.layers: need distinct layer indices >= 0, got {t.layers}")
+        if t.channels < 1:
+            raise ConfigError(f"{where}.channels: must be >= 1, got {t.channels}")
+        for k in ("object_weight", "background_weight", "stage_a_weight", "stage_b_weight"):
+            if getattr(t, k) < 0:
+                raise ConfigError(f"{where}.{k}: must be >= 0, got {getattr(t, k)}")
+        if any(o.teacher == name for o in out):
+            raise ConfigError(f"{where}.teacher: '{name}' is listed twice")
+        out.append(t)
+    return out
 
 
 def stage_a_epochs(cfg: TrainConfig) -> int:

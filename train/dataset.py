@@ -95,6 +95,35 @@ class TeacherLookup:
         return {**self.__dict__, "_fc": None, "_pid": None}
 
 
+class MultiTeacherLookup:
+    """Several teachers of one multi-teacher cache packed into one map, so the flip/warp path (which moves one
+    `teacher_feat` per image) moves them all with the same geometry.
+
+    Each teacher's first D_i channels are standardised with its own channel stats (float32), repeated
+    `factor` times along both axes (nearest: exact, factor = its cell size / the finest teacher's), and
+    stacked: (sum D_i, h_f, w_f) float16 on the finest grid. The model splits them back and average-pools
+    each to its own grid (train/model.py). `terms`: dicts name, path, channels, factor, mean, std.
+    """
+
+    def __init__(self, terms: list[dict[str, Any]], root: str | Path) -> None:
+        self.terms = [dict(t) for t in terms]
+        self.lookups = [TeacherLookup(t["path"], root, int(t["channels"])) for t in self.terms]
+
+    def __call__(self, im_file: str) -> np.ndarray:
+        parts = []
+        for t, lk in zip(self.terms, self.lookups):
+            x = np.asarray(lk(im_file), dtype=np.float32)  # (D_i, h_i, w_i)
+            d = int(t["channels"])
+            mean = np.asarray(t["mean"], np.float32)[:d, None, None]
+            std = np.maximum(np.asarray(t["std"], np.float32)[:d, None, None], 1e-6)
+            x = (x - mean) / std
+            f = int(t["factor"])
+            if f > 1:  # (D, h, w) -> (D, h*f, w*f): every fine cell carries its coarse cell's vector
+                x = np.repeat(np.repeat(x, f, axis=1), f, axis=2)
+            parts.append(x)
+        return np.concatenate(parts, 0).astype(np.float16)
+
+
 class DistillDataset(YOLODataset):
     """YOLODataset whose training samples carry `teacher_feat` (D, h, w) float16 of exactly the image seen."""
 

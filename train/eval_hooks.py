@@ -167,6 +167,9 @@ class GeoEval:
             self._viz_samples = (with_obj or train)[:n]
         return self._viz_samples
 
+    def run_multi_feature_viz(self, trainer: Any, ema_model: torch.nn.Module, epoch: int) -> list[Path]:
+        return _multi_viz(self, trainer, ema_model, epoch)
+
     def run_feature_viz(self, trainer: Any, ema_model: torch.nn.Module, epoch: int) -> list[Path]:
         import cv2
         from dinocache.train.losses import align_to_grid, normalise_teacher, obb_cell_mask
@@ -176,6 +179,8 @@ class GeoEval:
         layers = getattr(ema_model, "distill_layers", None)
         if source == "none" or not projs or not layers:
             return []
+        if getattr(ema_model, "distill_terms", None):
+            return self.run_multi_feature_viz(trainer, ema_model, epoch)
         d = int(self.opt("dino_distill_channels", projs[0].out_channels))
         ctx = getattr(trainer, "ctx", None)
         lookup = None
@@ -247,6 +252,88 @@ class GeoEval:
                 )
                 written += [out_dir / files[k] for k in ("teacher", "student", "diff")]
         return written
+
+
+def _student_map(
+    ema_model: torch.nn.Module, layer: int, proj: torch.nn.Module, img: torch.Tensor, grid: tuple[int, int]
+) -> torch.Tensor:
+    """(1, 3, H, W) -> the projected student map of `layer` on the teacher grid (1, D, h_t, w_t), eval mode."""
+    from dinocache.train.losses import align_to_grid
+
+    param = next(ema_model.parameters())
+    feats: dict[str, torch.Tensor] = {}
+    handle = ema_model.model[layer].register_forward_hook(
+        lambda m, a, o, feats=feats: feats.__setitem__("f", o)
+    )
+    was_training = ema_model.training
+    try:
+        ema_model.eval()
+        with torch.no_grad():
+            ema_model.predict(img.to(param.device, param.dtype))
+            return align_to_grid(proj(feats["f"]), grid).float()
+    finally:
+        handle.remove()
+        ema_model.train(was_training)
+
+
+def _multi_viz(geo: GeoEval, trainer: Any, ema_model: torch.nn.Module, epoch: int) -> list[Path]:
+    """Multi-teacher runs: one set of panels per teacher term (files STEM_NAME_*), each against its own
+    cached map and grid, with the term's first hooked layer and projection."""
+    import cv2
+    import torch.nn.functional as F
+    from dinocache.train.dataset import TeacherLookup
+    from dinocache.train.losses import obb_cell_mask
+
+    ctx = trainer.ctx
+    info = {m["name"]: m for m in ctx.multi}
+    out_dir = feature_viz_dir(geo.run_dir, epoch)
+    param = next(ema_model.parameters())
+    written: list[Path] = []
+    aug = getattr(trainer, "aug_viz", None)
+    for t in ema_model.distill_terms:
+        m = info[t["name"]]
+        d = int(t["channels"])
+        lookup = TeacherLookup(m["path"], ctx.dataset_root, d)
+        mean = torch.tensor(m["mean"], dtype=torch.float32).view(1, d, 1, 1)
+        std = torch.tensor(m["std"], dtype=torch.float32).clamp_min(1e-6).view(1, d, 1, 1)
+        proj = ema_model.distill_proj[t["proj"][0]]
+        layer = int(t["layers"][0])
+        for s in geo.viz_samples():
+            bgr = cv2.resize(cv2.imread(str(s.image), cv2.IMREAD_COLOR), (geo.imgsz, geo.imgsz))
+            img = (
+                torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1].transpose(2, 0, 1))).float()[None] / 255
+            )
+            raw = torch.from_numpy(np.asarray(lookup(str(s.image)), dtype=np.float32))[None]
+            teacher = (raw - mean) / std  # (1, D, h, w) on this teacher's own grid
+            grid = (int(teacher.shape[-2]), int(teacher.shape[-1]))
+            student = _student_map(ema_model, layer, proj, img.to(param.device), grid).cpu()
+            h, w = s.shape
+            if len(s.gt):
+                from ultralytics.utils.ops import xyxyxyxy2xywhr
+
+                xywhr = torch.as_tensor(xyxyxyxy2xywhr(s.gt.poly), dtype=torch.float32).reshape(-1, 5)
+                xywhr[:, [0, 2]] /= w
+                xywhr[:, [1, 3]] /= h
+            else:
+                xywhr = torch.zeros(0, 5)
+            mask = obb_cell_mask(xywhr, torch.zeros(len(xywhr)), 1, grid)[0]
+            files = save_feature_viz(out_dir, f"{s.stem}_{t['name']}", img[0], teacher[0], student[0], mask)
+            written += [out_dir / files[k] for k in ("teacher", "student", "diff")]
+        if aug is not None:  # the packed warped map of the epoch's first samples: this term's slice
+            o, f = int(t["offset"]), int(t["factor"])
+            for i in range(aug["img"].shape[0]):
+                teacher = aug["teacher"][i : i + 1, o : o + d]
+                valid = aug["valid"][i : i + 1]
+                if f > 1:
+                    teacher = F.avg_pool2d(teacher, f)
+                    valid = F.avg_pool2d(valid[:, None], f)[:, 0]
+                grid = (int(teacher.shape[-2]), int(teacher.shape[-1]))
+                student = _student_map(ema_model, layer, proj, aug["img"][i : i + 1], grid).cpu()
+                files = save_feature_viz(
+                    out_dir, f"augmented_{i}_{t['name']}", aug["img"][i], teacher[0], student[0], valid[0]
+                )
+                written += [out_dir / files[k] for k in ("teacher", "student", "diff")]
+    return written
 
 
 def after_save_model(trainer: Any, ema_model: torch.nn.Module | None = None) -> dict[str, Any] | None:

@@ -131,3 +131,18 @@ def distill_weight(epoch: int, cfg: Any) -> float:
     warm = cfg.dino_distill_warmup_epochs
     ramp = 1.0 if warm <= 0 else min(1.0, epoch / warm)
     return float(base * ramp)
+
+
+def term_weights(epoch: int, cfg: Any) -> dict[str, float]:
+    """Multi-teacher runs: each `teachers` term's weight at 0-based `epoch` (its own stage weights, the shared
+    ramp of dino_distill_warmup_epochs), keyed by teacher name."""
+    from dinocache.train.config import teacher_terms
+
+    if getattr(cfg, "teacher_source", "cache") == "none":
+        return {}
+    warm = cfg.dino_distill_warmup_epochs
+    ramp = 1.0 if warm <= 0 else min(1.0, epoch / warm)
+    a = stage_of(epoch, cfg) == "A"
+    return {
+        t.teacher: float((t.stage_a_weight if a else t.stage_b_weight) * ramp) for t in teacher_terms(cfg)
+    }

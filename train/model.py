@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from dinocache.train.losses import align_to_grid, masked_cosine_loss, obb_cell_mask
 from torch import nn
 from ultralytics.nn.tasks import OBBModel
@@ -57,9 +58,14 @@ class DistillOBBModel(OBBModel):
         object_weight: float = 1.15,
         background_weight: float = 0.15,
         enabled: bool = True,
+        terms: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(cfg=cfg, ch=ch, nc=nc, verbose=verbose)
         n_layers = len(self.model)
+        # multi-teacher run: dicts name, loss_name, layers, channels, offset, factor, object/background_weight
+        self.distill_terms: list[dict[str, Any]] = [dict(t) for t in terms or []] if enabled else []
+        if self.distill_terms:  # hook the union of the terms' layers, once each
+            distill_layers = sorted({i for t in self.distill_terms for i in t["layers"]})
         for i in distill_layers:
             if not 0 <= i < n_layers - 1:
                 raise ValueError(
@@ -75,6 +81,17 @@ class DistillOBBModel(OBBModel):
         in_channels = self._layer_channels(self.distill_layers, ch) if self.distill_layers else []
         # one 1x1 conv per hooked layer: (B, C_s, h, w) -> (B, D, h, w); a submodule so optimizer/EMA/checkpoints see it
         self.distill_proj = nn.ModuleList(nn.Conv2d(c, self.distill_channels, 1) for c in in_channels)
+        # set every epoch by the trainer from train.losses.term_weights (multi-teacher runs)
+        self.distill_term_weights: dict[str, float] = {}
+        if self.distill_terms:
+            # one conv per (term, layer), in term order: (B, C_s, h, w) -> (B, D_term, h, w)
+            c_of = dict(zip(self.distill_layers, in_channels))
+            convs = []
+            for t in self.distill_terms:
+                t["proj"] = list(range(len(convs), len(convs) + len(t["layers"])))
+                t["hooks"] = [self.distill_layers.index(i) for i in t["layers"]]
+                convs += [nn.Conv2d(c_of[i], int(t["channels"]), 1) for i in t["layers"]]
+            self.distill_proj = nn.ModuleList(convs)
         for i in self.distill_layers:
             hook = FeatHook()
             self.model[i].register_forward_hook(hook)
@@ -115,7 +132,47 @@ class DistillOBBModel(OBBModel):
             )
         return torch.stack(terms).mean()
 
+    def term_losses(self, feats: list[torch.Tensor], batch: dict) -> list[torch.Tensor]:
+        """Multi-teacher: unweighted L_distill of each term (scalars, fp32), from the packed teacher map.
+
+        batch["teacher_feat"] is (B, sum D_i, h_f, w_f) on the finest teacher grid, each term's channels at
+        its offset, already standardised (train/dataset.MultiTeacherLookup); a coarser teacher is pooled back
+        to its own grid (factor x factor average: exact when nothing moved, since its cells were repeated).
+        """
+        packed = batch["teacher_feat"]
+        valid_f = batch.get("teacher_valid")  # (B, h_f, w_f) or None
+        b = packed.shape[0]
+        out = []
+        for t in self.distill_terms:
+            o, d, f = int(t["offset"]), int(t["channels"]), int(t["factor"])
+            teacher = packed[:, o : o + d]  # (B, D, h_f, w_f)
+            valid = valid_f
+            if f > 1:
+                teacher = F.avg_pool2d(teacher.float(), f)  # (B, D, h_f/f, w_f/f) = the term's own grid
+                valid = None if valid_f is None else F.avg_pool2d(valid_f[:, None].float(), f)[:, 0]
+            grid = (int(teacher.shape[-2]), int(teacher.shape[-1]))
+            mask = obb_cell_mask(batch["bboxes"], batch["batch_idx"], b, grid)  # (B, h, w)
+            terms = []
+            for pi, hi in zip(t["proj"], t["hooks"]):
+                s = align_to_grid(
+                    self.distill_proj[pi](feats[hi]), grid
+                )  # (B, C_s, h_s, w_s) -> (B, D, h, w)
+                terms.append(
+                    masked_cosine_loss(
+                        s,
+                        teacher,
+                        mask,
+                        float(t["object_weight"]),
+                        float(t["background_weight"]),
+                        valid=valid,
+                    )
+                )
+            out.append(torch.stack(terms).mean())
+        return out
+
     def loss(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.distill_terms:
+            return self._multi_loss(batch, preds)
         loss, items = super().loss(batch, preds)  # the forward runs here, so the hooks have fired
         feats = [h.pop() for h in self.distill_hooks]
         d = torch.zeros(1, device=loss.device)
@@ -132,3 +189,20 @@ class DistillOBBModel(OBBModel):
         items[DISTILL_KEY] = d.detach()[0]
         # the stock terms come multiplied by the batch size; scale ours the same way
         return torch.cat([loss, d.to(loss.dtype) * batch["img"].shape[0]]), items
+
+    def _multi_loss(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Stock OBB loss plus one weighted term per teacher, each its own always-emitted item d_NAME."""
+        loss, items = super().loss(batch, preds)
+        feats = [h.pop() for h in self.distill_hooks]
+        teacher = batch.get("teacher_feat") if isinstance(batch, dict) else None
+        zero = torch.zeros(1, device=loss.device)
+        ds = [zero] * len(self.distill_terms)
+        if self.training and teacher is not None and feats and all(f is not None for f in feats):
+            ws = [float(self.distill_term_weights.get(t["name"], 0.0)) for t in self.distill_terms]
+            if any(w > 0 for w in ws):
+                ds = [(w * v).reshape(1) for w, v in zip(ws, self.term_losses(feats, batch))]
+        items = dict(items)
+        for t, d in zip(self.distill_terms, ds):
+            items[t["loss_name"]] = d.detach()[0]
+        n = batch["img"].shape[0]
+        return torch.cat([loss, *(d.to(loss.dtype) * n for d in ds)]), items

@@ -149,6 +149,8 @@ def check_teacher_files(cfg: TrainConfig, fc: Any) -> None:
     from dinocache.teacher.digest import DigestError, compare, digest, locate
 
     where = f"cache {cfg.cache}"
+    if not cfg.dino_root:  # a multi-teacher term without dino_root: nothing to compare against
+        return
     folder = locate(cfg.dino_root)
     if folder is None:
         LOGGER.warning(
@@ -190,6 +192,9 @@ def preflight(cfg: TrainConfig) -> TeacherContext:
     use_cache = cfg.teacher_source == "cache" or (
         bool(cache_path) and ("://" in cache_path or Path(cache_path).exists())
     )
+    if cfg.teachers:
+        preflight_multi(cfg, ctx, [image_key(f, root) for f in files])
+        return ctx
     if use_cache:
         fc = _open_cache(cache_path)
         check_cache(cfg, fc, [image_key(f, root) for f in files], teacher)
@@ -208,6 +213,73 @@ def preflight(cfg: TrainConfig) -> TeacherContext:
             )
     ctx.teacher = teacher if cfg.teacher_source == "online" else None
     return ctx
+
+
+def preflight_multi(cfg: TrainConfig, ctx: TeacherContext, keys: list[str]) -> None:
+    """Multi-teacher run: each listed teacher must be in the cache, at imgsz, with its channels and every
+    training row done (refusals name the teacher); cell sizes must nest so one packed map carries them all."""
+
+    from dinocache.cache import multi
+    from dinocache.train.config import teacher_terms
+
+    from dinocache import cache
+
+    infos: list[dict[str, Any]] = []
+    terms = teacher_terms(cfg)
+    opened = []
+    for t in terms:  # every name first: a run naming a teacher the cache lacks fails before any other check
+        try:
+            opened.append(multi.open_teacher(cfg.cache, t.teacher))
+        except cache.CacheError as e:
+            raise TrainError(f"teachers: {e}") from None
+        except FileNotFoundError:
+            raise TrainError(f"cache: {cfg.cache} does not exist; {FIX}") from None
+    for i, (t, fc) in enumerate(zip(terms, opened)):
+        if t.channels > int(fc.k):
+            raise TrainError(
+                f"teachers[{i}].channels={t.channels} but teacher '{t.teacher}' of cache {cfg.cache} stores only "
+                f"{fc.k} channels; lower it or precompute that teacher with more channels"
+            )
+        sub = dataclasses.replace(
+            cfg,
+            cache=multi.teacher_path(cfg.cache, t.teacher),
+            dino_distill_channels=t.channels,
+            dino_layer=int((fc.fingerprint or {}).get("layer", -1)),
+            dino_root=t.dino_root,
+            teachers=[],
+        )
+        check_cache(sub, fc, keys)
+        infos.append(
+            {
+                "name": t.teacher,
+                "path": sub.cache,
+                "channels": t.channels,
+                "patch": int(fc.spec.patch_size),
+                "grid": [int(g) for g in fc.grid],
+                "mean": np.asarray(fc.channel_mean, np.float32)[: t.channels].tolist(),
+                "std": np.asarray(fc.channel_std, np.float32)[: t.channels].tolist(),
+            }
+        )
+    fine = min(i["patch"] for i in infos)
+    offset = 0
+    for i in infos:
+        if i["patch"] % fine or i["grid"][0] * i["patch"] != cfg.imgsz:
+            raise TrainError(
+                f"teachers: teacher '{i['name']}' has {i['patch']}-px cells, the finest teacher {fine}-px ones; "
+                "a multi-teacher run needs each cell size to be a multiple of the finest (powers of two: 4, 8, 16, 32)"
+            )
+        i["factor"] = i["patch"] // fine
+        i["offset"] = offset
+        offset += i["channels"]
+    ctx.cache_path = cfg.cache
+    ctx.multi = infos
+    ctx.multi_patch = fine
+    # the packed map is standardised per teacher by the lookup: identity stats here
+    ctx.channel_mean = torch.zeros(offset)
+    ctx.channel_std = torch.ones(offset)
+    ctx.pca = None
+    names = ", ".join(f"{i['name']} ({i['channels']} ch, {i['grid'][0]}x{i['grid'][1]})" for i in infos)
+    LOGGER.info(f"{colorstr('dinocache:')} distilling from {len(infos)} teachers of {cfg.cache}: {names}")
 
 
 def find_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict, Path]:

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 from dinocache.train import ddp, eval_hooks
-from dinocache.train.config import TrainConfig
-from dinocache.train.dataset import TEACHER_KEY, DistillDataset, TeacherLookup
+from dinocache.train.config import TrainConfig, teacher_terms
+from dinocache.train.dataset import TEACHER_KEY, DistillDataset, MultiTeacherLookup, TeacherLookup
 from dinocache.train.export import export_clean
-from dinocache.train.losses import distill_weight, normalise_teacher, stage_of
+from dinocache.train.losses import distill_weight, normalise_teacher, stage_of, term_weights
 from dinocache.train.model import DistillOBBModel
 from dinocache.train.warp import SRC_KEY, VALID_KEY, warp_batch
 from ultralytics.data.build import build_yolo_dataset
@@ -54,6 +54,10 @@ class TeacherContext:
         self.channel_std = channel_std
         self.pca = pca
         self.teacher = teacher  # online mode: the DinoV3Teacher loaded by preflight
+        # multi-teacher runs (TrainConfig.teachers): per term name, path, channels, offset, factor, mean, std,
+        # grid, patch; `multi_patch` = the finest teacher's cell size (the packed map's grid)
+        self.multi: list[dict[str, Any]] = []
+        self.multi_patch: int = 16
 
 
 def apply_curriculum(trainer: DinoOBBTrainer) -> None:
@@ -76,6 +80,9 @@ def apply_curriculum(trainer: DinoOBBTrainer) -> None:
             trainer.model = ddp.rewrap_ddp(trainer.model)
         LOGGER.info(f"{colorstr('dinocache:')} epoch {epoch + 1}: Stage B, all layers unfrozen")
     w = distill_weight(epoch, cfg)
+    if getattr(model, "distill_terms", None):
+        model.distill_term_weights = term_weights(epoch, cfg)
+        w = max(model.distill_term_weights.values(), default=0.0)
     model.distill_weight = w
     trainer.stage = stage
     if w != trainer.last_logged_weight:
@@ -261,25 +268,50 @@ class DinoOBBTrainer(OBBTrainer):
             object_weight=d.dino_distill_object_weight,
             background_weight=d.dino_distill_background_weight,
             enabled=d.distills,
+            terms=self.model_terms(),
         )
         model = self.set_model_names_for_load(model)
         if weights:
             model.load(weights)
         return model
 
+    def model_terms(self) -> list[dict[str, Any]] | None:
+        """Multi-teacher runs: the model's distillation terms (layers, channels, weights, place in the packed map)."""
+        multi = getattr(self.ctx, "multi", None) if self.ctx is not None else None
+        if not multi:
+            return None
+        by_name = {t.teacher: t for t in teacher_terms(self.dino)}
+        return [
+            {
+                "name": m["name"],
+                "loss_name": by_name[m["name"]].loss_name,
+                "layers": by_name[m["name"]].layers,
+                "channels": m["channels"],
+                "offset": m["offset"],
+                "factor": m["factor"],
+                "object_weight": by_name[m["name"]].object_weight,
+                "background_weight": by_name[m["name"]].background_weight,
+            }
+            for m in multi
+        ]
+
     # -- data --------------------------------------------------------------------------------------------------
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
         if mode != "train" or self.dino.teacher_source != "cache":
             return super().build_dataset(img_path, mode, batch)
         gs = max(int(unwrap_model(self.model).stride.max()), 32)
-        lookup = TeacherLookup(
-            self.ctx.cache_path,
-            self.ctx.dataset_root,
-            self.dino.dino_distill_channels,
-            shuffle_seed=self.dino.seed if self.dino.distill_shuffle_maps else None,
-        )
-        warp = self.dino.distill_geometric_aug == "warp"
-        patch = int((getattr(lookup.fc, "fingerprint", None) or {}).get("patch_size", 16)) if warp else 16
+        if getattr(self.ctx, "multi", None):
+            # several teachers packed on the finest teacher grid: one flip/warp moves them all
+            lookup: Any = MultiTeacherLookup(self.ctx.multi, self.ctx.dataset_root)
+            patch = int(self.ctx.multi_patch)
+        else:
+            lookup = TeacherLookup(
+                self.ctx.cache_path,
+                self.ctx.dataset_root,
+                self.dino.dino_distill_channels,
+                shuffle_seed=self.dino.seed if self.dino.distill_shuffle_maps else None,
+            )
+            patch = int((getattr(lookup.fc, "fingerprint", None) or {}).get("patch_size", 16))
         # same arguments as ultralytics.data.build.build_yolo_dataset, with our subclass
         ds = build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, rect=False, stride=gs)
         return DistillDataset(
@@ -315,9 +347,13 @@ class DinoOBBTrainer(OBBTrainer):
             warp_batch(batch, self.dino.distill_valid_threshold)
         if self.dino.teacher_source == "cache" and TEACHER_KEY in batch:
             # (B, D, h, w) float16 from the cache -> standardised float32
-            batch[TEACHER_KEY] = normalise_teacher(
-                batch[TEACHER_KEY], ctx.channel_mean, ctx.channel_std, self.dino.dino_distill_channels
+            # multi-teacher: the packed map is standardised already (identity stats of its sum-D channels)
+            d = (
+                int(ctx.channel_mean.numel())
+                if getattr(ctx, "multi", None)
+                else self.dino.dino_distill_channels
             )
+            batch[TEACHER_KEY] = normalise_teacher(batch[TEACHER_KEY], ctx.channel_mean, ctx.channel_std, d)
             if VALID_KEY in batch and self._aug_viz_epoch != self.epoch and RANK in {-1, 0}:
                 self._aug_viz_epoch = self.epoch
                 n = min(2, batch["img"].shape[0])

@@ -60,6 +60,7 @@ def test_family_round_trip(family: str, family_dirs: dict[str, Path], tmp_path: 
     f = t.extract_feature_map(x)
     assert f.shape == (2, ch, *grid) and f.dtype == torch.float32 and torch.isfinite(f).all()
     assert not f.requires_grad
+    assert float(f.std(dim=(2, 3)).mean()) > 0.1  # the random maps vary over the image (not a dead init)
     # same bits again; per-image (batch of 1 == row of a batch of 2)
     assert torch.allclose(t.extract_feature_map(x[:1]), f[:1], atol=1e-5)
     fp = t.fingerprint(IMGSZ)

@@ -46,6 +46,9 @@ def _run_family(family: str, tmp_path: Path, demo_data: Path) -> None:
     fc = cache.open(out)
     t = load_teacher(teacher)
     assert list(fc.grid) == list(t.grid(128)) and fc.fingerprint["family"] == family
+    import numpy as np
+
+    assert float(np.asarray(fc.read([0]), np.float32).std()) > 1e-3  # real maps, not a constant
     assert cache_main(["verify", str(out), "--data", str(demo_data), "--dino-root", str(teacher)]) == 0
     cfg = build(
         TrainConfig,
