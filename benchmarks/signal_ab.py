@@ -147,6 +147,84 @@ def probe(work: Path, tdir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _r(v: Any, n: int = 4) -> Any:
+    return round(v, n) if isinstance(v, float) and v == v else v
+
+
+def report(doc: dict[str, Any], results: Any, work: Path) -> None:
+    """Put one run's figures into the benchmark Results (latest.json `signal.*`, BENCHMARKS.md, the plot)."""
+    import shutil
+
+    from benchmarks.report import RESULTS, _slug
+
+    st, meta = doc["settings"], doc["meta"]
+    for p in doc["probe"]:
+        results.add(
+            "signal.teacher_probe",
+            teacher=p["teacher"],
+            balanced_accuracy=_r(p["balanced_accuracy"]),
+            objectness_balanced_accuracy=_r(p["objectness_balanced_accuracy"]),
+            object_patch_accuracy=_r(p["object_patch_accuracy"]),
+            accuracy=_r(p["accuracy"]),
+            majority_baseline=_r(p["majority_baseline"]),
+            chance_balanced=round(1 / 6, 4),
+            patches_test=p["patches_test"],
+        )
+    results.note(
+        "signal.teacher_probe",
+        "How much the teacher knows: a class-balanced linear probe predicting each patch's class (background or one "
+        "of 5 shapes) from its cached PCA features (32 channels, the trainer's D), fitted on 100 held-out demo "
+        "images (seed 2000), scored on 100 others (finetune/probe.py). Knowledgeable = `dinocache "
+        "make-demo-teacher` (tiny DINOv3 fine-tuned with full-rank LoRA on 2000 demo images); random base = the "
+        "same model before fine-tuning.",
+    )
+    for row in doc["summary"]:
+        results.add(
+            "signal.modes",
+            mode=row["mode"],
+            n=row["n"],
+            map50=f"{row['map50_mean']:.4f} ± {row['map50_std']:.4f}",
+            map50_95=f"{row['map50_95_mean']:.4f} ± {row['map50_95_std']:.4f}",
+            grade=f"{row['grade_mean']:.4f} ± {row['grade_std']:.4f}",
+            val_cls_loss=f"{row['val_cls_loss_mean']:.4f} ± {row['val_cls_loss_std']:.4f}",
+            val_box_loss=f"{row['val_box_loss_mean']:.4f} ± {row['val_box_loss_std']:.4f}",
+            d_map50_vs_none=_r(row.get("map50_delta_vs_none")),
+            d_val_cls_loss_vs_none=_r(row.get("val_cls_loss_delta_vs_none")),
+            distill_loss_last=_r(row["distill_loss_last"]),
+            s_per_img=_r(row["s_per_img"]),
+            cpu_s_per_img=_r(row["cpu_s_per_img"]),
+        )
+    results.note(
+        "signal.modes",
+        f"Students (YOLO26-n OBB from scratch) trained on {meta['train_images']} demo images (seed 1) at "
+        f"{meta['imgsz']} px for {meta['epochs']} epochs, seeds {meta['seeds']}, everything but the mode identical "
+        f"(`dinocache compare`, benchmarks/signal_ab.py); scored at the LAST epoch on a separate held-out set of "
+        f"{st['n_val']} images (mean ± std over seeds; Δ = difference of the means against none). s/img = wall "
+        "seconds per training image seen, validation included, on the shared 2-core CPU (other jobs running: "
+        "compare CPU s/img for cost). Plot: val mAP50-95 per validation epoch, mean ± std per mode.",
+    )
+    for mode, rs in doc["runs"].items():
+        for r in rs:
+            results.add(
+                "signal.runs",
+                mode=mode,
+                seed=r["seed"],
+                map50=_r(r["map50"]),
+                map50_95=_r(r["map50_95"]),
+                grade=_r(r.get("grade")),
+                val_cls_loss=_r(r["val_cls_loss"]),
+                val_box_loss=_r(r["val_box_loss"]),
+                distill_loss_last=_r(r["distill_loss_last"]),
+                wall_s=r["wall_s"],
+                cpu_s=r["cpu_s"],
+                s_per_img=_r(r["s_per_img"]),
+            )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    png = work / "compare" / "val_map.png"
+    if png.exists():
+        shutil.copy2(png, RESULTS / f"{_slug('signal.modes')}.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.signal_ab --work DIR [--quick] [--epochs N] [--seeds N] [--modes a,b]`"""
     ap = argparse.ArgumentParser()
@@ -157,7 +235,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-train", type=int)
     ap.add_argument("--modes")
     ap.add_argument("--val-every", type=int)
+    ap.add_argument(
+        "--report",
+        action="store_true",
+        help="write WORK/signal.json into latest.json/BENCHMARKS.md (no training)",
+    )
     a = ap.parse_args(argv)
+    if a.report:
+        from benchmarks.report import Results
+
+        res = Results()
+        report(json.loads((Path(a.work) / "signal.json").read_text()), res, Path(a.work))
+        res.write()
+        return 0
     modes = a.modes.split(",") if a.modes else None
     run(
         Path(a.work),

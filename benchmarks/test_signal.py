@@ -1,0 +1,16 @@
+"""Distillation-gain benchmark (issue 14): none / cache / online / cache-off / cache-shuffled over seeds with
+the knowledgeable demo teacher, scored on a separate held-out set. `pytest benchmarks/ --benchmark -k signal`
+(about an hour on a shared 2-core CPU; `--bench-quick`: 3 modes x 1 seed x 2 epochs, plumbing only)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import signal_ab
+
+
+def test_signal_gain(tmp_path_factory: pytest.TempPathFactory, quick: bool, results) -> None:
+    work = tmp_path_factory.mktemp("signal")
+    doc = signal_ab.run(work, quick)
+    signal_ab.report(doc, results, work)
+    assert {r["mode"] for r in doc["summary"]} == set(signal_ab.settings(quick)["modes"])
