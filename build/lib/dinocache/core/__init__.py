@@ -1,1 +1,0 @@
-"""Shared helpers at the bottom floor: config plumbing, dataset listing, files, memory, devices."""

@@ -1,1 +1,0 @@
-"""Dataset tools (inspect, validate, convert, tile, split) and offline OBB augmentation."""

@@ -1,1 +1,0 @@
-"""Geometric evaluation of OBB checkpoints: the grade, eval overlays, DINO feature viz and run logging."""

@@ -1,1 +1,0 @@
-"""The teacher: loading (from_pretrained), freezing, fingerprints, tiny random teachers."""
