@@ -241,7 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "verify":
             _verify_args(args)
-        so = json.loads(args.storage_options) if args.storage_options else None
+        try:
+            so = json.loads(args.storage_options) if args.storage_options else None
+        except json.JSONDecodeError as e:
+            raise CacheError(f"--storage-options: not JSON ({e}): {args.storage_options!r}") from None
         fc = FeatureCache(args.path, so) if _exists(args.path, so) else None
         if fc is None:
             raise CacheError(f"{args.path}: no feature cache there (run `dinocache precompute`)")

@@ -29,7 +29,7 @@ from dinocache.core.data import DataError
 
 from . import geometry, registry
 from .convert import dest_name
-from .formats import Item, format_yolo_line, load_yolo, staged_dir, write_data_yaml
+from .formats import Item, decode_image, format_yolo_line, load_yolo, staged_dir, write_data_yaml
 
 MANIFEST_VERSION = 1
 
@@ -175,9 +175,9 @@ def render_view(
 
 
 def _read(item: Item) -> np.ndarray:
-    img = cv2.imread(str(item.image), cv2.IMREAD_COLOR)
+    img = decode_image(item.image, cv2.IMREAD_COLOR)
     if img is None:
-        raise DataError(f"{item.image}: image cannot be decoded")
+        raise DataError(f"{item.image}: image cannot be decoded (corrupt or truncated)")
     return img
 
 
@@ -186,7 +186,7 @@ def run(cfg: AugmentConfig, log=print) -> Path:
     registry.load_plugins(cfg.plugins)
     pipe = registry.get_pipeline(cfg.characteristics, cfg.environment, cfg.intensity)
     log(pipe.describe())
-    col = load_yolo(cfg.data)
+    col = load_yolo(cfg.data, decode=True)  # every image fully decoded up front: a truncated file is named
     if col.n_errors:
         first = "\n  ".join(str(p) for p in col.problems if p.severity == "error")
         raise DataError(

@@ -115,10 +115,24 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if is_image(p))
 
 
+def decode_image(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray | None:
+    """The whole image decoded, or None. Strict: cv2 decodes a truncated JPEG with only a warning (grey bottom
+    rows) where Ultralytics' loader and precompute refuse it, so PIL first decodes every byte (a truncated file
+    raises there), then cv2 reads the pixels the way the trainer does."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as pim:
+            pim.load()
+    except Exception:  # noqa: BLE001 - any decode failure means the image is unusable
+        return None
+    return cv2.imread(str(path), flags)
+
+
 def image_size(path: Path, decode: bool) -> tuple[int, int] | None:
-    """(w, h); with `decode` the whole image is decoded (None when it can't be)."""
+    """(w, h); with `decode` the whole image is decoded (None when it can't be, truncated files included)."""
     if decode:
-        im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        im = decode_image(path)
         return None if im is None else (im.shape[1], im.shape[0])
     try:
         from PIL import Image
@@ -196,12 +210,12 @@ class LabelLineError(ValueError):
 
 
 def parse_yolo_line(parts: list[str], nc: float, axis_boxes: bool = False) -> tuple[int, np.ndarray]:
-    """The one YOLO label-line parser: `cls x1 y1 ... xK yK` normalised (K >= 3; K = 4 is an OBB, more is a
+    """The one YOLO label-line parser: `cls x1 y1 ... xK yK` normalised (K >= 4; K = 4 is an OBB, more is a
     segment) and, with `axis_boxes`, Ultralytics' detection line `cls cx cy w h`. Returns (class id,
     (K, 2) float64 normalised corners). Coordinates are not range-checked: callers choose (error, clip).
     Every bad line raises LabelLineError; `validate`, the grader and fine-tuning all read labels here."""
     axis = axis_boxes and len(parts) == 5
-    if not axis and (len(parts) < 7 or len(parts) % 2 == 0):
+    if not axis and (len(parts) < 9 or len(parts) % 2 == 0):  # 7 fields = 3 corners: not a box
         also = " or 5 (class cx cy w h)" if axis_boxes else ""
         raise LabelLineError(f"{len(parts)} fields; expected 9 (class x1 y1 x2 y2 x3 y3 x4 y4){also}")
     try:

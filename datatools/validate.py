@@ -1,6 +1,7 @@
 """`dinocache dataset validate DATA [--fix OUT]`: every problem as `file:line: severity: message`.
 
-Errors (exit 1): image does not decode; wrong field count; non-numbers; class id out of range;
+Errors (exit 1): image does not decode fully (truncated files too); wrong field count (not 9, or a
+polygon of more corners); data.yaml without train or names (no val: a warning); non-numbers; class id out of range;
 coordinate outside [0, 1] by more than 1e-3; zero-area polygon; the same image (sha256) in two
 splits (leakage). Warnings: duplicate label line, polygon with more than 4 points, duplicate image
 within one split, label without image, image without label (a background image, valid in Ultralytics).
@@ -41,8 +42,40 @@ def find_duplicates(col: Collection) -> set[int]:
     return dups
 
 
+# what `dinocache train` (Ultralytics' check_det_dataset with a val split) needs from a YOLO data.yaml
+REQUIRED_KEYS = ("train", "val", "names")
+
+
+def check_yaml_keys(col: Collection, data: str | Path) -> None:
+    """A YOLO data.yaml without train/val/names is an error naming the key (the dataset tools read any
+    subset of splits, training does not)."""
+    import yaml
+
+    from dinocache.core.data import find_data_yaml
+
+    p = find_data_yaml(data)
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return  # load_any already refused it by name
+    for k in REQUIRED_KEYS:
+        if not raw.get(k):
+            # a missing val is a warning: `convert` writes the splits it was given and `split` adds val later
+            col.add(
+                p.name,
+                None,
+                "warning" if k == "val" else "error",
+                f"no '{k}' key: training needs {', '.join(REQUIRED_KEYS)} "
+                f"({'add the class names' if k == 'names' else 'add the split'} to {p}"
+                + ("; `dinocache dataset split` makes one" if k == "val" else "")
+                + ")",
+            )
+
+
 def validate(data: str | Path, fmt: str | None = None) -> tuple[Collection, set[int]]:
     col = load_any(data, fmt, decode=True)
+    if col.format == "yolo-obb":
+        check_yaml_keys(col, data)
     dups = find_duplicates(col)
     return col, dups
 

@@ -136,10 +136,20 @@ def build(cls: type[T], values: dict[str, Any], source: str = "", cli: dict[str,
     known = field_names(cls)
     pfield, pkeys = _passthrough(cls)
     check_keys(cls, values, source)
+    file_source = source if source != "command line" else ""
     if cli:
         source = f"{source} or the command line" if source and source != "command line" else "command line"
-    where = f" in {source}" if source else ""
     check_keys(cls, cli or {}, "command line")
+
+    def where_of(e: ConfigError) -> str:
+        # the key an error names (`key: ...`) came from the command line or from the file: say which one
+        key = str(e).split(":", 1)[0].strip()
+        if cli and key in cli:
+            return " (given on the command line)"
+        if file_source and key in values:
+            return f" in {file_source}"
+        return f" in {source}" if source else ""
+
     merged: dict[str, Any] = {}
     passed: dict[str, Any] = {}
     for items in (values, cli or {}):
@@ -160,13 +170,13 @@ def build(cls: type[T], values: dict[str, Any], source: str = "", cli: dict[str,
     except TypeError as e:  # pragma: no cover - dataclass signature mismatch
         raise ConfigError(f"{source}: {e}") from None
     except ConfigError as e:
-        raise ConfigError(f"{e}{where}") from None
+        raise ConfigError(f"{e}{where_of(e)}") from None
     validate = getattr(obj, "validate", None)
     if validate is not None:
         try:
             validate()
         except ConfigError as e:
-            raise ConfigError(f"{e}{where}") from None
+            raise ConfigError(f"{e}{where_of(e)}") from None
     return obj
 
 
