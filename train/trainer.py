@@ -28,7 +28,7 @@ from dinocache.train.warp import SRC_KEY, VALID_KEY, warp_batch
 from ultralytics.data.build import build_yolo_dataset
 from ultralytics.models.yolo.obb import OBBTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr
-from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
+from ultralytics.utils.torch_utils import unwrap_model
 
 from dinocache.core.config import to_dict
 
@@ -433,6 +433,11 @@ class DinoOBBTrainer(OBBTrainer):
         self._last_saved_epoch = int(self.epoch)
 
     def resume_training(self, ckpt: Any) -> None:
+        """Continue from weights/resume.pt through Ultralytics' own resume_training: resume.pt holds state dicts
+        only (weights_only loadable), so the student is loaded from its EMA state first (like Ultralytics, a
+        resume continues from the EMA weights) and handed over as the checkpoint's `ema` module; optimizer,
+        scaler, EMA updates, best fitness, early stopping and the end-to-end head's criterion are then
+        Ultralytics' code."""
         state = self.resume_state
         if state is None:
             return super().resume_training(ckpt)
@@ -442,20 +447,21 @@ class DinoOBBTrainer(OBBTrainer):
                 f"run in {self.save_dir} already trained {self.epochs} epochs; nothing to resume"
             )
         model = unwrap_model(self.model)
-        model.load_state_dict(state["ema"], strict=True)  # like Ultralytics: continue from the EMA weights
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.ema = ModelEMA(self.model)
-        self.ema.ema.load_state_dict(state["ema"], strict=True)
-        self.ema.updates = state["updates"]
-        self.best_fitness = state.get("best_fitness")
-        self.stopper.__dict__.update(state.get("stopper") or {})
-        if getattr(model.model[-1], "one2one_cv2", None) is not None:
-            model.criterion = model.init_criterion()
-            model.criterion.updates = start_epoch - 1
-            model.criterion.update()
-        self.start_epoch = start_epoch
+        model.load_state_dict(state["ema"], strict=True)
+        as_ckpt = {
+            "epoch": int(state["epoch"]),
+            "optimizer": state["optimizer"],
+            "scaler": state.get("scaler"),
+            "ema": model,  # Ultralytics reads ckpt["ema"].float().state_dict(): the EMA state just loaded
+            "updates": state["updates"],
+            "best_fitness": state.get("best_fitness"),
+            "stopper": state.get("stopper"),
+        }
+        was_resume, self.resume = self.resume, True
+        try:
+            super().resume_training(as_ckpt)
+        finally:
+            self.resume = was_resume
         self._last_saved_epoch = start_epoch - 1
         self._time_offset = _last_time(self.csv)
         LOGGER.info(
