@@ -203,10 +203,23 @@ _DECODED = np.zeros(0, np.uint8)  # stands for the pixels of a kept image that d
 
 
 class Precompute:
-    """Python API, the same shape as training: `Precompute(PrecomputeConfig(...), device="cuda:0").run()`."""
+    """Python API, the same shape as training: `Precompute(PrecomputeConfig(...), device="cuda:0").run()`.
 
-    def __init__(self, cfg: PrecomputeConfig, device: str | None = None) -> None:
-        self.cfg = cfg if device is None else dataclasses.replace(cfg, device=str(device))
+    Under torchrun or SLURM the shard and GPU come from the launcher's environment (precompute/launch.py);
+    `shard_explicit` says whether `cfg.shard` was set on purpose (default: when it is not "0/1").
+    """
+
+    def __init__(
+        self, cfg: PrecomputeConfig, device: str | None = None, shard_explicit: bool | None = None
+    ) -> None:
+        from dinocache.precompute import launch
+
+        cfg = cfg if device is None else dataclasses.replace(cfg, device=str(device))
+        explicit = cfg.shard != "0/1" if shard_explicit is None else shard_explicit
+        shard, dev = launch.resolve(cfg.shard, explicit, cfg.device, launch.from_env())
+        if (shard, dev) != (cfg.shard, cfg.device):  # re-validated: one writer of several may not overwrite
+            cfg = dataclasses.replace(cfg, shard=shard, device=dev)
+        self.cfg = cfg
         # multi-teacher cache: this run writes the single-teacher store teachers/NAME inside it
         self.multi_root: str | None = None
         if cfg.teacher_name:
@@ -749,13 +762,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.overwrite:
         overrides.append("overwrite=true")
     try:
-        from dinocache.precompute import launch
-
         cfg = load(PrecomputeConfig, config, "precompute", overrides)
         explicit = cfg.shard != "0/1" or any(o.split("=", 1)[0].strip() == "shard" for o in overrides)
-        cfg.shard, cfg.device = launch.resolve(cfg.shard, explicit, cfg.device, launch.from_env())
-        cfg.validate()  # again: the launcher may have made this one writer of several
-        return Precompute(cfg).run()
+        return Precompute(cfg, shard_explicit=explicit).run()
     except (ConfigError, DataError, CacheError, TeacherNotFound) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

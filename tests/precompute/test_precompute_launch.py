@@ -117,6 +117,17 @@ def test_local_rank_picks_the_gpu(monkeypatch) -> None:
     assert launch.resolve("0/1", False, "auto", launch.Launch(7, 8, 3, "SLURM")) == ("7/8", "cuda:0")
 
 
+def test_python_api_follows_the_launcher(monkeypatch) -> None:
+    from dinocache.precompute.run import Precompute, PrecomputeConfig
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    p = Precompute(PrecomputeConfig(device="cpu"))
+    assert (p.rank, p.world, p.cfg.shard) == (1, 2, "1/2")
+    with pytest.raises(ConfigError, match="overwrite"):  # one writer of two may not delete the store
+        Precompute(PrecomputeConfig(device="cpu", overwrite=True))
+
+
 def test_explicit_shard_conflicting_with_torchrun_refused(
     demo_data, tiny_teacher_dir, tmp_path, monkeypatch, capsys
 ):

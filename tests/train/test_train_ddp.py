@@ -203,6 +203,7 @@ def test_rank_handoff_roundtrip_and_callbacks_once(
     )
     assert to_dict(rank.dino) == to_dict(cfg)
     assert rank.ctx.cache_path == str(feature_cache)
+    assert rank.ctx.teacher is None  # online mode: every rank loads its own teacher on its own GPU
     assert torch.equal(rank.ctx.channel_mean, parent.ctx.channel_mean)
     assert rank.callbacks["on_train_epoch_start"].count(apply_curriculum) == 1
     assert ddp.find_handoff(rank.callbacks) is None
