@@ -8,6 +8,9 @@ Python API (each name is imported on first use, so `import dinocache` stays ligh
 
     from dinocache import PrecomputeConfig, Precompute
     Precompute(PrecomputeConfig(data="dataset/augmented/data.yaml"), device="cuda:0").run()
+
+    from dinocache import Compare, CompareConfig
+    Compare(CompareConfig(modes=["none", "cache"], seeds=3), TrainConfig(epochs=10), device="cuda:0").run()
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ _LAZY = {
     "train": "dinocache.train.run",
     "PrecomputeConfig": "dinocache.precompute.run",
     "Precompute": "dinocache.precompute.run",
+    "CompareConfig": "dinocache.compare",
+    "Compare": "dinocache.compare",
 }
 
 __all__ = [*_LAZY, "__version__"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import statistics
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dinocache.core.config import ConfigError, build, parse_overrides, read_section, require
+from dinocache.core.config import ConfigError, build, parse_overrides, read_section, require, to_dict
 
 # mode -> TrainConfig values that make it
 MODES: dict[str, dict[str, Any]] = {
@@ -67,6 +68,9 @@ class CompareConfig:
     val_every: int = 1
     # also grade last.pt of each run with the project's geometric grade (eval_* keys of the train section)
     grade: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()  # every construction path validates, not only the config loader
 
     def validate(self) -> None:
         require(bool(self.modes), "modes", "name at least one mode")
@@ -345,6 +349,25 @@ def compare(train_values: dict[str, Any], cfg: CompareConfig) -> Path:
     summary = write_outputs(out, runs, meta)
     print("\n" + markdown(summary, meta))
     return out
+
+
+class Compare:
+    """Python API, the same shape as `Precompute` and `DinoOBBTrainer`: a config, a device, one call.
+
+        Compare(CompareConfig(modes=["none", "cache"], seeds=3), TrainConfig(...), device="cuda:0").run()
+
+    `train` is the base training config of every run (a TrainConfig or a mapping of train keys, like
+    config.json's "train" section); `run()` returns the output folder."""
+
+    def __init__(self, cfg: CompareConfig, train: Any = None, device: str | None = None) -> None:
+        self.cfg = cfg
+        values = to_dict(train) if dataclasses.is_dataclass(train) else dict(train or {})
+        if device is not None:
+            values["device"] = str(device)
+        self.train_values = values
+
+    def run(self) -> Path:
+        return compare(self.train_values, self.cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ def test_root_exports_are_lazy() -> None:
     code = (
         "import sys, dinocache\n"
         "assert 'dinocache.train' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)\n"
-        "from dinocache import TrainConfig, DinoOBBTrainer, PrecomputeConfig, Precompute\n"
+        "from dinocache import TrainConfig, DinoOBBTrainer, PrecomputeConfig, Precompute, Compare, CompareConfig\n"
         "from dinocache.train.trainer import DinoOBBTrainer as T\n"
         "assert DinoOBBTrainer is T\n"
     )
@@ -32,6 +32,23 @@ def test_hand_built_configs_validate() -> None:
         dataclasses.replace(TrainConfig(), imgsz=100)
     with pytest.raises(ConfigError, match="batch"):
         PrecomputeConfig(batch=0)
+    from dinocache import CompareConfig
+
+    with pytest.raises(ConfigError, match="seeds"):
+        CompareConfig(seeds=0)
+
+
+def test_precompute_and_compare_have_the_trainer_shape(monkeypatch) -> None:
+    """Config + device + one call, like DinoOBBTrainer(cfg, device=...).train()."""
+    import dinocache.compare
+    from dinocache import Compare, CompareConfig, Precompute, PrecomputeConfig, TrainConfig
+
+    assert Precompute(PrecomputeConfig(), device="cpu").cfg.device == "cpu"
+    seen = {}
+    monkeypatch.setattr(dinocache.compare, "compare", lambda values, cfg: seen.update(values=values, cfg=cfg))
+    cc = CompareConfig(modes=["none"], seeds=1)
+    Compare(cc, TrainConfig(epochs=2), device="cpu").run()
+    assert seen["cfg"] is cc and seen["values"]["epochs"] == 2 and seen["values"]["device"] == "cpu"
 
 
 def test_dataset_root_means_what_it_says(tmp_path: Path) -> None:
