@@ -167,6 +167,46 @@ def test_ultralytics_ddp_launcher_carries_our_config(
     assert state["stage"] == "B" and state["distill_weight"] == pytest.approx(0.3)  # the curriculum ran
 
 
+def _stop_after_first_epoch(trainer) -> None:
+    trainer.stop = True
+
+
+@pytest.mark.slow  # two training runs + a launcher process: ~35 s on the shared 2-core machine
+def test_ddp_resume_through_the_launcher(
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch
+) -> None:
+    """A run stopped after epoch 1, resumed with ddp on: the rank rebuilt by Ultralytics' launcher reads
+    weights/resume.pt (path in the handoff), continues at epoch 2 and appends to results.csv."""
+    import ultralytics.engine.trainer as ut
+    from dinocache.train.run import train
+    from dinocache.train.trainer import DinoOBBTrainer
+
+    cfg = small_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache)
+    first = train(cfg, callbacks={"on_train_epoch_end": [_stop_after_first_epoch]})
+    assert torch.load(first.wdir / "resume.pt", weights_only=True)["epoch"] == 0
+    real_run = subprocess.run
+    seen: dict = {}
+
+    def launch(cmd, check=True):
+        seen["handoff"] = ddp.find_handoff(
+            torch.load(Path(cmd[-1]).with_suffix(".pt"), weights_only=False)["callbacks"]
+        )
+        assert (first.wdir / "resume.pt").exists()  # Ultralytics did not delete the run folder
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+        r = real_run([sys.executable, cmd[-1]], env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+    monkeypatch.setattr(ut.subprocess, "run", launch)
+    second = DinoOBBTrainer(small_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache, resume=True))
+    second.ddp, second.world_size = True, 2  # what device=0,1 sets in the parent
+    second.train()
+    assert seen["handoff"].resume_file == str(first.wdir / "resume.pt")
+    rows = (first.save_dir / "results.csv").read_text().splitlines()
+    assert [int(float(r.split(",")[0])) for r in rows[1:]] == [1, 2]  # epoch 1 kept, epoch 2 appended
+    state = torch.load(first.wdir / "resume.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["stage"] == "B"
+
+
 def test_ddp_resume_keeps_run_folder(
     tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch
 ) -> None:
