@@ -151,16 +151,35 @@ def _r(v: Any, n: int = 4) -> Any:
     return round(v, n) if isinstance(v, float) and v == v else v
 
 
-def report(doc: dict[str, Any], results: Any, work: Path) -> None:
+def _fill_distill(doc: dict[str, Any]) -> None:
+    """Runs recorded before compare read the `train/distill` column: take the last epoch's from results.csv."""
+    import csv
+    import math
+    import statistics
+
+    for mode, rs in doc["runs"].items():
+        for r in rs:
+            v = r.get("distill_loss_last")
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                with open(Path(r["save_dir"]) / "results.csv", newline="") as f:
+                    rows = [{k.strip(): x for k, x in row.items()} for row in csv.DictReader(f)]
+                r["distill_loss_last"] = float(rows[-1].get("train/distill") or 0.0)
+        for row in doc["summary"]:
+            if row["mode"] == mode:
+                row["distill_loss_last"] = statistics.fmean(r["distill_loss_last"] for r in rs)
+
+
+def report(doc: dict[str, Any], results: Any, work: Path, prefix: str = "signal", probe: bool = True) -> None:
     """Put one run's figures into the benchmark Results (latest.json `signal.*`, BENCHMARKS.md, the plot)."""
     import shutil
 
+    _fill_distill(doc)
     from benchmarks.report import RESULTS, _slug
 
     st, meta = doc["settings"], doc["meta"]
-    for p in doc["probe"]:
+    for p in doc["probe"] if probe else []:
         results.add(
-            "signal.teacher_probe",
+            f"{prefix}.teacher_probe",
             teacher=p["teacher"],
             balanced_accuracy=_r(p["balanced_accuracy"]),
             objectness_balanced_accuracy=_r(p["objectness_balanced_accuracy"]),
@@ -171,7 +190,7 @@ def report(doc: dict[str, Any], results: Any, work: Path) -> None:
             patches_test=p["patches_test"],
         )
     results.note(
-        "signal.teacher_probe",
+        f"{prefix}.teacher_probe",
         "How much the teacher knows: a class-balanced linear probe predicting each patch's class (background or one "
         "of 5 shapes) from its cached PCA features (32 channels, the trainer's D), fitted on 100 held-out demo "
         "images (seed 2000), scored on 100 others (finetune/probe.py). Knowledgeable = `dinocache "
@@ -180,7 +199,7 @@ def report(doc: dict[str, Any], results: Any, work: Path) -> None:
     )
     for row in doc["summary"]:
         results.add(
-            "signal.modes",
+            f"{prefix}.modes",
             mode=row["mode"],
             n=row["n"],
             map50=f"{row['map50_mean']:.4f} ± {row['map50_std']:.4f}",
@@ -195,7 +214,7 @@ def report(doc: dict[str, Any], results: Any, work: Path) -> None:
             cpu_s_per_img=_r(row["cpu_s_per_img"]),
         )
     results.note(
-        "signal.modes",
+        f"{prefix}.modes",
         f"Students (YOLO26-n OBB from scratch) trained on {meta['train_images']} demo images (seed 1) at "
         f"{meta['imgsz']} px for {meta['epochs']} epochs, seeds {meta['seeds']}, everything but the mode identical "
         f"(`dinocache compare`, benchmarks/signal_ab.py); scored at the LAST epoch on a separate held-out set of "
@@ -206,7 +225,7 @@ def report(doc: dict[str, Any], results: Any, work: Path) -> None:
     for mode, rs in doc["runs"].items():
         for r in rs:
             results.add(
-                "signal.runs",
+                f"{prefix}.runs",
                 mode=mode,
                 seed=r["seed"],
                 map50=_r(r["map50"]),
@@ -222,7 +241,7 @@ def report(doc: dict[str, Any], results: Any, work: Path) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     png = work / "compare" / "val_map.png"
     if png.exists():
-        shutil.copy2(png, RESULTS / f"{_slug('signal.modes')}.png")
+        shutil.copy2(png, RESULTS / f"{_slug(prefix + '.modes')}.png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-train", type=int)
     ap.add_argument("--modes")
     ap.add_argument("--val-every", type=int)
+    ap.add_argument("--section", default="signal", help="--report: section prefix in latest.json")
+    ap.add_argument("--no-probe", action="store_true", help="--report: leave the teacher probe out")
+    ap.add_argument("--conclusion", default="", help="--report: what the figures show, appended to the note")
+    ap.add_argument(
+        "--from-compare", action="store_true", help="--report: WORK/compare/compare.json (no probe)"
+    )
     ap.add_argument(
         "--report",
         action="store_true",
@@ -245,7 +270,16 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.report import Results
 
         res = Results()
-        report(json.loads((Path(a.work) / "signal.json").read_text()), res, Path(a.work))
+        work = Path(a.work)
+        if a.from_compare:  # a run stopped before signal.json: the runs compare wrote so far
+            doc = json.loads((work / "compare" / "compare.json").read_text())
+            doc.update(settings={"n_val": 200}, probe=[])
+        else:
+            doc = json.loads((work / "signal.json").read_text())
+        report(doc, res, work, prefix=a.section, probe=not (a.no_probe or a.from_compare))
+        if a.conclusion:
+            key = f"{a.section}.modes"
+            res.note(key, res.notes.get(key, "") + " " + a.conclusion)
         res.write()
         return 0
     modes = a.modes.split(",") if a.modes else None

@@ -125,8 +125,10 @@ def _record_val(trainer: Any) -> None:
     c["epoch"].append(trainer.epoch + 1)
     for k, v in VAL_METRICS.items():
         c[v].append(float(trainer.metrics.get(k, math.nan)))
+    from dinocache.train.model import DISTILL_KEY
+
     items = trainer.label_loss_items(trainer.tloss, prefix="train")
-    c["distill_loss"].append(float(items.get("train/distill_loss", math.nan)))
+    c["distill_loss"].append(float(items.get(f"train/{DISTILL_KEY}", math.nan)))
 
 
 def _set_val_every(k: int):

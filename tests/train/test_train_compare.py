@@ -111,5 +111,6 @@ def test_compare_end_to_end(
     assert [r["mode"] for r in doc["summary"]] == ["none", "cache-shuffled"]
     run = doc["runs"]["cache-shuffled"][0]
     assert run["curves"]["epoch"] == [2], run["curves"]
+    assert run["distill_loss_last"] > 0 and doc["runs"]["none"][0]["distill_loss_last"] == 0
     assert run["train_images"] == 16 and "grade" in run
     assert (out / "compare.md").exists() and (out / "compare.csv").exists() and (out / "val_map.png").exists()

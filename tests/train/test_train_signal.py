@@ -162,8 +162,9 @@ def test_oracle_cache_teaches_and_shuffled_does_not(oracle_runs) -> None:
     c = np.array(cache.losses)
     assert len(c) == len(shuf.losses) == 20  # 5 epochs x 16 images / batch 4
     print(f"oracle distill loss (cache run): first 4 steps {c[:4].mean():.3f}, last 4 {c[-4:].mean():.3f}")
-    # measured on the 2-core CPU (deterministic run): 1.448 -> 1.132 (x0.78); vs the truth 1.247 / 1.413 (x0.88)
-    assert c[-4:].mean() < 0.85 * c[:4].mean()  # the student learns the cached maps
+    # measured on the 2-core CPU (deterministic runs): 1.448 -> 1.132 (x0.78) with the dataloader-side warp,
+    # 1.441 -> 1.204 (x0.84) with the device warp; vs the truth 1.247 / 1.413 (x0.88), then 1.225 / 1.384 (x0.89)
+    assert c[-4:].mean() < 0.9 * c[:4].mean()  # the student learns the cached maps
     truth = cache.batches  # batches of the cache run carry each sample's own (warped) oracle map
     l_cache = true_map_loss(cache.model, truth, DistillOBBModel.distill_loss)
     l_shuf = true_map_loss(shuf.model, truth, DistillOBBModel.distill_loss)
