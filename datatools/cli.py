@@ -2,6 +2,7 @@
 
     dinocache dataset inspect DATA [--json]
     dinocache dataset validate DATA [--json] [--fix OUT [--overwrite]]
+    dinocache dataset validate --data annotations.json --split train:0.7,val:0.15,test:0.15 --stratify --seed 42
     dinocache dataset convert SRC --from dota|coco|yolo --out OUT [--names a,b,c|names.txt] [--to yolo|dota]
     dinocache dataset tile DATA --out OUT [--imgsz 512] [--overlap 0.2] [--min-visible 0.6] [--drop-empty]
     dinocache dataset split DATA --out OUT [--ratios 0.8,0.1,0.1] [--seed 0]
@@ -31,7 +32,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("validate", help="report every problem as file:line; --fix writes a cleaned copy")
-    p.add_argument("data")
+    p.add_argument("data", nargs="?", default=None)
+    p.add_argument("--data", dest="data_opt", default=None, help="same as DATA (the seed's spelling)")
+    p.add_argument(
+        "--split",
+        default=None,
+        help="COCO JSON only: also write <stem>_train/_val/_test.json, e.g. train:0.7,val:0.15,test:0.15",
+    )
+    p.add_argument("--stratify", action="store_true", help="with --split: stratify by class presence")
+    p.add_argument("--seed", type=int, default=0, help="with --split: shuffle seed")
+    p.add_argument(
+        "--out", default=None, help="with --split: folder of the split files (default: next to DATA)"
+    )
     p.add_argument("--format", choices=["yolo", "dota", "coco"], default=None)
     p.add_argument("--json", action="store_true")
     p.add_argument("--fix", metavar="OUT", default=None, help="write a cleaned YOLO-OBB copy to OUT")
@@ -77,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "validate":
             from .validate import fix, validate
 
+            args.data = args.data or args.data_opt
+            if not args.data:
+                raise DataError("validate: give DATA (or --data annotations.json)")
+            if args.split is not None and not str(args.data).endswith(".json"):
+                raise DataError(
+                    f"--split: only for a COCO JSON (got {args.data}); YOLO datasets: `dataset split`"
+                )
+
             col, dups = validate(args.data, args.format)
             if args.json:
                 print(json.dumps([p.to_dict() for p in col.problems], indent=2))
@@ -102,6 +122,16 @@ def main(argv: list[str] | None = None) -> int:
                 for p in clean.problems if clean.n_errors else []:
                     print(p, file=sys.stderr)
                 return 1 if clean.n_errors else 0
+            if args.split is not None:
+                if col.n_errors:
+                    print("not splitting: fix the errors above first", file=sys.stderr)
+                    return 1
+                from .coco_split import parse_split_spec, split_coco, split_table
+
+                written = split_coco(
+                    args.data, parse_split_spec(args.split), args.seed, args.stratify, args.out
+                )
+                print(split_table(written), file=sys.stderr)
             return 1 if col.n_errors else 0
         if args.cmd == "convert":
             from .convert import convert, parse_names

@@ -333,3 +333,67 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def make_demo_coco(
+    out: str | Path,
+    n: int = 12,
+    imgsz: int = 128,
+    seed: int = 0,
+    masks: bool = True,
+    name: str = "annotations",
+) -> Path:
+    """A tiny COCO instances set for teacher fine-tuning: `out/images/NNNNNN.png` and `out/<name>.json` with
+    a bbox per object and, when `masks`, its polygon `segmentation` (the drawn shape itself). Returns the
+    JSON path. Seeded: the same arguments give the same files."""
+    import json
+
+    import cv2
+
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images, anns = [], []
+    cats = [{"id": i + 1, "name": c} for i, c in enumerate(CLASSES[:3])]
+    for i in range(n):
+        img = (rng.random((imgsz, imgsz, 3)) * 60 + 40).astype(np.uint8)
+        fname = f"images/{i:06d}.png"
+        for _ in range(int(rng.integers(1, 4))):
+            c = int(rng.integers(0, len(cats)))
+            r = float(rng.uniform(0.12, 0.25)) * imgsz
+            cx, cy = rng.uniform(r, imgsz - r, 2)
+            k = (4, 40, 3)[c]  # rectangle-ish, ellipse-ish, triangle
+            t = (
+                np.sort(rng.uniform(0, 2 * math.pi, k))
+                if c != 1
+                else np.linspace(0, 2 * math.pi, k, endpoint=False)
+            )
+            rr = r * (rng.uniform(0.7, 1.0, k) if c != 1 else 1.0)
+            pts = np.stack([cx + rr * np.cos(t), cy + rr * np.sin(t) * (0.6 if c == 1 else 1.0)], 1)
+            pts = np.clip(pts, 0, imgsz - 1)
+            cv2.fillPoly(
+                img, [pts.round().astype(np.int32)], tuple(int(v) for v in rng.integers(120, 255, 3))
+            )
+            x0, y0 = pts.min(0)
+            x1, y1 = pts.max(0)
+            a = {
+                "id": len(anns) + 1,
+                "image_id": i + 1,
+                "category_id": cats[c]["id"],
+                "bbox": [
+                    round(float(x0), 2),
+                    round(float(y0), 2),
+                    round(float(x1 - x0), 2),
+                    round(float(y1 - y0), 2),
+                ],
+                "area": float(cv2.contourArea(pts.astype(np.float32))),
+                "iscrowd": 0,
+            }
+            if masks:
+                a["segmentation"] = [[round(float(v), 2) for v in pts.reshape(-1)]]
+            anns.append(a)
+        cv2.imwrite(str(out / fname), img)
+        images.append({"id": i + 1, "file_name": fname, "width": imgsz, "height": imgsz})
+    path = out / f"{name}.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return path

@@ -32,7 +32,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("dinocache.compare", "A/B of distillation over seeds: none / cache / online (+ controls)"),
     "grade": ("dinocache.grade.cli", "geometric grade of a checkpoint on a val split"),
     "finetune-teacher": ("dinocache.finetune.train", "LoRA fine-tune the DINOv3 teacher"),
-    "merge-teacher": ("dinocache.finetune.merge", "merge LoRA adapters into a plain DINOv3 folder"),
+    "finetune-teachers": (
+        "dinocache.finetune.task_teachers",
+        "data-driven LoRA fine-tuning: boxes -> Grounding DINO, masks -> SAM",
+    ),
+    "merge-teacher": ("dinocache.finetune.merge", "merge LoRA adapters into a plain teacher folder"),
     "dataset": ("dinocache.datatools.cli", "inspect, validate, convert, tile, split datasets"),
     "augment": ("dinocache.datatools.augment", "offline characteristic-based augmentation"),
     "warp-check": ("dinocache.train.warp_check", "teacher equivariance gap per augmentation"),

@@ -157,7 +157,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = build(MergeConfig, vars(args), "command line")
-        out = merge_adapter(cfg.adapter, cfg.out, cfg.base or None, cfg.overwrite)
+        meta_p = Path(cfg.adapter) / "dinocache_adapter.json"
+        family = json.loads(meta_p.read_text()).get("family") if meta_p.is_file() else None
+        if family in ("grounding_dino", "sam"):  # the task teachers of finetune-teachers
+            from dinocache.finetune.task_teachers import merge_task_adapter
+
+            out = merge_task_adapter(cfg.adapter, cfg.out, cfg.base or None, cfg.overwrite)
+        else:
+            out = merge_adapter(cfg.adapter, cfg.out, cfg.base or None, cfg.overwrite)
     except (ConfigError, FinetuneError, TeacherNotFound) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -177,6 +177,7 @@ def _save_sam(tmp: Path, size: str) -> str:
                 num_attention_heads=2,
                 mlp_dim=2 * d,
                 window_size=8,
+                num_pos_feats=d // 2,  # positional features of the prompt encoder: hidden = 2 x this
                 global_attn_indexes=[],  # windowed only: a global 4096-token block costs 10x on CPU
             ),
             prompt_encoder_config=dict(hidden_size=d, mask_input_channels=4),
@@ -222,10 +223,7 @@ def _save_grounding_dino(tmp: Path, size: str) -> str:
         GroundingDinoProcessor,
     )
 
-    vocab = tmp / "vocab.txt"
-    vocab.write_text("\n".join(bert_vocab()) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
-    vocab.unlink()
+    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(bert_vocab())}, do_lower_case=True)
     if size == "base":  # IDEA-Research/grounding-dino-tiny: Swin-T + BERT-base
         cfg = GroundingDinoConfig(
             backbone_config=dict(
