@@ -3,7 +3,9 @@
     dinocache demo --config config.json [--fresh] [train.key=value ...]
 
 Steps: synthetic OBB dataset (`dataset/`) and tiny random DINOv3 (`dinov3/`) when missing, offline
-augmentation (`dataset/augmented/`), precompute into the Zarr cache, verify the cache, train the student.
+augmentation (`dataset/augmented/`), precompute into the Zarr cache, verify the cache, then train the
+student twice side by side (teacher_source=none and =cache, same settings) and print a table (mAP50, grade,
+time) and the three files to open first.
 Paths and settings come from config.json, so afterwards `just precompute` / `just train` work on the
 same files.
 """
@@ -39,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="only make the demo dataset or the tiny teacher named in the config (skipped when present)",
     )
-    ap.add_argument("overrides", nargs="*", help="train.key=value or precompute.key=value")
+    ap.add_argument(
+        "--modes",
+        default="none,cache",
+        help="teacher_source of each training run, side by side (default none,cache)",
+    )
+    ap.add_argument("overrides", nargs="*", help="train.key=value, precompute.key=value or augment.key=value")
     args = ap.parse_args(argv)
 
     from dinocache.cache.cli import main as cache_main
@@ -88,12 +95,88 @@ def main(argv: list[str] | None = None) -> int:
     c = ["--config", args.config]
     _step("augment", augment_main, ["augment", *c, "overwrite=true", *per_step["augment"]])
     _step("precompute", precompute_main, ["precompute", *c, *per_step["precompute"]])
-    cache_path = pre.get("cache", "artifacts/cache/features.zarr")
-    data = pre.get("data", "dataset/augmented/data.yaml")
-    _step("verify", cache_main, ["cache", "verify", cache_path, "--data", data, "--dino-root", str(teacher)])
-    _step("train", train_main, ["train", *c, *per_step["train"]])
-    print(f"\ndemo finished; outputs under {trn.get('artifacts_root', 'artifacts')}/")
+    _step("verify", cache_main, ["cache", "verify", *c])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    runs: list[dict] = []
+    for mode in args.modes.split(","):
+        name = f"demo-{stamp}-{mode}"
+        t0 = time.perf_counter()
+        _step(
+            f"train ({mode})",
+            train_main,
+            ["train", *c, f"teacher_source={mode}", f"name={name}", *per_step["train"]],
+        )
+        runs.append(run_summary(mode, run_folder(trn, name), time.perf_counter() - t0))
+    print()
+    print(summary_table(runs))
+    print()
+    print(files_to_open(runs))
     return 0
+
+
+def run_folder(trn: dict, name: str) -> Path:
+    """artifacts/{model_key}/runs/{name}/train, as train.run.run_dir lays it out."""
+    return (
+        Path(trn.get("artifacts_root", "artifacts"))
+        / Path(trn.get("model", "yolo26n-obb.yaml")).stem
+        / "runs"
+        / name
+        / "train"
+    )
+
+
+def _last_row(csv_path: Path) -> dict[str, str]:
+    import csv
+
+    if not csv_path.exists():
+        return {}
+    with open(csv_path) as f:
+        rows = [{k.strip(): v.strip() for k, v in r.items()} for r in csv.DictReader(f)]
+    return rows[-1] if rows else {}
+
+
+def run_summary(mode: str, folder: Path, seconds: float) -> dict:
+    """mAP50 (Ultralytics' val, last epoch), best geometric grade and time of one demo run."""
+    import csv
+
+    res = _last_row(folder / "results.csv")
+    grades = []
+    if (folder / "eval" / "grades.csv").exists():
+        with open(folder / "eval" / "grades.csv") as f:
+            grades = [float(r["grade"]) for r in csv.DictReader(f) if r.get("grade") not in (None, "")]
+    return {
+        "mode": mode,
+        "folder": folder,
+        "map50": float(res.get("metrics/mAP50(B)", "nan") or "nan"),
+        "grade": max(grades) if grades else float("nan"),
+        "seconds": seconds,
+    }
+
+
+def summary_table(runs: list[dict]) -> str:
+    lines = [f"{'teacher_source':<16}{'mAP50':>8}{'grade':>8}{'time':>9}   run folder"]
+    for r in runs:
+        lines.append(
+            f"{r['mode']:<16}{r['map50']:>8.3f}{r['grade']:>8.3f}{r['seconds']:>8.0f}s   {r['folder']}"
+        )
+    return "\n".join(lines)
+
+
+def files_to_open(runs: list[dict]) -> str:
+    """The three pictures to look at first: a grade panel, a DINO teacher/student viz, results.png."""
+    last = runs[-1]["folder"]
+    distilled = next((r["folder"] for r in reversed(runs) if r["mode"] != "none"), last)
+    panels = sorted((last / "eval").glob("epoch_*/viz/**/*.png")) or sorted((last / "eval").rglob("*.png"))
+    viz = sorted((distilled / "dino_viz").rglob("*.png"))
+    picks = [
+        ("eval panel (predicted vs true boxes, last graded epoch)", panels[-1] if panels else None),
+        ("DINO viz (teacher map, student projection, their cosine)", viz[-1] if viz else None),
+        ("results.png (losses incl. distill, mAP per epoch)", last / "results.png"),
+    ]
+    lines = ["open these first:"]
+    for what, p in picks:
+        lines.append(f"  {what}: {p if p is not None and p.exists() else '(not written)'}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,13 @@ from dinocache.train.config import TrainConfig
 from dinocache.train.ddp import check_devices
 from dinocache.train.trainer import (
     DINO_ARGS_FILE,
+    OFFLINE_VIEW_DEFAULTS,
     RESUME_FILE,
     DinoOBBTrainer,
     TeacherContext,
+    augmentation_summary,
     geometric_off,
+    offline_views,
     ultralytics_overrides,
     warp_blends_off,
 )
@@ -314,17 +317,16 @@ def apply_augmentation_policy(cfg: TrainConfig, ov: dict[str, Any]) -> str:
     """
     src = cfg.teacher_source
     if src == "none":
-        return ""
-    if cfg.distill_geometric_aug == "warp":
+        msg = "teacher_source=none: Ultralytics' augmentation as configured"
+    elif cfg.distill_geometric_aug == "warp":
         was_on = warp_blends_off(ov)
         how = (
             "warp each cached teacher map with its image"
             if src == "cache"
             else "the teacher runs on each augmented batch (same augmentation as cache mode)"
         )
-        msg = (
-            f"teacher_source={src}, distill_geometric_aug=warp: mosaic, affine and flips stay on and {how}; "
-            f"{', '.join(was_on) or 'no blend was on'} -> 0 (cannot be followed by a cached map)"
+        msg = f"teacher_source={src}, distill_geometric_aug=warp: {how}" + (
+            f"; {', '.join(was_on)} switched off (a cached map cannot follow a blend)" if was_on else ""
         )
     else:
         was_on = geometric_off(ov)
@@ -333,6 +335,14 @@ def apply_augmentation_policy(cfg: TrainConfig, ov: dict[str, Any]) -> str:
             f"({', '.join(was_on) or 'none was on'} -> 0) so each teacher cell stays under its pixels; "
             "photometric augmentation and flips (which flip the teacher map too) stay on"
         )
+    if offline_views(cfg.data_yaml):
+        kept = [k for k in OFFLINE_VIEW_DEFAULTS if k not in cfg.extra]
+        if kept:
+            msg += (
+                f"; {', '.join(kept)} off by default (the data are `dinocache augment` views, already "
+                "rotated and scaled)"
+            )
+    msg += f"\n    augmentation {augmentation_summary(ov)}"
     LOGGER.info(f"{colorstr('dinocache:')} {msg}")
     return msg
 

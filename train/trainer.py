@@ -11,8 +11,8 @@ What it changes in Ultralytics' loop, and where:
 
 from __future__ import annotations
 
-import logging
 import math
+import time
 from copy import copy
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
 from dinocache.core.config import to_dict
+from dinocache.core.logs import quiet_ultralytics
 
 RESUME_FILE = "resume.pt"
 DINO_ARGS_FILE = "dinocache_args.yaml"
@@ -79,6 +80,7 @@ def apply_curriculum(trainer: DinoOBBTrainer) -> None:
         if ddp.is_ddp(trainer.model):  # every rank runs this at the same epoch; see train/ddp.py
             trainer.model = ddp.rewrap_ddp(trainer.model)
         LOGGER.info(f"{colorstr('dinocache:')} epoch {epoch + 1}: Stage B, all layers unfrozen")
+    trainer.epoch_t0 = time.perf_counter()
     w = distill_weight(epoch, cfg)
     if getattr(model, "distill_terms", None):
         model.distill_term_weights = term_weights(epoch, cfg)
@@ -88,36 +90,6 @@ def apply_curriculum(trainer: DinoOBBTrainer) -> None:
     if w != trainer.last_logged_weight:
         LOGGER.info(f"{colorstr('dinocache:')} epoch {epoch + 1}: Stage {stage}, distill weight w={w:.4g}")
         trainer.last_logged_weight = w
-
-
-class QuietLog(logging.Filter):
-    """Drops Ultralytics' per-parameter `Freezing layer` lines (the trainer logs one summary instead) and
-    repeats of `Fast image access` (every dataset build checks it; once per process says it all)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.frozen = 0
-        self.speed_seen = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        if msg.startswith("Freezing layer '"):
-            self.frozen += 1
-            return False
-        if "Fast image access" in msg:
-            seen, self.speed_seen = self.speed_seen, True
-            return not seen
-        return True
-
-
-def quiet_log() -> QuietLog:
-    """The process's QuietLog on Ultralytics' LOGGER (installed once)."""
-    for f in LOGGER.filters:
-        if isinstance(f, QuietLog):
-            return f
-    f = QuietLog()
-    LOGGER.addFilter(f)
-    return f
 
 
 def _ranges(ids: list[int]) -> str:
@@ -133,6 +105,19 @@ def _ranges(ids: list[int]) -> str:
 
 class NonFiniteLoss(RuntimeError):
     """The training loss (or the validation fitness) became NaN/inf: the run stops, the last good checkpoint stays."""
+
+
+def log_epoch_speed(trainer: DinoOBBTrainer) -> None:
+    """on_train_epoch_end: the epoch's training throughput in images/s (Ultralytics' bar counts batches)."""
+    t0 = getattr(trainer, "epoch_t0", None)
+    if t0 is None or RANK not in {-1, 0}:
+        return
+    dt = max(time.perf_counter() - t0, 1e-9)
+    n = len(trainer.train_loader.dataset)
+    LOGGER.info(
+        f"{colorstr('dinocache:')} epoch {trainer.epoch + 1}/{trainer.epochs}: trained on {n} images in {dt:.1f}s "
+        f"({n / dt:.1f} img/s)"
+    )
 
 
 class DinoOBBTrainer(OBBTrainer):
@@ -181,7 +166,7 @@ class DinoOBBTrainer(OBBTrainer):
         self._last_saved_epoch: int | None = None  # epoch of the newest weights/resume.pt (NaN message)
         # resumed run: training seconds before the resume (results.csv `time` goes on from there)
         self._time_offset = 0.0
-        self._quiet = quiet_log()
+        self._quiet = quiet_ultralytics()
         # Ultralytics deletes results.csv unless its own resume is used; ours continues it
         csv = Path((overrides or {}).get("save_dir") or ".") / "results.csv"
         kept = csv.read_bytes() if resume_state is not None and csv.is_file() else None
@@ -193,6 +178,8 @@ class DinoOBBTrainer(OBBTrainer):
         # a DDP rank gets the parent's callbacks (this one included) back through _callbacks
         if apply_curriculum not in self.callbacks["on_train_epoch_start"]:
             self.add_callback("on_train_epoch_start", apply_curriculum)
+        if log_epoch_speed not in self.callbacks["on_train_epoch_end"]:
+            self.add_callback("on_train_epoch_end", log_epoch_speed)
         if RANK in {-1, 0}:
             self._write_args()
 
@@ -246,6 +233,25 @@ class DinoOBBTrainer(OBBTrainer):
             ddp.drop_handoff(self.callbacks)
         eval_hooks.raise_if_failed(self)  # a DDP rank 0 that evaluated; the launcher itself has nothing
         return result
+
+    def plot_metrics(self) -> None:
+        """results.png with a `distill` panel: Ultralytics plots the columns named *loss*, so it plots a copy
+        of results.csv whose distill columns are named distill_loss."""
+        import shutil
+        import tempfile
+
+        from ultralytics.utils.plotting import plot_results
+
+        with tempfile.TemporaryDirectory() as tmp:
+            head, _, body = self.csv.read_text().partition("\n")
+            cols = [
+                c if not c.strip().endswith("/distill") else c.replace("/distill", "/distill_loss")
+                for c in head.split(",")
+            ]
+            (Path(tmp) / "results.csv").write_text(",".join(cols) + "\n" + body)
+            plot_results(file=Path(tmp) / "results.csv")
+            shutil.move(str(Path(tmp) / "results.png"), self.save_dir / "results.png")
+        self.on_plot(self.save_dir / "results.png")
 
     # -- run folder ------------------------------------------------------------------------------------------
     def _write_args(self) -> None:
@@ -545,6 +551,48 @@ def _last_time(csv_path: Path) -> float:
         return 0.0
 
 
+# Ultralytics' online augmentation on top of `dinocache augment`'s views, which are already rotated and
+# scaled: its random scale (0.5: objects shrink to half) and rotation would apply a second time, so they
+# default to off there; translate, flips, HSV and mosaic stay (extra/keys like scale=0.3 still win).
+OFFLINE_VIEW_DEFAULTS: dict[str, float] = {"scale": 0.0, "degrees": 0.0}
+
+
+def offline_views(data_yaml: Path) -> bool:
+    """True when the dataset was written by `dinocache augment` (its manifest.jsonl beside the data.yaml)."""
+    return (Path(data_yaml).parent / "manifest.jsonl").is_file()
+
+
+def augmentation_summary(ov: dict[str, Any]) -> str:
+    """Which Ultralytics augmentations a run has on, with their values, and which are off."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    def val(k: str) -> Any:
+        return ov.get(k, DEFAULT_CFG_DICT.get(k))
+
+    on, off = [], []
+    for k in (
+        "mosaic",
+        "translate",
+        "scale",
+        "degrees",
+        "shear",
+        "perspective",
+        "fliplr",
+        "flipud",
+        "mixup",
+        "cutmix",
+        "copy_paste",
+    ):
+        v = float(val(k) or 0.0)
+        (on if v > 0 else off).append(f"{k}={v:g}" if v > 0 else k)
+    hsv = [float(val(k) or 0.0) for k in ("hsv_h", "hsv_s", "hsv_v")]
+    (on if any(hsv) else off).append("hsv=" + "/".join(f"{x:g}" for x in hsv) if any(hsv) else "hsv")
+    epochs, close = int(val("epochs") or 0), int(val("close_mosaic") or 0)
+    if float(val("mosaic") or 0) > 0 and close > 0:
+        on[0] += f" (off for the last {close} of {epochs} epochs)"
+    return f"on: {', '.join(on) or 'nothing'} | off: {', '.join(off) or 'nothing'}"
+
+
 def ultralytics_overrides(cfg: TrainConfig, save_dir: Path, device: str) -> dict[str, Any]:
     """The Ultralytics training arguments of a run."""
     ov: dict[str, Any] = {
@@ -570,6 +618,8 @@ def ultralytics_overrides(cfg: TrainConfig, save_dir: Path, device: str) -> dict
         "freeze": cfg.freeze_layers if cfg.stage_a_epochs > 0 and cfg.freeze_layers > 0 else None,
         "close_mosaic": cfg.close_mosaic,
     }
+    if offline_views(cfg.data_yaml):
+        ov.update(OFFLINE_VIEW_DEFAULTS)
     ov.update(cfg.extra)
     return ov
 
