@@ -1,8 +1,9 @@
 """The whole pipeline on the embedded default, in one command.
 
-    dinocache demo --config config.json [--fresh] [train.key=value ...]
+    dinocache demo --config config.json [--fresh] [--teacher demo|random] [--modes none,cache] [train.key=value ...]
 
-Steps: synthetic OBB dataset (`dataset/`) and tiny random DINOv3 (`dinov3/`) when missing, offline
+Steps: synthetic OBB dataset (`dataset/`) and a knowledgeable tiny DINOv3 (`dinov3/`, copied from
+`dinocache make-demo-teacher`'s per-machine cache; `--teacher random` for random weights) when missing, offline
 augmentation (`dataset/augmented/`), precompute into the Zarr cache, verify the cache, then train the
 student twice side by side (teacher_source=none and =cache, same settings) and print a table (mAP50, grade,
 time) and the three files to open first.
@@ -42,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         help="only make the demo dataset or the tiny teacher named in the config (skipped when present)",
     )
     ap.add_argument(
+        "--teacher",
+        choices=["demo", "random"],
+        default="demo",
+        help="demo: a tiny DINOv3 fine-tuned on generated data (dinocache make-demo-teacher, built once per "
+        "machine, a few minutes); random: make-tiny-teacher's random weights (instant, teaches nothing)",
+    )
+    ap.add_argument(
         "--modes",
         default="none,cache",
         help="teacher_source of each training run, side by side (default none,cache)",
@@ -52,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from dinocache.cache.cli import main as cache_main
     from dinocache.datatools.augment import main as augment_main
     from dinocache.datatools.demo_data import main as demo_data_main
+    from dinocache.finetune.demo_teacher import make_demo_teacher
     from dinocache.precompute.run import main as precompute_main
     from dinocache.teacher.tiny import main as tiny_main
     from dinocache.train.cli import main as train_main
@@ -80,16 +89,42 @@ def main(argv: list[str] | None = None) -> int:
         for p in (source, teacher, Path("artifacts")):
             shutil.rmtree(p, ignore_errors=True)
     imgsz = str(aug.get("imgsz", 256))
+    from dinocache.finetune.demo_teacher import DemoTeacherConfig
+
+    # the students' objects have the size the demo teacher learnt (a fraction of imgsz)
+    sizes = DemoTeacherConfig()
     if args.only in (None, "data"):
         if (source / "data.yaml").exists():
             print(f"==> demo data: {source} exists, kept (use --fresh to regenerate)")
         else:
-            _step("demo data", demo_data_main, ["demo-data", str(source), "--imgsz", imgsz])
+            _step(
+                "demo data",
+                demo_data_main,
+                [
+                    "demo-data",
+                    str(source),
+                    "--imgsz",
+                    imgsz,
+                    f"min_size={sizes.min_size}",
+                    f"max_size={sizes.max_size}",
+                ],
+            )
     if args.only in (None, "teacher"):
         if (teacher / "config.json").exists():
             print(f"==> teacher: {teacher} exists, kept")
-        else:
+        elif args.teacher == "random":
             _step("tiny teacher", tiny_main, ["make-tiny-teacher", str(teacher)])
+        else:
+            print(
+                f"\n==> teacher: a knowledgeable tiny DINOv3 (dinocache make-demo-teacher --imgsz {imgsz})",
+                flush=True,
+            )
+            t0 = time.perf_counter()
+            built = make_demo_teacher(
+                imgsz=int(imgsz)
+            )  # cached under $DINOCACHE_HOME: built once per machine
+            shutil.copytree(built, teacher)
+            print(f"==> teacher: {built} -> {teacher} in {time.perf_counter() - t0:.1f}s", flush=True)
     if args.only:
         return 0
     c = ["--config", args.config]
@@ -166,11 +201,20 @@ def files_to_open(runs: list[dict]) -> str:
     """The three pictures to look at first: a grade panel, a DINO teacher/student viz, results.png."""
     last = runs[-1]["folder"]
     distilled = next((r["folder"] for r in reversed(runs) if r["mode"] != "none"), last)
-    panels = sorted((last / "eval").glob("epoch_*/viz/**/*.png")) or sorted((last / "eval").rglob("*.png"))
-    viz = sorted((distilled / "dino_viz").rglob("*.png"))
+
+    def newest(folder: Path, pattern: str) -> Path | None:
+        """First file matching `pattern` in the newest epoch_NNN folder under `folder`."""
+        for epoch in sorted(folder.glob("epoch_*"), reverse=True):
+            hits = sorted(epoch.rglob(pattern))
+            if hits:
+                return hits[0]
+        return None
+
+    panels = newest(last / "eval", "*_panel.*")
+    viz = newest(distilled / "dino_viz", "*_teacher.png")
     picks = [
-        ("eval panel (predicted vs true boxes, last graded epoch)", panels[-1] if panels else None),
-        ("DINO viz (teacher map, student projection, their cosine)", viz[-1] if viz else None),
+        ("eval panel (true vs predicted boxes, last graded epoch)", panels),
+        ("DINO viz (teacher map; _student, _diff beside it)", viz),
         ("results.png (losses incl. distill, mAP per epoch)", last / "results.png"),
     ]
     lines = ["open these first:"]

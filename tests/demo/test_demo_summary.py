@@ -20,11 +20,14 @@ def fake_run(folder: Path, map50: str, grades: list[str], viz: bool) -> Path:
         + "".join(f"{i},0,0,0,,,,{g}\n" for i, g in enumerate(grades))
     )
     (folder / "eval" / "epoch_002" / "viz" / "val").mkdir(parents=True)
-    (folder / "eval" / "epoch_002" / "viz" / "val" / "a.png").write_bytes(b"x")
+    (folder / "eval" / "epoch_002" / "viz" / "val" / "000001_panel.jpg").write_bytes(b"x")
+    (folder / "eval" / "epoch_002" / "viz" / "val" / "000001_gt.jpg").write_bytes(b"x")
     (folder / "results.png").write_bytes(b"x")
     if viz:
-        (folder / "dino_viz" / "epoch_002").mkdir(parents=True)
-        (folder / "dino_viz" / "epoch_002" / "img0.png").write_bytes(b"x")
+        for e in ("epoch_001", "epoch_002"):
+            (folder / "dino_viz" / e).mkdir(parents=True)
+            (folder / "dino_viz" / e / "000001_v0_teacher.png").write_bytes(b"x")
+            (folder / "dino_viz" / e / "000001_v0_student.png").write_bytes(b"x")
     return folder
 
 
@@ -39,7 +42,8 @@ def test_table_and_files(tmp_path: Path) -> None:
     assert table[0].split()[:4] == ["teacher_source", "mAP50", "grade", "time"]
     assert table[2].split()[:4] == ["cache", "0.200", "0.100", "75s"]
     files = files_to_open(runs)
-    assert "eval/epoch_002/viz/val/a.png" in files and "dino_viz/epoch_002/img0.png" in files
+    assert "eval/epoch_002/viz/val/000001_panel.jpg" in files
+    assert "dino_viz/epoch_002/000001_v0_teacher.png" in files
     assert str(cache / "results.png") in files
     missing = run_summary("none", tmp_path / "nope", 1.0)  # a run that wrote nothing: nan, not a crash
     assert "nan" in summary_table([missing])
