@@ -1,0 +1,184 @@
+"""Per-sample CPU of the training dataloader: plain Ultralytics vs the cache path (issue 13).
+
+Used by benchmarks/test_bench_loader.py and benchmarks/gpu.sh. Both datasets are built the way the
+trainer builds them (Ultralytics' `get_cfg` + `build_yolo_dataset` for plain, `DistillDataset` with the
+cache's `TeacherLookup` in warp mode for cache) and timed in one process with `time.process_time()`
+(all threads): `ds[i]` over random indices plus the collate, alternated A/B blocks, median of rounds.
+
+The dataset is made larger than Ultralytics' mosaic buffer (min(n, 8 * batch, 1000) images) by linking
+each generated image under several names, so most samples cost a real cache read (their own map is not in
+the buffer); `reads_per_sample` reports it.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def make_linked_dataset(root: Path, unique: int, copies: int, imgsz: int, seed: int = 0) -> Path:
+    """A demo dataset of `unique` generated images, each linked `copies` times under new names -> data.yaml."""
+    from dinocache.datatools.demo_data import make_demo_dataset
+
+    data = make_demo_dataset(root, n_train=unique, n_val=2, imgsz=imgsz, seed=seed) / "data.yaml"
+    img_dir, lab_dir = root / "images" / "train", root / "labels" / "train"
+    for img in sorted(img_dir.glob("*.png")):
+        lab = lab_dir / f"{img.stem}.txt"
+        for c in range(1, copies):
+            os.link(img, img_dir / f"{img.stem}_c{c}.png")
+            if lab.exists():
+                os.link(lab, lab_dir / f"{img.stem}_c{c}.txt")
+    for f in root.rglob("*.cache"):
+        f.unlink()
+    return data
+
+
+def precompute(data: Path, teacher: Path, cache: Path, imgsz: int, channels: int = 64) -> None:
+    from dinocache.precompute.run import main as precompute_main
+
+    rc = precompute_main(
+        [
+            f"data={data}",
+            f"cache={cache}",
+            f"dino_root={teacher}",
+            f"imgsz={imgsz}",
+            f"channels={channels}",
+            "pca_fit_images=64",
+            "batch=16",
+            "device=cpu",
+        ]
+    )
+    if rc != 0:
+        raise RuntimeError(f"precompute of {data} failed ({rc})")
+
+
+class KeysOnly:
+    """Option B stand-in for TeacherLookup: attaches a map without reading it (keys only; read per batch)."""
+
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        self.zero = np.zeros(shape, np.float16)
+
+    def __call__(self, im_file: str) -> np.ndarray:
+        return self.zero
+
+
+def build(data: str, cache: str, imgsz: int, batch: int, channels: int = 32, lookup: Any = None) -> tuple:
+    """(plain YOLODataset, cache DistillDataset, TeacherLookup) built as the trainer builds them."""
+    from dinocache.train.dataset import DistillDataset, TeacherLookup
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data.build import build_yolo_dataset
+
+    from dinocache.core.data import list_split_images, load_data_yaml
+
+    info = load_data_yaml(data)
+    root, _ = list_split_images(data, "train")
+    # Ultralytics' default augmentation (mosaic, affine, flips, HSV); blends are 0 by default (warp needs 0)
+    args = get_cfg(overrides={"imgsz": imgsz, "task": "obb", "mixup": 0.0, "cutmix": 0.0, "copy_paste": 0.0})
+    plain = build_yolo_dataset(args, info["train"], batch, info, mode="train", rect=False, stride=32)
+    real = TeacherLookup(cache, root, channels)
+    ds = DistillDataset(
+        img_path=plain.img_path,
+        imgsz=imgsz,
+        batch_size=batch,
+        augment=True,
+        hyp=args,
+        rect=False,
+        stride=32,
+        pad=0.0,
+        task="obb",
+        data=info,
+        teacher=lookup or real,
+        geometric_aug="warp",
+        patch=16,
+    )
+    return plain, ds, real
+
+
+class Counting:
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.calls = inner, 0
+
+    def __call__(self, im_file: str) -> np.ndarray:
+        self.calls += 1
+        return self.inner(im_file)
+
+
+def time_block(ds: Any, collate: Any, idx: np.ndarray, batch: int) -> float:
+    """CPU ms per sample of ds[i] for i in idx plus the collate of each batch."""
+    t0 = time.process_time()
+    for b0 in range(0, len(idx), batch):
+        collate([ds[int(i)] for i in idx[b0 : b0 + batch]])
+    return 1000 * (time.process_time() - t0) / len(idx)
+
+
+def measure(
+    data: str, cache: str, imgsz: int, batch: int = 16, block: int = 64, rounds: int = 3, seed: int = 0
+) -> dict[str, Any]:
+    """Alternated A (plain) / B (cache, option A: maps in workers) / C (option B: keys only) blocks."""
+    import torch
+    from dinocache.train.dataset import DistillDataset
+    from ultralytics.data.dataset import YOLODataset
+
+    from dinocache import cache as cache_mod
+
+    torch.set_num_threads(1)
+    plain, ds, real = build(data, cache, imgsz, batch)
+    counting = Counting(real)
+    ds.teacher = counting
+    fc = cache_mod.open(cache)
+    d = min(32, fc.k)
+    keys_ds = build(data, cache, imgsz, batch, lookup=KeysOnly((d, *fc.grid)))[1]
+    n = len(plain)
+    rng = np.random.default_rng(seed)
+    for x, coll in ((plain, YOLODataset.collate_fn), (ds, DistillDataset.collate_fn)):
+        time_block(x, coll, rng.integers(0, n, batch * 2), batch)  # warm the buffers and the reader
+    time_block(keys_ds, DistillDataset.collate_fn, rng.integers(0, n, batch * 2), batch)
+    a, b, c, reads, main_read = [], [], [], [], []
+    for _ in range(rounds):
+        idx = rng.integers(0, n, block)
+        a.append(time_block(plain, YOLODataset.collate_fn, idx, batch))
+        before = counting.calls
+        b.append(time_block(ds, DistillDataset.collate_fn, idx, batch))
+        reads.append((counting.calls - before) / block)
+        c.append(time_block(keys_ds, DistillDataset.collate_fn, idx, batch))
+        # option B's main-process side: one batched read of every tile row of a batch (about 4 per sample)
+        tiles = int(4 * batch)
+        t0 = time.process_time()
+        for _ in range(max(1, block // batch)):
+            fc.read(rng.integers(0, fc.n, tiles), channels=d)
+        main_read.append(1000 * (time.process_time() - t0) / block)
+    pa, pb, pc = statistics.median(a), statistics.median(b), statistics.median(c)
+    return {
+        "imgsz": imgsz,
+        "n_images": n,
+        "mosaic_buffer": min(n, 8 * batch, 1000),
+        "plain_cpu_ms": round(pa, 2),
+        "cache_cpu_ms": round(pb, 2),
+        "cpu_ratio": round(pb / pa, 3),
+        "reads_per_sample": round(statistics.median(reads), 2),
+        "keys_only_cpu_ms": round(pc, 2),
+        "keys_only_ratio": round(pc / pa, 3),
+        "keys_main_read_ms_per_sample": round(statistics.median(main_read), 3),
+        "plain_rounds_ms": [round(v, 2) for v in a],
+        "cache_rounds_ms": [round(v, 2) for v in b],
+        "rounds": rounds,
+        "block": block,
+        "batch": batch,
+    }
+
+
+def sample_batch(data: str, cache: str, imgsz: int, batch: int = 16, seed: int = 0) -> dict:
+    """One collated warp-mode batch (maps + geometry) of the cache dataset, for the device-warp timing."""
+    import random
+
+    from dinocache.train.dataset import DistillDataset
+
+    _, ds, _ = build(data, cache, imgsz, batch)
+    random.seed(seed)
+    rng = np.random.default_rng(seed)
+    return DistillDataset.collate_fn([ds[int(i)] for i in rng.integers(0, len(ds), batch)])
