@@ -18,6 +18,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+MARKDOWN = ROOT / "BENCHMARKS.md"  # benchmarks/gpu_run.py --dry-run points both elsewhere
 
 
 def machine_info() -> dict[str, Any]:
@@ -82,7 +83,7 @@ class Results:
         tmp = out.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=2, default=str))
         tmp.replace(out)
-        write_markdown(doc, ROOT / "BENCHMARKS.md")
+        write_markdown(doc, MARKDOWN)
         try:
             plot(doc, RESULTS)
         except Exception as e:  # a plot failure must not lose the numbers
