@@ -62,6 +62,7 @@ class TeacherLookup:
         self._fc: Any = None
         self._pid: int | None = None
         self._other: dict[str, str] | None = None
+        self._keys: dict[str, str] = {}  # im_file -> key: image_key resolves both paths (syscalls) per call
 
     @property
     def fc(self) -> Any:
@@ -86,7 +87,9 @@ class TeacherLookup:
         image key, the shard file and the repair command: nothing damaged reaches the loss."""
         from dinocache.cache.check import checked_map
 
-        key = image_key(im_file, self.root)
+        key = self._keys.get(im_file)
+        if key is None:
+            key = self._keys[im_file] = image_key(im_file, self.root)
         if self.shuffle_seed is not None:
             key = self.other_key(key)
         return checked_map(self.fc, key, channels=self.channels)

@@ -14,7 +14,7 @@ Each transform left-multiplies the per-tile matrix `A` (source-image pixel -> cu
 is resampled in the dataloader: `AttachGeometry` (last, before `Format`) attaches each sample's
 
 - `labels["teacher_src"]`  (T, D, h, w): the cached map of each of its T source tiles (1, 4 or 9)
-- `labels["teacher_geom"]` (T, GEOM_FIELDS) float64: per tile the inverse matrix A^-1, the map offset, the
+- `labels["teacher_geom"]` (T, GEOM_FIELDS) float64: per tile the composed matrix A, the map offset, the
   tile's source rectangle (which source pixels the tile shows: a mosaic crop, else the whole image), the
   output size, the patch and a presence flag (a few hundred bytes)
 
@@ -79,7 +79,7 @@ SRC_KEY = "teacher_src"  # (T, D, h, w) cached maps of a sample's tiles; collate
 GEOM_KEY = "teacher_geom"  # (T, GEOM_FIELDS) float64 per-tile geometry; collated (B, T, GEOM_FIELDS)
 PARAMS_KEY = "warp_params"  # per-sample record of every geometric transform (kept only when asked)
 
-# teacher_geom columns: A^-1 (9, row-major), map offset (ox, oy), source rectangle (x0, y0, x1, y1) in
+# teacher_geom columns: A (9, row-major; source pixel -> output pixel), map offset (ox, oy), source rectangle (x0, y0, x1, y1) in
 # source pixels, output (H, W) in pixels, patch, present (0 for the padding rows of a collated batch)
 GEOM_FIELDS = 19
 
@@ -316,13 +316,7 @@ def geometry_rows(state: WarpState, out_hw: tuple[int, int]) -> np.ndarray:
     H, W = out_hw
     rows = np.zeros((len(state.tiles), GEOM_FIELDS), np.float64)
     for i, t in enumerate(state.tiles):
-        try:
-            inv = np.linalg.inv(t.A)
-        except np.linalg.LinAlgError:
-            raise WarpError(
-                f"{t.key}: the composed transform is singular (degenerate scale/perspective)"
-            ) from None
-        rows[i, :9] = inv.reshape(-1)
+        rows[i, :9] = t.A.reshape(-1)  # inverted on the device, batched (render_batch)
         rows[i, 9:11] = t.offset
         rows[i, 11:15] = t.region
         rows[i, 15:19] = (H, W, state.patch, 1.0)
@@ -429,7 +423,7 @@ def sample_maps(feat: torch.Tensor, inv_feat: torch.Tensor, out_hw: tuple[int, i
 
 
 def _feature_inverse(geom: torch.Tensor) -> torch.Tensor:
-    """(N, GEOM_FIELDS) -> (N, 3, 3): output cell coords -> source cell coords = K_src^-1 A^-1 K_out."""
+    """(N, GEOM_FIELDS) with A^-1 in columns 0-8 -> (N, 3, 3): output cell -> source cell = K_src^-1 A^-1 K_out."""
     inv = geom[:, :9].reshape(-1, 3, 3)
     s = geom[:, 17]
     c = (s - 1) / 2
@@ -472,6 +466,10 @@ def render_batch(
     pad[..., [0, 4, 8]] = 1.0
     pad[..., 15:18] = geom[:, :1, 15:18]
     flat = torch.where(present[..., None], geom, pad).reshape(b * t, GEOM_FIELDS)
+    a_inv = torch.linalg.inv_ex(flat[:, :9].reshape(-1, 3, 3))
+    if bool((a_inv.info != 0).any()):
+        raise WarpError("a sample's composed transform is singular (degenerate scale/perspective)")
+    flat = torch.cat([a_inv.inverse.reshape(-1, 9), flat[:, 9:]], 1)  # columns 0-8 now hold A^-1
     # -- ownership of the k x k sample points of every cell (same points as the old owner-map count)
     k = max(1, min(samples, s))
     step = s // k
