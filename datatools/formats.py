@@ -209,13 +209,17 @@ class LabelLineError(ValueError):
     """A YOLO label line that cannot be an object; the message is the reason (no file:line, callers add it)."""
 
 
-def parse_yolo_line(parts: list[str], nc: float, axis_boxes: bool = False) -> tuple[int, np.ndarray]:
+def parse_yolo_line(
+    parts: list[str], nc: float, axis_boxes: bool = False, segments: bool = False
+) -> tuple[int, np.ndarray]:
     """The one YOLO label-line parser: `cls x1 y1 ... xK yK` normalised (K >= 4; K = 4 is an OBB, more is a
-    segment) and, with `axis_boxes`, Ultralytics' detection line `cls cx cy w h`. Returns (class id,
-    (K, 2) float64 normalised corners). Coordinates are not range-checked: callers choose (error, clip).
-    Every bad line raises LabelLineError; `validate`, the grader and fine-tuning all read labels here."""
+    segment; with `segments`, YOLO-seg polygons of K >= 3 points too) and, with `axis_boxes`, Ultralytics'
+    detection line `cls cx cy w h`. Returns (class id, (K, 2) float64 normalised corners). Coordinates are
+    not range-checked: callers choose (error, clip). Every bad line raises LabelLineError; `validate`, the
+    grader and fine-tuning all read labels here."""
     axis = axis_boxes and len(parts) == 5
-    if not axis and (len(parts) < 9 or len(parts) % 2 == 0):  # 7 fields = 3 corners: not a box
+    min_fields = 7 if segments else 9  # 7 fields = 3 corners: a segment, not a box
+    if not axis and (len(parts) < min_fields or len(parts) % 2 == 0):
         also = " or 5 (class cx cy w h)" if axis_boxes else ""
         raise LabelLineError(f"{len(parts)} fields; expected 9 (class x1 y1 x2 y2 x3 y3 x4 y4){also}")
     try:

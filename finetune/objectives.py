@@ -153,7 +153,7 @@ def yolo_instance(parts: list[str], n_classes: int) -> Instance:
     """One label line (detect `cls cx cy w h`, OBB or segment) -> Instance, through the one label-line parser
     (datatools.formats.parse_yolo_line); corners up to 0.01 outside [0, 1] are clipped (Ultralytics' slack),
     further out is a LabelLineError."""
-    c, pts = parse_yolo_line(parts, n_classes, axis_boxes=True)
+    c, pts = parse_yolo_line(parts, n_classes, axis_boxes=True, segments=True)  # YOLO-seg: 3+ points
     kind = "axis box" if len(parts) == 5 else "oriented box" if len(pts) == 4 else "polygon mask"
     if pts.min() < -0.01 or pts.max() > 1.01:
         raise LabelLineError("coordinates outside [0, 1]")
