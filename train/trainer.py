@@ -411,8 +411,13 @@ class DinoOBBTrainer(OBBTrainer):
             self.ema.ema = ema_model
         self._save_resume_state(ema_model)
         # Once per epoch, after validation and after last.pt is written (not on_fit_epoch_end, which
-        # final_eval fires a second time): grade, best_geo.pt, overlays, DINO viz, TensorBoard/W&B.
-        eval_hooks.after_save_model(self, ema_model)
+        # final_eval fires a second time): grade, best_geo.pt, overlays, DINO viz, TensorBoard/W&B. Under the
+        # saved RNG state, so evaluating does not change the training stream a resume continues.
+        state = rng_state(None)
+        try:
+            eval_hooks.after_save_model(self, ema_model)
+        finally:
+            set_rng_state(state, None)
         return saved
 
     def _save_resume_state(self, ema_model: torch.nn.Module) -> None:
@@ -432,6 +437,10 @@ class DinoOBBTrainer(OBBTrainer):
                 "best_epoch": int(self.stopper.best_epoch),
             },
             "dinocache": to_dict(self.dino),
+            # the live weights and every RNG stream, so a resumed run continues the uninterrupted one exactly
+            # (Ultralytics continues from the EMA weights and reseeds; tests/faults/test_fault_kill_train.py)
+            "model": {k: v.detach().cpu().clone() for k, v in unwrap_model(self.model).state_dict().items()},
+            "rng": rng_state(getattr(self, "train_loader", None)),
         }
         tmp = self.wdir / (RESUME_FILE + ".tmp")
         torch.save(state, tmp)
@@ -440,10 +449,10 @@ class DinoOBBTrainer(OBBTrainer):
 
     def resume_training(self, ckpt: Any) -> None:
         """Continue from weights/resume.pt through Ultralytics' own resume_training: resume.pt holds state dicts
-        only (weights_only loadable), so the student is loaded from its EMA state first (like Ultralytics, a
-        resume continues from the EMA weights) and handed over as the checkpoint's `ema` module; optimizer,
-        scaler, EMA updates, best fitness, early stopping and the end-to-end head's criterion are then
-        Ultralytics' code."""
+        only (weights_only loadable), so the student is loaded from its EMA state first and handed over as the
+        checkpoint's `ema` module; optimizer, scaler, EMA updates, best fitness, early stopping and the
+        end-to-end head's criterion are then Ultralytics' code. Unlike Ultralytics the student then continues
+        from the live weights and RNG streams saved with them, so the resumed run equals the uninterrupted one."""
         state = self.resume_state
         if state is None:
             return super().resume_training(ckpt)
@@ -468,7 +477,12 @@ class DinoOBBTrainer(OBBTrainer):
             super().resume_training(as_ckpt)
         finally:
             self.resume = was_resume
+        if state.get("model"):
+            # continue from the live weights when saved (Ultralytics continues from the EMA weights): exact resume
+            model.load_state_dict(state["model"], strict=True)
         self._last_saved_epoch = start_epoch - 1
+        if state.get("rng"):
+            set_rng_state(state["rng"], getattr(self, "train_loader", None))
         self._time_offset = _last_time(self.csv)
         LOGGER.info(
             f"{colorstr('dinocache:')} resuming {self.save_dir} at epoch {start_epoch + 1}/{self.epochs} "
@@ -537,6 +551,59 @@ class DinoOBBTrainer(OBBTrainer):
 
     def release_teacher(self) -> None:
         self._teacher = None
+
+
+def rng_state(loader: Any) -> dict[str, Any]:
+    """Python, numpy and torch (CPU, CUDA) RNG states and the train loader's shuffle generator, as tensors and
+    plain values (resume.pt loads with weights_only=True)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    out: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    gen = getattr(loader, "generator", None)
+    if gen is not None:
+        out["loader"] = gen.get_state()
+    return out
+
+
+def set_rng_state(state: dict[str, Any], loader: Any) -> None:
+    """Restore `rng_state`. The loader's persistent iterator is created first: creating it draws a worker seed
+    from the generator, which the uninterrupted run did once at its start, before the state was saved."""
+    import random
+
+    import numpy as np
+
+    if "python" in state:
+        v, internal, g = state["python"]
+        random.setstate((v, tuple(internal), g))
+    if "numpy" in state:
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    gen = getattr(loader, "generator", None)
+    if gen is not None and "loader" in state:
+        fresh = getattr(loader, "iterator", "absent") is None and getattr(loader, "num_workers", 1) == 0
+        if fresh:
+            loader.iterator = loader._get_iterator()
+        gen.set_state(state["loader"])
+        sampler = getattr(loader, "sampler", None)
+        if fresh and isinstance(sampler, torch.utils.data.RandomSampler) and not sampler.replacement:
+            # torch's RandomSampler ends each pass with one more randperm (sliced to the num_samples % n
+            # remainder); the uninterrupted run drew it at the start of this epoch, before this epoch's order
+            n = len(sampler.data_source)
+            if sampler.num_samples % n == 0:
+                torch.randperm(n, generator=gen)
 
 
 def _last_time(csv_path: Path) -> float:

@@ -176,3 +176,9 @@ def work(tmp_path: Path, demo_data: Path, fault_cache: Path) -> tuple[Path, Path
     for c in (tmp_path / "ds").rglob("*.cache"):
         c.unlink()
     return tmp_path / "ds" / "data.yaml", tmp_path / "c.zarr"
+
+
+@pytest.fixture
+def kills():
+    """`kills(run, stage, survived, detail)` records one kill-and-resume for the summary."""
+    return record_kill
