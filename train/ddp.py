@@ -140,39 +140,13 @@ def rewrap_ddp(old: torch.nn.parallel.DistributedDataParallel) -> torch.nn.paral
     return DDP(module, **kw)
 
 
-def parse_devices(device: str) -> list[int] | None:
-    """'0,1' -> [0, 1]; None for a single device ('cpu', '0', 'cuda:0', 'auto', ...)."""
-    if "," not in str(device):
-        return None
-    return [int(p) for p in str(device).split(",")]
-
-
-def check_devices(device: str) -> None:
-    """Refuse `device=0,1,...` naming more GPUs than this machine has (before anything is written)."""
-    ids = parse_devices(device)
-    if ids is None:
-        return
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    missing = [i for i in ids if i >= n]
-    if missing:
-        have = f"{n} CUDA GPU{'s' if n != 1 else ''}" + (f" (0..{n - 1})" if n else "")
-        from dinocache.core.config import ConfigError
-
-        raise ConfigError(
-            f"device: {device!r}: multi-GPU training needs {len(ids)} CUDA GPUs but this machine has {have}; "
-            f"GPU {', '.join(map(str, missing))} does not exist. Use device=cpu, a single GPU, or fewer GPUs"
-        )
-
-
 __all__ = [
     "DDPHandoff",
     "HANDOFF_EVENT",
-    "check_devices",
     "drop_handoff",
     "find_handoff",
     "is_ddp",
     "make_handoff",
-    "parse_devices",
     "rewrap_ddp",
     "unpack_handoff",
 ]

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import torch
 from dinocache.train.config import TrainConfig
-from dinocache.train.ddp import check_devices
 from dinocache.train.trainer import (
     DINO_ARGS_FILE,
     OFFLINE_VIEW_DEFAULTS,
@@ -356,7 +355,7 @@ def prepare(
     if device is not None:
         cfg = dataclasses.replace(cfg, device=str(device))  # re-validated by __post_init__
     state = None
-    check_devices(cfg.device)  # device=0,1 with fewer GPUs: refused by count before anything else
+    ultralytics_device(cfg.device)  # device=0,1 with fewer GPUs: refused by count before anything else
     if cfg.resume:
         cfg, state, save_dir = find_resume(cfg)
     else:

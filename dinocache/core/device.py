@@ -44,6 +44,16 @@ def ultralytics_device(device: str | torch.device = "auto") -> str:
     """The same choice for Ultralytics' trainer: "cpu", or CUDA indices "0" / "0,1" (a comma list is passed
     through index by index, each checked by `select_device`)."""
     parts = [p.strip() for p in str(device).split(",") if p.strip()] or ["auto"]
+    if len(parts) > 1 and all(p.isdigit() for p in parts):
+        ids = [int(p) for p in parts]
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        missing = [i for i in ids if i >= n]
+        if missing:  # refused by count, naming what exists, before anything is written
+            have = f"{n} CUDA GPU{'s' if n != 1 else ''}" + (f" (0..{n - 1})" if n else "")
+            raise ConfigError(
+                f"device: {device!r}: multi-GPU training needs {len(ids)} CUDA GPUs but this machine has {have}; "
+                f"GPU {', '.join(map(str, missing))} does not exist. Use device=cpu, a single GPU, or fewer GPUs"
+            )
     devs = [select_device(p) for p in parts]
     if len(devs) > 1 and any(d.type != "cuda" for d in devs):
         raise ConfigError(f"device: {device!r} mixes CPU and CUDA devices")

@@ -30,3 +30,12 @@ def test_ultralytics_device() -> None:
     else:
         with pytest.raises(ConfigError, match="CUDA"):
             ultralytics_device("cuda:0")
+
+
+def test_multi_gpu_list_is_counted(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"needs 2 CUDA GPUs but this machine has 0 CUDA GPUs; GPU 0, 1"):
+        ultralytics_device("0,1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert ultralytics_device("0,1") == "0,1"
