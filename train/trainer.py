@@ -12,6 +12,7 @@ What it changes in Ultralytics' loop, and where:
 from __future__ import annotations
 
 import math
+import subprocess
 import time
 from copy import copy
 from pathlib import Path
@@ -228,6 +229,18 @@ class DinoOBBTrainer(OBBTrainer):
         self.resume = self.resume or self.resume_state is not None
         try:
             result = super().train()
+        except subprocess.CalledProcessError as e:
+            from dinocache.train.run import TrainError
+
+            again = (
+                f"; continue with resume=true name={self.dino.name}"
+                if (self.wdir / RESUME_FILE).exists()
+                else ""
+            )
+            raise TrainError(
+                f"multi-GPU training (device={self.args.device}) stopped: a DDP rank exited with code "
+                f"{e.returncode} (its error is printed above){again}"
+            ) from None
         finally:
             self.resume = was_resume
             ddp.drop_handoff(self.callbacks)

@@ -225,6 +225,22 @@ def test_ddp_resume_keeps_run_folder(
     assert trainer.resume is False  # restored after the launch
 
 
+def test_failed_rank_is_a_clear_error(
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch
+) -> None:
+    import ultralytics.engine.trainer as ut
+    from dinocache.train.run import TrainError
+
+    def rank_fails(cmd, check=True):
+        raise subprocess.CalledProcessError(1, cmd)
+
+    trainer = make_trainer(small_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache))
+    trainer.ddp, trainer.world_size = True, 2
+    monkeypatch.setattr(ut.subprocess, "run", rank_fails)
+    with pytest.raises(TrainError, match=r"a DDP rank exited with code 1 \(its error is printed above\)"):
+        trainer.train()
+
+
 def test_rank_handoff_roundtrip_and_callbacks_once(
     tmp_path, demo_data, tiny_teacher_dir, feature_cache
 ) -> None:
