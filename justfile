@@ -67,6 +67,10 @@ test *ARGS:
 test-all *ARGS:
     python -m pytest "$@"
 
+# only the slow tests (SIGKILL/torchrun/S3 end to end, slow teacher families); CI runs them after `just test`
+test-slow *ARGS:
+    python -m pytest -m slow "$@"
+
 # the benchmark suite (writes benchmarks/results/latest.json and BENCHMARKS.md)
 bench *ARGS:
     python -m pytest benchmarks/ --benchmark "$@"
