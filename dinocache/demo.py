@@ -103,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
                 [
                     "demo-data",
                     str(source),
-                    "--imgsz",
-                    imgsz,
                     f"min_size={sizes.min_size}",
                     f"max_size={sizes.max_size}",
+                    "--imgsz",
+                    imgsz,
                 ],
             )
     if args.only in (None, "teacher"):
