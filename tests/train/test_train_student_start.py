@@ -76,7 +76,8 @@ def pretrained_pt(path: Path) -> Path:
 def test_yaml_start_does_not_freeze_and_says_why(tmp_path: Path, demo_data: Path, log_lines) -> None:
     from dinocache.train.run import train
 
-    t = train(cfg_for(tmp_path, demo_data))
+    t = train(cfg_for(tmp_path, demo_data, batch=-1))  # AutoBatch (on CPU: Ultralytics' default 16)
+    assert t.batch_size == 16
     assert not t.args.freeze
     assert any(
         "trains every layer: model=yolo26n-obb.yaml starts from random weights" in m for m in log_lines
