@@ -220,7 +220,7 @@ def check_attrs(attrs: dict[str, Any], where: str = "") -> dict[str, Any]:
         held = sorted(attrs["dinocache_teachers"].get("teachers", {}))
         raise CacheFormatError(
             f"{where} is a multi-teacher cache holding teachers {held} (cache/multi.py): name them in the "
-            "trainer's `teachers` list, or open one with cache.multi.open_teacher"
+            f"trainer's `teachers` list; inspect or verify one as {where}/teachers/NAME"
         )
     if not isinstance(block, dict):
         raise CacheFormatError(
