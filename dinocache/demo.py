@@ -109,9 +109,16 @@ def main(argv: list[str] | None = None) -> int:
                     imgsz,
                 ],
             )
+    # precompute.teacher_family=F (config or override) makes the demo's teacher a tiny random model of F
+    family = str(pre.get("teacher_family", "auto"))
+    for kv in per_step["precompute"]:
+        if kv.startswith("teacher_family="):
+            family = kv.split("=", 1)[1]
     if args.only in (None, "teacher"):
         if (teacher / "config.json").exists():
             print(f"==> teacher: {teacher} exists, kept")
+        elif family not in ("auto", "dinov3_vit"):  # another registry family: its tiny random model
+            _step("tiny teacher", tiny_main, ["make-tiny-teacher", str(teacher), "--family", family])
         elif args.teacher == "random":
             _step("tiny teacher", tiny_main, ["make-tiny-teacher", str(teacher)])
         else:
