@@ -177,6 +177,7 @@ def report(doc: dict[str, Any], results: Any, work: Path, prefix: str = "signal"
     from benchmarks.report import RESULTS, _slug
 
     st, meta = doc["settings"], doc["meta"]
+    done_seeds = sorted({r["seed"] for rs in doc["runs"].values() for r in rs})  # a stopped run has fewer
     for p in doc["probe"] if probe else []:
         results.add(
             f"{prefix}.teacher_probe",
@@ -216,7 +217,7 @@ def report(doc: dict[str, Any], results: Any, work: Path, prefix: str = "signal"
     results.note(
         f"{prefix}.modes",
         f"Students (YOLO26-n OBB from scratch) trained on {meta['train_images']} demo images (seed 1) at "
-        f"{meta['imgsz']} px for {meta['epochs']} epochs, seeds {meta['seeds']}, everything but the mode identical "
+        f"{meta['imgsz']} px for {meta['epochs']} epochs, seeds {done_seeds}, everything but the mode identical "
         f"(`dinocache compare`, benchmarks/signal_ab.py); scored at the LAST epoch on a separate held-out set of "
         f"{st['n_val']} images (mean ± std over seeds; Δ = difference of the means against none). s/img = wall "
         "seconds per training image seen, validation included, on the shared 2-core CPU (other jobs running: "
