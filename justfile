@@ -71,6 +71,10 @@ test-all *ARGS:
 test-slow *ARGS:
     python -m pytest -m slow "$@"
 
+# the fault-injection suite, slow kills included; writes the README's Reliability figures to docs/reliability.{json,md}
+faults *ARGS:
+    DINOCACHE_FAULTS_SUMMARY=docs/reliability.json python -m pytest tests/faults -p no:cacheprovider "$@"
+
 # the benchmark suite (writes benchmarks/results/latest.json and BENCHMARKS.md)
 bench *ARGS:
     python -m pytest benchmarks/ --benchmark "$@"

@@ -2,6 +2,8 @@
 
     dinocache cache info PATH [--json]
     dinocache cache verify PATH --data DATA [--split train] [--dino-root DIR --layer L --imgsz N]
+    dinocache cache repair PATH --data DATA [key=value ...]   (recomputing needs the teacher: it is
+                                                             precompute.run.repair_main, routed by dinocache.cli)
     dinocache cache verify --config config.json [cache=PATH data=DATA dino_root=DIR ...]
 
 `info` prints the format, the teacher fingerprint summary, N, K, grid, done count, bytes per image
