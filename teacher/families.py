@@ -28,7 +28,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from dinocache.teacher.model import VOLATILE_CONFIG_KEYS, weights_sha256
+from dinocache.teacher.model import (
+    VOLATILE_CONFIG_KEYS,
+    check_teacher_input,
+    teacher_autocast,
+    weights_sha256,
+)
 
 from dinocache.core.config import ConfigError
 
@@ -115,22 +120,12 @@ class FeatureTeacher(torch.nn.Module):
         return self.stride_hint()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        use = self.amp_request if self.amp_request is not None else True
-        if self.device.type != "cuda" or not use:
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return teacher_autocast(self.device, self.amp_request)
 
     @torch.no_grad()
     def extract_feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) float RGB in [0, 1] -> (B, C, h, w) float32 with (h, w) = grid(S)."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"teacher input must be (B, 3, H, W) RGB, got shape {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise ValueError(
-                f"teacher input must be float in [0, 1] (got {images.dtype}); divide uint8 by 255"
-            )
-        b, _, h, w = images.shape
+        b, h, w = check_teacher_input(images)
         if h != w:
             raise ValueError(f"{self.family} teacher input must be square (imgsz x imgsz), got {h}x{w}")
         self.check_imgsz(h)

@@ -135,6 +135,24 @@ def weights_sha256(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def teacher_autocast(device: torch.device, amp_request: bool | None) -> contextlib.AbstractContextManager:
+    """Mixed precision for a teacher forward: bf16 (else fp16) autocast on CUDA unless amp is off; none on CPU."""
+    if device.type != "cuda" or not (amp_request if amp_request is not None else True):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def check_teacher_input(images: torch.Tensor) -> tuple[int, int, int]:
+    """Every teacher family takes (B, 3, H, W) float RGB in [0, 1]; returns (B, H, W) or raises ValueError."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"teacher input must be (B, 3, H, W) RGB, got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"teacher input must be float in [0, 1] (got {images.dtype}); divide uint8 by 255")
+    b, _, h, w = images.shape
+    return int(b), int(h), int(w)
+
+
 class DinoV3Teacher(torch.nn.Module):
     """Frozen DINOv3 ViT returning patch-token feature maps (B, C_t, H/p, W/p) in float32.
 
@@ -266,23 +284,12 @@ class DinoV3Teacher(torch.nn.Module):
         return self.patch_size
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        dev = self.device
-        use = self.amp_request if self.amp_request is not None else True
-        if dev.type != "cuda" or not use:
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return teacher_autocast(self.device, self.amp_request)
 
     @torch.no_grad()
     def extract_feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float RGB in [0, 1] -> (B, C_t, H/p, W/p) float32 on the teacher's device."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"teacher input must be (B, 3, H, W) RGB, got shape {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise ValueError(
-                f"teacher input must be float in [0, 1] (got {images.dtype}); divide uint8 by 255"
-            )
-        b, _, h, w = images.shape
+        b, h, w = check_teacher_input(images)
         p = self.patch_size
         if h % p or w % p:
             raise ValueError(

@@ -94,6 +94,22 @@ def epoch_scalars(trainer: Any) -> dict[str, float]:
     return s
 
 
+def _gt_cell_mask(s: Sample, grid: tuple[int, int]) -> torch.Tensor:
+    """The sample's ground-truth OBBs as the loss's object-cell mask on `grid` -> (h, w) bool."""
+    from dinocache.train.losses import obb_cell_mask
+
+    h, w = s.shape
+    if len(s.gt):
+        from ultralytics.utils.ops import xyxyxyxy2xywhr
+
+        xywhr = torch.as_tensor(xyxyxyxy2xywhr(s.gt.poly), dtype=torch.float32).reshape(-1, 5)
+        xywhr[:, [0, 2]] /= w
+        xywhr[:, [1, 3]] /= h
+    else:
+        xywhr = torch.zeros(0, 5)
+    return obb_cell_mask(xywhr, torch.zeros(len(xywhr)), 1, grid)[0]
+
+
 class GeoEval:
     """Per-run state: val samples (read once), the tracker, the logger and the fixed DINO viz samples."""
 
@@ -172,7 +188,7 @@ class GeoEval:
 
     def run_feature_viz(self, trainer: Any, ema_model: torch.nn.Module, epoch: int) -> list[Path]:
         import cv2
-        from dinocache.train.losses import align_to_grid, normalise_teacher, obb_cell_mask
+        from dinocache.train.losses import align_to_grid, normalise_teacher
 
         source = self.opt("teacher_source", "cache")
         projs = getattr(ema_model, "distill_proj", None)
@@ -225,16 +241,7 @@ class GeoEval:
                 teacher = trainer.online_teacher_features(img)  # (1, D, h, w)
             grid = (int(teacher.shape[-2]), int(teacher.shape[-1]))
             student = student_of(img, grid)  # (1, D, h_t, w_t)
-            h, w = s.shape
-            if len(s.gt):
-                from ultralytics.utils.ops import xyxyxyxy2xywhr
-
-                xywhr = torch.as_tensor(xyxyxyxy2xywhr(s.gt.poly), dtype=torch.float32).reshape(-1, 5)
-                xywhr[:, [0, 2]] /= w
-                xywhr[:, [1, 3]] /= h
-            else:
-                xywhr = torch.zeros(0, 5)
-            mask = obb_cell_mask(xywhr, torch.zeros(len(xywhr)), 1, grid)[0]  # (h_t, w_t)
+            mask = _gt_cell_mask(s, grid)  # (h_t, w_t)
             files = save_feature_viz(
                 out_dir, s.stem, img[0].cpu(), teacher[0].cpu(), student[0].cpu(), mask.cpu()
             )
@@ -282,7 +289,6 @@ def _multi_viz(geo: GeoEval, trainer: Any, ema_model: torch.nn.Module, epoch: in
     import cv2
     import torch.nn.functional as F
     from dinocache.train.dataset import TeacherLookup
-    from dinocache.train.losses import obb_cell_mask
 
     ctx = trainer.ctx
     info = {m["name"]: m for m in ctx.multi}
@@ -307,16 +313,7 @@ def _multi_viz(geo: GeoEval, trainer: Any, ema_model: torch.nn.Module, epoch: in
             teacher = (raw - mean) / std  # (1, D, h, w) on this teacher's own grid
             grid = (int(teacher.shape[-2]), int(teacher.shape[-1]))
             student = _student_map(ema_model, layer, proj, img.to(param.device), grid).cpu()
-            h, w = s.shape
-            if len(s.gt):
-                from ultralytics.utils.ops import xyxyxyxy2xywhr
-
-                xywhr = torch.as_tensor(xyxyxyxy2xywhr(s.gt.poly), dtype=torch.float32).reshape(-1, 5)
-                xywhr[:, [0, 2]] /= w
-                xywhr[:, [1, 3]] /= h
-            else:
-                xywhr = torch.zeros(0, 5)
-            mask = obb_cell_mask(xywhr, torch.zeros(len(xywhr)), 1, grid)[0]
+            mask = _gt_cell_mask(s, grid)
             files = save_feature_viz(out_dir, f"{s.stem}_{t['name']}", img[0], teacher[0], student[0], mask)
             written += [out_dir / files[k] for k in ("teacher", "student", "diff")]
         if aug is not None:  # the packed warped map of the epoch's first samples: this term's slice
