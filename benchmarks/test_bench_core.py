@@ -87,7 +87,7 @@ def test_epoch_time_and_memory(bench_env: dict, results, quick: bool) -> None:
         "ViTs with real shapes (compute equals the real ones). Peak memory = CUDA max allocated on a GPU, "
         "else the subprocess's peak RSS. `cache` rows use the default `distill_geometric_aug=warp` (mosaic, "
         "affine and flips on, exactly like `none`, the teacher map warped along); `cache-off` switches geometric "
-        "augmentation off instead; `online` runs the teacher each step (geometric augmentation off). "
+        "augmentation off instead; `online` runs the teacher each step on the same augmented batch. "
         "`time_vs_none` of `cache` and `online_vs_cache_time` are the ratios the product claims.",
     )
     results.add(
