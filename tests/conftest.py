@@ -46,3 +46,25 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tmp_path_factory.mktemp("data") / "dataset", n_train=16, n_val=4, imgsz=TEST_IMGSZ, seed=0
     )
     return root / "data.yaml"
+
+
+@pytest.fixture(scope="session")
+def precompute_argv(demo_data: Path, tiny_teacher_dir: Path):
+    """`store -> key=value list` for a small, fast precompute of `demo_data` with the tiny teacher (2-image
+    shards, 8 PCA channels); the precompute, launcher and S3 tests compare caches written with it."""
+
+    def argv(store: Path | str) -> list[str]:
+        return [
+            f"data={demo_data}",
+            f"dino_root={tiny_teacher_dir}",
+            f"cache={store}",
+            f"imgsz={TEST_IMGSZ}",
+            "batch=2",
+            "workers=1",
+            "device=cpu",
+            "channels=8",
+            "shard_size=2",
+            "pca_fit_images=8",
+        ]
+
+    return argv

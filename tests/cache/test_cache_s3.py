@@ -24,6 +24,7 @@ from dinocache import cache
 
 IMGSZ = 128
 REPO = Path(__file__).resolve().parents[2]
+SLOW_WRITER = REPO / "tests" / "precompute" / "slow_writer.py"  # a precompute that pauses after each shard
 BUCKET = "dino"
 
 
@@ -72,30 +73,15 @@ def s3(tmp_path_factory: pytest.TempPathFactory):
     server.stop()
 
 
-def args(data: Path, teacher: Path, store: str | Path) -> list[str]:
-    return [
-        f"data={data}",
-        f"dino_root={teacher}",
-        f"cache={store}",
-        f"imgsz={IMGSZ}",
-        "batch=2",
-        "workers=1",
-        "device=cpu",
-        "channels=8",
-        "shard_size=2",
-        "pca_fit_images=8",
-    ]
-
-
 @pytest.fixture(scope="module")
 def local_reference(
-    demo_data: Path, tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    demo_data: Path, precompute_argv, tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     store = tmp_path_factory.mktemp("ref") / "ref.zarr"
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert precompute_main(args(demo_data, tiny_teacher_dir, store)) == 0
+        assert precompute_main(precompute_argv(store)) == 0
     finally:
         torch.set_num_threads(n)
     return store
@@ -117,12 +103,12 @@ def objects(fs, prefix: str) -> list[str]:
 
 # -- precompute -> verify -> train, all on S3 -----------------------------------------------------------------
 @pytest.fixture(scope="module")
-def s3_cache(s3, demo_data, tiny_teacher_dir, local_reference) -> str:
+def s3_cache(s3, demo_data, precompute_argv, tiny_teacher_dir, local_reference) -> str:
     url = f"s3://{BUCKET}/features.zarr"
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert precompute_main(args(demo_data, tiny_teacher_dir, url)) == 0
+        assert precompute_main(precompute_argv(url)) == 0
     finally:
         torch.set_num_threads(n)
     return url
@@ -197,30 +183,14 @@ def test_train_reads_s3_cache(s3, s3_cache, tmp_path, demo_data, tiny_teacher_di
     assert len(vals) == 2 and all(v["train/distill"] > 0 for v in vals)
 
 
-# -- a killed precompute on S3 resumes to the same bytes --------------------------------------------------------
-CHILD = """
-import sys, time
-import torch
-torch.set_num_threads(1)
-from dinocache.cache.store import CacheWriter
-_write = CacheWriter.write_shard
-def _slow(self, *a, **k):
-    _write(self, *a, **k)
-    time.sleep(float(sys.argv[1]))
-CacheWriter.write_shard = _slow
-from dinocache.precompute.run import main
-sys.exit(main(sys.argv[2:]))
-"""
-
-
 def test_s3_precompute_resumes_after_sigkill(
-    s3, demo_data, tiny_teacher_dir, local_reference, capsys
+    s3, demo_data, precompute_argv, tiny_teacher_dir, local_reference, capsys
 ) -> None:
     url = f"s3://{BUCKET}/killed.zarr"
-    argv = args(demo_data, tiny_teacher_dir, url)
+    argv = precompute_argv(url)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     p = subprocess.Popen(
-        [sys.executable, "-c", CHILD, "0.5", *argv],
+        [sys.executable, str(SLOW_WRITER), "0.5", *argv],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -250,9 +220,11 @@ def test_s3_precompute_resumes_after_sigkill(
 
 
 # -- refusals ---------------------------------------------------------------------------------------------------
-def test_missing_bucket_refused_nothing_written(s3, demo_data, tiny_teacher_dir, capsys) -> None:
+def test_missing_bucket_refused_nothing_written(
+    s3, demo_data, precompute_argv, tiny_teacher_dir, capsys
+) -> None:
     url = "s3://no-such-bucket/features.zarr"
-    assert precompute_main(args(demo_data, tiny_teacher_dir, url)) == 2
+    assert precompute_main(precompute_argv(url)) == 2
     err = capsys.readouterr().err
     assert f"{url}: bucket 'no-such-bucket' does not exist" in err
     assert "fitted" not in err  # refused before the PCA fit
@@ -264,7 +236,7 @@ def test_missing_bucket_refused_nothing_written(s3, demo_data, tiny_teacher_dir,
 
 
 def test_missing_credentials_refused_nothing_written(
-    s3, s3_cache, demo_data, tiny_teacher_dir, monkeypatch, capsys
+    s3, s3_cache, demo_data, precompute_argv, tiny_teacher_dir, monkeypatch, capsys
 ) -> None:
     fs = s3["fs"]
     before = objects(fs, BUCKET)
@@ -273,7 +245,7 @@ def test_missing_credentials_refused_nothing_written(
     clear_s3fs_instances()
     try:
         url = f"s3://{BUCKET}/new.zarr"
-        assert precompute_main(args(demo_data, tiny_teacher_dir, url)) == 2
+        assert precompute_main(precompute_argv(url)) == 2
         err = capsys.readouterr().err
         assert f"{url}: cannot reach the object store (NoCredentialsError" in err
         assert "AWS_ACCESS_KEY_ID" in err

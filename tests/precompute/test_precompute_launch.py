@@ -24,22 +24,8 @@ from dinocache.core.config import ConfigError
 
 IMGSZ = 128
 REPO = Path(__file__).resolve().parents[2]
+SLOW_WRITER = REPO / "tests" / "precompute" / "slow_writer.py"  # a precompute that pauses after each shard
 SIDECARS = ("precompute.yaml", "precompute.shard")
-
-
-def args(data: Path, teacher: Path, store: Path | str) -> list[str]:
-    return [
-        f"data={data}",
-        f"dino_root={teacher}",
-        f"cache={store}",
-        f"imgsz={IMGSZ}",
-        "batch=2",
-        "workers=1",
-        "device=cpu",
-        "channels=8",
-        "shard_size=2",
-        "pca_fit_images=8",
-    ]
 
 
 def store_files(root: Path) -> dict[str, bytes]:
@@ -68,13 +54,15 @@ def assert_identical(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(demo_data: Path, tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reference(
+    demo_data: Path, precompute_argv, tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """One process, one writer, 1 torch thread (like the launched children)."""
     store = tmp_path_factory.mktemp("ref") / "ref.zarr"
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert precompute_main(args(demo_data, tiny_teacher_dir, store)) == 0
+        assert precompute_main(precompute_argv(store)) == 0
     finally:
         torch.set_num_threads(n)
     return store
@@ -129,21 +117,23 @@ def test_python_api_follows_the_launcher(monkeypatch) -> None:
 
 
 def test_explicit_shard_conflicting_with_torchrun_refused(
-    demo_data, tiny_teacher_dir, tmp_path, monkeypatch, capsys
+    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     store = tmp_path / "c.zarr"
-    assert precompute_main([*args(demo_data, tiny_teacher_dir, store), "--shard", "0/1"]) == 2
+    assert precompute_main([*precompute_argv(store), "--shard", "0/1"]) == 2
     assert "torchrun started this process as rank 1 of 2" in capsys.readouterr().err
     assert not store.exists()
 
 
 # -- torchrun on the CPU, byte for byte ----------------------------------------------------------------------------
-def test_torchrun_two_ranks_byte_identical(demo_data, tiny_teacher_dir, tmp_path, reference) -> None:
+def test_torchrun_two_ranks_byte_identical(
+    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, reference
+) -> None:
     store = tmp_path / "c.zarr"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    cmd += ["-m", "dinocache", "precompute", *args(demo_data, tiny_teacher_dir, store)]
+    cmd += ["-m", "dinocache", "precompute", *precompute_argv(store)]
     r = subprocess.run(cmd, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "[shard 0/2]" in r.stderr and "[shard 1/2]" in r.stderr
@@ -161,10 +151,10 @@ def one_thread():
 
 
 def test_world_size_mismatch_refused(
-    demo_data, tiny_teacher_dir, tmp_path, reference, one_thread, monkeypatch, capsys
+    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, reference, one_thread, monkeypatch, capsys
 ):
     store = tmp_path / "c.zarr"
-    argv = args(demo_data, tiny_teacher_dir, store)
+    argv = precompute_argv(store)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     assert precompute_main(argv) == 0  # rank 0 of 2 alone: creates the store, writes shards 0, 2, 4, 6
@@ -187,10 +177,10 @@ def test_world_size_mismatch_refused(
 
 
 def test_reshard_joins_an_old_layout(
-    demo_data, tiny_teacher_dir, tmp_path, reference, one_thread, monkeypatch
+    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, reference, one_thread, monkeypatch
 ):
     store = tmp_path / "c.zarr"
-    argv = args(demo_data, tiny_teacher_dir, store)
+    argv = precompute_argv(store)
     assert precompute_main([*argv, "--shard", "0/2"]) == 0
     monkeypatch.setenv("WORLD_SIZE", "3")
     for rank in (0, 1, 2):
@@ -201,13 +191,13 @@ def test_reshard_joins_an_old_layout(
 
 # -- a rank dies, the others finish, a rerun completes ------------------------------------------------------------
 def test_rank_dies_others_finish_rerun_identical(
-    demo_data, tiny_teacher_dir, tmp_path, reference, one_thread, monkeypatch, capsys
+    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, reference, one_thread, monkeypatch, capsys
 ):
     """In-process: two writer threads as ranks 0 and 1 of 2; rank 1 fails on its second shard."""
     from dinocache.cache.store import CacheWriter
 
     store = tmp_path / "c.zarr"
-    argv = args(demo_data, tiny_teacher_dir, store)
+    argv = precompute_argv(store)
     write = CacheWriter.write_shard
     calls: list[int] = []
 
@@ -240,32 +230,19 @@ def test_rank_dies_others_finish_rerun_identical(
     assert_identical(store, reference)
 
 
-CHILD = """
-import sys, time
-from dinocache.cache.store import CacheWriter
-_write = CacheWriter.write_shard
-def _slow(self, *a, **k):
-    _write(self, *a, **k)
-    time.sleep(float(sys.argv[1]))
-CacheWriter.write_shard = _slow
-from dinocache.cli import main
-sys.exit(main(["precompute", *sys.argv[2:]]))
-"""
-
-
 @pytest.mark.slow
 def test_slurm_task_killed_others_finish_torchrun_rerun(
-    demo_data, tiny_teacher_dir, tmp_path, reference
+    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, reference
 ) -> None:
     """Real processes launched like `srun --ntasks 2` (SLURM_PROCID/SLURM_NTASKS): task 1 is SIGKILLed after its
     first shard; task 0 still finishes; `torchrun --nproc-per-node 2` then completes the store bit-identically."""
     store = tmp_path / "c.zarr"
-    argv = args(demo_data, tiny_teacher_dir, store)
+    argv = precompute_argv(store)
 
     def task(i: int, delay: float) -> subprocess.Popen:
         env = child_env(SLURM_PROCID=str(i), SLURM_NTASKS="2", SLURM_LOCALID=str(i))
         return subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(delay), *argv],
+            [sys.executable, str(SLOW_WRITER), str(delay), *argv],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,

@@ -25,42 +25,13 @@ from dinocache import cache
 
 IMGSZ = 128
 REPO = Path(__file__).resolve().parents[2]
-
-# Runs precompute with every CacheWriter.write_shard followed by a sleep of argv[1] seconds.
-CHILD = """
-import sys, time
-import torch
-torch.set_num_threads(1)
-from dinocache.cache.store import CacheWriter
-_write = CacheWriter.write_shard
-def _slow(self, *a, **k):
-    _write(self, *a, **k)
-    time.sleep(float(sys.argv[1]))
-CacheWriter.write_shard = _slow
-from dinocache.precompute.run import main
-sys.exit(main(sys.argv[2:]))
-"""
-
-
-def args(data: Path, teacher: Path, store: Path) -> list[str]:
-    return [
-        f"data={data}",
-        f"dino_root={teacher}",
-        f"cache={store}",
-        f"imgsz={IMGSZ}",
-        "batch=2",
-        "workers=1",
-        "device=cpu",
-        "channels=8",
-        "shard_size=2",
-        "pca_fit_images=8",
-    ]
+SLOW_WRITER = REPO / "tests" / "precompute" / "slow_writer.py"  # a precompute that pauses after each shard
 
 
 def spawn(delay: float, argv: list[str]) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     return subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(delay), *argv],
+        [sys.executable, str(SLOW_WRITER), str(delay), *argv],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -93,13 +64,15 @@ def assert_same_cache(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(demo_data: Path, tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reference(
+    demo_data: Path, precompute_argv, tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """Uninterrupted single-writer run (in-process, 1 torch thread like the children)."""
     store = tmp_path_factory.mktemp("ref") / "ref.zarr"
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert precompute_main(args(demo_data, tiny_teacher_dir, store)) == 0
+        assert precompute_main(precompute_argv(store)) == 0
     finally:
         torch.set_num_threads(n)
     return store
@@ -118,7 +91,7 @@ class Crash(Exception):
 
 
 def test_resume_after_crash(
-    demo_data, tiny_teacher_dir, tmp_path, reference, one_thread, monkeypatch, capsys
+    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, reference, one_thread, monkeypatch, capsys
 ) -> None:
     from dinocache.cache.store import CacheWriter
 
@@ -133,18 +106,20 @@ def test_resume_after_crash(
         return write(self, *a, **k)
 
     monkeypatch.setattr(CacheWriter, "write_shard", dies_on_third)
-    assert precompute_main(args(demo_data, tiny_teacher_dir, store)) == 2
+    assert precompute_main(precompute_argv(store)) == 2
     assert "power cut" in capsys.readouterr().err
     assert cache.open(str(store)).done.sum() == 4  # 2 shards of 2
     monkeypatch.setattr(CacheWriter, "write_shard", write)
-    assert precompute_main(args(demo_data, tiny_teacher_dir, store)) == 0
+    assert precompute_main(precompute_argv(store)) == 0
     assert "2 of 8 owned shard(s) already done, skipped" in capsys.readouterr().err
     assert_same_cache(store, reference)
 
 
-def test_two_writer_threads(demo_data, tiny_teacher_dir, tmp_path, reference, one_thread) -> None:
+def test_two_writer_threads(
+    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, reference, one_thread
+) -> None:
     store = tmp_path / "c.zarr"
-    argv = args(demo_data, tiny_teacher_dir, store)
+    argv = precompute_argv(store)
     rc: dict[int, int] = {}
     threads = [
         threading.Thread(target=lambda i=i: rc.__setitem__(i, precompute_main([*argv, "--shard", f"{i}/2"])))
@@ -159,10 +134,10 @@ def test_two_writer_threads(demo_data, tiny_teacher_dir, tmp_path, reference, on
 
 
 def test_resume_after_sigkill(
-    demo_data: Path, tiny_teacher_dir: Path, tmp_path: Path, reference: Path
+    demo_data: Path, precompute_argv, tiny_teacher_dir: Path, tmp_path: Path, reference: Path
 ) -> None:
     store = tmp_path / "c.zarr"
-    argv = args(demo_data, tiny_teacher_dir, store)
+    argv = precompute_argv(store)
     n_shards = cache.open(str(reference)).spec.n_shards
     p = spawn(0.5, argv)
     t0 = time.monotonic()
@@ -184,10 +159,10 @@ def test_resume_after_sigkill(
 
 
 def test_two_concurrent_shard_writers(
-    demo_data: Path, tiny_teacher_dir: Path, tmp_path: Path, reference: Path
+    demo_data: Path, precompute_argv, tiny_teacher_dir: Path, tmp_path: Path, reference: Path
 ) -> None:
     store = tmp_path / "c.zarr"
-    argv = args(demo_data, tiny_teacher_dir, store)
+    argv = precompute_argv(store)
     # shard 1 starts first and must wait for shard 0 to create the store
     p1 = spawn(0.1, [*argv, "--shard", "1/2"])
     p0 = spawn(0.1, [*argv, "--shard", "0/2"])
