@@ -1,6 +1,6 @@
 """Distillation-gain benchmark (issue 14): does the cached map teach the student? Reuses `dinocache compare`.
 
-    python -m benchmarks.signal_ab --work DIR [--quick] [--epochs N] [--seeds N] [--modes a,b,...]
+    python -m benchmarks.signal_ab --work DIR [--quick] [--epochs N] [--seeds N] [--modes a,b,...] [--compare-dir NAME]
 
 1. the knowledgeable teacher (`dinocache make-demo-teacher`, built once and cached) and its linear probe
    against the random base it started from (finetune/probe.py);
@@ -8,8 +8,10 @@
    training images and a separate held-out set of `n_val` >= 200 images (the data.yaml's val split, the
    reporting set); a tuning set (seed 3, its own data.yaml) exists for choosing settings, never the
    reporting set;
-3. the cache (`dinocache precompute`, PCA to 32 channels) of the training images;
-4. `dinocache compare` over the modes and seeds, everything else identical; writes DIR/compare/.
+3. the cache (`dinocache precompute`, PCA to 32 channels) of the training images, and for mode cache-flips
+   the same cache made with cache_flips=true (its `features` are the same bits; it adds the flipped views);
+4. `dinocache compare` over the modes and seeds, everything else identical; writes DIR/compare/ (or
+   DIR/NAME: a later run of more modes with the same settings, merged into the report with --also).
 
 The pytest wrapper (benchmarks/test_signal.py) puts the result into latest.json (`signal.*`).
 """
@@ -26,7 +28,7 @@ IMGSZ = 128
 # demo-data object sizes at 128 px (twice the defaults: the objects cover as many 16-px patches as the
 # default demo's at 256 px); the teacher was trained on the same distribution (other seeds)
 SIZES = {"min_size": 0.16, "max_size": 0.6}
-ALL_MODES = ["none", "cache", "online", "cache-off", "cache-shuffled"]
+ALL_MODES = ["none", "cache", "online", "cache-off", "cache-shuffled", "cache-flips"]
 
 
 def settings(quick: bool) -> dict[str, Any]:
@@ -37,10 +39,11 @@ def settings(quick: bool) -> dict[str, Any]:
             "epochs": 2,
             "val_every": 1,
             "seeds": 1,
-            "modes": ["none", "cache", "cache-shuffled"],
+            "modes": ["none", "cache", "cache-shuffled", "cache-flips"],
         }
-    # sized for a shared 2-core CPU (15 runs in about an hour); on a GPU raise epochs and n_train
-    return {"n_train": 32, "n_val": 200, "epochs": 12, "val_every": 4, "seeds": 3, "modes": ALL_MODES}
+    # sized for a 2-core CPU (18 runs of about 2.5 min: 45 min); 12 epochs were too few for any student to
+    # detect anything (BENCHMARKS.md history); on a GPU raise epochs and n_train
+    return {"n_train": 32, "n_val": 200, "epochs": 48, "val_every": 8, "seeds": 3, "modes": ALL_MODES}
 
 
 def teacher(quick: bool) -> Path:
@@ -51,10 +54,24 @@ def teacher(quick: bool) -> Path:
     return make_demo_teacher()
 
 
-def prepare(work: Path, teacher_dir: Path, n_train: int, n_val: int) -> dict[str, str]:
+def _precompute(work: Path, data: Path, cache: Path, teacher_dir: Path, *extra: str) -> None:
+    from dinocache.precompute.run import main as precompute
+
+    if (cache / "zarr.json").exists():
+        return
+    (work / "empty.json").write_text("{}")
+    rc = precompute(
+        ["--config", str(work / "empty.json"), f"data={data / 'data.yaml'}", f"cache={cache}",
+         f"dino_root={teacher_dir}", f"imgsz={IMGSZ}", "channels=32", "device=auto", "batch=16",
+         "workers=0", "overwrite=true", *extra]
+    )  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"precompute of {cache} failed (exit {rc})")
+
+
+def prepare(work: Path, teacher_dir: Path, n_train: int, n_val: int, flips: bool = False) -> dict[str, str]:
     """Data, tuning split and cache under `work` (reused when present)."""
     from dinocache.datatools.demo_data import make_demo_dataset
-    from dinocache.precompute.run import main as precompute
 
     work.mkdir(parents=True, exist_ok=True)
     data = work / f"data-{n_train}-{n_val}"
@@ -69,16 +86,12 @@ def prepare(work: Path, teacher_dir: Path, n_train: int, n_val: int) -> dict[str
         f"train: {data / 'images' / 'train'}\nval: {tune / 'images' / 'val'}\nnames:{names}"
     )
     cache = work / f"cache-{teacher_dir.name}-{n_train}.zarr"
-    if not (cache / "zarr.json").exists():
-        (work / "empty.json").write_text("{}")
-        rc = precompute(
-            ["--config", str(work / "empty.json"), f"data={data / 'data.yaml'}", f"cache={cache}",
-             f"dino_root={teacher_dir}", f"imgsz={IMGSZ}", "channels=32", "device=auto", "batch=16",
-             "workers=0", "overwrite=true"]
-        )  # fmt: skip
-        if rc != 0:
-            raise RuntimeError(f"precompute of {cache} failed (exit {rc})")
-    return {"data": str(data / "data.yaml"), "tune": str(work / "tune.yaml"), "cache": str(cache)}
+    _precompute(work, data, cache, teacher_dir)
+    out = {"data": str(data / "data.yaml"), "tune": str(work / "tune.yaml"), "cache": str(cache)}
+    if flips:
+        out["flips_cache"] = str(work / f"cache-{teacher_dir.name}-{n_train}-flips.zarr")
+        _precompute(work, data, Path(out["flips_cache"]), teacher_dir, "cache_flips=true")
+    return out
 
 
 def train_values(paths: dict[str, str], teacher_dir: Path, epochs: int) -> dict[str, Any]:
@@ -103,22 +116,28 @@ def train_values(paths: dict[str, str], teacher_dir: Path, epochs: int) -> dict[
     }
 
 
-def run(work: Path, quick: bool, **over: Any) -> dict[str, Any]:
+def run(work: Path, quick: bool, compare_dir: str = "compare", **over: Any) -> dict[str, Any]:
     from dinocache.compare import CompareConfig, compare
     from dinocache.core.config import build
 
     s = {**settings(quick), **{k: v for k, v in over.items() if v is not None}}
     tdir = teacher(quick)
-    paths = prepare(work, tdir, s["n_train"], s["n_val"])
+    paths = prepare(work, tdir, s["n_train"], s["n_val"], flips="cache-flips" in s["modes"])
     probes = probe(work, tdir)
-    out = work / "compare"
+    out = work / compare_dir
     if (out / "compare.json").exists():
         import shutil
 
         shutil.rmtree(out)
     cfg = build(
         CompareConfig,
-        {"modes": s["modes"], "seeds": s["seeds"], "out": str(out), "val_every": s["val_every"]},
+        {
+            "modes": s["modes"],
+            "seeds": s["seeds"],
+            "out": str(out),
+            "val_every": s["val_every"],
+            "flips_cache": paths.get("flips_cache", ""),
+        },  # fmt: skip
         "signal_ab",
     )
     compare(train_values(paths, tdir, s["epochs"]), cfg)
@@ -126,8 +145,22 @@ def run(work: Path, quick: bool, **over: Any) -> dict[str, Any]:
     doc["settings"] = s
     doc["teacher"] = str(tdir)
     doc["probe"] = probes
-    (work / "signal.json").write_text(json.dumps(doc, indent=2, default=str))
+    name = "signal.json" if compare_dir == "compare" else f"signal-{compare_dir}.json"
+    (work / name).write_text(json.dumps(doc, indent=2, default=str))
     return doc
+
+
+def merge(doc: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """`doc` plus the modes of `other` (a later run with the same settings: data, epochs, seeds, teacher), one
+    summary over all of them; refused when the settings differ, so no table mixes two experiments."""
+    from dinocache.compare import summarise
+
+    keys = ("epochs", "imgsz", "train_images", "data")
+    a, b = ({k: d["meta"].get(k) for k in keys} for d in (doc, other))
+    if a != b or sorted(doc["meta"].get("seeds", [])) != sorted(other["meta"].get("seeds", [])):
+        raise ValueError(f"cannot merge runs of different settings: {a} vs {b}")
+    runs = {**doc["runs"], **{m: rs for m, rs in other["runs"].items() if m not in doc["runs"]}}
+    return {**doc, "runs": runs, "summary": summarise(runs)}
 
 
 def probe(work: Path, tdir: Path) -> list[dict[str, Any]]:
@@ -241,7 +274,11 @@ def report(doc: dict[str, Any], results: Any, work: Path, prefix: str = "signal"
             )
     RESULTS.mkdir(parents=True, exist_ok=True)
     png = work / "compare" / "val_map.png"
-    if png.exists():
+    if doc.get("merged"):  # one plot of all merged modes
+        from dinocache.compare import plot
+
+        plot(doc["runs"], RESULTS / f"{_slug(prefix + '.modes')}.png")
+    elif png.exists():
         shutil.copy2(png, RESULTS / f"{_slug(prefix + '.modes')}.png")
 
 
@@ -255,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-train", type=int)
     ap.add_argument("--modes")
     ap.add_argument("--val-every", type=int)
+    ap.add_argument(
+        "--compare-dir", default="compare", help="folder under WORK for this run's compare outputs"
+    )
+    ap.add_argument(
+        "--also", action="append", default=[], help="--report: merge WORK/NAME/compare.json (same settings)"
+    )
     ap.add_argument("--section", default="signal", help="--report: section prefix in latest.json")
     ap.add_argument("--no-probe", action="store_true", help="--report: leave the teacher probe out")
     ap.add_argument("--conclusion", default="", help="--report: what the figures show, appended to the note")
@@ -277,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
             doc.update(settings={"n_val": 200}, probe=[])
         else:
             doc = json.loads((work / "signal.json").read_text())
+        for name in a.also:
+            doc = merge(doc, json.loads((work / name / "compare.json").read_text()))
+            doc["merged"] = True
         report(doc, res, work, prefix=a.section, probe=not (a.no_probe or a.from_compare))
         if a.conclusion:
             key = f"{a.section}.modes"
@@ -287,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     run(
         Path(a.work),
         a.quick,
+        compare_dir=a.compare_dir,
         epochs=a.epochs,
         seeds=a.seeds,
         modes=modes,

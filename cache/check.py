@@ -31,12 +31,14 @@ class BadRow:
 
 def chunk_file(path: str, array: str, chunk: int) -> str:
     """File of chunk/shard `chunk` along the image axis of `array` (keys use '.' as separator)."""
-    tail = {F.FEATURES: ".0.0.0", F.DONE: "", F.SHA256: ".0", F.KEYS: ".0"}.get(array, "")
+    tail = {F.FEATURES: ".0.0.0", F.FEATURES_FLIP: ".0.0.0", F.DONE: "", F.SHA256: ".0", F.KEYS: ".0"}.get(
+        array, ""
+    )
     return f"{str(path).rstrip('/')}/{array}/c.{chunk}{tail}"
 
 
-def shard_file(fc: Any, shard: int) -> str:
-    return chunk_file(fc.path, F.FEATURES, shard)
+def shard_file(fc: Any, shard: int, flipped: bool = False) -> str:
+    return chunk_file(fc.path, F.FEATURES_FLIP if flipped else F.FEATURES, shard)
 
 
 def repair_hint(fc: Any) -> str:
@@ -87,9 +89,12 @@ def _chunked(fc: Any, name: str) -> tuple[np.ndarray, dict[int, str]]:
     return out, bad
 
 
-def missing_shard_files(fc: Any, done: np.ndarray | None = None) -> list[tuple[int, str, list[int]]]:
-    """(shard, file, done rows) for every shard that has done rows but no file: one folder listing."""
-    names = _listing(fc, F.FEATURES)
+def missing_shard_files(
+    fc: Any, done: np.ndarray | None = None, flipped: bool = False
+) -> list[tuple[int, str, list[int]]]:
+    """(shard, file, done rows) for every shard that has done rows but no file: one folder listing.
+    `flipped`: the shards of `features_flip` (caches with flips) instead of `features`."""
+    names = _listing(fc, F.FEATURES_FLIP if flipped else F.FEATURES)
     if names is None:
         return []
     done = np.asarray(fc.done if done is None else done, bool)
@@ -98,7 +103,7 @@ def missing_shard_files(fc: Any, done: np.ndarray | None = None) -> list[tuple[i
         r = fc.spec.shard_rows(s)
         rows = [int(i) for i in np.flatnonzero(done[r.start : r.stop]) + r.start]
         if rows and f"c.{s}.0.0.0" not in names:
-            out.append((s, shard_file(fc, s), rows))
+            out.append((s, shard_file(fc, s, flipped), rows))
     return out
 
 
@@ -123,51 +128,61 @@ def scan(fc: Any) -> tuple[list[BadRow], np.ndarray, list[str]]:
                 if r not in flagged:
                     flagged.add(r)
                     bad.append(BadRow(r, keys[r], chunk_file(fc.path, name, c), f"'{name}' chunk {why}"))
-    missing = {sh: rows for sh, _, rows in missing_shard_files(fc, done)}
-    for sh in range(fc.spec.n_shards):
-        r = fc.spec.shard_rows(sh)
-        rows = [int(i) for i in np.flatnonzero(done[r.start : r.stop]) + r.start if int(i) not in flagged]
-        if not rows:
-            continue
-        f = shard_file(fc, sh)
-        if sh in missing:
-            bad += [BadRow(i, keys[i], f, "shard file is missing (done says 1)") for i in rows]
-            continue
-        try:
-            x = fc.read(rows)
-            per_row = dict(zip(rows, x))
-            errors: dict[int, str] = {}
-        except Exception:  # noqa: BLE001 - one bad chunk fails the whole read: find which, row by row
-            per_row, errors = {}, {}
+    for flipped in (False, True) if getattr(fc.spec, "flips", False) else (False,):
+        what = "flipped-view " if flipped else ""
+        missing = {sh: rows for sh, _, rows in missing_shard_files(fc, done, flipped)}
+        for sh in range(fc.spec.n_shards):
+            r = fc.spec.shard_rows(sh)
+            rows = [int(i) for i in np.flatnonzero(done[r.start : r.stop]) + r.start if int(i) not in flagged]
+            if not rows:
+                continue
+            f = shard_file(fc, sh, flipped)
+            if sh in missing:
+                bad += [BadRow(i, keys[i], f, f"{what}shard file is missing (done says 1)") for i in rows]
+                flagged.update(rows)
+                continue
+            try:
+                x = fc.read(rows, flipped=flipped)
+                per_row = dict(zip(rows, x))
+                errors: dict[int, str] = {}
+            except Exception:  # noqa: BLE001 - one bad chunk fails the whole read: find which, row by row
+                per_row, errors = {}, {}
+                for i in rows:
+                    try:
+                        per_row[i] = fc.read([i], flipped=flipped)[0]
+                    except Exception as e:  # noqa: BLE001
+                        errors[i] = _reason(e)
             for i in rows:
-                try:
-                    per_row[i] = fc.read([i])[0]
-                except Exception as e:  # noqa: BLE001
-                    errors[i] = _reason(e)
-        for i in rows:
-            if i in errors:
-                bad.append(BadRow(i, keys[i], f, f"image chunk {errors[i]}"))
-            elif not np.isfinite(per_row[i]).all():
-                nbad = int(np.count_nonzero(~np.isfinite(per_row[i])))
-                bad.append(BadRow(i, keys[i], f, f"holds {nbad} NaN/inf value(s)"))
+                if i in errors:
+                    bad.append(BadRow(i, keys[i], f, f"{what}image chunk {errors[i]}"))
+                    flagged.add(i)
+                elif not np.isfinite(per_row[i]).all():
+                    nbad = int(np.count_nonzero(~np.isfinite(per_row[i])))
+                    held = f"{what}map holds" if flipped else "holds"
+                    bad.append(BadRow(i, keys[i], f, f"{held} {nbad} NaN/inf value(s)"))
+                    flagged.add(i)
     bad.sort(key=lambda b: b.row)
     return bad, done, keys
 
 
-def checked_map(fc: Any, key: str, channels: int | None = None) -> np.ndarray:
-    """(D, h, w) float16 map of image `key`, or CacheCorrupt naming key, row, shard file and the repair command:
-    a checksum failure, a missing shard (reads as NaN fill) or NaN/inf never reaches a loss."""
+def checked_map(fc: Any, key: str, channels: int | None = None, flipped: bool = False) -> np.ndarray:
+    """(D, h, w) float16 map of image `key` (`flipped`: of the mirrored image), or CacheCorrupt naming key, row,
+    shard file and the repair command: a checksum failure, a missing shard (reads as NaN fill) or NaN/inf never
+    reaches a loss."""
     row = fc.row_of(key)
     shard = row // fc.spec.shard_size
-    where = f"cache {fc.path}: the teacher map of image {key} (row {row}, shard file {shard_file(fc, shard)})"
+    what = "flipped-view teacher map" if flipped else "teacher map"
+    where = (
+        f"cache {fc.path}: the {what} of image {key} (row {row}, shard file {shard_file(fc, shard, flipped)})"
+    )
     try:
-        x = np.asarray(fc.get(key, channels=channels))
+        x = np.asarray(fc.get(key, channels=channels, flipped=flipped))
     except CacheError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever backend reads it, a stored-bytes failure is damage
         raise CacheCorrupt(f"{where} {_reason(e)}; {repair_hint(fc)}") from None
     if not np.isfinite(x).all():
-        gone = missing_shard_files(fc)
+        gone = missing_shard_files(fc, flipped=flipped)
         why = (
             "is missing: its shard file was deleted although `done` says 1"
             if any(s == shard for s, _, _ in gone)

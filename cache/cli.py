@@ -62,6 +62,7 @@ def info_dict(fc: FeatureCache) -> dict[str, Any]:
         "shard_size": spec.shard_size,
         "n_shards": spec.n_shards,
         "pca_fit_images": spec.pca_fit_images,
+        "flips": bool(spec.flips),
         "teacher": {
             "family": t.get("family", "dinov3_vit"),
             "model_type": t.get("model_type"),
@@ -104,6 +105,12 @@ def print_info(d: dict[str, Any]) -> None:
         ("images", f"N={d['n']}, done {d['done']}/{d['n']}"),
         ("features", f"{channels}, grid {d['grid'][0]}x{d['grid'][1]}, {d['dtype']}"),
         ("bytes/image", f"{d['bytes_per_image']:,} logical, {disk_txt}"),
+        (
+            "flips",
+            "flipped views stored (features_flip, as large again): a horizontal flip reads the teacher's map"
+            if d.get("flips")
+            else "none (cache_flips=false): a horizontal flip mirrors the map",
+        ),
         ("codec", _codec_text(d["codec"])),
         ("shards", f"{d['shard_size']} images per shard, {d['n_shards']} shard(s)"),
         (

@@ -9,6 +9,14 @@ A cache is one Zarr v3 group (a local folder or an fsspec URL) holding, for N tr
                                                    or none, then crc32c on every inner chunk (version 2), so
                                                    a flipped bit fails the read of exactly that image;
                                                    fill_value NaN so a row never written reads NaN.
+    features_flip           float16 (N, K, h, w)  only when `flips` is true (precompute cache_flips=true): the
+                                                   teacher map of the horizontally flipped image (the same
+                                                   canvas mirrored), projected with the same PCA basis and
+                                                   stats; same chunks, shards and codecs as `features`. A ViT
+                                                   map is not flip-equivariant (flipping `features` is only
+                                                   an approximation of this), so the trainer reads it
+                                                   instead of flipping the map (train/warp.py). Written in
+                                                   the same shard write as `features`, before `done`.
     done                    uint8   (N,)          1 once the row's features are written. Chunk = S rows, so
                                                    the owner of shard k also owns `done` chunk k.
     sha256                  uint8   (N, 32)       sha256 of the image file's bytes when the row was computed.
@@ -30,14 +38,15 @@ Group attribute `dinocache` (JSON, no pickle anywhere):
 
     format "dinocache.features", version 2, ready (true only after creation finished: arrays, keys, PCA),
     n, k, grid [h, w], imgsz, patch_size, teacher_channels (C_t), dtype "float16", shard_size S, codec,
-    key_len L, pca (bool), pca_fit_images, teacher (fingerprint dict from DinoV3Teacher.fingerprint),
+    key_len L, pca (bool), pca_fit_images, flips (bool; absent = false), teacher (fingerprint dict from DinoV3Teacher.fingerprint),
     fingerprint_id (sha256 of the canonical JSON of `teacher`), teacher_files (file-level digest of the
     teacher's weight files, `dinocache.teacher.digest.digest`: {version, files {name: {size, sha256}}, id};
     the trainer compares it with its dino_root without building the model), created_by, created_at,
     source {data, split}.
 
 Version history: 1 = the first release; 2 adds teacher_files (version 1 caches are refused with the
-command that rebuilds them).
+command that rebuilds them). Additive within version 2: `flips` and `features_flip` (a cache without the
+attribute has no flipped views; readers that predate it ignore the extra array, whose rows they never need).
 
 Multi-teacher caches (version 2, cache/multi.py): a root group with attribute `dinocache_teachers` (a manifest:
 imgsz, n, and per teacher NAME its fingerprint_id, family, k, grid, patch_size) and one complete store of
@@ -81,6 +90,7 @@ UPGRADE_HINT = (
 )
 
 FEATURES = "features"
+FEATURES_FLIP = "features_flip"
 DONE = "done"
 SHA256 = "sha256"
 KEYS = "keys"
@@ -156,6 +166,8 @@ class Spec:
     pca: bool
     pca_fit_images: int
     teacher: dict[str, Any]
+    # the store also holds `features_flip`, the map of each horizontally flipped image (cache_flips)
+    flips: bool = False
     # file-level digest of the teacher checkpoint (teacher.digest.digest); required since version 2
     teacher_files: dict[str, Any] = field(default_factory=dict)
     fingerprint_id: str = ""
@@ -203,6 +215,10 @@ class Spec:
         if missing:
             raise CacheFormatError(
                 f"{where}: attribute block '{ATTRS_KEY}' lacks {missing}; the cache is damaged"
+            )
+        if not isinstance(block.get("flips", False), bool):
+            raise CacheFormatError(
+                f"{where}: attribute 'flips' is {block['flips']!r}, expected true or false"
             )
         if block["codec"] not in CODECS:
             raise CacheFormatError(
@@ -285,6 +301,7 @@ COMPAT_FIELDS = (
     "key_len",
     "pca",
     "pca_fit_images",
+    "flips",
     "fingerprint_id",
 )
 

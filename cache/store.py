@@ -181,6 +181,7 @@ def _expected_arrays(spec: F.Spec) -> dict[str, tuple[tuple[int, ...], str]]:
     h, w = spec.grid
     out = {
         F.FEATURES: ((spec.n, spec.k, h, w), F.FEATURE_DTYPE),
+        **({F.FEATURES_FLIP: ((spec.n, spec.k, h, w), F.FEATURE_DTYPE)} if spec.flips else {}),
         F.DONE: ((spec.n,), "uint8"),
         F.SHA256: ((spec.n, 32), "uint8"),
         F.KEYS: ((spec.n, spec.key_len), "uint8"),
@@ -369,7 +370,7 @@ class _Store:
         state["_group"] = None
         state["_arrays"] = {}
         if "_ts" in state:
-            state["_ts"], state["_ts_pid"] = None, None
+            state["_ts"], state["_ts_pid"] = {}, None
         return state
 
 
@@ -393,7 +394,7 @@ class FeatureCache(_Store):
         self._stats: dict[str, np.ndarray] = {}
         # "auto": tensorstore for local stores, zarr-python otherwise; "zarr": always zarr-python
         self._ts_mode = "auto" if read_path == "auto" else "zarr"
-        self._ts: Any = None
+        self._ts: dict[str, Any] = {}  # array name -> tensorstore handle, opened in process _ts_pid
         self._ts_pid: int | None = None
 
     # -- attributes
@@ -466,12 +467,26 @@ class FeatureCache(_Store):
             self._stat(F.PCA_MEAN), self._stat(F.PCA_COMPONENTS), self._stat(F.PCA_EXPLAINED_VARIANCE)
         )
 
-    def read(self, rows: Sequence[int] | np.ndarray, channels: int | None = None) -> np.ndarray:
+    @property
+    def flips(self) -> bool:
+        """Whether the store holds `features_flip`, the maps of the horizontally flipped images."""
+        return bool(self.spec.flips)
+
+    def read(
+        self, rows: Sequence[int] | np.ndarray, channels: int | None = None, flipped: bool = False
+    ) -> np.ndarray:
         """(B,) rows -> float16 (B, D, h, w) with D = channels (the first D components) or K.
 
+        `flipped`: the maps of the horizontally flipped images (`features_flip`; only when `flips`).
         Rows never written read as NaN. Duplicates and any order are fine: unique rows are read sorted,
         in one tensorstore index-array read (local and s3:// stores), then put back in the asked order.
         """
+        if flipped and not self.spec.flips:
+            raise CacheError(
+                f"cache {self.path} holds no flipped views (it was made without cache_flips=true); rebuild it "
+                "with `dinocache precompute ... cache_flips=true --overwrite` or set distill_cache_flips=off"
+            )
+        name = F.FEATURES_FLIP if flipped else F.FEATURES
         idx = np.asarray(rows, dtype=np.int64).reshape(-1)
         d = self.k if channels is None else int(channels)
         if not 1 <= d <= self.k:
@@ -488,19 +503,19 @@ class FeatureCache(_Store):
             uniq, inverse = np.unique(idx, return_inverse=True)
             if inverse.size == uniq.size:  # no duplicates: identity order if already sorted
                 inverse = None if (np.diff(idx) > 0).all() else inverse
-        t = self._ts_features()
+        t = self._ts_features(name)
         if t is not None:
             block = (
                 t[uniq, :d].read().result() if uniq.size > 1 else t[int(uniq[0]), :d].read().result()[None]
             )
             block = np.asarray(block)
         else:
-            block = self._zarr_read(uniq, d)
+            block = self._zarr_read(uniq, d, name)
         return block if inverse is None else block[inverse]
 
     # -- read paths
-    def _ts_features(self) -> Any:
-        """The tensorstore handle of `features`, opened on first use in this process; None -> zarr-python.
+    def _ts_features(self, name: str = F.FEATURES) -> Any:
+        """The tensorstore handle of array `name` (features or features_flip), opened on first use in this process; None -> zarr-python.
 
         Local folders and s3:// stores (tensorstore's s3 kvstore, same AWS_* settings as s3fs) use it; None
         for other fsspec URLs (gs://, az://, ...), s3 storage options tensorstore cannot express (explicit
@@ -508,33 +523,34 @@ class FeatureCache(_Store):
         pools do not survive fork(): the child would abort, see docs/cache.md).
         """
         pid = os.getpid()
-        if self._ts is not None and self._ts_pid == pid:
-            return self._ts
-        self._ts = None
+        if self._ts_pid != pid:
+            self._ts = {}
+        if name in self._ts:
+            return self._ts[name]
         if self._ts_mode == "zarr" or not _tensorstore_usable():
             return None
         if local_path(self.path) is None:
             if _ts_s3_kvstore(self.path, self.storage_options) is None:
                 return None  # other object stores (gs://, az://, ...): zarr-python + fsspec
             try:
-                self._ts = _ts_open(self.path, F.FEATURES, self.storage_options)
+                self._ts[name] = _ts_open(self.path, name, self.storage_options)
             except CacheFormatError as e:  # e.g. an endpoint tensorstore cannot reach: zarr-python still can
                 _warn_ts_url(self.path, str(e))
                 self._ts_mode = "zarr"
                 return None
         else:
-            self._ts = _ts_open(self.path, F.FEATURES)
+            self._ts[name] = _ts_open(self.path, name)
         self._ts_pid = pid
-        return self._ts
+        return self._ts[name]
 
-    def _zarr_read(self, uniq: np.ndarray, d: int) -> np.ndarray:
+    def _zarr_read(self, uniq: np.ndarray, d: int, name: str = F.FEATURES) -> np.ndarray:
         """zarr-python fallback: contiguous runs of the sorted unique rows, gathered in one sync call."""
         from zarr.core.sync import sync
 
         cuts = np.flatnonzero(np.diff(uniq) != 1) + 1
         starts = np.concatenate([[0], cuts])
         ends = np.concatenate([cuts, [uniq.size]])
-        arr = self._array(F.FEATURES)._async_array
+        arr = self._array(name)._async_array
         ch = slice(0, d)
 
         async def _gather() -> list[Any]:
@@ -545,9 +561,9 @@ class FeatureCache(_Store):
         parts = [np.asarray(p) for p in sync(_gather())]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def get(self, key: str, channels: int | None = None) -> np.ndarray:
-        """float16 (D, h, w) of one image by key."""
-        return self.read([self.row_of(key)], channels)[0]
+    def get(self, key: str, channels: int | None = None, flipped: bool = False) -> np.ndarray:
+        """float16 (D, h, w) of one image by key (`flipped`: the map of the mirrored image)."""
+        return self.read([self.row_of(key)], channels, flipped)[0]
 
     def disk_bytes(self) -> int:
         """Bytes the `features` array takes in the store (chunks + shard indexes)."""
@@ -619,17 +635,18 @@ class CacheWriter(_Store):
         unfinished = F.Spec(**{**spec.__dict__, "ready": False})
         group.attrs.update(unfinished.to_attrs())
         kw = {"chunk_key_encoding": F.CHUNK_KEY_ENCODING}
-        group.create_array(
-            F.FEATURES,
-            shape=(spec.n, spec.k, h, w),
-            dtype=F.FEATURE_DTYPE,
-            chunks=(1, spec.k, h, w),
-            shards=(s, spec.k, h, w),
-            compressors=F.compressors(spec.codec),
-            fill_value=np.nan,
-            dimension_names=("image", "channel", "y", "x"),
-            chunk_key_encoding=F.CHUNK_KEY_ENCODING,
-        )
+        for name in (F.FEATURES, F.FEATURES_FLIP) if spec.flips else (F.FEATURES,):
+            group.create_array(
+                name,
+                shape=(spec.n, spec.k, h, w),
+                dtype=F.FEATURE_DTYPE,
+                chunks=(1, spec.k, h, w),
+                shards=(s, spec.k, h, w),
+                compressors=F.compressors(spec.codec),
+                fill_value=np.nan,
+                dimension_names=("image", "channel", "y", "x"),
+                chunk_key_encoding=F.CHUNK_KEY_ENCODING,
+            )
         kw["compressors"] = F.checksum()  # every other array: crc32c on each chunk, no compression
         group.create_array(F.DONE, shape=(spec.n,), dtype="uint8", chunks=(s,), fill_value=0, **kw)
         group.create_array(F.SHA256, shape=(spec.n, 32), dtype="uint8", chunks=(s, 32), fill_value=0, **kw)
@@ -696,10 +713,12 @@ class CacheWriter(_Store):
         from dinocache.cache.check import shard_file
 
         fs, _ = _fs(self.path, self.storage_options)
-        f = shard_file(self, shard)
-        target = str(local_path(f).resolve()) if local_path(f) is not None else f
-        if fs.exists(target):
-            fs.rm(target)
+        for f in [shard_file(self, shard)] + (
+            [shard_file(self, shard, flipped=True)] if self.spec.flips else []
+        ):
+            target = str(local_path(f).resolve()) if local_path(f) is not None else f
+            if fs.exists(target):
+                fs.rm(target)
         r = self.spec.shard_rows(shard)
         self._array(F.SHA256)[r.start : r.stop] = np.zeros((len(r), 32), np.uint8)
         self._array(F.DONE)[r.start : r.stop] = np.zeros(len(r), np.uint8)
@@ -710,19 +729,33 @@ class CacheWriter(_Store):
         self._array(F.KEYS)[r.start : r.stop] = encode_keys(list(keys)[r.start : r.stop], self.spec.key_len)
 
     def write_shard(
-        self, shard: int, features: np.ndarray, sha256_hex: Sequence[str], done: np.ndarray
+        self,
+        shard: int,
+        features: np.ndarray,
+        sha256_hex: Sequence[str],
+        done: np.ndarray,
+        features_flip: np.ndarray | None = None,
     ) -> None:
-        """Write one whole shard in one call per array: features, then sha256, then done (last)."""
+        """Write one whole shard in one call per array: features (and features_flip), then sha256, then done
+        (last), so a row is marked done only once both of its maps are written."""
         r = self.spec.shard_rows(shard)
         m = len(r)
         h, w = self.spec.grid
-        if features.shape != (m, self.spec.k, h, w) or features.dtype != np.float16:
+        if (features_flip is not None) != bool(self.spec.flips):
             raise CacheError(
-                f"shard {shard}: features {features.shape} {features.dtype}, expected {(m, self.spec.k, h, w)} float16"
+                f"shard {shard}: the cache {'holds' if self.spec.flips else 'has no'} flipped views "
+                f"(flips={self.spec.flips}) but features_flip was {'not ' if features_flip is None else ''}given"
             )
+        for name, x in ((F.FEATURES, features), (F.FEATURES_FLIP, features_flip)):
+            if x is not None and (x.shape != (m, self.spec.k, h, w) or x.dtype != np.float16):
+                raise CacheError(
+                    f"shard {shard}: {name} {x.shape} {x.dtype}, expected {(m, self.spec.k, h, w)} float16"
+                )
         if len(sha256_hex) != m or len(done) != m:
             raise CacheError(f"shard {shard}: {len(sha256_hex)} hashes / {len(done)} flags for {m} rows")
         self._array(F.FEATURES)[r.start : r.stop] = features
+        if features_flip is not None:
+            self._array(F.FEATURES_FLIP)[r.start : r.stop] = features_flip
         self._array(F.SHA256)[r.start : r.stop] = hex_to_bytes([h or "0" * 64 for h in sha256_hex])
         self._array(F.DONE)[r.start : r.stop] = np.asarray(done, np.uint8)
 

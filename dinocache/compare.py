@@ -11,6 +11,9 @@ others only in the mode and the seed:
 - `online`          the teacher runs on each augmented batch (same augmentation as `cache`)
 - `cache-off`       cached maps with geometric augmentation off (distill_geometric_aug=off)
 - `cache-shuffled`  control: each image gets ANOTHER image's cached map (must not help)
+- `cache-flips`     `cache` with the teacher's map of each flipped image read from the cache instead of
+                    the mirrored map (distill_cache_flips=on; the cache, or `flips_cache`, must be made with
+                    precompute cache_flips=true)
 
 Runs go seed by seed, modes alternating (so a machine that slows down hurts every mode alike), into
 OUT/runs/{model}/runs/{mode}-s{seed}/. Scores are the LAST epoch's (no best-epoch pick on the evaluation
@@ -47,6 +50,7 @@ MODES: dict[str, dict[str, Any]] = {
         "distill_geometric_aug": "warp",
         "distill_shuffle_maps": True,
     },
+    "cache-flips": {"teacher_source": "cache", "distill_geometric_aug": "warp", "distill_cache_flips": "on"},
 }
 SCORES = ("map50", "map50_95", "grade", "val_box_loss", "val_cls_loss")
 
@@ -68,6 +72,9 @@ class CompareConfig:
     val_every: int = 1
     # also grade last.pt of each run with the project's geometric grade (eval_* keys of the train section)
     grade: bool = True
+    # cache-flips mode: a cache of the same images made with `precompute ... cache_flips=true`; empty = the
+    # train section's cache (which must then hold flipped views)
+    flips_cache: str = ""
 
     def __post_init__(self) -> None:
         self.validate()  # every construction path validates, not only the config loader
@@ -88,6 +95,8 @@ def run_config(train_values: dict[str, Any], mode: str, seed: int, cfg: CompareC
     from dinocache.train.config import TrainConfig
 
     values = {**train_values, **MODES[mode], "seed": seed, "name": f"{mode}-s{seed}"}
+    if mode == "cache-flips" and cfg.flips_cache:
+        values["cache"] = cfg.flips_cache
     values["artifacts_root"] = str(out / "runs")
     values["resume"] = False
     if cfg.epochs:

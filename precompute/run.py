@@ -59,6 +59,10 @@ class PrecomputeConfig:
     imgsz: int = 512
     # K stored channels: top-K PCA components, or "full" to keep the teacher's raw C_t channels
     channels: int | Literal["full"] = 128
+    # also store the teacher map of each horizontally flipped image (`features_flip`), so the trainer
+    # distils a flipped sample against the teacher's real view of it instead of the mirrored map (a ViT is
+    # not flip-equivariant, see docs/warp.md): twice the teacher time and twice the cache's size
+    cache_flips: bool = False
     # images (evenly spaced over the split) whose features fit the PCA and the channel statistics
     pca_fit_images: int = 256
     # images per teacher forward; part of the result's identity (see docs: resume uses the same batches)
@@ -196,6 +200,13 @@ def to_batch(images: Sequence[np.ndarray | None], imgsz: int, device: Any) -> An
 
 # ------------------------------------------------------------------------------------------ the run
 
+
+def flipped_view(x: Any) -> Any:
+    """(B, 3, H, W) -> the same canvases mirrored left-right: what the teacher sees of a horizontally
+    flipped training image (the loaded image sits centred on the canvas, so its mirror is centred too)."""
+    return x.flip(-1)
+
+
 # Raw teacher outputs of PCA-fit batches kept in RAM for the write pass (float32 (B, C_t, h, w); 256 ViT-L
 # maps at 512 px are 1 GiB); beyond it the remaining fit batches are recomputed when written.
 KEEP_BYTES = 4 << 30
@@ -229,8 +240,9 @@ class Precompute:
             self.cfg = dataclasses.replace(self.cfg, cache=teacher_path(cfg.cache, cfg.teacher_name))
         self.rank, self.world = parse_shard(cfg.shard)
         self.bad: dict[str, str] = {}  # file -> reason
-        # (shard, b0) -> (raw teacher output (B, C_t, h, w), loaded images) of batches the PCA fit ran
-        self.kept: dict[tuple[int, int], tuple[Any, list[Loaded]]] = {}
+        # (shard, b0) -> (raw teacher output (B, C_t, h, w), the same of the flipped views or None, loaded
+        # images) of batches the PCA fit ran
+        self.kept: dict[tuple[int, int], tuple[Any, Any, list[Loaded]]] = {}
 
     def log(self, msg: str) -> None:
         tag = f"[shard {self.rank}/{self.world}] " if self.world > 1 else ""
@@ -274,6 +286,7 @@ class Precompute:
             key_len=max(len(s.encode()) for s in keys),
             pca=cfg.channels != "full",
             pca_fit_images=min(cfg.pca_fit_images, len(files)),
+            flips=bool(cfg.cache_flips),
             teacher=teacher.fingerprint(cfg.imgsz),
             teacher_files=self.teacher_files(),
             created_by=f"dinocache {_version()}",
@@ -529,19 +542,21 @@ class Precompute:
                     good = [j for j, ld in enumerate(chunk) if ld.rgb is not None]
                     if good:
                         # the same (B, 3, H, W) tensor the write pass builds for this batch
-                        y = teacher.extract_feature_map(
-                            to_batch([ld.rgb for ld in chunk], cfg.imgsz, teacher.device)
-                        )  # (B, C_t, h, w) float32
+                        x = to_batch([ld.rgb for ld in chunk], cfg.imgsz, teacher.device)
+                        y = teacher.extract_feature_map(x)  # (B, C_t, h, w) float32
+                        # the statistics come from the unflipped views only: `features` is the same with
+                        # or without cache_flips
                         acc.update(y[good] if len(good) < len(chunk) else y)
                         used += len(good)
-                        nbytes = y.numel() * y.element_size()
+                        nbytes = y.numel() * y.element_size() * (2 if spec.flips else 1)
                         if s % self.world == self.rank and kept_bytes + nbytes <= KEEP_BYTES:
+                            yf = teacher.extract_feature_map(flipped_view(x)) if spec.flips else None
                             # the write pass needs only "decoded or not", the hash and the error, not the pixels
                             light = [
                                 Loaded(_DECODED if ld.rgb is not None else None, ld.sha256, ld.error)
                                 for ld in chunk
                             ]
-                            self.kept[(s, b0)] = (y, light)
+                            self.kept[(s, b0)] = (y, yf, light)
                             kept_bytes += nbytes
                     bar.update(len(chunk))
         finally:
@@ -551,7 +566,7 @@ class Precompute:
 
             shown = "\n  ".join(errors[:10]) + ("\n  ..." if len(errors) > 10 else "")
             raise DataError(f"none of the {len(rows)} PCA-fit images of {cfg.data} could be used:\n  {shown}")
-        reused = sum(len(c) for _, c in self.kept.values())
+        reused = sum(len(c) for _, _, c in self.kept.values())
         self.log(
             f"fitted {'PCA' if spec.pca else 'channel stats'} on {used} images in {time.perf_counter() - t0:.1f}s; "
             f"their {reused} teacher outputs are written as rows, not recomputed"
@@ -646,13 +661,14 @@ class Precompute:
                 r = spec.shard_rows(s)
                 m = len(r)
                 feats = np.full((m, spec.k, h, w), np.nan, np.float16)
+                flips = np.full((m, spec.k, h, w), np.nan, np.float16) if spec.flips else None
                 shas = [""] * m
                 ok = np.zeros(m, np.uint8)
                 # Fixed batch boundaries inside the shard: a rerun reproduces the same bits.
                 for b0, rr in self._shard_batches(spec, s):
-                    y = None
+                    y = yf = None
                     if (s, b0) in kept:  # computed by the PCA fit pass: same batch, same bits
-                        y, chunk = kept.pop((s, b0))
+                        y, yf, chunk = kept.pop((s, b0))
                     else:
                         chunk = [next(images) for _ in rr]
                     for j, ld in enumerate(chunk):
@@ -665,18 +681,24 @@ class Precompute:
                     if y is None:
                         x = to_batch([ld.rgb for ld in chunk], cfg.imgsz, teacher.device)
                         y = teacher.extract_feature_map(x)  # (B, C_t, h, w) float32
+                        if spec.flips:  # a batch of its own: the same batch shapes as the unflipped pass
+                            yf = teacher.extract_feature_map(flipped_view(x))
                     if basis is not None:
                         y = basis.project(y)  # (B, C_t, h, w) -> (B, K, h, w)
+                        yf = None if yf is None else basis.project(yf)
                     y16 = y.to(torch.float16).cpu().numpy()
+                    yf16 = None if yf is None else yf.to(torch.float16).cpu().numpy()
                     for j, ld in enumerate(chunk):
                         if ld.rgb is not None:
                             feats[b0 + j] = y16[j]
+                            if flips is not None:
+                                flips[b0 + j] = yf16[j]
                             shas[b0 + j] = ld.sha256
                             ok[b0 + j] = 1
                     bar.update(len(chunk))
                 if failure:
                     break
-                q.put((s, feats, shas, ok))
+                q.put((s, feats, shas, ok, flips))
         finally:
             q.put(None)
             thread.join()

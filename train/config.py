@@ -134,6 +134,10 @@ class TrainConfig:
     # control experiment (cache mode): each training image gets ANOTHER image's cached map (a derangement of
     # the cache's keys seeded by `seed`); it must not help. `dinocache compare` mode cache-shuffled
     distill_shuffle_maps: bool = False
+    # cache mode, horizontal flips: "auto" reads the teacher's map of the flipped image when the cache holds
+    # flipped views (precompute cache_flips=true) and mirrors the map otherwise; "on" requires them (an error
+    # names the cache that lacks them); "off" always mirrors the map (a ViT is not flip-equivariant)
+    distill_cache_flips: Literal["auto", "on", "off"] = "auto"
     # continue the run `name` (or the newest run of this model) from weights/resume.pt
     resume: bool = False
     # at start, also hash every training image and refuse the run when one changed since it was cached (reads
@@ -267,7 +271,22 @@ class TrainConfig:
             "distill_shuffle_maps",
             "shuffles cached maps: needs teacher_source=cache",
         )
+        require(
+            self.distill_cache_flips in ("auto", "on", "off"),
+            "distill_cache_flips",
+            f"must be auto, on or off, got {self.distill_cache_flips!r}",
+        )
+        require(
+            self.distill_cache_flips != "on" or self.teacher_source == "cache",
+            "distill_cache_flips",
+            "=on reads the cache's flipped views: needs teacher_source=cache",
+        )
         terms = teacher_terms(self)
+        require(
+            not (terms and self.distill_cache_flips == "on"),
+            "distill_cache_flips",
+            "=on is not supported with a `teachers` list (multi-teacher caches hold no flipped views)",
+        )
         require(
             not terms or self.teacher_source == "cache",
             "teachers",

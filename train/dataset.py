@@ -7,13 +7,16 @@ opened lazily in each dataloader worker (a Zarr handle is not shared across proc
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from dinocache.train.warp import (
+    FLIP_KEY,
     GEOM_KEY,
     SRC_KEY,
     TEACHER_KEY,
@@ -26,6 +29,11 @@ from ultralytics.data.augment import Compose, RandomFlip
 from ultralytics.data.dataset import YOLODataset
 
 from dinocache.core.data import image_key
+
+
+def uses_cache_flips(setting: str, fc: Any) -> bool:
+    """distill_cache_flips resolved against the cache: auto = whether it holds flipped views."""
+    return setting == "on" or (setting == "auto" and bool(getattr(fc, "flips", False)))
 
 
 def swap_flips(transforms: Compose) -> Compose:
@@ -82,8 +90,8 @@ class TeacherLookup:
             self._other = {keys[perm[i]]: keys[perm[(i + 1) % len(keys)]] for i in range(len(keys))}
         return self._other.get(key, key)
 
-    def __call__(self, im_file: str) -> np.ndarray:
-        """(D, h, w) float16; a checksum failure, a missing shard or NaN/inf is a CacheCorrupt naming the
+    def __call__(self, im_file: str, flipped: bool = False) -> np.ndarray:
+        """(D, h, w) float16 (`flipped`: the cached map of the mirrored image); a checksum failure, a missing shard or NaN/inf is a CacheCorrupt naming the
         image key, the shard file and the repair command: nothing damaged reaches the loss."""
         from dinocache.cache.check import checked_map
 
@@ -92,7 +100,7 @@ class TeacherLookup:
             key = self._keys[im_file] = image_key(im_file, self.root)
         if self.shuffle_seed is not None:
             key = self.other_key(key)
-        return checked_map(self.fc, key, channels=self.channels)
+        return checked_map(self.fc, key, channels=self.channels, flipped=flipped)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_fc": None, "_pid": None}
@@ -137,10 +145,13 @@ class DistillDataset(YOLODataset):
         geometric_aug: str = "off",
         patch: int = 16,
         valid_threshold: float = 0.5,
+        cache_flips: bool = False,
         **kwargs: Any,
     ) -> None:
         # set before super().__init__, which builds the transforms
         self.teacher = teacher
+        # the cache holds each image's flipped view: a horizontal flip reads it instead of mirroring the map
+        self.cache_flips = cache_flips
         self.geometric_aug = geometric_aug
         self.patch = patch
         self.valid_threshold = valid_threshold
@@ -158,6 +169,8 @@ class DistillDataset(YOLODataset):
         label = super().get_image_and_label(index)
         if self.teacher is not None and self.augment:
             label[TEACHER_KEY] = self._teacher_map(index, label["im_file"])
+            if self.cache_flips:  # read only if a horizontal flip happens (warp.WarpFlip)
+                label[FLIP_KEY] = self.teacher_flip_for(index)
         return label
 
     def _teacher_map(self, index: int, im_file: str) -> np.ndarray:
@@ -178,8 +191,16 @@ class DistillDataset(YOLODataset):
         """(D, h, w) cached map of image `index` (warp protocol; get_image_and_label attaches it already)."""
         return self._teacher_map(index, self.im_files[index])
 
+    def teacher_flip_for(self, index: int) -> Callable[[], np.ndarray] | None:
+        """() -> (D, h, w) cached map of image `index` flipped left-right (cache_flips), None without them."""
+        if not self.cache_flips or self.teacher is None:
+            return None
+        return functools.partial(self.teacher, self.im_files[index], True)
+
     @staticmethod
     def collate_fn(batch: list[dict]) -> dict:
+        for b in batch:  # an unused flipped-view reader (no flip happened) is not data
+            b.pop(FLIP_KEY, None)
         feats = [b.pop(TEACHER_KEY, None) for b in batch]
         srcs = [b.pop(SRC_KEY, None) for b in batch]
         geoms = [b.pop(GEOM_KEY, None) for b in batch]

@@ -70,6 +70,11 @@ def check_cache(cfg: TrainConfig, fc: Any, keys: list[str], teacher: Any = None)
             f"dino_distill_channels={cfg.dino_distill_channels} but {where} stores only {fc.k} channels; "
             f"lower dino_distill_channels or {FIX} with more channels"
         )
+    if cfg.distill_cache_flips == "on" and not getattr(fc, "flips", False):
+        raise TrainError(
+            f"distill_cache_flips=on but {where} holds no flipped views (it was made without cache_flips=true); "
+            f"{FIX} with cache_flips=true, or set distill_cache_flips=auto/off"
+        )
     stored = fc.fingerprint or {}
     if "layer" in stored and int(stored["layer"]) != cfg.dino_layer:
         raise TrainError(
@@ -101,7 +106,12 @@ def check_cache_files(cfg: TrainConfig, fc: Any, keys: list[str], known: dict[st
 
     where = f"cache {cfg.cache}"
     used = {known[k] for k in keys}
-    gone = [(f, [r for r in rows if r in used]) for _, f, rows in missing_shard_files(fc, done)]
+    from dinocache.train.dataset import uses_cache_flips
+
+    views = [False, True] if uses_cache_flips(cfg.distill_cache_flips, fc) else [False]
+    gone = [
+        (f, [r for r in rows if r in used]) for v in views for _, f, rows in missing_shard_files(fc, done, v)
+    ]
     gone = [(f, rows) for f, rows in gone if rows]
     if gone:
         f, rows = gone[0]

@@ -21,7 +21,13 @@ from typing import Any
 import torch
 from dinocache.train import ddp, eval_hooks
 from dinocache.train.config import TrainConfig, teacher_terms
-from dinocache.train.dataset import TEACHER_KEY, DistillDataset, MultiTeacherLookup, TeacherLookup
+from dinocache.train.dataset import (
+    TEACHER_KEY,
+    DistillDataset,
+    MultiTeacherLookup,
+    TeacherLookup,
+    uses_cache_flips,
+)
 from dinocache.train.export import export_clean
 from dinocache.train.losses import distill_weight, normalise_teacher, stage_of, term_weights
 from dinocache.train.model import DistillOBBModel
@@ -319,6 +325,7 @@ class DinoOBBTrainer(OBBTrainer):
         if mode != "train" or self.dino.teacher_source != "cache":
             return super().build_dataset(img_path, mode, batch)
         gs = max(int(unwrap_model(self.model).stride.max()), 32)
+        flips = False
         if getattr(self.ctx, "multi", None):
             # several teachers packed on the finest teacher grid: one flip/warp moves them all
             lookup: Any = MultiTeacherLookup(self.ctx.multi, self.ctx.dataset_root)
@@ -331,6 +338,7 @@ class DinoOBBTrainer(OBBTrainer):
                 shuffle_seed=self.dino.seed if self.dino.distill_shuffle_maps else None,
             )
             patch = int((getattr(lookup.fc, "fingerprint", None) or {}).get("patch_size", 16))
+            flips = uses_cache_flips(self.dino.distill_cache_flips, lookup.fc)
         # same arguments as ultralytics.data.build.build_yolo_dataset, with our subclass
         ds = build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, rect=False, stride=gs)
         return DistillDataset(
@@ -353,6 +361,7 @@ class DinoOBBTrainer(OBBTrainer):
             geometric_aug=self.dino.distill_geometric_aug,
             patch=patch,
             valid_threshold=self.dino.distill_valid_threshold,
+            cache_flips=flips,
         )
 
     def preprocess_batch(self, batch: dict) -> dict:

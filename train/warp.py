@@ -39,6 +39,14 @@ Source frame: a cached map covers the imgsz x imgsz canvas on which precompute r
 image (long side = imgsz, `resized_shape`) sits centred in it, exactly where Ultralytics' RandomPerspective
 puts it with all augmentation off (offset ((S_w - w)/2, (S_h - h)/2)); for square images the offset is 0.
 
+Cached flipped views (`cache_flips`): a ViT map is not flip-equivariant (mirroring the map of an image is
+not the map of the mirrored image; cosine ~0.87 for real DINO models, docs/warp.md). When the cache holds
+each image's flipped view, the dataset attaches `labels["teacher_feat_flip"]`, a zero-argument callable
+that reads it (read only when a horizontal flip actually happens). `WarpFlip` then swaps each tile's map
+for its flipped view and conjugates the tile's geometry, A' = F_out A F_src (F_src: x -> (w - 1) - x on the
+tile's loaded image, an involution), so the output pixel still shows the same source pixel but the map is
+the teacher's real view of it. Without warp state (off mode) the flipped view replaces the mirrored map.
+
 Blending augmentations (mixup, cutmix, copy-paste) are switched off in warp mode (`disable_blends`): mixup
 blends the whole image, so no cell of the teacher map would be right; cutmix/copy-paste paste foreign pixels
 the cache never saw. All three are 0 in Ultralytics' defaults, so nothing is lost by default.
@@ -50,6 +58,7 @@ extra images Mosaic loads when their labels carry no map).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +82,7 @@ from ultralytics.data.augment import (
 from ultralytics.utils import IterableSimpleNamespace
 
 TEACHER_KEY = "teacher_feat"  # in: (D, h, w) cached map of the loaded image; out: the warped map
+FLIP_KEY = "teacher_feat_flip"  # in (optional): () -> (D, h, w) map of the h-flipped image (cache_flips)
 VALID_KEY = "teacher_valid"  # out: (h, w) float32 in {0, 1}
 STATE_KEY = "_warp_state"  # WarpState while the pipeline runs; AttachGeometry pops it
 SRC_KEY = "teacher_src"  # (T, D, h, w) cached maps of a sample's tiles; collated (B, T, D, h, w)
@@ -118,6 +128,20 @@ class Tile:
     key: str = ""
     # (x0, y0, x1, y1): the source pixels [x0, x1) x [y0, y1) this tile shows (a mosaic crop, else the image)
     region: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    # () -> (D, h, w) map of the horizontally flipped source image (cache_flips), None when there is none
+    flip_feat: Callable[[], Any] | None = None
+    # width in pixels of the loaded source image (the axis F_src mirrors)
+    width: float = 0.0
+
+    def use_flipped_view(self) -> None:
+        """Swap in the flipped view's map and re-express the tile in flipped-source pixels: A <- A F_src."""
+        f_src = _eye()
+        f_src[0, 0], f_src[0, 2] = -1.0, self.width - 1.0
+        self.feat = _as_map(self.flip_feat(), self.key)  # type: ignore[misc]
+        self.A = self.A @ f_src
+        x0, y0, x1, y1 = self.region
+        self.region = (self.width - x1, y0, self.width - x0, y1)  # [x0, x1) mirrored: [w - x1, w - x0)
+        self.flip_feat = None  # one view per tile: a second mirror would need the unflipped map back
 
 
 @dataclass
@@ -165,7 +189,8 @@ def _single_state(labels: dict[str, Any], patch: int) -> WarpState:
     key = str(labels.get("im_file", ""))
     feat = _as_map(labels.pop(TEACHER_KEY), key)
     h, w = labels["img"].shape[:2]
-    tile = Tile(feat, _eye(), source_offset(feat, (h, w), patch, key), key, (0.0, 0.0, float(w), float(h)))
+    off = source_offset(feat, (h, w), patch, key)
+    tile = Tile(feat, _eye(), off, key, (0.0, 0.0, float(w), float(h)), labels.pop(FLIP_KEY, None), float(w))
     return WarpState(tiles=[tile], patch=patch)
 
 
@@ -187,17 +212,20 @@ class WarpMosaic(Mosaic):
         self._last_indexes = list(idx)  # for teacher_feat_for() when a loaded label carries no map
         return idx
 
-    def _tile_feat(self, i: int, patch_labels: dict[str, Any]) -> np.ndarray:
+    def _tile_feat(self, i: int, patch_labels: dict[str, Any]) -> tuple[np.ndarray, Callable[[], Any] | None]:
         key = str(patch_labels.get("im_file", ""))
         feat = patch_labels.pop(TEACHER_KEY, None)
+        flip = patch_labels.pop(FLIP_KEY, None)
         if feat is None and i > 0 and hasattr(self.dataset, "teacher_feat_for"):
             feat = self.dataset.teacher_feat_for(self._last_indexes[i - 1])
+            if hasattr(self.dataset, "teacher_flip_for"):
+                flip = self.dataset.teacher_flip_for(self._last_indexes[i - 1])
         if feat is None:
             raise WarpError(
                 f"{key}: mosaic tile {i} has no '{TEACHER_KEY}': the dataset must attach it in "
                 "get_image_and_label() or implement teacher_feat_for(index)"
             )
-        return _as_map(feat, key)
+        return _as_map(feat, key), flip
 
     def apply_image(self, labels: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
         if labels.get(TEACHER_KEY) is not None or STATE_KEY in labels:
@@ -208,7 +236,7 @@ class WarpMosaic(Mosaic):
             for i, item in enumerate(layout):
                 pl = item["labels_patch"]
                 h, w = item["img_shape"]
-                feat = self._tile_feat(i, pl)
+                feat, flip = self._tile_feat(i, pl)
                 key = str(pl.get("im_file", ""))
                 # the same translation apply_instances gives the boxes
                 if self.n == 4:
@@ -225,7 +253,7 @@ class WarpMosaic(Mosaic):
                     padw, padh = item["padw"] + self.border[0], item["padh"] + self.border[1]
                 region = tuple(float(v) for v in crop)
                 off = source_offset(feat, (h, w), self.patch, key)
-                tiles.append(Tile(feat, _translate(padw, padh), off, key, region))
+                tiles.append(Tile(feat, _translate(padw, padh), off, key, region, flip, float(w)))
                 rec = {"key": key, "img_shape": [int(h), int(w)], "pad": [int(padw), int(padh)]}
                 rec["ratio_pad"] = [float(v) for v in pl.get("ratio_pad", (1.0, 1.0))]
                 rec["paste"] = [
@@ -267,15 +295,28 @@ class WarpFlip(RandomFlip):
         if st is not None:
             h, w = labels["img"].shape[:2]
             T = _eye()
+            views = 0
             if params["flip"]:  # pixel centres at integers: x -> (w - 1) - x
                 if vertical:
                     T[1, 1], T[1, 2] = -1.0, h - 1.0
                 else:
                     T[0, 0], T[0, 2] = -1.0, w - 1.0
-            st.apply(T, {"op": "flip", "direction": params["direction"], "flip": bool(params["flip"])})
+                    for t in st.tiles:  # cache_flips: the teacher's own view of the mirrored tile
+                        if t.flip_feat is not None:
+                            t.use_flipped_view()
+                            views += 1
+            rec = {"op": "flip", "direction": params["direction"], "flip": bool(params["flip"])}
+            st.apply(T, {**rec, "flipped_views": views} if views else rec)
         elif labels.get(TEACHER_KEY) is not None and params["flip"]:
-            # not moved by anything else: a flip of the whole map is exact (side = whole cells)
-            labels[TEACHER_KEY] = np.flip(labels[TEACHER_KEY], axis=-2 if vertical else -1)
+            view = labels.get(FLIP_KEY)
+            if not vertical and view is not None:  # cache_flips: the teacher's map of the mirrored image
+                labels[TEACHER_KEY] = _as_map(view(), str(labels.get("im_file", "")))
+                labels[FLIP_KEY] = None  # a second horizontal flip would need the unflipped map back
+            else:
+                # not moved by anything else: a flip of the whole map is exact (side = whole cells)
+                labels[TEACHER_KEY] = np.flip(labels[TEACHER_KEY], axis=-2 if vertical else -1)
+                if vertical and view is not None:  # the flipped view must show this flip too
+                    labels[FLIP_KEY] = lambda view=view: np.flip(view(), axis=-2)
         return super().apply_image(labels, params)
 
 
@@ -343,6 +384,7 @@ class AttachGeometry(BaseTransform):
         st = labels.pop(STATE_KEY, None)
         if st is None and labels.get(TEACHER_KEY) is not None:
             st = _single_state(labels, self.patch)
+        labels.pop(FLIP_KEY, None)
         if st is not None:
             d = st.tiles[0].feat.shape[0]
             for t in st.tiles:

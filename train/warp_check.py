@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 from dinocache.grade.featviz import fit_rgb_pca, pca_rgb
 from dinocache.train.warp import (
+    FLIP_KEY,
     TEACHER_KEY,
     VALID_KEY,
     RenderTeacher,
@@ -78,6 +79,9 @@ class WarpCheckConfig:
     mosaic_draws: int = 2
     # share of a cell's pixels from one source image for the cell to count (as in training)
     valid_threshold: float = 0.5
+    # also the cache_flips rows: flip_view (a horizontal flip reading the teacher's map of the flipped image,
+    # as the trainer does when the cache holds flipped views) and mosaic+flip with and without those views
+    flip_views: bool = True
     # mosaic samples drawn in warp_check_viz.png (image | teacher(image) | warped cached map | valid); 0 = none
     viz: int = 3
 
@@ -201,15 +205,28 @@ def run_check(cfg: WarpCheckConfig) -> tuple[list[dict[str, Any]], list[tuple[np
     _, files = list_split_images(cfg.data, cfg.split)  # refuses an empty/missing split with the file named
     n = min(cfg.n_images, len(files))
     plain_maps: dict[int, np.ndarray] = {}
+    flip_maps: dict[int, np.ndarray] = {}
 
     class _Data(YOLODataset):
-        """Attaches teacher(plain view) to each loaded image, as the trainer's cache lookup does."""
+        """Attaches teacher(plain view) to each loaded image, as the trainer's cache lookup does (with
+        `views`, also the reader of teacher(mirrored plain view), as a cache made with cache_flips=true)."""
+
+        views = False
 
         def get_image_and_label(self, index: int) -> dict[str, Any]:
             label = super().get_image_and_label(index)
             if index not in plain_maps:
                 plain_maps[index] = teacher(_canvas(label["img"], cfg.imgsz))
             label[TEACHER_KEY] = plain_maps[index]
+            if self.views:
+                img = label["img"]
+
+                def view(index: int = index, img: np.ndarray = img) -> np.ndarray:
+                    if index not in flip_maps:
+                        flip_maps[index] = teacher(np.ascontiguousarray(_canvas(img, cfg.imgsz)[:, ::-1]))
+                    return flip_maps[index]
+
+                label[FLIP_KEY] = view
             return label
 
     hyp = IterableSimpleNamespace(**{**vars(DEFAULT_CFG), "imgsz": cfg.imgsz})
@@ -227,10 +244,17 @@ def run_check(cfg: WarpCheckConfig) -> tuple[list[dict[str, Any]], list[tuple[np
     )  # per channel, like the cache
 
     specs = _families(cfg)
+    if cfg.flip_views:
+        s = cfg.imgsz
+        specs.insert(3, ("flip_view", "horizontal", [_FixedAffine(np.eye(3), s), WarpFlip(p=1.0)]))
     if cfg.mosaic_draws:
         mos = _FirstK(ds, imgsz=cfg.imgsz, p=1.0)
         mos.k = n
-        specs.append(("mosaic", "random", [mos, _FixedAffine(_translate(-cfg.imgsz / 2), cfg.imgsz)]))
+        centre = _FixedAffine(_translate(-cfg.imgsz / 2), cfg.imgsz)
+        specs.append(("mosaic", "random", [mos, centre]))
+        if cfg.flip_views:  # the same layouts (same seed per family), then a horizontal flip
+            specs.append(("mosaic_flip", "random", [mos, centre, WarpFlip(p=1.0)]))
+            specs.append(("mosaic_flip_view", "random", [mos, centre, WarpFlip(p=1.0)]))
     rng_state = random.getstate()
     random.seed(cfg.seed)
     rows: list[dict[str, Any]] = []
@@ -239,9 +263,12 @@ def run_check(cfg: WarpCheckConfig) -> tuple[list[dict[str, Any]], list[tuple[np
         for family, mag, tfs in specs:
             for t in tfs:
                 t.patch = patch
+            ds.views = family.endswith("_view")
+            if family.startswith("mosaic"):
+                random.seed(cfg.seed)  # every mosaic family draws the same layouts
             render = RenderTeacher(cfg.valid_threshold)
             obj_cos, bg_cos, n_valid, n_cells = [], [], 0, 0
-            draws = cfg.mosaic_draws if family == "mosaic" else 1
+            draws = cfg.mosaic_draws if family.startswith("mosaic") else 1
             for i in range(n):
                 for _ in range(draws):
                     labels = ds.get_image_and_label(i)
@@ -284,12 +311,12 @@ def _translate(t: float) -> np.ndarray:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'family':<10} {'magnitude':>10} {'cos_obj':>8} {'cos_bg':>8} {'valid':>6} {'obj/bg cells':>14}"
+    head = f"{'family':<16} {'magnitude':>10} {'cos_obj':>8} {'cos_bg':>8} {'valid':>6} {'obj/bg cells':>14}"
     lines = [head, "-" * len(head)]
     for r in rows:
         cells = f"{r['n_object_cells']}/{r['n_background_cells']}"
         lines.append(
-            f"{r['family']:<10} {r['magnitude']:>10} {r['cos_object']:>8.4f} {r['cos_background']:>8.4f} "
+            f"{r['family']:<16} {r['magnitude']:>10} {r['cos_object']:>8.4f} {r['cos_background']:>8.4f} "
             f"{r['valid_fraction']:>6.2f} {cells:>14}"
         )
     return "\n".join(lines)

@@ -65,6 +65,7 @@ def test_info_text_and_json(built, capsys) -> None:
         assert want in out
     assert "2,048 logical" not in out and "512 logical" in out  # 4 * 8 * 8 * 2 bytes
     assert "uncompressed" in out and "4 images per shard, 4 shard(s)" in out  # codec=none by default
+    assert "flips        none (cache_flips=false)" in out
     assert cache_main(["info", str(store), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["n"] == 16 and d["done"] == 16 and d["k"] == 4 and d["grid"] == [8, 8]

@@ -21,6 +21,13 @@ def test_modes_differ_only_in_their_keys(tmp_path: Path) -> None:
     assert cfgs["cache-shuffled"].distill_shuffle_maps and not cfgs["cache"].distill_shuffle_maps
     assert cfgs["cache-off"].distill_geometric_aug == "off"
     assert run_config(base, "none", 0, CompareConfig(epochs=2), tmp_path).epochs == 2
+    assert cfgs["cache-flips"].distill_cache_flips == "on" and cfgs["cache"].distill_cache_flips == "auto"
+    assert cfgs["cache-flips"].cache == cfgs["cache"].cache  # no flips_cache: the train section's cache
+    flips = run_config(base, "cache-flips", 0, CompareConfig(flips_cache="f.zarr"), tmp_path)
+    assert (
+        flips.cache == "f.zarr"
+        and run_config(base, "cache", 0, CompareConfig(flips_cache="f.zarr"), tmp_path).cache != "f.zarr"
+    )
 
 
 @pytest.mark.parametrize(
@@ -114,3 +121,19 @@ def test_compare_end_to_end(
     assert run["distill_loss_last"] > 0 and doc["runs"]["none"][0]["distill_loss_last"] == 0
     assert run["train_images"] == 16 and "grade" in run
     assert (out / "compare.md").exists() and (out / "compare.csv").exists() and (out / "val_map.png").exists()
+
+
+def test_cache_flips_mode_needs_a_cache_with_flipped_views(
+    tmp_path: Path, demo_data: Path, tiny_teacher_dir: Path, small_cache: Path, capsys
+) -> None:
+    """Refused before any training, naming the key and the cache, when the cache holds no flipped views."""
+    from dinocache.compare import main
+
+    train = {"data": str(demo_data), "dino_root": str(tiny_teacher_dir), "cache": str(small_cache), "imgsz": 128,
+             "dino_distill_channels": 8, "device": "cpu", "workers": 0}  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps({"train": train}))
+    out = tmp_path / "cmp"
+    assert main(["--config", str(tmp_path / "c.json"), "modes=none,cache-flips", f"out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert "distill_cache_flips=on" in err and str(small_cache) in err
+    assert not (out / "compare.json").exists()

@@ -25,8 +25,14 @@ def test_tiny_teacher_table_and_files(tiny_teacher_dir, demo_data, tmp_path, cap
     for name in ("warp_check.json", "warp_check.csv", "warp_check.png", "warp_check_viz.png", "args.yaml"):
         assert (out / name).stat().st_size > 0
     rows = _rows(out)
-    assert set(f for f, _ in rows) == {"identity", "flip", "translate", "scale", "rotate", "mosaic"}
+    assert set(f for f, _ in rows) == {"identity", "flip", "translate", "scale", "rotate", "mosaic"} | {
+        "flip_view", "mosaic_flip", "mosaic_flip_view"
+    }  # fmt: skip
     assert rows[("identity", "0")]["cos_background"] == pytest.approx(1.0, abs=1e-5)
+    # cache_flips: a flip that reads the teacher's map of the flipped image is exact, for any teacher
+    assert rows[("flip_view", "horizontal")]["cos_object"] == pytest.approx(1.0, abs=1e-5)
+    assert rows[("flip_view", "horizontal")]["cos_background"] == pytest.approx(1.0, abs=1e-5)
+    assert rows[("flip", "horizontal")]["cos_object"] < 0.99  # the random ViT is not flip-equivariant
     assert all(-1.0 <= r["cos_background"] <= 1.0 + 1e-6 for r in rows.values())
     with open(out / "warp_check.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
@@ -52,6 +58,11 @@ def test_avgpool_reference_is_exact_where_it_should_be(demo_data, tmp_path):
         assert rows[key]["cos_object"] == pytest.approx(1.0, abs=1e-6)
         assert rows[key]["cos_background"] == pytest.approx(1.0, abs=1e-6)
     assert rows[("rotate", "15deg")]["cos_background"] < 1.0  # rotation is only approximately followed
+    # an equivariant teacher: the cached flipped view changes nothing, in a mosaic either (same layouts)
+    for k in ("cos_object", "cos_background"):
+        assert rows[("mosaic_flip_view", "random")][k] == pytest.approx(
+            rows[("mosaic_flip", "random")][k], abs=1e-6
+        )
 
 
 @pytest.mark.parametrize(
