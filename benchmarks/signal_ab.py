@@ -134,6 +134,7 @@ def run(work: Path, quick: bool, compare_dir: str = "compare", **over: Any) -> d
         {
             "modes": s["modes"],
             "seeds": s["seeds"],
+            "seed0": s.get("seed0", 0),
             "out": str(out),
             "val_every": s["val_every"],
             "flips_cache": paths.get("flips_cache", ""),
@@ -151,16 +152,22 @@ def run(work: Path, quick: bool, compare_dir: str = "compare", **over: Any) -> d
 
 
 def merge(doc: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
-    """`doc` plus the modes of `other` (a later run with the same settings: data, epochs, seeds, teacher), one
-    summary over all of them; refused when the settings differ, so no table mixes two experiments."""
+    """`doc` plus the runs of `other` (a later run with the same settings: data, epochs, imgsz, training
+    images): more modes, or more seeds of the same modes; one summary over all of them. Refused when the
+    settings differ, so no table mixes two experiments; a (mode, seed) run present in both is kept once."""
     from dinocache.compare import summarise
 
     keys = ("epochs", "imgsz", "train_images", "data")
     a, b = ({k: d["meta"].get(k) for k in keys} for d in (doc, other))
-    if a != b or sorted(doc["meta"].get("seeds", [])) != sorted(other["meta"].get("seeds", [])):
+    if a != b:
         raise ValueError(f"cannot merge runs of different settings: {a} vs {b}")
-    runs = {**doc["runs"], **{m: rs for m, rs in other["runs"].items() if m not in doc["runs"]}}
-    return {**doc, "runs": runs, "summary": summarise(runs)}
+    runs = {m: list(rs) for m, rs in doc["runs"].items()}
+    for m, rs in other["runs"].items():
+        have = {r["seed"] for r in runs.setdefault(m, [])}
+        runs[m] += [r for r in rs if r["seed"] not in have]
+    seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
+    meta = {**doc["meta"], "seeds": seeds, "modes": list(runs)}
+    return {**doc, "meta": meta, "runs": runs, "summary": summarise(runs), "merged": True}
 
 
 def probe(work: Path, tdir: Path) -> list[dict[str, Any]]:
@@ -289,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--seeds", type=int)
+    ap.add_argument("--seed0", type=int, help="first seed (more seeds of an earlier run: merge with --also)")
     ap.add_argument("--n-train", type=int)
     ap.add_argument("--modes")
     ap.add_argument("--val-every", type=int)
@@ -322,7 +330,6 @@ def main(argv: list[str] | None = None) -> int:
             doc = json.loads((work / "signal.json").read_text())
         for name in a.also:
             doc = merge(doc, json.loads((work / name / "compare.json").read_text()))
-            doc["merged"] = True
         report(doc, res, work, prefix=a.section, probe=not (a.no_probe or a.from_compare))
         if a.conclusion:
             key = f"{a.section}.modes"
@@ -336,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         compare_dir=a.compare_dir,
         epochs=a.epochs,
         seeds=a.seeds,
+        seed0=a.seed0,
         modes=modes,
         n_train=a.n_train,
         val_every=a.val_every,
