@@ -38,7 +38,9 @@ def make_linked_dataset(root: Path, unique: int, copies: int, imgsz: int, seed: 
     return data
 
 
-def precompute(data: Path, teacher: Path, cache: Path, imgsz: int, channels: int = 64) -> None:
+def precompute(
+    data: Path, teacher: Path, cache: Path, imgsz: int, channels: int = 64, flips: bool = False
+) -> None:
     from dinocache.precompute.run import main as precompute_main
 
     rc = precompute_main(
@@ -51,6 +53,7 @@ def precompute(data: Path, teacher: Path, cache: Path, imgsz: int, channels: int
             "pca_fit_images=64",
             "batch=16",
             "device=cpu",
+            f"cache_flips={str(flips).lower()}",
         ]
     )
     if rc != 0:
@@ -67,7 +70,9 @@ class KeysOnly:
         return self.zero
 
 
-def build(data: str, cache: str, imgsz: int, batch: int, channels: int = 32, lookup: Any = None) -> tuple:
+def build(
+    data: str, cache: str, imgsz: int, batch: int, channels: int = 32, lookup: Any = None, flips: bool = False
+) -> tuple:
     """(plain YOLODataset, cache DistillDataset, TeacherLookup) built as the trainer builds them."""
     from dinocache.train.dataset import DistillDataset, TeacherLookup
     from ultralytics.cfg import get_cfg
@@ -95,17 +100,19 @@ def build(data: str, cache: str, imgsz: int, batch: int, channels: int = 32, loo
         teacher=lookup or real,
         geometric_aug="warp",
         patch=16,
+        cache_flips=flips,
     )
     return plain, ds, real
 
 
 class Counting:
     def __init__(self, inner: Any) -> None:
-        self.inner, self.calls = inner, 0
+        self.inner, self.calls, self.flipped = inner, 0, 0
 
-    def __call__(self, im_file: str) -> np.ndarray:
+    def __call__(self, im_file: str, flipped: bool = False) -> np.ndarray:
         self.calls += 1
-        return self.inner(im_file)
+        self.flipped += int(flipped)
+        return self.inner(im_file, flipped)
 
 
 def time_block(ds: Any, collate: Any, idx: np.ndarray, batch: int) -> float:
@@ -117,9 +124,17 @@ def time_block(ds: Any, collate: Any, idx: np.ndarray, batch: int) -> float:
 
 
 def measure(
-    data: str, cache: str, imgsz: int, batch: int = 16, block: int = 64, rounds: int = 3, seed: int = 0
+    data: str,
+    cache: str,
+    imgsz: int,
+    batch: int = 16,
+    block: int = 64,
+    rounds: int = 3,
+    seed: int = 0,
+    flips_cache: str | None = None,
 ) -> dict[str, Any]:
-    """Alternated A (plain) / B (cache, option A: maps in workers) / C (option B: keys only) blocks."""
+    """Alternated A (plain) / B (cache, option A: maps in workers) / C (option B: keys only) blocks, and D
+    (cache_flips: B on a cache with flipped views, each horizontal flip reading one) when `flips_cache`."""
     import torch
     from dinocache.train.dataset import DistillDataset
     from ultralytics.data.dataset import YOLODataset
@@ -138,7 +153,13 @@ def measure(
     for x, coll in ((plain, YOLODataset.collate_fn), (ds, DistillDataset.collate_fn)):
         time_block(x, coll, rng.integers(0, n, batch * 2), batch)  # warm the buffers and the reader
     time_block(keys_ds, DistillDataset.collate_fn, rng.integers(0, n, batch * 2), batch)
-    a, b, c, reads, main_read = [], [], [], [], []
+    flips_ds = None
+    if flips_cache:  # D: the same dataset on a cache with flipped views (cache_flips)
+        _, flips_ds, freal = build(data, flips_cache, imgsz, batch, flips=True)
+        fcount = Counting(freal)
+        flips_ds.teacher = fcount
+        time_block(flips_ds, DistillDataset.collate_fn, rng.integers(0, n, batch * 2), batch)
+    a, b, c, f, reads, main_read, flip_reads = [], [], [], [], [], [], []
     for _ in range(rounds):
         idx = rng.integers(0, n, block)
         a.append(time_block(plain, YOLODataset.collate_fn, idx, batch))
@@ -146,6 +167,10 @@ def measure(
         b.append(time_block(ds, DistillDataset.collate_fn, idx, batch))
         reads.append((counting.calls - before) / block)
         c.append(time_block(keys_ds, DistillDataset.collate_fn, idx, batch))
+        if flips_ds is not None:
+            before = fcount.flipped
+            f.append(time_block(flips_ds, DistillDataset.collate_fn, idx, batch))
+            flip_reads.append((fcount.flipped - before) / block)
         # option B's main-process side: one batched read of every tile row of a batch (about 4 per sample)
         tiles = int(4 * batch)
         t0 = time.process_time()
@@ -164,6 +189,16 @@ def measure(
         "keys_only_cpu_ms": round(pc, 2),
         "keys_only_ratio": round(pc / pa, 3),
         "keys_main_read_ms_per_sample": round(statistics.median(main_read), 3),
+        **(
+            {
+                "flips_cpu_ms": round(statistics.median(f), 2),
+                "flips_ratio": round(statistics.median(f) / pa, 3),
+                "flips_vs_cache": round(statistics.median(f) / pb, 3),
+                "flip_reads_per_sample": round(statistics.median(flip_reads), 2),
+            }
+            if f
+            else {}
+        ),
         "plain_rounds_ms": [round(v, 2) for v in a],
         "cache_rounds_ms": [round(v, 2) for v in b],
         "rounds": rounds,

@@ -38,7 +38,9 @@ def loader_env(tmp_path_factory: pytest.TempPathFactory, quick: bool) -> dict:
         data = L.make_linked_dataset(base / f"d{imgsz}", unique, copies, imgsz)
         cache = base / f"c{imgsz}.zarr"
         L.precompute(data, teacher, cache, imgsz)
-        env[imgsz] = (str(data), str(cache))
+        flips = base / f"c{imgsz}-flips.zarr"  # the same cache with flipped views (cache_flips=true)
+        L.precompute(data, teacher, flips, imgsz, flips=True)
+        env[imgsz] = (str(data), str(cache), str(flips))
     return env
 
 
@@ -53,10 +55,14 @@ def test_loader_cpu_per_sample(loader_env: dict, results, quick: bool) -> None:
         "keys_only = option B (workers attach only keys; `keys_main_read_ms_per_sample` = the main process's "
         "batched read of ~4 tile rows per sample). Alternated plain/cache/keys blocks, median of rounds; "
         "dataset > mosaic buffer (linked copies of generated images), so `reads_per_sample` ~1. Target "
-        "cpu_ratio <= 1.05.",
+        "cpu_ratio <= 1.05. flips = cache on a cache made with cache_flips=true (every horizontal flip, p=0.5, "
+        "reads the teacher's map of the flipped image; flipped views are buffered like the maps): "
+        "`flip_reads_per_sample` of those reads, `flips_ratio` against plain, `flips_vs_cache` against cache.",
     )
-    for imgsz, (data, cache) in loader_env.items():
-        r = L.measure(data, cache, imgsz, block=32 if quick else 64, rounds=3 if quick else 5)
+    for imgsz, (data, cache, flips) in loader_env.items():
+        r = L.measure(
+            data, cache, imgsz, block=32 if quick else 64, rounds=3 if quick else 5, flips_cache=flips
+        )
         results.add(section, **r)
 
 
@@ -253,7 +259,7 @@ def test_device_warp_share_of_step(loader_env: dict, results, quick: bool) -> No
         "On a GPU both run on the device.",
     )
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    for imgsz, (data, cache) in loader_env.items():
+    for imgsz, (data, cache, _) in loader_env.items():
         batch = L.sample_batch(data, cache, imgsz)
         tiles = int((batch[GEOM_KEY][..., 18] > 0).sum())
         src, geom = batch[SRC_KEY], batch[GEOM_KEY]

@@ -156,6 +156,7 @@ class DistillDataset(YOLODataset):
         self.patch = patch
         self.valid_threshold = valid_threshold
         self._feat_buffer: dict[int, np.ndarray] = {}  # warp mode: maps of the images in Mosaic's buffer
+        self._flip_buffer: dict[int, np.ndarray] = {}  # ... and their flipped views once read (cache_flips)
         super().__init__(*args, **kwargs)
 
     def build_transforms(self, hyp: Any = None) -> Compose:
@@ -173,18 +174,22 @@ class DistillDataset(YOLODataset):
                 label[FLIP_KEY] = self.teacher_flip_for(index)
         return label
 
-    def _teacher_map(self, index: int, im_file: str) -> np.ndarray:
-        """The cached map; in warp mode kept while its image is in Mosaic's buffer (Ultralytics keeps semantic
-        masks the same way), so a mosaic costs ~1 cache read instead of 4. Maps are never modified in place."""
-        feat = self._feat_buffer.get(index)
+    def _teacher_map(self, index: int, im_file: str, flipped: bool = False) -> np.ndarray:
+        """The cached map (`flipped`: its flipped view); in warp mode kept while its image is in Mosaic's buffer
+        (Ultralytics keeps semantic masks the same way), so a mosaic costs ~1 cache read instead of 4, and a
+        flipped mosaic ~1 more. Maps are never modified in place."""
+        buf = self._flip_buffer if flipped else self._feat_buffer
+        feat = buf.get(index)
         if feat is None:
-            feat = self.teacher(im_file)
+            feat = self.teacher(im_file, True) if flipped else self.teacher(im_file)
             if self.geometric_aug == "warp" and index in self.buffer:
-                self._feat_buffer[index] = feat
-                if len(self._feat_buffer) > len(self.buffer):
-                    self._feat_buffer = {
-                        i: self._feat_buffer[i] for i in self.buffer if i in self._feat_buffer
-                    }
+                buf[index] = feat
+                if len(buf) > len(self.buffer):
+                    buf = {i: buf[i] for i in self.buffer if i in buf}
+                    if flipped:
+                        self._flip_buffer = buf
+                    else:
+                        self._feat_buffer = buf
         return feat
 
     def teacher_feat_for(self, index: int) -> np.ndarray:
@@ -195,7 +200,7 @@ class DistillDataset(YOLODataset):
         """() -> (D, h, w) cached map of image `index` flipped left-right (cache_flips), None without them."""
         if not self.cache_flips or self.teacher is None:
             return None
-        return functools.partial(self.teacher, self.im_files[index], True)
+        return functools.partial(self._teacher_map, index, self.im_files[index], True)
 
     @staticmethod
     def collate_fn(batch: list[dict]) -> dict:

@@ -299,3 +299,17 @@ def test_training_reads_flipped_views(
     argv = _argv(tmp_path, demo_data, tiny_teacher_dir, caches["flips"], f"distill_cache_flips={setting}")
     assert main([*argv, "extra={plots: false, val: false}"]) == 0
     assert (True in calls) is reads and False in calls
+
+
+def test_flipped_views_are_buffered_like_the_maps(demo_data):
+    """Mosaic + fliplr=1: a tile from Mosaic's buffer reuses its flipped view too, so a flipped mosaic costs about
+    one view read per sample, not one per tile (the loader's CPU, BENCHMARKS.md `loader.flips_*`)."""
+    ds = _distill_ds(demo_data, "warp", True, fliplr=1.0, mosaic=1.0)
+    random.seed(0)
+    np.random.seed(0)
+    n = 48
+    for i in range(n):
+        ds[i % len(ds)]
+    views, maps = ds.teacher.calls.count(True), ds.teacher.calls.count(False)
+    print(f"reads per sample: {maps / n:.2f} maps, {views / n:.2f} flipped views (4 tiles per sample)")
+    assert views <= maps <= 1.1 * n  # as many as the maps' (buffered) reads, not 4 * n
