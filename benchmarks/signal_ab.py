@@ -80,10 +80,11 @@ def prepare(work: Path, teacher_dir: Path, n_train: int, n_val: int, flips: bool
     tune = work / f"tune-{n_val}"
     if not (tune / "data.yaml").is_file():
         make_demo_dataset(tune, n_train=1, n_val=n_val, imgsz=IMGSZ, seed=3, overwrite=True, **SIZES)
-    # tuning data.yaml: the same training images, evaluated on the tuning set's images
+    # tuning data.yaml: the same training images (same dataset root, so the same cache keys), evaluated on the
+    # tuning set's images
     names = (data / "data.yaml").read_text().split("names:", 1)[1]
     (work / "tune.yaml").write_text(
-        f"train: {data / 'images' / 'train'}\nval: {tune / 'images' / 'val'}\nnames:{names}"
+        f"path: {data}\ntrain: images/train\nval: {tune / 'images' / 'val'}\nnames:{names}"
     )
     cache = work / f"cache-{teacher_dir.name}-{n_train}.zarr"
     _precompute(work, data, cache, teacher_dir)
@@ -209,7 +210,14 @@ def _fill_distill(doc: dict[str, Any]) -> None:
                 row["distill_loss_last"] = statistics.fmean(r["distill_loss_last"] for r in rs)
 
 
-def report(doc: dict[str, Any], results: Any, work: Path, prefix: str = "signal", probe: bool = True) -> None:
+def report(
+    doc: dict[str, Any],
+    results: Any,
+    work: Path,
+    prefix: str = "signal",
+    probe: bool = True,
+    compare_dir: str = "compare",
+) -> None:
     """Put one run's figures into the benchmark Results (latest.json `signal.*`, BENCHMARKS.md, the plot)."""
     import shutil
 
@@ -280,7 +288,7 @@ def report(doc: dict[str, Any], results: Any, work: Path, prefix: str = "signal"
                 s_per_img=_r(r["s_per_img"]),
             )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    png = work / "compare" / "val_map.png"
+    png = work / compare_dir / "val_map.png"
     if doc.get("merged"):  # one plot of all merged modes
         from dinocache.compare import plot
 
@@ -324,13 +332,20 @@ def main(argv: list[str] | None = None) -> int:
         res = Results()
         work = Path(a.work)
         if a.from_compare:  # a run stopped before signal.json: the runs compare wrote so far
-            doc = json.loads((work / "compare" / "compare.json").read_text())
+            doc = json.loads((work / a.compare_dir / "compare.json").read_text())
             doc.update(settings={"n_val": 200}, probe=[])
         else:
             doc = json.loads((work / "signal.json").read_text())
         for name in a.also:
             doc = merge(doc, json.loads((work / name / "compare.json").read_text()))
-        report(doc, res, work, prefix=a.section, probe=not (a.no_probe or a.from_compare))
+        report(
+            doc,
+            res,
+            work,
+            prefix=a.section,
+            probe=not (a.no_probe or a.from_compare),
+            compare_dir=a.compare_dir,
+        )
         if a.conclusion:
             key = f"{a.section}.modes"
             res.note(key, res.notes.get(key, "") + " " + a.conclusion)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
+from dinocache.datatools.oracle import cell_coverage
+from dinocache.datatools.oracle import oracle_map as datatools_oracle_map
 
 N_CLS = 5  # demo-data classes
 GRID = 8  # 128 px / patch 16
@@ -21,31 +22,12 @@ GRID = 8  # 128 px / patch 16
 
 def coverage(polys_px: list[np.ndarray], classes: list[int], size: int, patch: int = 16) -> np.ndarray:
     """(1 + N_CLS, g, g) share of each cell's pixels inside a box of each class (channel 0: no box)."""
-    g = size // patch
-    out = np.zeros((1 + N_CLS, g, g), np.float32)
-    union = np.zeros((size, size), np.uint8)
-    for c in range(N_CLS):
-        m = np.zeros((size, size), np.uint8)
-        for p, k in zip(polys_px, classes):
-            if k == c:
-                cv2.fillPoly(m, [np.round(p).astype(np.int32)], 1)
-        union |= m
-        out[1 + c] = m.reshape(g, patch, g, patch).mean((1, 3))
-    out[0] = 1.0 - union.reshape(g, patch, g, patch).mean((1, 3))
-    return out
+    return cell_coverage(polys_px, classes, size, N_CLS, patch)
 
 
 def oracle_map(label_file: Path, size: int, k: int) -> np.ndarray:
     """(k, g, g) float32: coverage in the first 1 + N_CLS channels, 0 in the rest."""
-    polys, classes = [], []
-    for line in label_file.read_text().split("\n"):
-        v = line.split()
-        if len(v) == 9:
-            classes.append(int(v[0]))
-            polys.append(np.array(v[1:], np.float64).reshape(4, 2) * size)
-    f = np.zeros((k, GRID, GRID), np.float32)
-    f[: 1 + N_CLS] = coverage(polys, classes, size)
-    return f
+    return datatools_oracle_map(label_file, size, k, N_CLS)
 
 
 def make_cfg(root: Path, demo_data: Path, teacher: Path, cache: Path, **kw):

@@ -1,0 +1,96 @@
+"""Why no gain? The signal benchmark's A/B with a PERFECT teacher: cached maps computed from the labels.
+
+    python -m benchmarks.signal_oracle --work DIR [--epochs 48] [--seeds 3] [--val-every 8]
+
+Same students, data, epochs and seeds as benchmarks/signal_ab.py (run that first: it makes DIR's data and
+cache), but the cache's features are replaced by each training image's oracle map (per-cell class coverage
+of its own boxes, datatools/oracle.py, expressed in the cache's stored channel statistics, so the trainer's
+standardisation yields the oracle's standardised maps), and the runs are scored on the TUNING split (demo
+seed 3), never on the reporting set. Modes: none and cache (warp, default). If even the oracle does not lift
+the student, the limit is the setting (32 images, 48 epochs, the default distillation weights), not what the
+cache carries. Writes DIR/oracle/ (compare outputs); `python -m benchmarks.signal_ab --work DIR --report
+--from-compare --compare-dir oracle --section signal.oracle` puts it into BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import signal_ab
+
+N_CLS = 5  # demo-data classes
+
+
+def oracle_cache(plain: Path, out: Path, data_yaml: Path) -> Path:
+    """A copy of the plain cache whose `features` rows are the oracle maps of its images (through the writer)."""
+    from dinocache.cache.store import CacheWriter
+    from dinocache.datatools.oracle import oracle_map
+
+    from dinocache import cache
+    from dinocache.core.data import list_split_images
+
+    if (out / "zarr.json").exists():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(plain, tmp)
+    w = CacheWriter(tmp)
+    root, _ = list_split_images(data_yaml, "train")
+    spec, keys = w.spec, w.stored_keys()
+    labels = [Path(root) / "labels" / Path(k).with_suffix(".txt").relative_to("images") for k in keys]
+    maps = np.stack([oracle_map(f, spec.imgsz, spec.k, N_CLS) for f in labels])  # (N, K, g, g)
+    fc = cache.open(tmp)
+    mean, std = np.asarray(fc.channel_mean, np.float32), np.asarray(fc.channel_std, np.float32)
+    mu, sd = maps.mean((0, 2, 3)), maps.std((0, 2, 3))
+    z = (maps - mu[None, :, None, None]) / np.maximum(sd, 1e-6)[None, :, None, None]
+    maps = mean[None, :, None, None] + std[None, :, None, None] * z  # (N, K, g, g) in the stored units
+    for s in range(spec.n_shards):
+        r = spec.shard_rows(s)
+        done, sha = w.shard_state(s)
+        w.write_shard(s, maps[r.start : r.stop].astype(np.float16), sha, done)
+    tmp.rename(out)
+    return out
+
+
+def run(work: Path, epochs: int, seeds: int, val_every: int) -> dict[str, Any]:
+    from dinocache.compare import CompareConfig, compare
+    from dinocache.core.config import build
+
+    s = signal_ab.settings(False)
+    tdir = signal_ab.teacher(False)
+    paths = signal_ab.prepare(work, tdir, s["n_train"], s["n_val"])
+    cache = oracle_cache(Path(paths["cache"]), work / "cache-oracle.zarr", Path(paths["data"]))
+    values = {**signal_ab.train_values(paths, tdir, epochs), "data": paths["tune"], "cache": str(cache)}
+    out = work / "oracle"
+    if (out / "compare.json").exists():
+        shutil.rmtree(out)
+    cfg = build(
+        CompareConfig,
+        {"modes": ["none", "cache"], "seeds": seeds, "out": str(out), "val_every": val_every},
+        "signal_oracle",
+    )
+    compare(values, cfg)
+    return json.loads((out / "compare.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.signal_oracle --work DIR [--epochs 48] [--seeds 3] [--val-every 8]`"""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--epochs", type=int, default=48)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--val-every", type=int, default=8)
+    a = ap.parse_args(argv)
+    run(Path(a.work), a.epochs, a.seeds, a.val_every)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
