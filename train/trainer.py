@@ -339,6 +339,12 @@ class DinoOBBTrainer(OBBTrainer):
             )
             patch = int((getattr(lookup.fc, "fingerprint", None) or {}).get("patch_size", 16))
             flips = uses_cache_flips(self.dino.distill_cache_flips, lookup.fc)
+            if flips and RANK in {-1, 0}:
+                LOGGER.info(
+                    f"{colorstr('dinocache:')} the cache holds flipped views (distill_cache_flips="
+                    f"{self.dino.distill_cache_flips}): a horizontal flip reads the teacher's map of the flipped "
+                    "image instead of mirroring the map"
+                )
         # same arguments as ultralytics.data.build.build_yolo_dataset, with our subclass
         ds = build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, rect=False, stride=gs)
         return DistillDataset(
