@@ -23,8 +23,15 @@ from benchmarks import signal_ab
 
 
 def run(
-    work: Path, pairs: list[tuple[float, float]], epochs: int, seeds: int, val_every: int
+    work: Path,
+    pairs: list[tuple[float, float]],
+    epochs: int,
+    seeds: int,
+    val_every: int,
+    oracle: bool = False,
 ) -> dict[str, Any]:
+    """`oracle`: distil towards benchmarks/signal_oracle.py's oracle cache instead of the teacher's (is the
+    weight, not the teacher, what limits the gain?); results go to DIR/tune-oracle.json."""
     from dinocache.compare import CompareConfig, compare, summarise
     from dinocache.core.config import build
 
@@ -32,13 +39,23 @@ def run(
     tdir = signal_ab.teacher(False)
     paths = signal_ab.prepare(work, tdir, s["n_train"], s["n_val"])
     base = {**signal_ab.train_values(paths, tdir, epochs), "data": paths["tune"]}
+    if oracle:
+        base["cache"] = str(work / "cache-oracle.zarr")
     runs: dict[str, list[dict[str, Any]]] = {}
-    oracle = work / "oracle" / "compare.json"
-    if oracle.exists():  # the same students without distillation on the same split
-        runs["none"] = json.loads(oracle.read_text())["runs"]["none"]
+    done = work / "oracle" / "compare.json"
+    if (
+        done.exists()
+    ):  # the same students without distillation on the same split (and the oracle at default w)
+        prev = json.loads(done.read_text())["runs"]
+        runs["none"] = prev["none"]
+        if oracle:
+            runs["oracle w=0.25/0.08"] = prev["cache"]
+    kind = "oracle" if oracle else "cache"
     for a, b in pairs:
-        name = f"cache w={a:g}/{b:g}"
-        out = work / f"tune-w{a:g}-{b:g}"
+        name = f"{kind} w={a:g}/{b:g}"
+        if name in runs:
+            continue
+        out = work / f"tune-{'oracle-' if oracle else ''}w{a:g}-{b:g}"
         if not (out / "compare.json").exists():
             shutil.rmtree(out, ignore_errors=True)
             cfg = build(
@@ -49,7 +66,7 @@ def run(
             compare({**base, "stage_a_distill_weight": a, "stage_b_distill_weight": b}, cfg)
         runs[name] = json.loads((out / "compare.json").read_text())["runs"]["cache"]
     doc = {"split": paths["tune"], "epochs": epochs, "runs": runs, "summary": summarise(runs)}
-    (work / "tune.json").write_text(json.dumps(doc, indent=2, default=str))
+    (work / f"tune{'-oracle' if oracle else ''}.json").write_text(json.dumps(doc, indent=2, default=str))
     return doc
 
 
@@ -84,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--val-every", type=int, default=8)
     ap.add_argument(
+        "--oracle", action="store_true", help="distil towards the oracle cache (signal_oracle.py)"
+    )
+    ap.add_argument(
         "--report", action="store_true", help="write DIR/tune.json into latest.json / BENCHMARKS.md"
     )
     ap.add_argument("--conclusion", default="", help="--report: appended to the note")
@@ -92,13 +112,21 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.report import Results
 
         res = Results()
-        report(json.loads((Path(a.work) / "tune.json").read_text()), res)
+        doc = json.loads((Path(a.work) / "tune.json").read_text())
+        extra = Path(a.work) / "tune-oracle.json"
+        if extra.exists():  # one table: none, the teacher's cache and the oracle at each weight
+            from dinocache.compare import summarise
+
+            other = json.loads(extra.read_text())["runs"]
+            doc["runs"].update({k: v for k, v in other.items() if k not in doc["runs"]})
+            doc["summary"] = summarise(doc["runs"])
+        report(doc, res)
         if a.conclusion:
             res.note("signal.tune", res.notes["signal.tune"] + " " + a.conclusion)
         res.write()
         return 0
     pairs = [tuple(float(x) for x in p.split(":")) for p in a.weights.split(",")]
-    run(Path(a.work), pairs, a.epochs, a.seeds, a.val_every)  # type: ignore[arg-type]
+    run(Path(a.work), pairs, a.epochs, a.seeds, a.val_every, a.oracle)  # type: ignore[arg-type]
     return 0
 
 
