@@ -1,6 +1,7 @@
 """Why no gain? The signal benchmark's A/B with a PERFECT teacher: cached maps computed from the labels.
 
-    python -m benchmarks.signal_oracle --work DIR [--epochs 48] [--seeds 3] [--val-every 8]
+    python -m benchmarks.signal_oracle --work DIR [--epochs 48] [--seeds 3] [--val-every 8] [--n-train N]
+                                      [--weights A:B] [--modes none,cache] [--out NAME]
 
 Same students, data, epochs and seeds as benchmarks/signal_ab.py (run that first: it makes DIR's data and
 cache), but the cache's features are replaced by each training image's oracle map (per-cell class coverage
@@ -59,21 +60,34 @@ def oracle_cache(plain: Path, out: Path, data_yaml: Path) -> Path:
     return out
 
 
-def run(work: Path, epochs: int, seeds: int, val_every: int) -> dict[str, Any]:
+def run(
+    work: Path,
+    epochs: int,
+    seeds: int,
+    val_every: int,
+    n_train: int | None = None,
+    weights: tuple[float, float] | None = None,
+    modes: list[str] | None = None,
+    out_name: str = "oracle",
+) -> dict[str, Any]:
+    """`weights`: (stage_a_distill_weight, stage_b_distill_weight), default the trainer's; `n_train`: more
+    training images than the benchmark's 32 (a separate DIR: the data, caches and tune.yaml are per size)."""
     from dinocache.compare import CompareConfig, compare
     from dinocache.core.config import build
 
     s = signal_ab.settings(False)
     tdir = signal_ab.teacher(False)
-    paths = signal_ab.prepare(work, tdir, s["n_train"], s["n_val"])
+    paths = signal_ab.prepare(work, tdir, n_train or s["n_train"], s["n_val"])
     cache = oracle_cache(Path(paths["cache"]), work / "cache-oracle.zarr", Path(paths["data"]))
     values = {**signal_ab.train_values(paths, tdir, epochs), "data": paths["tune"], "cache": str(cache)}
-    out = work / "oracle"
+    if weights:
+        values.update(stage_a_distill_weight=weights[0], stage_b_distill_weight=weights[1])
+    out = work / out_name
     if (out / "compare.json").exists():
         shutil.rmtree(out)
     cfg = build(
         CompareConfig,
-        {"modes": ["none", "cache"], "seeds": seeds, "out": str(out), "val_every": val_every},
+        {"modes": modes or ["none", "cache"], "seeds": seeds, "out": str(out), "val_every": val_every},
         "signal_oracle",
     )
     compare(values, cfg)
@@ -87,8 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=48)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--val-every", type=int, default=8)
+    ap.add_argument("--n-train", type=int)
+    ap.add_argument("--weights", help="A:B = stage_a_distill_weight:stage_b_distill_weight")
+    ap.add_argument("--modes", help="default none,cache")
+    ap.add_argument("--out", default="oracle", help="folder under DIR")
     a = ap.parse_args(argv)
-    run(Path(a.work), a.epochs, a.seeds, a.val_every)
+    w = tuple(float(x) for x in a.weights.split(":")) if a.weights else None
+    modes = a.modes.split(",") if a.modes else None
+    run(Path(a.work), a.epochs, a.seeds, a.val_every, a.n_train, w, modes, a.out)  # type: ignore[arg-type]
     return 0
 
 
