@@ -19,12 +19,8 @@ IMGSZ = 128  # tests/conftest.py TEST_IMGSZ
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # 2 shared cores: one intra-op thread avoids OpenMP spinning against the other test processes.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):  # tests/precompute/conftest.py
     yield
-    torch.set_num_threads(n)
 
 
 def run(data: Path, teacher: Path, store: Path, *extra: str) -> int:
