@@ -20,6 +20,7 @@ for _k, _v in {
 }.items():
     os.environ.setdefault(_k, _v)
 
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -68,3 +69,48 @@ def precompute_argv(demo_data: Path, tiny_teacher_dir: Path):
         ]
 
     return argv
+
+
+@contextmanager
+def _torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for the test (as the launched precompute children use): on 2 shared cores it
+    avoids OpenMP spinning, and caches compared bit for bit are made with the same thread count."""
+    with _torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="session")
+def reference_cache(precompute_argv, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`precompute_argv`'s cache from one uninterrupted single-writer run with 1 torch thread: what resumed,
+    sharded, launched and S3 runs must reproduce bit for bit. Read only."""
+    from dinocache.precompute.run import main as precompute_main
+
+    store = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    with _torch_threads(1):
+        assert precompute_main(precompute_argv(store)) == 0
+    return store
+
+
+@pytest.fixture(scope="session")
+def flip_caches(precompute_argv, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`precompute_argv`'s cache made with cache_flips=true ("flips") and without ("plain"), same thread count,
+    so their `features` compare bit for bit. Read only (copy before damaging)."""
+    from dinocache.precompute.run import main as precompute_main
+
+    d = tmp_path_factory.mktemp("flips")
+    with _torch_threads(1):
+        assert precompute_main([*precompute_argv(d / "flips.zarr"), "cache_flips=true"]) == 0
+        assert precompute_main(precompute_argv(d / "plain.zarr")) == 0
+    return {"flips": d / "flips.zarr", "plain": d / "plain.zarr"}

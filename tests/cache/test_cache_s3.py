@@ -73,20 +73,6 @@ def s3(tmp_path_factory: pytest.TempPathFactory):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def local_reference(
-    demo_data: Path, precompute_argv, tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    store = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert precompute_main(precompute_argv(store)) == 0
-    finally:
-        torch.set_num_threads(n)
-    return store
-
-
 def assert_same_arrays(url: str, local: Path) -> None:
     a, b = cache.open(url), cache.open(str(local))
     assert a.attrs | {"created_at": ""} == b.attrs | {"created_at": ""}
@@ -103,7 +89,7 @@ def objects(fs, prefix: str) -> list[str]:
 
 # -- precompute -> verify -> train, all on S3 -----------------------------------------------------------------
 @pytest.fixture(scope="module")
-def s3_cache(s3, demo_data, precompute_argv, tiny_teacher_dir, local_reference) -> str:
+def s3_cache(s3, demo_data, precompute_argv, tiny_teacher_dir, reference_cache) -> str:
     url = f"s3://{BUCKET}/features.zarr"
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -114,12 +100,12 @@ def s3_cache(s3, demo_data, precompute_argv, tiny_teacher_dir, local_reference) 
     return url
 
 
-def test_precompute_writes_s3_and_verify_checks(s3, s3_cache, local_reference, demo_data, capsys) -> None:
+def test_precompute_writes_s3_and_verify_checks(s3, s3_cache, reference_cache, demo_data, capsys) -> None:
     from dinocache.cache.cli import main as cache_main
 
     names = {p.rsplit("/", 1)[-1] for p in objects(s3["fs"], f"{BUCKET}/features.zarr")}
     assert {"zarr.json", "precompute.yaml"} <= names
-    assert_same_arrays(s3_cache, local_reference)  # the same bytes as a local precompute
+    assert_same_arrays(s3_cache, reference_cache)  # the same bytes as a local precompute
     assert cache_main(["verify", s3_cache, "--data", str(demo_data)]) == 0
     assert "verify: OK s3://dino/features.zarr" in capsys.readouterr().out
     # verify finds damage on S3 too: a feature shard object overwritten with garbage
@@ -133,7 +119,7 @@ def test_precompute_writes_s3_and_verify_checks(s3, s3_cache, local_reference, d
     assert cache_main(["verify", f"s3://{bad}", "--data", str(demo_data)]) == 1
 
 
-def test_s3_reads_through_tensorstore_and_zarr_alike(s3, s3_cache, local_reference) -> None:
+def test_s3_reads_through_tensorstore_and_zarr_alike(s3, s3_cache, reference_cache) -> None:
     fc = cache.open(s3_cache)
     assert fc._ts_features() is not None  # tensorstore's s3 kvstore, pointed at the same endpoint
     zr = cache.open(s3_cache, read_path="zarr")
@@ -141,7 +127,7 @@ def test_s3_reads_through_tensorstore_and_zarr_alike(s3, s3_cache, local_referen
     rows = [5, 0, 11, 5, 15]
     a, b = fc.read(rows, channels=4), zr.read(rows, channels=4)
     assert a.dtype == np.float16 and a.shape == (5, 4, 8, 8)
-    assert a.tobytes() == b.tobytes() == cache.open(str(local_reference)).read(rows, channels=4).tobytes()
+    assert a.tobytes() == b.tobytes() == cache.open(str(reference_cache)).read(rows, channels=4).tobytes()
     # storage options tensorstore cannot take stay on zarr-python
     assert cache.open(s3_cache, {"key": "testing", "secret": "testing"})._ts_features() is None
 
@@ -184,7 +170,7 @@ def test_train_reads_s3_cache(s3, s3_cache, tmp_path, demo_data, tiny_teacher_di
 
 
 def test_s3_precompute_resumes_after_sigkill(
-    s3, demo_data, precompute_argv, tiny_teacher_dir, local_reference, capsys
+    s3, demo_data, precompute_argv, tiny_teacher_dir, reference_cache, capsys
 ) -> None:
     url = f"s3://{BUCKET}/killed.zarr"
     argv = precompute_argv(url)
@@ -216,7 +202,7 @@ def test_s3_precompute_resumes_after_sigkill(
     finally:
         torch.set_num_threads(n)
     assert "already done, skipped" in capsys.readouterr().err
-    assert_same_arrays(url, local_reference)
+    assert_same_arrays(url, reference_cache)
 
 
 # -- refusals ---------------------------------------------------------------------------------------------------

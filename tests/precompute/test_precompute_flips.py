@@ -26,25 +26,16 @@ IMGSZ = 128
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(one_torch_thread):  # tests/precompute/conftest.py
+def _one_thread(one_torch_thread):  # tests/conftest.py
     yield
 
 
-@pytest.fixture(scope="module")
-def flips_cache(tmp_path_factory: pytest.TempPathFactory, precompute_argv) -> tuple[Path, Path]:
-    """(cache with cache_flips=true, the same cache without) of the shared demo data and tiny teacher."""
-    d = tmp_path_factory.mktemp("flips")
-    assert precompute_main([*precompute_argv(d / "flips.zarr"), "cache_flips=true"]) == 0
-    assert precompute_main(precompute_argv(d / "plain.zarr")) == 0
-    return d / "flips.zarr", d / "plain.zarr"
-
-
 def test_flipped_views_are_the_teachers_map_of_the_mirrored_image(
-    flips_cache: tuple[Path, Path], demo_data: Path, tiny_teacher_dir: Path
+    flip_caches: dict[str, Path], demo_data: Path, tiny_teacher_dir: Path
 ) -> None:
     from dinocache.teacher.model import load_teacher
 
-    flips, plain = flips_cache
+    flips, plain = flip_caches["flips"], flip_caches["plain"]
     fc, fp = cache.open(str(flips)), cache.open(str(plain))
     assert fc.flips and not fp.flips and fc.done.all()
     assert json.loads((flips / "zarr.json").read_text())["attributes"]["dinocache"]["flips"] is True
@@ -67,35 +58,35 @@ def test_flipped_views_are_the_teachers_map_of_the_mirrored_image(
     np.testing.assert_array_equal(ref.read([0, 3], flipped=True), fc.read([0, 3], flipped=True))
 
 
-def test_plain_cache_refuses_flipped_reads(flips_cache: tuple[Path, Path]) -> None:
-    fp = cache.open(str(flips_cache[1]))
+def test_plain_cache_refuses_flipped_reads(flip_caches: dict[str, Path]) -> None:
+    fp = cache.open(str(flip_caches["plain"]))
     with pytest.raises(CacheError, match="no flipped views.*cache_flips=true"):
         fp.read([0], flipped=True)
 
 
 def test_resume_with_other_cache_flips_is_refused(
-    flips_cache: tuple[Path, Path], precompute_argv, capsys
+    flip_caches: dict[str, Path], precompute_argv, capsys
 ) -> None:
-    flips, plain = flips_cache
+    plain = flip_caches["plain"]
     assert precompute_main([*precompute_argv(plain), "cache_flips=true"]) == 2
     assert "flips: cache false, wanted true" in capsys.readouterr().err
     assert not cache.open(str(plain)).flips  # untouched
 
 
-def test_writer_needs_both_views(flips_cache: tuple[Path, Path]) -> None:
-    w = CacheWriter(str(flips_cache[0]))
+def test_writer_needs_both_views(flip_caches: dict[str, Path]) -> None:
+    w = CacheWriter(str(flip_caches["flips"]))
     x = np.zeros((2, w.spec.k, *w.spec.grid), np.float16)
     with pytest.raises(CacheError, match="features_flip was not given"):
         w.write_shard(0, x, ["00" * 32] * 2, np.ones(2, np.uint8))
 
 
 def test_damaged_flipped_view_is_found_and_repaired(
-    flips_cache: tuple[Path, Path], precompute_argv, tmp_path: Path, capsys
+    flip_caches: dict[str, Path], precompute_argv, tmp_path: Path, capsys
 ) -> None:
     import shutil
 
     store = tmp_path / "c.zarr"
-    shutil.copytree(flips_cache[0], store)
+    shutil.copytree(flip_caches["flips"], store)
     fc = cache.open(str(store))
     good = fc.read(range(fc.n), flipped=True).view(np.uint16).copy()
     f = Path(shard_file(fc, 1, flipped=True))
@@ -124,11 +115,11 @@ def test_damaged_flipped_view_is_found_and_repaired(
 
 
 def test_info_and_verify_show_the_flipped_views(
-    flips_cache: tuple[Path, Path], demo_data: Path, capsys
+    flip_caches: dict[str, Path], demo_data: Path, capsys
 ) -> None:
     from dinocache.cache.cli import main as cache_main
 
-    flips, plain = flips_cache
+    flips, plain = flip_caches["flips"], flip_caches["plain"]
     assert cache_main(["info", str(flips)]) == 0
     assert "flipped views stored" in capsys.readouterr().out
     assert cache_main(["info", str(plain), "--json"]) == 0

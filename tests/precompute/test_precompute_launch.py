@@ -53,21 +53,6 @@ def assert_identical(a: Path, b: Path) -> None:
     assert not diff, f"files differ: {diff[:5]}"
 
 
-@pytest.fixture(scope="module")
-def reference(
-    demo_data: Path, precompute_argv, tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """One process, one writer, 1 torch thread (like the launched children)."""
-    store = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert precompute_main(precompute_argv(store)) == 0
-    finally:
-        torch.set_num_threads(n)
-    return store
-
-
 def child_env(**kw: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in (*launch.VARS["torchrun"], *launch.VARS["SLURM"])}
     return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **kw}
@@ -129,7 +114,7 @@ def test_explicit_shard_conflicting_with_torchrun_refused(
 
 # -- torchrun on the CPU, byte for byte ----------------------------------------------------------------------------
 def test_torchrun_two_ranks_byte_identical(
-    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, reference
+    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, reference_cache
 ) -> None:
     store = tmp_path / "c.zarr"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
@@ -138,20 +123,19 @@ def test_torchrun_two_ranks_byte_identical(
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "[shard 0/2]" in r.stderr and "[shard 1/2]" in r.stderr
     assert (store / "precompute.shard0of2.yaml").exists() and (store / "precompute.shard1of2.yaml").exists()
-    assert_identical(store, reference)
+    assert_identical(store, reference_cache)
 
 
 # -- world size that does not match the store's writers ---------------------------------------------------------
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_world_size_mismatch_refused(
-    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, reference, one_thread, monkeypatch, capsys
+    demo_data,
+    precompute_argv,
+    tiny_teacher_dir,
+    tmp_path,
+    reference_cache,
+    one_torch_thread,
+    monkeypatch,
+    capsys,
 ):
     store = tmp_path / "c.zarr"
     argv = precompute_argv(store)
@@ -173,11 +157,11 @@ def test_world_size_mismatch_refused(
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     assert precompute_main(argv) == 0
-    assert_identical(store, reference)
+    assert_identical(store, reference_cache)
 
 
 def test_reshard_joins_an_old_layout(
-    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, reference, one_thread, monkeypatch
+    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, reference_cache, one_torch_thread, monkeypatch
 ):
     store = tmp_path / "c.zarr"
     argv = precompute_argv(store)
@@ -186,12 +170,19 @@ def test_reshard_joins_an_old_layout(
     for rank in (0, 1, 2):
         monkeypatch.setenv("RANK", str(rank))
         assert precompute_main([*argv, "reshard=true"]) == 0
-    assert_identical(store, reference)
+    assert_identical(store, reference_cache)
 
 
 # -- a rank dies, the others finish, a rerun completes ------------------------------------------------------------
 def test_rank_dies_others_finish_rerun_identical(
-    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, reference, one_thread, monkeypatch, capsys
+    demo_data,
+    precompute_argv,
+    tiny_teacher_dir,
+    tmp_path,
+    reference_cache,
+    one_torch_thread,
+    monkeypatch,
+    capsys,
 ):
     """In-process: two writer threads as ranks 0 and 1 of 2; rank 1 fails on its second shard."""
     from dinocache.cache.store import CacheWriter
@@ -227,12 +218,12 @@ def test_rank_dies_others_finish_rerun_identical(
     monkeypatch.setattr(CacheWriter, "write_shard", write)
     assert precompute_main([*argv, "--shard", "1/2"]) == 0  # rerun of the dead rank
     assert "1 of 4 owned shard(s) already done, skipped" in capsys.readouterr().err
-    assert_identical(store, reference)
+    assert_identical(store, reference_cache)
 
 
 @pytest.mark.slow
 def test_slurm_task_killed_others_finish_torchrun_rerun(
-    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, reference
+    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, reference_cache
 ) -> None:
     """Real processes launched like `srun --ntasks 2` (SLURM_PROCID/SLURM_NTASKS): task 1 is SIGKILLed after its
     first shard; task 0 still finishes; `torchrun --nproc-per-node 2` then completes the store bit-identically."""
@@ -273,4 +264,4 @@ def test_slurm_task_killed_others_finish_torchrun_rerun(
     r = subprocess.run(cmd, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "already done, skipped" in r.stderr
-    assert_identical(store, reference)
+    assert_identical(store, reference_cache)

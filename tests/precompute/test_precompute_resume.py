@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from dinocache.cache import format as F
 from dinocache.precompute.run import main as precompute_main
 
@@ -63,35 +61,19 @@ def assert_same_cache(a: Path, b: Path) -> None:
         assert x.tobytes() == y.tobytes(), f"array {name} differs"
 
 
-@pytest.fixture(scope="module")
-def reference(
-    demo_data: Path, precompute_argv, tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """Uninterrupted single-writer run (in-process, 1 torch thread like the children)."""
-    store = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert precompute_main(precompute_argv(store)) == 0
-    finally:
-        torch.set_num_threads(n)
-    return store
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Crash(Exception):
     pass
 
 
 def test_resume_after_crash(
-    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, reference, one_thread, monkeypatch, capsys
+    demo_data,
+    precompute_argv,
+    tiny_teacher_dir,
+    tmp_path,
+    reference_cache,
+    one_torch_thread,
+    monkeypatch,
+    capsys,
 ) -> None:
     from dinocache.cache.store import CacheWriter
 
@@ -112,11 +94,11 @@ def test_resume_after_crash(
     monkeypatch.setattr(CacheWriter, "write_shard", write)
     assert precompute_main(precompute_argv(store)) == 0
     assert "2 of 8 owned shard(s) already done, skipped" in capsys.readouterr().err
-    assert_same_cache(store, reference)
+    assert_same_cache(store, reference_cache)
 
 
 def test_two_writer_threads(
-    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, reference, one_thread
+    demo_data, precompute_argv, tiny_teacher_dir, tmp_path, reference_cache, one_torch_thread
 ) -> None:
     store = tmp_path / "c.zarr"
     argv = precompute_argv(store)
@@ -130,15 +112,15 @@ def test_two_writer_threads(
     for t in threads:
         t.join(300)
     assert rc == {0: 0, 1: 0}
-    assert_same_cache(store, reference)
+    assert_same_cache(store, reference_cache)
 
 
 def test_resume_after_sigkill(
-    demo_data: Path, precompute_argv, tiny_teacher_dir: Path, tmp_path: Path, reference: Path
+    demo_data: Path, precompute_argv, tiny_teacher_dir: Path, tmp_path: Path, reference_cache: Path
 ) -> None:
     store = tmp_path / "c.zarr"
     argv = precompute_argv(store)
-    n_shards = cache.open(str(reference)).spec.n_shards
+    n_shards = cache.open(str(reference_cache)).spec.n_shards
     p = spawn(0.5, argv)
     t0 = time.monotonic()
     while done_chunks(store) < 2 and p.poll() is None and time.monotonic() - t0 < 300:
@@ -150,16 +132,16 @@ def test_resume_after_sigkill(
     assert 2 <= killed_at < n_shards, out
     partial = cache.open(str(store))
     assert 0 < partial.done.sum() < partial.n
-    # rerun the same command: resumes, skips the finished shards, ends identical to the reference
+    # rerun the same command: resumes, skips the finished shards, ends identical to the reference_cache
     p = spawn(0.0, argv)
     out = p.communicate(timeout=300)[0]
     assert p.returncode == 0, out
     assert "already done, skipped" in out
-    assert_same_cache(store, reference)
+    assert_same_cache(store, reference_cache)
 
 
 def test_two_concurrent_shard_writers(
-    demo_data: Path, precompute_argv, tiny_teacher_dir: Path, tmp_path: Path, reference: Path
+    demo_data: Path, precompute_argv, tiny_teacher_dir: Path, tmp_path: Path, reference_cache: Path
 ) -> None:
     store = tmp_path / "c.zarr"
     argv = precompute_argv(store)
@@ -171,4 +153,4 @@ def test_two_concurrent_shard_writers(
     assert p0.returncode == 0, out0
     assert p1.returncode == 0, out1
     assert (store / "precompute.shard0of2.yaml").exists() and (store / "precompute.shard1of2.yaml").exists()
-    assert_same_cache(store, reference)
+    assert_same_cache(store, reference_cache)

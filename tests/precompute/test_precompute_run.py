@@ -19,7 +19,7 @@ IMGSZ = 128  # tests/conftest.py TEST_IMGSZ
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(one_torch_thread):  # tests/precompute/conftest.py
+def _one_thread(one_torch_thread):  # tests/conftest.py
     yield
 
 

@@ -237,17 +237,6 @@ def test_without_cache_flips_no_view_is_read(demo_data):
 # ------------------------------------------------------------------------------------------ the trainer
 
 
-@pytest.fixture(scope="module")
-def caches(tmp_path_factory, precompute_argv) -> dict:
-    """The real precompute's caches of the fixture data: with flipped views and without."""
-    from dinocache.precompute.run import main as precompute
-
-    d = tmp_path_factory.mktemp("flip_caches")
-    assert precompute([*precompute_argv(d / "flips.zarr"), "cache_flips=true"]) == 0
-    assert precompute(precompute_argv(d / "plain.zarr")) == 0
-    return {"flips": d / "flips.zarr", "plain": d / "plain.zarr"}
-
-
 def _argv(tmp_path, demo_data, teacher, cache, *extra: str) -> list[str]:
     (tmp_path / "c.json").write_text("{}")
     return [
@@ -258,10 +247,12 @@ def _argv(tmp_path, demo_data, teacher, cache, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_bad_distill_cache_flips_values_name_the_key(tmp_path, demo_data, tiny_teacher_dir, caches, capsys):
+def test_bad_distill_cache_flips_values_name_the_key(
+    tmp_path, demo_data, tiny_teacher_dir, flip_caches, capsys
+):
     from dinocache.train.cli import main
 
-    base = _argv(tmp_path, demo_data, tiny_teacher_dir, caches["flips"])
+    base = _argv(tmp_path, demo_data, tiny_teacher_dir, flip_caches["flips"])
     assert main([*base, "distill_cache_flips=sideways"]) == 2
     assert "distill_cache_flips" in capsys.readouterr().err
     assert main([*base, "distill_cache_flips=on", "teacher_source=online"]) == 2
@@ -269,19 +260,19 @@ def test_bad_distill_cache_flips_values_name_the_key(tmp_path, demo_data, tiny_t
     assert "distill_cache_flips" in err and "teacher_source=cache" in err
 
 
-def test_on_refuses_a_cache_without_flipped_views(tmp_path, demo_data, tiny_teacher_dir, caches, capsys):
+def test_on_refuses_a_cache_without_flipped_views(tmp_path, demo_data, tiny_teacher_dir, flip_caches, capsys):
     from dinocache.train.cli import main
 
-    argv = _argv(tmp_path, demo_data, tiny_teacher_dir, caches["plain"], "distill_cache_flips=on")
+    argv = _argv(tmp_path, demo_data, tiny_teacher_dir, flip_caches["plain"], "distill_cache_flips=on")
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "distill_cache_flips=on" in err and str(caches["plain"]) in err and "cache_flips=true" in err
+    assert "distill_cache_flips=on" in err and str(flip_caches["plain"]) in err and "cache_flips=true" in err
     assert not (tmp_path / "artifacts").exists() or not list((tmp_path / "artifacts").rglob("*.pt"))
 
 
 @pytest.mark.parametrize("setting, reads", [("auto", True), ("off", False)])
 def test_training_reads_flipped_views(
-    tmp_path, demo_data, tiny_teacher_dir, caches, monkeypatch, setting, reads
+    tmp_path, demo_data, tiny_teacher_dir, flip_caches, monkeypatch, setting, reads
 ):
     """A real (1-epoch) training run on a flips cache: auto reads flipped views for the flipped samples (default
     fliplr 0.5), off never does; both train to a finite loss."""
@@ -296,7 +287,9 @@ def test_training_reads_flipped_views(
         return orig(self, im_file, flipped)
 
     monkeypatch.setattr(TeacherLookup, "__call__", spy)
-    argv = _argv(tmp_path, demo_data, tiny_teacher_dir, caches["flips"], f"distill_cache_flips={setting}")
+    argv = _argv(
+        tmp_path, demo_data, tiny_teacher_dir, flip_caches["flips"], f"distill_cache_flips={setting}"
+    )
     assert main([*argv, "extra={plots: false, val: false}"]) == 0
     assert (True in calls) is reads and False in calls
 

@@ -86,26 +86,14 @@ def test_shuffled_lookup_is_a_derangement(tmp_path: Path) -> None:
     assert {k: lk2.other_key(k) for k in FC.keys} == other  # seeded: the same control every time
 
 
-@pytest.fixture(scope="module")
-def small_cache(tmp_path_factory, demo_data: Path, tiny_teacher_dir: Path) -> Path:
-    from dinocache.precompute.run import main as precompute
-
-    d = tmp_path_factory.mktemp("cmp_cache")
-    (d / "empty.json").write_text("{}")
-    out = d / "features.zarr"
-    args = [f"data={demo_data}", f"cache={out}", f"dino_root={tiny_teacher_dir}", "imgsz=128", "channels=16"]
-    assert precompute(["--config", str(d / "empty.json"), *args, "device=cpu", "batch=8", "workers=0"]) == 0
-    return out
-
-
 @pytest.mark.slow  # two 1-epoch trainings + grading (~15 s CPU)
 def test_compare_end_to_end(
-    tmp_path: Path, demo_data: Path, tiny_teacher_dir: Path, small_cache: Path, capsys
+    tmp_path: Path, demo_data: Path, tiny_teacher_dir: Path, feature_cache: Path, capsys
 ) -> None:
     from dinocache.compare import main
 
     train = {
-        "data": str(demo_data), "dino_root": str(tiny_teacher_dir), "cache": str(small_cache), "imgsz": 128,
+        "data": str(demo_data), "dino_root": str(tiny_teacher_dir), "cache": str(feature_cache), "imgsz": 128,
         "batch": 4, "nbs": 4, "workers": 0, "device": "cpu", "warmup_epochs": 0, "dino_distill_channels": 8,
         "eval_enabled": False, "dino_viz_enabled": False, "wandb_enabled": False, "extra": {"plots": False},
     }  # fmt: skip
@@ -124,16 +112,16 @@ def test_compare_end_to_end(
 
 
 def test_cache_flips_mode_needs_a_cache_with_flipped_views(
-    tmp_path: Path, demo_data: Path, tiny_teacher_dir: Path, small_cache: Path, capsys
+    tmp_path: Path, demo_data: Path, tiny_teacher_dir: Path, feature_cache: Path, capsys
 ) -> None:
     """Refused before any training, naming the key and the cache, when the cache holds no flipped views."""
     from dinocache.compare import main
 
-    train = {"data": str(demo_data), "dino_root": str(tiny_teacher_dir), "cache": str(small_cache), "imgsz": 128,
+    train = {"data": str(demo_data), "dino_root": str(tiny_teacher_dir), "cache": str(feature_cache), "imgsz": 128,
              "dino_distill_channels": 8, "device": "cpu", "workers": 0}  # fmt: skip
     (tmp_path / "c.json").write_text(json.dumps({"train": train}))
     out = tmp_path / "cmp"
     assert main(["--config", str(tmp_path / "c.json"), "modes=none,cache-flips", f"out={out}"]) == 2
     err = capsys.readouterr().err
-    assert "distill_cache_flips=on" in err and str(small_cache) in err
+    assert "distill_cache_flips=on" in err and str(feature_cache) in err
     assert not (out / "compare.json").exists()
