@@ -155,8 +155,8 @@ class DistillDataset(YOLODataset):
         self.geometric_aug = geometric_aug
         self.patch = patch
         self.valid_threshold = valid_threshold
-        self._feat_buffer: dict[int, np.ndarray] = {}  # warp mode: maps of the images in Mosaic's buffer
-        self._flip_buffer: dict[int, np.ndarray] = {}  # ... and their flipped views once read (cache_flips)
+        # warp mode: maps of the images in Mosaic's buffer [False], and their flipped views once read [True]
+        self._map_buffers: dict[bool, dict[int, np.ndarray]] = {False: {}, True: {}}
         super().__init__(*args, **kwargs)
 
     def build_transforms(self, hyp: Any = None) -> Compose:
@@ -178,18 +178,16 @@ class DistillDataset(YOLODataset):
         """The cached map (`flipped`: its flipped view); in warp mode kept while its image is in Mosaic's buffer
         (Ultralytics keeps semantic masks the same way), so a mosaic costs ~1 cache read instead of 4, and a
         flipped mosaic ~1 more. Maps are never modified in place."""
-        buf = self._flip_buffer if flipped else self._feat_buffer
+        buf = self._map_buffers[flipped]
         feat = buf.get(index)
         if feat is None:
             feat = self.teacher(im_file, True) if flipped else self.teacher(im_file)
             if self.geometric_aug == "warp" and index in self.buffer:
                 buf[index] = feat
-                if len(buf) > len(self.buffer):
-                    buf = {i: buf[i] for i in self.buffer if i in buf}
-                    if flipped:
-                        self._flip_buffer = buf
-                    else:
-                        self._feat_buffer = buf
+                if len(buf) > len(self.buffer):  # drop the images Mosaic's buffer has let go
+                    keep = set(self.buffer)
+                    for i in [i for i in buf if i not in keep]:
+                        del buf[i]
         return feat
 
     def teacher_feat_for(self, index: int) -> np.ndarray:
