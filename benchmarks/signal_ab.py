@@ -117,33 +117,45 @@ def train_values(paths: dict[str, str], teacher_dir: Path, epochs: int) -> dict[
     }
 
 
-def run(work: Path, quick: bool, compare_dir: str = "compare", **over: Any) -> dict[str, Any]:
+def compare_into(out: Path, values: dict[str, Any], **options: Any) -> dict[str, Any]:
+    """`dinocache compare` of the train `values` into the folder `out` (an earlier result there is replaced)
+    with CompareConfig `options` (modes, seeds, ...); returns its compare.json."""
+    import shutil
+
     from dinocache.compare import CompareConfig, compare
     from dinocache.core.config import build
 
+    if (out / "compare.json").exists():
+        shutil.rmtree(out)
+    compare(values, build(CompareConfig, {**options, "out": str(out)}, f"benchmark compare {out.name}"))
+    return json.loads((out / "compare.json").read_text())
+
+
+def tuning_values(
+    work: Path, epochs: int, n_train: int | None = None
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """(paths, train values) of the benchmark's students evaluated on the TUNING split (demo seed 3), never the
+    reporting set: for the diagnostics that choose or explain settings (signal_oracle.py, signal_tune.py)."""
+    s = settings(False)
+    tdir = teacher(False)
+    paths = prepare(work, tdir, n_train or s["n_train"], s["n_val"])
+    return paths, {**train_values(paths, tdir, epochs), "data": paths["tune"]}
+
+
+def run(work: Path, quick: bool, compare_dir: str = "compare", **over: Any) -> dict[str, Any]:
     s = {**settings(quick), **{k: v for k, v in over.items() if v is not None}}
     tdir = teacher(quick)
     paths = prepare(work, tdir, s["n_train"], s["n_val"], flips="cache-flips" in s["modes"])
     probes = probe(work, tdir)
-    out = work / compare_dir
-    if (out / "compare.json").exists():
-        import shutil
-
-        shutil.rmtree(out)
-    cfg = build(
-        CompareConfig,
-        {
-            "modes": s["modes"],
-            "seeds": s["seeds"],
-            "seed0": s.get("seed0", 0),
-            "out": str(out),
-            "val_every": s["val_every"],
-            "flips_cache": paths.get("flips_cache", ""),
-        },  # fmt: skip
-        "signal_ab",
+    doc = compare_into(
+        work / compare_dir,
+        train_values(paths, tdir, s["epochs"]),
+        modes=s["modes"],
+        seeds=s["seeds"],
+        seed0=s.get("seed0", 0),
+        val_every=s["val_every"],
+        flips_cache=paths.get("flips_cache", ""),
     )
-    compare(train_values(paths, tdir, s["epochs"]), cfg)
-    doc = json.loads((out / "compare.json").read_text())
     doc["settings"] = s
     doc["teacher"] = str(tdir)
     doc["probe"] = probes

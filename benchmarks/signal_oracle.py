@@ -16,7 +16,6 @@ cache carries. Writes DIR/oracle/ (compare outputs); `python -m benchmarks.signa
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -72,26 +71,13 @@ def run(
 ) -> dict[str, Any]:
     """`weights`: (stage_a_distill_weight, stage_b_distill_weight), default the trainer's; `n_train`: more
     training images than the benchmark's 32 (a separate DIR: the data, caches and tune.yaml are per size)."""
-    from dinocache.compare import CompareConfig, compare
-    from dinocache.core.config import build
-
-    s = signal_ab.settings(False)
-    tdir = signal_ab.teacher(False)
-    paths = signal_ab.prepare(work, tdir, n_train or s["n_train"], s["n_val"])
-    cache = oracle_cache(Path(paths["cache"]), work / "cache-oracle.zarr", Path(paths["data"]))
-    values = {**signal_ab.train_values(paths, tdir, epochs), "data": paths["tune"], "cache": str(cache)}
+    paths, values = signal_ab.tuning_values(work, epochs, n_train)
+    values["cache"] = str(oracle_cache(Path(paths["cache"]), work / "cache-oracle.zarr", Path(paths["data"])))
     if weights:
         values.update(stage_a_distill_weight=weights[0], stage_b_distill_weight=weights[1])
-    out = work / out_name
-    if (out / "compare.json").exists():
-        shutil.rmtree(out)
-    cfg = build(
-        CompareConfig,
-        {"modes": modes or ["none", "cache"], "seeds": seeds, "out": str(out), "val_every": val_every},
-        "signal_oracle",
+    return signal_ab.compare_into(
+        work / out_name, values, modes=modes or ["none", "cache"], seeds=seeds, val_every=val_every
     )
-    compare(values, cfg)
-    return json.loads((out / "compare.json").read_text())
 
 
 def main(argv: list[str] | None = None) -> int:

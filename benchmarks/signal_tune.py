@@ -32,20 +32,15 @@ def run(
 ) -> dict[str, Any]:
     """`oracle`: distil towards benchmarks/signal_oracle.py's oracle cache instead of the teacher's (is the
     weight, not the teacher, what limits the gain?); results go to DIR/tune-oracle.json."""
-    from dinocache.compare import CompareConfig, compare, summarise
-    from dinocache.core.config import build
+    from dinocache.compare import summarise
 
-    s = signal_ab.settings(False)
-    tdir = signal_ab.teacher(False)
-    paths = signal_ab.prepare(work, tdir, s["n_train"], s["n_val"])
-    base = {**signal_ab.train_values(paths, tdir, epochs), "data": paths["tune"]}
+    paths, base = signal_ab.tuning_values(work, epochs)
     if oracle:
         base["cache"] = str(work / "cache-oracle.zarr")
     runs: dict[str, list[dict[str, Any]]] = {}
     done = work / "oracle" / "compare.json"
-    if (
-        done.exists()
-    ):  # the same students without distillation on the same split (and the oracle at default w)
+    # the same students without distillation on the same split (and the oracle at the default weights)
+    if done.exists():
         prev = json.loads(done.read_text())["runs"]
         runs["none"] = prev["none"]
         if oracle:
@@ -56,15 +51,15 @@ def run(
         if name in runs:
             continue
         out = work / f"tune-{'oracle-' if oracle else ''}w{a:g}-{b:g}"
-        if not (out / "compare.json").exists():
-            shutil.rmtree(out, ignore_errors=True)
-            cfg = build(
-                CompareConfig,
-                {"modes": ["cache"], "seeds": seeds, "out": str(out), "val_every": val_every},
-                "signal_tune",
+        if (out / "compare.json").exists():  # done before: reused
+            got = json.loads((out / "compare.json").read_text())
+        else:
+            shutil.rmtree(out, ignore_errors=True)  # a stopped run's partial folder
+            weights = {"stage_a_distill_weight": a, "stage_b_distill_weight": b}
+            got = signal_ab.compare_into(
+                out, {**base, **weights}, modes=["cache"], seeds=seeds, val_every=val_every
             )
-            compare({**base, "stage_a_distill_weight": a, "stage_b_distill_weight": b}, cfg)
-        runs[name] = json.loads((out / "compare.json").read_text())["runs"]["cache"]
+        runs[name] = got["runs"]["cache"]
     doc = {"split": paths["tune"], "epochs": epochs, "runs": runs, "summary": summarise(runs)}
     (work / f"tune{'-oracle' if oracle else ''}.json").write_text(json.dumps(doc, indent=2, default=str))
     return doc
