@@ -21,8 +21,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from benchmarks import signal_ab
 
 N_CLS = 5  # demo-data classes
@@ -30,31 +28,14 @@ N_CLS = 5  # demo-data classes
 
 def oracle_cache(plain: Path, out: Path, data_yaml: Path) -> Path:
     """A copy of the plain cache whose `features` rows are the oracle maps of its images (through the writer)."""
-    from dinocache.cache.store import CacheWriter
-    from dinocache.datatools.oracle import oracle_map
-
-    from dinocache import cache
-    from dinocache.core.data import list_split_images
+    from dinocache.precompute.oracle import write_oracle_features
 
     if (out / "zarr.json").exists():
         return out
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(plain, tmp)
-    w = CacheWriter(tmp)
-    root, _ = list_split_images(data_yaml, "train")
-    spec, keys = w.spec, w.stored_keys()
-    labels = [Path(root) / "labels" / Path(k).with_suffix(".txt").relative_to("images") for k in keys]
-    maps = np.stack([oracle_map(f, spec.imgsz, spec.k, N_CLS) for f in labels])  # (N, K, g, g)
-    fc = cache.open(tmp)
-    mean, std = np.asarray(fc.channel_mean, np.float32), np.asarray(fc.channel_std, np.float32)
-    mu, sd = maps.mean((0, 2, 3)), maps.std((0, 2, 3))
-    z = (maps - mu[None, :, None, None]) / np.maximum(sd, 1e-6)[None, :, None, None]
-    maps = mean[None, :, None, None] + std[None, :, None, None] * z  # (N, K, g, g) in the stored units
-    for s in range(spec.n_shards):
-        r = spec.shard_rows(s)
-        done, sha = w.shard_state(s)
-        w.write_shard(s, maps[r.start : r.stop].astype(np.float16), sha, done)
+    write_oracle_features(tmp, data_yaml, N_CLS)
     tmp.rename(out)
     return out
 

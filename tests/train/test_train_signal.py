@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from dinocache.datatools.oracle import cell_coverage
-from dinocache.datatools.oracle import oracle_map as datatools_oracle_map
 
 N_CLS = 5  # demo-data classes
 GRID = 8  # 128 px / patch 16
@@ -23,11 +22,6 @@ GRID = 8  # 128 px / patch 16
 def coverage(polys_px: list[np.ndarray], classes: list[int], size: int, patch: int = 16) -> np.ndarray:
     """(1 + N_CLS, g, g) share of each cell's pixels inside a box of each class (channel 0: no box)."""
     return cell_coverage(polys_px, classes, size, N_CLS, patch)
-
-
-def oracle_map(label_file: Path, size: int, k: int) -> np.ndarray:
-    """(k, g, g) float32: coverage in the first 1 + N_CLS channels, 0 in the rest."""
-    return datatools_oracle_map(label_file, size, k, N_CLS)
 
 
 def make_cfg(root: Path, demo_data: Path, teacher: Path, cache: Path, **kw):
@@ -44,35 +38,16 @@ def make_cfg(root: Path, demo_data: Path, teacher: Path, cache: Path, **kw):
 
 
 @pytest.fixture(scope="module")
-def oracle_cache(tmp_path_factory, demo_data: Path, tiny_teacher_dir: Path) -> dict:
-    """The real precompute's cache of the fixture data, features replaced by each image's oracle map."""
-    from dinocache.cache.store import CacheWriter
-    from dinocache.precompute.run import main as precompute
+def oracle_cache(tmp_path_factory, demo_data: Path, feature_cache: Path) -> dict:
+    """A copy of the real precompute's cache of the fixture data (tests/train/conftest.py), features replaced
+    by each image's oracle map (precompute/oracle.py)."""
+    import shutil
 
-    from dinocache import cache
-    from dinocache.core.data import list_split_images
+    from dinocache.precompute.oracle import write_oracle_features
 
-    d = tmp_path_factory.mktemp("oracle")
-    (d / "empty.json").write_text("{}")
-    out = d / "features.zarr"
-    args = [f"data={demo_data}", f"cache={out}", f"dino_root={tiny_teacher_dir}", "imgsz=128", "channels=16"]
-    assert precompute(["--config", str(d / "empty.json"), *args, "device=cpu", "batch=8", "workers=0"]) == 0
-    w = CacheWriter(out)
-    root, _ = list_split_images(demo_data, "train")
-    keys, spec = w.stored_keys(), w.spec
-    label = {k: Path(root) / "labels" / Path(k).with_suffix(".txt").relative_to("images") for k in keys}
-    maps = np.stack([oracle_map(label[k], 128, spec.k) for k in keys]).astype(np.float32)  # (N, K, g, g)
-    # Express the oracle in the cache's stored channel statistics, so that the trainer's standardisation
-    # ((x - mean) / std with the stored stats) yields the oracle's own standardised maps.
-    fc = cache.open(out)
-    mean, std = np.asarray(fc.channel_mean, np.float32), np.asarray(fc.channel_std, np.float32)
-    mu, sd = maps.mean((0, 2, 3)), maps.std((0, 2, 3))
-    z = (maps - mu[None, :, None, None]) / np.maximum(sd, 1e-6)[None, :, None, None]
-    maps = mean[None, :, None, None] + std[None, :, None, None] * z
-    for s in range(spec.n_shards):
-        r = spec.shard_rows(s)
-        done, sha = w.shard_state(s)
-        w.write_shard(s, maps[r.start : r.stop].astype(np.float16), sha, done)
+    out = tmp_path_factory.mktemp("oracle") / "features.zarr"
+    shutil.copytree(feature_cache, out)
+    mu, sd = write_oracle_features(out, demo_data, N_CLS)
     return {"path": out, "mu": mu, "sd": sd}  # mu/sd: to undo the standardisation in the tests
 
 
