@@ -128,7 +128,7 @@ def scan(fc: Any) -> tuple[list[BadRow], np.ndarray, list[str]]:
                 if r not in flagged:
                     flagged.add(r)
                     bad.append(BadRow(r, keys[r], chunk_file(fc.path, name, c), f"'{name}' chunk {why}"))
-    for flipped in (False, True) if getattr(fc.spec, "flips", False) else (False,):
+    for flipped in (False, True) if fc.spec.flips else (False,):
         what = "flipped-view " if flipped else ""
         missing = {sh: rows for sh, _, rows in missing_shard_files(fc, done, flipped)}
         for sh in range(fc.spec.n_shards):

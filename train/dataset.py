@@ -91,8 +91,9 @@ class TeacherLookup:
         return self._other.get(key, key)
 
     def __call__(self, im_file: str, flipped: bool = False) -> np.ndarray:
-        """(D, h, w) float16 (`flipped`: the cached map of the mirrored image); a checksum failure, a missing shard or NaN/inf is a CacheCorrupt naming the
-        image key, the shard file and the repair command: nothing damaged reaches the loss."""
+        """(D, h, w) float16 (`flipped`: the cached map of the mirrored image); a checksum failure, a missing
+        shard or NaN/inf is a CacheCorrupt naming the image key, the shard file and the repair command: nothing
+        damaged reaches the loss."""
         from dinocache.cache.check import checked_map
 
         key = self._keys.get(im_file)
