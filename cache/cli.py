@@ -25,6 +25,8 @@ import numpy as np
 from dinocache.cache.errors import CacheError
 from dinocache.cache.store import FeatureCache
 
+from dinocache.core.errors import DinocacheError
+
 EXAMPLES = 5
 SHOWN = 200  # rows listed one per line by verify
 
@@ -240,13 +242,6 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--storage-options", default=None, help="fsspec storage options as JSON")
     args = ap.parse_args(argv)
 
-    from dinocache.core.config import ConfigError
-    from dinocache.core.data import DataError
-
-    # the teacher (torch, transformers) is only needed to verify a fingerprint: `info` starts fast
-    TeacherNotFound = FileNotFoundError  # noqa: N806
-    if args.cmd == "verify":
-        from dinocache.teacher.model import TeacherNotFound  # noqa: N806
     try:
         if args.cmd == "verify":
             _verify_args(args)
@@ -267,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         ok, lines = verify(fc, args.data, args.split, args.dino_root, args.layer, args.imgsz, args.device)
         print("\n".join(lines), file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
-    except (CacheError, ConfigError, DataError, TeacherNotFound, json.JSONDecodeError) as e:
+    except (DinocacheError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -1,7 +1,9 @@
 """Errors of the cache package; every message names the cache path and what is wrong."""
 
+from dinocache.core.errors import DinocacheError
 
-class CacheError(Exception):
+
+class CacheError(DinocacheError):
     """Base class for cache problems."""
 
 

@@ -24,8 +24,9 @@ import cv2
 import numpy as np
 import yaml
 
-from dinocache.core.config import ConfigError, load, require, save, to_dict
+from dinocache.core.config import load, require, save, to_dict
 from dinocache.core.data import DataError
+from dinocache.core.errors import DinocacheError
 
 from . import geometry, registry
 from .convert import dest_name
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             print(registry.get_pipeline(cfg.characteristics, cfg.environment, cfg.intensity).describe())
             return 0
         run(cfg)
-    except (ConfigError, DataError) as e:
+    except DinocacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -18,8 +18,8 @@ import argparse
 import json
 import sys
 
-from dinocache.core.config import ConfigError
 from dinocache.core.data import DataError
+from dinocache.core.errors import DinocacheError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
             split(args.data, args.out, parse_ratios(args.ratios), args.seed, args.overwrite)
             return 0
-    except (ConfigError, DataError) as e:
+    except DinocacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 2  # pragma: no cover - argparse rejects unknown commands

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from dinocache.core.config import ConfigError, build, require, save
+from dinocache.core.errors import DinocacheError
 from dinocache.core.fsutil import publish_dir
 
 # Class names, index = class id. Colour is drawn independently of the class, so only shape tells them apart.
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         values.update(parse_overrides(args.options))
         cfg = build(DemoDataConfig, values, "command line")
         out = write_dataset(cfg)
-    except ConfigError as e:
+    except DinocacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

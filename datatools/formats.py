@@ -32,6 +32,7 @@ from dinocache.core.data import (
     load_data_yaml,
     split_images,
 )
+from dinocache.core.errors import DinocacheError
 
 from .geometry import min_area_box, polygon_area
 
@@ -205,7 +206,7 @@ def write_data_yaml(root: Path, names: dict[int, str], splits: list[str]) -> Pat
     return out
 
 
-class LabelLineError(ValueError):
+class LabelLineError(DinocacheError, ValueError):
     """A YOLO label line that cannot be an object; the message is the reason (no file:line, callers add it)."""
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from dinocache.core.config import ConfigError, build, parse_overrides, read_section, require, to_dict
+from dinocache.core.errors import DinocacheError
 
 # mode -> TrainConfig values that make it
 MODES: dict[str, dict[str, Any]] = {
@@ -390,14 +391,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
-    from dinocache.core.data import DataError
-    from dinocache.train.run import TrainError
-
-    try:
-        from dinocache.cache import CacheError
-        from dinocache.teacher.model import TeacherNotFound
-    except ImportError:  # pragma: no cover
-        TeacherNotFound = CacheError = TrainError  # noqa: N806
     try:
         opts = parse_overrides(args.options)
         train_over = {k[len("train.") :]: v for k, v in opts.items() if k.startswith("train.")}
@@ -412,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             parsed = build(TrainConfig, {**train_values, **train_over}, "command line")
             train_values.update({k: getattr(parsed, k) for k in train_over})
         out = compare(train_values, cfg)
-    except (ConfigError, DataError, TrainError, TeacherNotFound, CacheError) as e:
+    except DinocacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"dinocache compare: table, CSV, JSON and plot in {out}")

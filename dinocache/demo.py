@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from dinocache.core.config import ConfigError, read_section
+from dinocache.core.config import read_section
+from dinocache.core.errors import DinocacheError
 
 
 def _step(title: str, fn, argv: list[str]) -> None:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         aug = read_section(args.config, "augment")
         pre = read_section(args.config, "precompute")
         trn = read_section(args.config, "train")
-    except ConfigError as e:
+    except DinocacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     per_step: dict[str, list[str]] = {"train": [], "precompute": [], "augment": []}

@@ -7,6 +7,8 @@ annotations, then merged into a plain DINOv3 folder that precompute can use as `
 
 from __future__ import annotations
 
+from dinocache.core.errors import DinocacheError
 
-class FinetuneError(ValueError):
+
+class FinetuneError(DinocacheError, ValueError):
     """Bad input to fine-tuning or merging (wrong base, occupied output folder, ...); names the files."""

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from dinocache.core.config import ConfigError, build, require
+from dinocache.core.errors import DinocacheError
 from dinocache.core.fsutil import publish_dir
 
 INFO_FILE = "demo_teacher.json"
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             "command line",
         )
         out = make_demo_teacher(cfg)
-    except ConfigError as e:
+    except DinocacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     info = json.loads((out / INFO_FILE).read_text())

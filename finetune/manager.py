@@ -10,8 +10,10 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from dinocache.core.errors import DinocacheError
 
-class NonFiniteLoss(RuntimeError):
+
+class NonFiniteLoss(DinocacheError, RuntimeError):
     """The loss became NaN/inf; training must stop and keep the last good checkpoint."""
 
     def __init__(self, value: float, step: int) -> None:

@@ -23,7 +23,8 @@ from typing import Any
 
 from dinocache.finetune import FinetuneError
 
-from dinocache.core.config import ConfigError, build, require
+from dinocache.core.config import build, require
+from dinocache.core.errors import DinocacheError
 from dinocache.core.fsutil import publish_dir
 
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -153,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", default="", help="base folder / hub id (default: from adapter_config.json)")
     ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     args = ap.parse_args(argv)
-    from dinocache.teacher.model import TeacherNotFound
 
     try:
         cfg = build(MergeConfig, vars(args), "command line")
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             out = merge_task_adapter(cfg.adapter, cfg.out, cfg.base or None, cfg.overwrite)
         else:
             out = merge_adapter(cfg.adapter, cfg.out, cfg.base or None, cfg.overwrite)
-    except (ConfigError, FinetuneError, TeacherNotFound) as e:
+    except DinocacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"merge-teacher: merged {cfg.adapter} into {out}; use dino_root={out} for precompute and train")

@@ -42,8 +42,9 @@ import numpy as np
 import yaml
 from dinocache.finetune import FinetuneError
 
-from dinocache.core.config import ConfigError, load, require, to_dict
+from dinocache.core.config import load, require, to_dict
 from dinocache.core.data import DataError
+from dinocache.core.errors import DinocacheError
 
 SECTION = "finetune_teachers"
 KNOWN = ("auto", "grounding_dino", "sam", "dinov3")
@@ -655,12 +656,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=None, help=f"config.json (section '{SECTION}')")
     ap.add_argument("overrides", nargs="*", help="key=value overrides")
     args = ap.parse_args(argv)
-    from dinocache.teacher.model import TeacherNotFound
-
     try:
         cfg = load(TaskFinetuneConfig, args.config, SECTION, args.overrides)
         meta = run(cfg)
-    except (ConfigError, DataError, FinetuneError, TeacherNotFound) as e:
+    except DinocacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for fam, r in meta["teachers"].items():

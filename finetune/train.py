@@ -29,6 +29,7 @@ from dinocache.finetune import FinetuneError
 
 from dinocache.core.config import ConfigError, load, require, save, to_dict
 from dinocache.core.data import DataError
+from dinocache.core.errors import DinocacheError
 
 SECTION = "finetune_teacher"
 # Keys that change what the saved adapter means; resuming with a different value is refused.
@@ -509,12 +510,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=None, help="config.json (section 'finetune_teacher')")
     ap.add_argument("overrides", nargs="*", help="key=value overrides")
     args = ap.parse_args(argv)
-    from dinocache.teacher.model import TeacherNotFound
-
     try:
         cfg = load(FinetuneConfig, args.config, SECTION, args.overrides)
         meta = run(cfg)
-    except (ConfigError, DataError, FinetuneError, TeacherNotFound) as e:
+    except DinocacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 1 if meta.get("failed") else 0

@@ -19,6 +19,7 @@ from typing import Any
 
 from dinocache.core.config import ConfigError, build, require
 from dinocache.core.data import DataError
+from dinocache.core.errors import DinocacheError
 
 DEFAULT_IMGSZ = 640
 
@@ -60,7 +61,7 @@ class GradeConfig:
         require(self.viz_max_samples >= 0, "viz_max_samples", "must be >= 0")
 
 
-class WeightsError(ValueError):
+class WeightsError(DinocacheError, ValueError):
     """The checkpoint is missing or cannot be loaded; the message names the file."""
 
 
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = build(GradeConfig, values, "command line")
         out = run_grade(cfg)
-    except (ConfigError, DataError, WeightsError) as e:
+    except DinocacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # pragma: no cover - unexpected failure

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from dinocache.core.config import ConfigError, load, require, to_dict
+from dinocache.core.errors import DinocacheError
 
 
 @dataclass
@@ -770,11 +771,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the 'precompute' section")
     args = ap.parse_intermixed_args(argv)
 
-    from dinocache.cache.errors import CacheError
-    from dinocache.teacher.model import TeacherNotFound
-
-    from dinocache.core.data import DataError
-
     config = (
         args.config if args.config is not None else ("config.json" if Path("config.json").exists() else None)
     )
@@ -787,7 +783,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load(PrecomputeConfig, config, "precompute", overrides)
         explicit = cfg.shard != "0/1" or any(o.split("=", 1)[0].strip() == "shard" for o in overrides)
         return Precompute(cfg, shard_explicit=explicit).run()
-    except (ConfigError, DataError, CacheError, TeacherNotFound) as e:
+    except DinocacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -804,10 +800,8 @@ def repair_main(argv: list[str] | None = None) -> int:
     import yaml
     from dinocache.cache.errors import CacheError
     from dinocache.cache.store import _fs
-    from dinocache.teacher.model import TeacherNotFound
 
     from dinocache.core.config import build, field_names, parse_overrides
-    from dinocache.core.data import DataError
 
     ap = argparse.ArgumentParser(
         prog="dinocache cache repair", description=repair_main.__doc__.splitlines()[0]
@@ -849,7 +843,7 @@ def repair_main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return rc
-    except (ConfigError, DataError, CacheError, TeacherNotFound, json.JSONDecodeError, yaml.YAMLError) as e:
+    except (DinocacheError, json.JSONDecodeError, yaml.YAMLError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dinocache.core.errors import DinocacheError
+
 # Files of a transformers checkpoint folder that decide the teacher's numbers (weights, shapes, layer
 # layout, input normalisation). Tokenizer/README/licence files do not.
 WEIGHT_PATTERNS = (
@@ -36,7 +38,7 @@ CHUNK = 8 << 20
 DIGEST_VERSION = 1
 
 
-class DigestError(FileNotFoundError):
+class DigestError(DinocacheError, FileNotFoundError):
     """The folder holds no weight files (or is not a folder); the message names it."""
 
 

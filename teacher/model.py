@@ -24,6 +24,7 @@ import torch
 
 from dinocache.core.config import ConfigError
 from dinocache.core.device import select_device
+from dinocache.core.errors import DinocacheError
 
 # ImageNet statistics: what DINOv3's own preprocessor config ships; used when a folder has none.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -67,7 +68,7 @@ DEFAULT_HUB_ID = "facebook/dinov3-vitl16-pretrain-lvd1689m"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class TeacherNotFound(FileNotFoundError):
+class TeacherNotFound(DinocacheError, FileNotFoundError):
     """The DINOv3 weights are not where `dino_root` says; the message says where to put them."""
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dinocache.core.config import ConfigError, build, require
+from dinocache.core.errors import DinocacheError
 from dinocache.core.fsutil import publish_dir
 
 # Shapes of the released DINOv3 ViT-S/B/L 16 (LVD-1689M) plus a tiny one that runs in milliseconds on CPU.
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         out = make_tiny_teacher(
             cfg.out, seed=cfg.seed, size=cfg.size, overwrite=cfg.overwrite, family=cfg.family
         )
-    except ConfigError as e:
+    except DinocacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -20,30 +20,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from dinocache.train.config import TrainConfig
     from dinocache.train.eval_hooks import EvalFailed
-    from dinocache.train.run import TrainError, train
+    from dinocache.train.run import train
     from dinocache.train.trainer import NonFiniteLoss
 
-    from dinocache.core.config import ConfigError, load
-    from dinocache.core.data import DataError
-
-    try:
-        from dinocache.teacher.model import TeacherNotFound
-    except ImportError:  # pragma: no cover
-        TeacherNotFound = FileNotFoundError  # noqa: N806
-    try:
-        from dinocache.cache import CacheError
-    except ImportError:  # pragma: no cover
-        CacheError = TrainError  # noqa: N806
+    from dinocache.core.config import load
+    from dinocache.core.errors import DinocacheError
 
     try:
         cfg = load(TrainConfig, args.config, "train", args.overrides)
         trainer = train(cfg)
-    except (ConfigError, DataError, TrainError, TeacherNotFound, CacheError) as e:
-        print(f"error: {_first_cause(e)}", file=sys.stderr)
-        return 2
     except (EvalFailed, NonFiniteLoss) as e:  # the run went wrong (a grade failed, NaN loss): not a success
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except DinocacheError as e:
+        print(f"error: {_first_cause(e)}", file=sys.stderr)
+        return 2
     print(f"dinocache train: outputs in {trainer.save_dir}")
     return 0
 

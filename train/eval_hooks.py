@@ -33,6 +33,8 @@ from dinocache.grade.featviz import feature_viz_dir, save_feature_viz
 from dinocache.grade.logging import RunLogger
 from dinocache.grade.overlays import eval_dir, write_overlays
 
+from dinocache.core.errors import DinocacheError
+
 # Defaults for the TrainConfig's eval_viz_max_samples / dino_viz_samples when the trainer has no TrainConfig.
 DEFAULT_VIZ_MAX_SAMPLES = 16  # eval_viz_max_samples: val images drawn per evaluation
 DEFAULT_DINO_VIZ_SAMPLES = 4  # dino_viz_samples: fixed training images shown in dino_viz/
@@ -49,7 +51,7 @@ def _rank0() -> bool:
 FAILURES_FILE = "failures.txt"  # under eval/: one line per failed evaluation or viz
 
 
-class EvalFailed(RuntimeError):
+class EvalFailed(DinocacheError, RuntimeError):
     """Training finished (checkpoints saved) but at least one evaluation or DINO viz failed."""
 
 

@@ -28,11 +28,12 @@ from ultralytics.utils import LOGGER, colorstr
 from dinocache.core.config import build
 from dinocache.core.data import image_key, list_split_images
 from dinocache.core.device import ultralytics_device
+from dinocache.core.errors import DinocacheError
 
 FIX = "run `just precompute` (dinocache precompute --config config.json) to (re)build it"
 
 
-class TrainError(RuntimeError):
+class TrainError(DinocacheError, RuntimeError):
     """A run that must not start (bad cache, missing rows, existing run folder); the message says the fix."""
 
 

@@ -38,6 +38,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
 from dinocache.core.config import to_dict
+from dinocache.core.errors import DinocacheError
 from dinocache.core.logs import quiet_ultralytics
 
 RESUME_FILE = "resume.pt"
@@ -110,7 +111,7 @@ def _ranges(ids: list[int]) -> str:
     return ", ".join(out)
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(DinocacheError, RuntimeError):
     """The training loss (or the validation fitness) became NaN/inf: the run stops, the last good checkpoint stays."""
 
 

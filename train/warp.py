@@ -81,6 +81,8 @@ from ultralytics.data.augment import (
 )
 from ultralytics.utils import IterableSimpleNamespace
 
+from dinocache.core.errors import DinocacheError
+
 TEACHER_KEY = "teacher_feat"  # in: (D, h, w) cached map of the loaded image; out: the warped map
 FLIP_KEY = "teacher_feat_flip"  # in (optional): () -> (D, h, w) map of the h-flipped image (cache_flips)
 VALID_KEY = "teacher_valid"  # out: (h, w) float32 in {0, 1}
@@ -100,7 +102,7 @@ BLEND_AUGMENTATIONS = ("mixup", "cutmix", "copy_paste")
 DEFAULT_VALID_THRESHOLD = 0.5
 
 
-class WarpError(ValueError):
+class WarpError(DinocacheError, ValueError):
     """Warp mode cannot follow this pipeline or input (the message says which transform/key and why)."""
 
 

@@ -36,7 +36,6 @@ from dinocache.train.warp import (
     TEACHER_KEY,
     VALID_KEY,
     RenderTeacher,
-    WarpError,
     WarpFlip,
     WarpMosaic,
     WarpPerspective,
@@ -44,7 +43,8 @@ from dinocache.train.warp import (
 )
 
 from dinocache.core.config import ConfigError, load, require, save, to_dict
-from dinocache.core.data import DataError, list_split_images, load_data_yaml
+from dinocache.core.data import list_split_images, load_data_yaml
+from dinocache.core.errors import DinocacheError
 
 AVGPOOL = "avgpool"
 
@@ -414,14 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     flags = [f"{k}={v}" for k in ("teacher", "data", "imgsz", "n_images", "out") if (v := getattr(args, k))]
 
     try:
-        from dinocache.teacher.model import TeacherNotFound
-    except ImportError:  # pragma: no cover
-        TeacherNotFound = FileNotFoundError  # noqa: N806
-    try:
         cfg = load(WarpCheckConfig, args.config, "warp_check", [*flags, *args.overrides])
         rows, viz = run_check(cfg)
         out = write_outputs(cfg, rows, viz)
-    except (ConfigError, DataError, WarpError, TeacherNotFound) as e:
+    except DinocacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (OSError, RuntimeError) as e:

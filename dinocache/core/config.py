@@ -21,10 +21,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from dinocache.core.errors import DinocacheError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(DinocacheError, ValueError):
     """A bad config value or key; the message names the key (and the file when there is one)."""
 
 

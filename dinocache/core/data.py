@@ -18,10 +18,12 @@ from typing import Any
 
 import yaml
 
+from dinocache.core.errors import DinocacheError
+
 IMG_EXTS = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm", "heic"}
 
 
-class DataError(ValueError):
+class DataError(DinocacheError, ValueError):
     """Bad dataset input; the message names the file."""
 
 

@@ -1,0 +1,48 @@
+"""One error base: every error class dinocache defines derives from DinocacheError, and a command line
+tool turns it into `error: <message>` and exit 2."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+from dinocache.core.errors import DinocacheError
+
+# modules that import optional or heavy extras at import time are still walked: all are installed here
+PACKAGES = ["core", "teacher", "cache", "datatools", "precompute", "grade", "train", "finetune"]
+
+
+def _error_classes() -> dict[str, type]:
+    found: dict[str, type] = {}
+    for pkg in PACKAGES:
+        mod = importlib.import_module(f"dinocache.{pkg}")
+        names = [f"dinocache.{pkg}"] + [
+            m.name for m in pkgutil.iter_modules(mod.__path__, f"dinocache.{pkg}.")
+        ]
+        for name in names:
+            module = importlib.import_module(name)
+            for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+                if issubclass(cls, BaseException) and cls.__module__ == name:
+                    found[f"{name}.{cls_name}"] = cls
+    for name in ("dinocache.compare", "dinocache.demo"):
+        module = importlib.import_module(name)
+        for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, BaseException) and cls.__module__ == name:
+                found[f"{name}.{cls_name}"] = cls
+    return found
+
+
+def test_every_error_class_derives_from_the_base():
+    classes = _error_classes()
+    assert "dinocache.cache.errors.CacheCorrupt" in classes and "dinocache.core.config.ConfigError" in classes
+    strays = sorted(name for name, cls in classes.items() if not issubclass(cls, DinocacheError))
+    assert not strays, f"error classes outside DinocacheError: {strays}"
+
+
+def test_cli_turns_the_base_into_exit_2(tmp_path, capsys):
+    from dinocache.cache.cli import main
+
+    assert main(["info", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no feature cache there" in err
