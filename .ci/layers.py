@@ -36,8 +36,6 @@ ALLOWED_CYCLES: list[set[str]] = [
     {"dinocache.train.trainer", "dinocache.train.run", "dinocache.train.ddp"},
     # check reads the store's private helpers, the store calls check's scan
     {"dinocache.cache.check", "dinocache.cache.store"},
-    # families -> model -> registry -> families (model.load_teacher forwards to the registry)
-    {"dinocache.teacher.families", "dinocache.teacher.model", "dinocache.teacher.registry"},
 ]
 
 

@@ -145,7 +145,7 @@ def verify(
     if dino_root is not None:
         from dinocache.cache.errors import CacheMismatch
         from dinocache.cache.store import check_fingerprint
-        from dinocache.teacher.model import load_teacher
+        from dinocache.teacher.registry import load_teacher
 
         teacher = load_teacher(
             dino_root,

@@ -27,7 +27,7 @@ def base_identity(model: nn.Module, source: str) -> dict[str, Any]:
     """What identifies the base an adapter belongs to: its config (minus volatile keys) and weights hash."""
     import hashlib
 
-    from dinocache.teacher.model import VOLATILE_CONFIG_KEYS, weights_sha256
+    from dinocache.teacher.base import VOLATILE_CONFIG_KEYS, weights_sha256
 
     cfg = {k: v for k, v in model.config.to_dict().items() if k not in VOLATILE_CONFIG_KEYS}
     cfg_sha = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()

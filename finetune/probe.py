@@ -79,7 +79,7 @@ def probe_teacher(
     import torch
     from dinocache.datatools.demo_data import CLASSES, make_demo_dataset
     from dinocache.precompute.run import main as precompute
-    from dinocache.teacher.model import load_teacher
+    from dinocache.teacher.registry import load_teacher
 
     from dinocache import cache
 

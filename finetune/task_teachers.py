@@ -283,9 +283,9 @@ class GroundingDinoTask(_Task):
 
         if detect_family(self.root) != "grounding_dino":
             raise FinetuneError(f"grounding_dino_root: {self.root} is not a Grounding DINO checkpoint")
-        from dinocache.teacher.model import _quiet_progress
+        from dinocache.teacher.base import quiet_progress
 
-        with _quiet_progress():
+        with quiet_progress():
             self.processor = AutoProcessor.from_pretrained(self.root)
             base = GroundingDinoForObjectDetection.from_pretrained(self.root)
         _expose_embeddings(base)
@@ -342,9 +342,9 @@ class SamTask(_Task):
 
         if detect_family(self.root) != "sam":
             raise FinetuneError(f"sam_root: {self.root} is not a SAM checkpoint")
-        from dinocache.teacher.model import _quiet_progress
+        from dinocache.teacher.base import quiet_progress
 
-        with _quiet_progress():
+        with quiet_progress():
             base = SamModel.from_pretrained(self.root)
             ip = AutoImageProcessor.from_pretrained(self.root)
         self.mean, self.std = list(ip.image_mean), list(ip.image_std)
@@ -617,10 +617,10 @@ def merge_task_adapter(
         )
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FinetuneError(f"out: {out} exists and is not empty (pass --overwrite to replace it)")
-    from dinocache.teacher.model import _quiet_progress
+    from dinocache.teacher.base import quiet_progress
 
     cls = GroundingDinoForObjectDetection if family == "grounding_dino" else SamModel
-    with _quiet_progress():
+    with quiet_progress():
         model = cls.from_pretrained(src)
     if family == "grounding_dino":
         _expose_embeddings(model)

@@ -252,7 +252,7 @@ class Precompute:
     def run(self) -> int:
         import dinocache.cache.format as F
         import torch
-        from dinocache.teacher.model import load_teacher
+        from dinocache.teacher.registry import load_teacher
 
         from dinocache.core.data import DataError, image_key, list_split_images
         from dinocache.core.device import select_device

@@ -1,4 +1,5 @@
-"""Teacher families other than the transformers DINOv3 ViT (teacher/model.py), behind the same interface.
+"""Teacher families other than the transformers DINOv3 ViT (teacher/model.py), behind the same interface
+(`teacher.base.Teacher`).
 
 Every teacher is a frozen `torch.nn.Module` with:
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from dinocache.teacher.model import (
+from dinocache.teacher.base import (
     VOLATILE_CONFIG_KEYS,
     check_teacher_input,
     teacher_autocast,

@@ -17,16 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from dinocache.teacher.model import (
-    DinoV3Teacher,
+from dinocache.teacher import families as fam
+from dinocache.teacher.base import (
+    Teacher,
     TeacherNotFound,
-    _looks_like_hub_id,
-    _quiet_progress,
-    _read_mean_std,
-    select_device,
+    looks_like_hub_id,
+    quiet_progress,
+    read_mean_std,
 )
+from dinocache.teacher.model import DinoV3Teacher
 
 from dinocache.core.config import ConfigError
+from dinocache.core.device import select_device
 
 # family -> what it is (shown in errors and `--help`)
 FAMILIES: dict[str, str] = {
@@ -95,7 +97,7 @@ def detect_family(root: str | Path) -> str:
         return _family_of_config(cfg, str(local))
     if root.startswith(("hf-hub:", "timm/")):
         return "dinov3_timm"
-    if not _looks_like_hub_id(root):
+    if not looks_like_hub_id(root):
         return "dinov3_vit"  # -> TeacherNotFound with where to put the weights
     from transformers import PretrainedConfig
 
@@ -128,7 +130,7 @@ def _hf_model(root: str) -> tuple[Any, str, bool]:
 
     local = Path(root).expanduser()
     is_local = local.exists()
-    if not is_local and not _looks_like_hub_id(root):
+    if not is_local and not looks_like_hub_id(root):
         raise TeacherNotFound(
             f"teacher weights not found at {root!r}: make one with `dinocache make-tiny-teacher`"
         )
@@ -139,7 +141,7 @@ def _hf_model(root: str) -> tuple[Any, str, bool]:
     # AutoModel on a Grounding DINO detection checkpoint drops its box head: a load report we don't need
     hf_logging.set_verbosity_error()
     try:
-        with _quiet_progress():
+        with quiet_progress():
             model = AutoModel.from_pretrained(
                 src, dtype=torch.float32, local_files_only=is_local or _offline()
             )
@@ -175,7 +177,7 @@ def load_teacher(
     device: str | torch.device = "cpu",
     amp: bool | None = None,
     family: str = "auto",
-) -> torch.nn.Module:
+) -> Teacher:
     """The frozen teacher in `root` (folder or hub id) on `device`; `family` = auto or one of FAMILIES."""
     root = str(root)
     if family not in ("", "auto") and family not in FAMILIES:
@@ -184,8 +186,6 @@ def load_teacher(
     _check_requested(family, found, root)
     if found == "dinov3_vit":
         return DinoV3Teacher.from_pretrained(root, layer=layer, device=device, amp=amp)
-    from dinocache.teacher import families as fam
-
     if found == "dinov3_timm":
         model, cfg = _timm_model(root)
         pc = model.pretrained_cfg
@@ -200,7 +200,7 @@ def load_teacher(
         )
         return t.to(select_device(device))
     model, src, is_local = _hf_model(root)
-    mean, std = _read_mean_std(src, is_local)
+    mean, std = read_mean_std(src, is_local)
     cls = {
         "dinov3_convnext": fam.ConvNextTeacher,
         "dinov2": fam.Dinov2Teacher,

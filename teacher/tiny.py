@@ -94,7 +94,7 @@ def make_tiny_teacher(
 ) -> Path:
     """Build a random teacher of `family`/`size`, save it with its library's own writer into `out`."""
     import torch
-    from dinocache.teacher.model import _quiet_progress
+    from dinocache.teacher.base import quiet_progress
 
     if family not in FAMILY_SIZES:
         raise ConfigError(f"family: {family!r} is not one of {list(FAMILY_SIZES)}")
@@ -107,7 +107,7 @@ def make_tiny_teacher(
     try:
         tmp.chmod(0o755)  # mkdtemp makes 0700; the folder should look like any saved checkpoint
         # fork_rng: seeding must not disturb the caller's global RNG state (tests, training).
-        with torch.random.fork_rng(devices=[]), _quiet_progress():
+        with torch.random.fork_rng(devices=[]), quiet_progress():
             torch.manual_seed(seed)
             real = BUILDERS[family](tmp, size)
         (tmp / "README.md").write_text(

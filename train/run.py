@@ -198,7 +198,7 @@ def preflight(cfg: TrainConfig) -> TeacherContext:
     teacher = None
     if cfg.teacher_source == "online":
         # cache mode never builds the teacher (nor imports transformers' model code): check_teacher_files
-        from dinocache.teacher.model import load_teacher
+        from dinocache.teacher.registry import load_teacher
 
         teacher = load_teacher(cfg.dino_root, layer=cfg.dino_layer, device="cpu", family=cfg.teacher_family)
     cache_path = cfg.cache

@@ -407,7 +407,7 @@ class DinoOBBTrainer(OBBTrainer):
                 self._teacher = self.ctx.teacher.to(self.device)
                 self.ctx.teacher = None
             else:
-                from dinocache.teacher.model import load_teacher
+                from dinocache.teacher.registry import load_teacher
 
                 self._teacher = load_teacher(
                     self.dino.dino_root,

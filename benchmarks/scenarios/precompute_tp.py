@@ -34,7 +34,7 @@ def main() -> None:
         import cv2
         import numpy as np
         import torch
-        from dinocache.teacher.model import load_teacher
+        from dinocache.teacher.registry import load_teacher
 
         from dinocache.core.device import select_device
 

@@ -20,7 +20,7 @@ def demo_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_demo_teacher_is_a_plain_dinov3_and_reused(demo_teacher: Path, monkeypatch) -> None:
     from dinocache.finetune import demo_teacher as dt
-    from dinocache.teacher.model import load_teacher
+    from dinocache.teacher.registry import load_teacher
 
     t = load_teacher(demo_teacher, device="cpu")  # the real from_pretrained path
     info = json.loads((demo_teacher / dt.INFO_FILE).read_text())

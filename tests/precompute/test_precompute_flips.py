@@ -33,7 +33,7 @@ def _one_thread(one_torch_thread):  # tests/conftest.py
 def test_flipped_views_are_the_teachers_map_of_the_mirrored_image(
     flip_caches: dict[str, Path], demo_data: Path, tiny_teacher_dir: Path
 ) -> None:
-    from dinocache.teacher.model import load_teacher
+    from dinocache.teacher.registry import load_teacher
 
     flips, plain = flip_caches["flips"], flip_caches["plain"]
     fc, fp = cache.open(str(flips)), cache.open(str(plain))

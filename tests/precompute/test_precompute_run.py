@@ -46,7 +46,7 @@ def train_images(data: Path) -> list[Path]:
 
 
 def test_round_trip_pca(demo_data: Path, tiny_teacher_dir: Path, tmp_path: Path) -> None:
-    from dinocache.teacher.model import load_teacher
+    from dinocache.teacher.registry import load_teacher
 
     store = tmp_path / "c.zarr"
     assert run(demo_data, tiny_teacher_dir, store) == 0
@@ -70,7 +70,7 @@ def test_round_trip_pca(demo_data: Path, tiny_teacher_dir: Path, tmp_path: Path)
 
 
 def test_round_trip_full_channels(demo_data: Path, tiny_teacher_dir: Path, tmp_path: Path) -> None:
-    from dinocache.teacher.model import load_teacher
+    from dinocache.teacher.registry import load_teacher
 
     store = tmp_path / "full.zarr"
     assert run(demo_data, tiny_teacher_dir, store, "channels=full", "codec=none") == 0

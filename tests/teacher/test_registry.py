@@ -124,3 +124,12 @@ def test_cli_family_option(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     assert tiny_main([str(tmp_path / "x"), "--family", "clip"]) == 2
     assert "family" in capsys.readouterr().err
     assert tiny_main([str(tmp_path / "y"), "--family", "sam", "--size", "vitl"]) == 2
+
+
+def test_every_loaded_teacher_is_a_teacher(tiny_teacher_dir) -> None:
+    """The one interface: what load_teacher returns satisfies the Teacher protocol."""
+    from dinocache.teacher.base import Teacher
+
+    t = load_teacher(tiny_teacher_dir)
+    assert isinstance(t, Teacher)
+    assert t.grid(64) == (4, 4) and t.stride(64) == 16

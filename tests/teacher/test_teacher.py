@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from dinocache.teacher import tiny
-from dinocache.teacher.model import DinoV3Teacher, TeacherNotFound, load_teacher
+from dinocache.teacher.model import DinoV3Teacher, TeacherNotFound
+from dinocache.teacher.registry import load_teacher
 from dinocache.teacher.tiny import make_tiny_teacher
 
 from dinocache.core.config import ConfigError

@@ -128,7 +128,7 @@ def _tensor_keys(obj, prefix: str = "") -> dict[str, torch.Size]:
 
 
 def test_online_checkpoints_hold_no_teacher_tensors(tmp_path, demo_data, tiny_teacher_dir) -> None:
-    from dinocache.teacher.model import load_teacher
+    from dinocache.teacher.registry import load_teacher
     from dinocache.train.run import train
     from ultralytics.utils.patches import torch_load
 
