@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             so = json.loads(args.storage_options) if args.storage_options else None
         except json.JSONDecodeError as e:
-            raise CacheError(f"--storage-options: not JSON ({e}): {args.storage_options!r}") from None
+            # the text is not echoed: it may hold credentials
+            raise CacheError(f"--storage-options: not JSON ({e})") from None
         fc = FeatureCache(args.path, so) if _exists(args.path, so) else None
         if fc is None:
             raise CacheError(f"{args.path}: no feature cache there (run `dinocache precompute`)")

@@ -104,8 +104,11 @@ REMOTE_HINT = (
 )
 
 
-def _remote_error(path: str | Path, e: BaseException) -> CacheError:
-    return CacheError(f"{path}: cannot reach the object store ({type(e).__name__}: {e}); {REMOTE_HINT}")
+def _remote_error(path: str | Path, e: BaseException, storage_options: Any = None) -> CacheError:
+    from dinocache.core.secrets import mask
+
+    why = mask(f"{type(e).__name__}: {e}", storage_options)  # a client may quote an option it rejects
+    return CacheError(f"{path}: cannot reach the object store ({why}); {REMOTE_HINT}")
 
 
 def check_reachable(path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
@@ -124,7 +127,7 @@ def check_reachable(path: str | Path, storage_options: dict[str, Any] | None = N
         # the store's own path first: s3fs answers a bucket lookup without credentials with "absent"
         found = fs.exists(root) or fs.exists(bucket)
     except Exception as e:
-        raise _remote_error(path, e) from None
+        raise _remote_error(path, e, storage_options) from None
     if not found:
         raise CacheError(
             f"{path}: bucket '{bucket}' does not exist (or these credentials cannot see it); create it first, "
@@ -142,7 +145,7 @@ def read_attrs(path: str | Path, storage_options: dict[str, Any] | None = None) 
         return None
     except Exception as e:
         if local_path(path) is None and not isinstance(e, (ValueError, KeyError, TypeError)):
-            raise _remote_error(path, e) from None  # credentials, network, permissions
+            raise _remote_error(path, e, storage_options) from None  # credentials, network, permissions
         raise CacheFormatError(
             f"{str(path).rstrip('/')}/zarr.json: cannot open {path} as a zarr group ({type(e).__name__}: {e})"
         ) from None

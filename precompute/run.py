@@ -34,6 +34,7 @@ import numpy as np
 
 from dinocache.core.config import ConfigError, load, require, to_dict
 from dinocache.core.errors import DinocacheError
+from dinocache.core.secrets import scrub
 
 
 @dataclass
@@ -482,6 +483,8 @@ class Precompute:
 
         name = "precompute.yaml" if self.world == 1 else f"precompute.shard{self.rank}of{self.world}.yaml"
         saved = {k: v for k, v in to_dict(self.cfg).items() if k != "repair"}  # how it was made, not mended
+        # anyone who can read the store reads this file: credentials stay where fsspec/boto found them
+        saved["storage_options"] = scrub(saved["storage_options"])
         text = yaml.safe_dump(saved, sort_keys=False)
         try:
             write_sidecar(self.cfg.cache, name, text, self.cfg.storage_options)

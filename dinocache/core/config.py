@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 from dinocache.core.errors import DinocacheError
+from dinocache.core.secrets import SECRET_FIELDS
 
 T = TypeVar("T")
 
@@ -41,6 +42,11 @@ def _suggest(key: str, known: list[str]) -> str:
 
 # Top-level keys of config.json that every section inherits unless it sets its own value.
 SHARED_KEYS = ("imgsz", "data", "cache", "dino_root")
+
+# The sections of config.json (one per entry point that reads one): any other object at the top level is a
+# misspelling that would otherwise leave its entry point on every default. Keys starting with `_` or `$`
+# (comments, `$schema`) are ignored.
+SECTIONS = ("augment", "precompute", "train", "finetune_teacher", "finetune_teachers", "warp_check")
 
 
 def _adapter(tp: Any) -> Any:
@@ -84,7 +90,10 @@ def parse_value(text: str, key: str, tp: Any = Any) -> Any:
     except yaml.YAMLError as e:
         if s[:1] in "[{":
             why = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
-            raise ConfigError(f"{key}: cannot parse {text!r} as a YAML value ({why or e})") from None
+            mark = getattr(e, "problem_mark", None)
+            at = f" at column {mark.column + 1}" if mark is not None else ""
+            shown = _shown(key, text)
+            raise ConfigError(f"{key}: cannot parse {shown} as a YAML value{at} ({why or e})") from None
         return text
 
 
@@ -92,13 +101,27 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Validate `value` against the field type `tp` with pydantic; the error names the key."""
     from pydantic import ValidationError
 
-    if isinstance(value, bool) and tp in (int, float):
+    if isinstance(value, bool) and _numeric(tp):
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     try:
         return _adapter(tp).validate_python(value)
     except ValidationError as e:
         err = e.errors()[0]
-        raise ConfigError(f"{key}: {err['msg']} (got {value!r})") from None
+        raise ConfigError(f"{key}: {err['msg']} (got {_shown(key, value)})") from None
+
+
+def _shown(key: str, value: Any) -> str:
+    """How an error shows a bad value: never the text of a field that may hold credentials."""
+    if key in SECRET_FIELDS:
+        return f"a {type(value).__name__} (not shown: {key} may hold credentials)"
+    return repr(value)
+
+
+def _numeric(tp: Any) -> bool:
+    """A number field (int, float, int | float, int | None, int | Literal[...]): pydantic's lax mode would
+    read `true` as 1 there, so a bool is refused instead."""
+    parts = [p for p in _parts(tp) if p is not type(None) and typing.get_origin(p) is not typing.Literal]
+    return bool(parts) and all(p in (int, float) for p in parts)
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:
@@ -189,17 +212,31 @@ def read_config(path: str | Path | None) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file {p} does not exist")
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a folder; give the JSON file (e.g. {p / 'config.json'})")
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ConfigError(f"{p}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte {e.start}: {e.object[e.start : e.start + 1]!r})"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"config file {p}: cannot read ({e.strerror or e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be an object with sections like 'train'")
     for k, v in data.items():
+        if k.startswith(("_", "$")):
+            continue
         if not isinstance(v, dict) and k not in SHARED_KEYS:
             raise ConfigError(
-                f"{p}: unknown top-level key '{k}'{_suggest(k, list(SHARED_KEYS))}; top-level keys are "
-                f"sections (objects) or the shared keys {', '.join(SHARED_KEYS)}"
+                f"{p}: unknown top-level key '{k}'{_suggest(k, [*SHARED_KEYS, *SECTIONS])}; top-level keys "
+                f"are sections (objects) or the shared keys {', '.join(SHARED_KEYS)}"
+            )
+        if isinstance(v, dict) and k not in SECTIONS:
+            raise ConfigError(
+                f"{p}: unknown section '{k}'{_suggest(k, list(SECTIONS))}; sections are {', '.join(SECTIONS)}"
             )
     return data
 

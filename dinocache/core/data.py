@@ -55,7 +55,24 @@ def find_data_yaml(data: str | Path) -> Path:
                 f"{p} holds {len(cands)} dataset files: {', '.join(q.name for q in cands)}; pass the one to use"
             )
         return cands[0]
+    _check_utf8(p)
     return p
+
+
+def _check_utf8(p: Path) -> None:
+    """YAML files are UTF-8 (Ultralytics reads them dropping any other byte, so a Latin-1 class name would
+    silently lose letters): anything else is refused naming the byte."""
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise DataError(f"dataset file {p}: cannot read ({e.strerror or e})") from None
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"{p}:{line}: not UTF-8 text (byte {e.start}: {raw[e.start : e.start + 1]!r}); save it as UTF-8"
+        ) from None
 
 
 def _names_dict(names: Any) -> dict[int, str] | None:

@@ -5,6 +5,7 @@ nothing written."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -241,3 +242,48 @@ def test_missing_credentials_refused_nothing_written(
     finally:
         clear_s3fs_instances()
     assert objects(fs, BUCKET) == before  # nothing was written
+
+
+# -- credentials: used for the run, never stored or printed ----------------------------------------------------
+SECRET_ID = "AKIADINOCACHETEST0001"
+SECRET = "sEcReT-dinocache-never-store-me-42"
+
+
+def _leaks(text: str) -> list[str]:
+    return [s for s in (SECRET_ID, SECRET) if s in text]
+
+
+def test_storage_option_credentials_never_stored_or_printed(
+    s3, demo_data, precompute_argv, tmp_path, capsys, monkeypatch
+) -> None:
+    """Explicit key/secret in storage_options (moto accepts any): the run works with them, and no object of
+    the cache, no file of the run folder and nothing printed holds them; a JSON typo doesn't echo them."""
+    from dinocache.cache.cli import main as cache_main
+    from dinocache.precompute.run import repair_main
+
+    monkeypatch.chdir(tmp_path)
+    url = f"s3://{BUCKET}/secret.zarr"
+    so = json.dumps({"key": SECRET_ID, "secret": SECRET, "client_kwargs": {"aws_session_token": SECRET}})
+    clear_s3fs_instances()
+    assert precompute_main([*precompute_argv(url), f"storage_options={so}"]) == 0
+    assert cache_main(["verify", url, "--data", str(demo_data), "--storage-options", so]) == 0
+    assert repair_main([url, "--data", str(demo_data), f"storage_options={so}"]) == 0
+    printed = capsys.readouterr()
+    assert not _leaks(printed.out + printed.err)
+    fs = s3["fs"]
+    stored = objects(fs, f"{BUCKET}/secret.zarr")
+    assert any(p.endswith("precompute.yaml") for p in stored)
+    for p in stored:
+        assert not _leaks(fs.cat(p).decode("latin-1")), f"{p} holds the credential"
+    for p in tmp_path.rglob("*"):
+        if p.is_file():
+            assert not _leaks(p.read_bytes().decode("latin-1")), f"{p} holds the credential"
+
+    # a typo in the JSON: refused without echoing the text
+    typo = so[:-1]
+    assert precompute_main([*precompute_argv(f"s3://{BUCKET}/typo.zarr"), f"storage_options={typo}"]) == 2
+    assert cache_main(["info", url, "--storage-options", typo]) == 2
+    assert repair_main([url, "--data", str(demo_data), f"storage_options={typo}"]) == 2
+    printed = capsys.readouterr()
+    assert "storage_options" in printed.err and "storage-options" in printed.err
+    assert not _leaks(printed.out + printed.err)

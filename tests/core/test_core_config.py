@@ -48,14 +48,16 @@ def test_dict_override_with_a_syntax_error_names_the_key() -> None:
 
 def test_shared_top_level_keys_are_inherited_unless_overridden(tmp_path: Path) -> None:
     p = tmp_path / "config.json"
-    p.write_text(json.dumps({"imgsz": 320, "data": "d.yaml", "cache": "c.zarr", "a": {"imgsz": 64}, "b": {}}))
-    assert read_section(p, "a") == {"imgsz": 64, "data": "d.yaml", "cache": "c.zarr"}
-    assert read_section(p, "b", fields=["imgsz"]) == {
+    p.write_text(
+        json.dumps({"imgsz": 320, "data": "d.yaml", "cache": "c.zarr", "train": {"imgsz": 64}, "augment": {}})
+    )
+    assert read_section(p, "train") == {"imgsz": 64, "data": "d.yaml", "cache": "c.zarr"}
+    assert read_section(p, "augment", fields=["imgsz"]) == {
         "imgsz": 320
     }  # keys the section's class lacks: left out
-    p.write_text(json.dumps({"imgz": 320, "a": {}}))
+    p.write_text(json.dumps({"imgz": 320, "train": {}}))
     with pytest.raises(ConfigError, match="unknown top-level key 'imgz' \\(did you mean 'imgsz'\\?\\)"):
-        read_section(p, "a")
+        read_section(p, "train")
 
 
 # -- TrainConfig: Ultralytics' arguments -------------------------------------------------------------------
@@ -129,3 +131,55 @@ def test_just_passes_a_dict_value_as_one_argument(tmp_path: Path) -> None:
     )
     assert r.returncode == 2, r.stderr
     assert "patience: 'patience=abc'" in r.stderr and "extra" not in r.stderr.split("patience")[0]
+
+
+@dataclass
+class Numbers:
+    # a number that may be a fraction (Ultralytics' batch: 16 or 0.7 of the GPU)
+    batch: int | float = 16
+    # an optional count
+    limit: int | None = None
+
+
+@pytest.mark.parametrize("key", ["batch", "limit"])
+def test_bool_refused_for_a_number_field_of_any_union(key: str) -> None:
+    with pytest.raises(ConfigError, match=f"{key}: expected a number, got True"):
+        build(Numbers, {key: True})
+    with pytest.raises(ConfigError, match=f"{key}: .*'true'"):
+        build(Numbers, {}, cli={key: "true"})
+
+
+def test_train_batch_true_refused(tmp_path: Path) -> None:
+    from dinocache.train.config import TrainConfig
+
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({"train": {"batch": True}}))
+    with pytest.raises(ConfigError, match="batch: expected a number"):
+        load(TrainConfig, p, "train")
+
+
+def test_misspelled_section_refused_with_the_closest_name(tmp_path: Path) -> None:
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({"trian": {"epochs": 3}, "_comment": {"ignored": 1}}))
+    with pytest.raises(ConfigError, match=r"unknown section 'trian' \(did you mean 'train'\?\)"):
+        read_section(p, "train")
+    p.write_text(json.dumps({"train": {"epochs": 3}, "_comment": {"ignored": 1}}))
+    assert read_section(p, "train") == {"epochs": 3}
+
+
+def test_config_folder_and_non_utf8_file_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"config file {tmp_path} is a folder"):
+        read_section(tmp_path, "train")
+    p = tmp_path / "config.json"
+    p.write_bytes('{"train": {"name": "caf\u00e9"}}'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=f"{p}: not UTF-8"):
+        read_section(p, "train")
+
+
+def test_storage_options_typo_never_echoed() -> None:
+    from dinocache.precompute.run import PrecomputeConfig
+
+    for text in ('{"secret": "hunter2-xyz", oops', '"hunter2-xyz"'):
+        with pytest.raises(ConfigError, match="storage_options") as e:
+            build(PrecomputeConfig, {}, cli={"storage_options": text})
+        assert "hunter2" not in str(e.value)

@@ -111,7 +111,18 @@ def v_undecodable(data, store, tmp):
     return [str(data)], ["images/train/000004.png"]
 
 
+def latin1_yaml(data: Path) -> Path:
+    """data.yaml re-saved as Latin-1 with a class name that is not ASCII (a Windows editor's default)."""
+    d = yaml.safe_load(data.read_text())
+    d["names"] = (
+        {**d["names"], 0: "caf\u00e9"} if isinstance(d["names"], dict) else ["caf\u00e9", *d["names"][1:]]
+    )
+    data.write_bytes(yaml.safe_dump(d, allow_unicode=True).encode("latin-1"))
+    return data
+
+
 VALIDATE: dict[str, Case] = {
+    "Latin-1 data.yaml": lambda d, s, t: ([str(latin1_yaml(d))], ["data.yaml", "UTF-8"]),
     "truncated JPEG": v_truncated,
     "7-field label line (3 corners)": v_seven_fields,
     "data.yaml without train": v_no_train,
@@ -153,6 +164,8 @@ AUGMENT: dict[str, Case] = {
     "missing data.yaml": lambda d, s, t: (a_cfg(t, t / "nope.yaml"), ["nope.yaml"]),
     "unknown key": lambda d, s, t: (a_cfg(t, d, viewz=2), ["viewz"]),
     "unknown characteristic": lambda d, s, t: (a_cfg(t, d, characteristics=["shiny_gold"]), ["shiny_gold"]),
+    "Latin-1 data.yaml": lambda d, s, t: (a_cfg(t, latin1_yaml(d)), ["data.yaml", "UTF-8"]),
+    "--config is a folder": lambda d, s, t: (["--config", str(t)], [str(t), "folder"]),
 }
 
 
@@ -216,6 +229,10 @@ SPLIT: dict[str, Case] = {
         ["ratios"],
     ),
     "missing data": lambda d, s, t: (["split", str(t / "nope.yaml"), "--out", str(t / "o")], ["nope.yaml"]),
+    "Latin-1 data.yaml": lambda d, s, t: (
+        ["split", str(latin1_yaml(d)), "--out", str(t / "o")],
+        ["data.yaml", "UTF-8"],
+    ),
 }
 TILE: dict[str, Case] = {
     "imgsz 0": lambda d, s, t: (["tile", str(d), "--out", str(t / "o"), "--imgsz", "0"], ["imgsz"]),
@@ -311,6 +328,31 @@ def test_train_bad_inputs(name: str, work, tmp_path, tiny_teacher_dir, faults) -
     r = faults.expect_clear(
         "train", name, main, [*t_cfg(tmp_path, data, store, tiny_teacher_dir), *extra], must
     )
+    assert r.rc == 2
+    assert not list((tmp_path / "artifacts").rglob("train")), "a refused run left a run folder"
+
+
+def _trian(data: Path, store: Path, tmp: Path, teacher: Path) -> list[str]:
+    argv = t_cfg(tmp, data, store, teacher)
+    p = Path(argv[1])
+    p.write_text(p.read_text().replace('"train"', '"trian"'))
+    return argv
+
+
+TRAIN_FILES = {
+    "--config is a folder": (lambda d, s, t, tch: ["--config", str(t)], ["folder"]),
+    "misspelled section (trian)": (_trian, ["trian", "did you mean 'train'"]),
+    '"batch": true in the file': (lambda d, s, t, tch: t_cfg(t, d, s, tch, batch=True), ["batch", "number"]),
+}
+
+
+@pytest.mark.parametrize("name", list(TRAIN_FILES))
+def test_train_bad_config_files(name: str, work, tmp_path, tiny_teacher_dir, faults) -> None:
+    from dinocache.train.cli import main
+
+    data, store = work
+    make, must = TRAIN_FILES[name]
+    r = faults.expect_clear("train", name, main, make(data, store, tmp_path, tiny_teacher_dir), must)
     assert r.rc == 2
     assert not list((tmp_path / "artifacts").rglob("train")), "a refused run left a run folder"
 
