@@ -713,8 +713,13 @@ class Precompute:
             raise CacheError(f"writing to {cfg.cache} failed: {failure[0]}") from failure[0]
         dt = time.perf_counter() - t0
         self.compute_seconds = dt  # decode -> teacher -> PCA -> fp16 -> written; read by the benchmarks
+        # the rows this loop ran the teacher on: the PCA fit's batches were computed before the clock started
+        self.compute_rows = len(fresh)
+        reused = len(rows) - len(fresh)
         self.log(
-            f"computed {len(rows)} images in {len(todo)} shard(s) in {dt:.1f}s ({len(rows) / max(dt, 1e-9):.1f} img/s)"
+            f"computed {len(fresh)} images in {len(todo)} shard(s) in {dt:.1f}s "
+            f"({len(fresh) / max(dt, 1e-9):.1f} img/s)"
+            + (f"; {reused} more written from the PCA fit pass" if reused else "")
         )
 
     def finish(self, writer: Any) -> int:
