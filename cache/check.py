@@ -156,7 +156,7 @@ def scan(fc: Any) -> tuple[list[BadRow], np.ndarray, list[str]]:
                 if i in errors:
                     bad.append(BadRow(i, keys[i], f, f"{what}image chunk {errors[i]}"))
                     flagged.add(i)
-                elif not np.isfinite(per_row[i]).all():
+                elif not all_finite(per_row[i]):
                     nbad = int(np.count_nonzero(~np.isfinite(per_row[i])))
                     held = f"{what}map holds" if flipped else "holds"
                     bad.append(BadRow(i, keys[i], f, f"{held} {nbad} NaN/inf value(s)"))
@@ -165,28 +165,42 @@ def scan(fc: Any) -> tuple[list[BadRow], np.ndarray, list[str]]:
     return bad, done, keys
 
 
+def all_finite(x: np.ndarray) -> bool:
+    """Whether every value of `x` is finite. float16 on its bits in one pass: a value is NaN or inf exactly when its
+    5 exponent bits are all ones, i.e. when its bits shifted left by one (dropping the sign) are >= 0xF800;
+    np.isfinite on float16 converts each value and costs ~20x more on a map."""
+    if x.dtype == np.float16 and x.size:
+        bits = np.ascontiguousarray(x).view(np.uint16)
+        return bool(np.left_shift(bits, 1).max() < 0xF800)
+    return bool(np.isfinite(x).all())
+
+
 def checked_map(fc: Any, key: str, channels: int | None = None, flipped: bool = False) -> np.ndarray:
     """(D, h, w) float16 map of image `key` (`flipped`: of the mirrored image), or CacheCorrupt naming key, row,
     shard file and the repair command: a checksum failure, a missing shard (reads as NaN fill) or NaN/inf never
     reaches a loss."""
-    row = fc.row_of(key)
-    shard = row // fc.spec.shard_size
-    what = "flipped-view teacher map" if flipped else "teacher map"
-    where = (
-        f"cache {fc.path}: the {what} of image {key} (row {row}, shard file {shard_file(fc, shard, flipped)})"
-    )
     try:
         x = np.asarray(fc.get(key, channels=channels, flipped=flipped))
     except CacheError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever backend reads it, a stored-bytes failure is damage
-        raise CacheCorrupt(f"{where} {_reason(e)}; {repair_hint(fc)}") from None
-    if not np.isfinite(x).all():
+        raise CacheCorrupt(f"{_where(fc, key, flipped)} {_reason(e)}; {repair_hint(fc)}") from None
+    if not all_finite(x):
+        shard = fc.row_of(key) // fc.spec.shard_size
         gone = missing_shard_files(fc, flipped=flipped)
         why = (
             "is missing: its shard file was deleted although `done` says 1"
             if any(s == shard for s, _, _ in gone)
             else f"holds {int(np.count_nonzero(~np.isfinite(x)))} NaN/inf value(s)"
         )
-        raise CacheCorrupt(f"{where} {why}; {repair_hint(fc)}")
+        raise CacheCorrupt(f"{_where(fc, key, flipped)} {why}; {repair_hint(fc)}")
     return x
+
+
+def _where(fc: Any, key: str, flipped: bool) -> str:
+    row = fc.row_of(key)
+    shard = row // fc.spec.shard_size
+    what = "flipped-view teacher map" if flipped else "teacher map"
+    return (
+        f"cache {fc.path}: the {what} of image {key} (row {row}, shard file {shard_file(fc, shard, flipped)})"
+    )

@@ -200,7 +200,9 @@ def _expected_arrays(spec: F.Spec) -> dict[str, tuple[tuple[int, ...], str]]:
 
 # ------------------------------------------------------------------------------------------ tensorstore
 
-READ_PATHS = ("auto", "zarr")
+# auto: memory-mapped shards (cache/mapped.py) for local uncompressed stores, else tensorstore, else zarr-python;
+# tensorstore: never the mapped reader; zarr: zarr-python for everything (the reference the tests compare against)
+READ_PATHS = ("auto", "tensorstore", "zarr")
 _TS_USED_BY: int | None = None  # pid of the first process that used tensorstore
 
 
@@ -380,9 +382,11 @@ class _Store:
 class FeatureCache(_Store):
     """Read-only view of a cache: lookup by image key, batched fp16 reads. See `cache.open`.
 
-    Feature reads go through tensorstore (zarr3 driver) for local stores, opened lazily in each process;
-    metadata, keys and statistics (read once) and URL stores go through zarr-python. `read_path="zarr"`
-    forces zarr-python for everything (the reference the tests compare against).
+    Feature reads of a local store whose `features` are uncompressed copy each image straight out of its
+    memory-mapped shard file, crc32c checked (cache/mapped.py; no tensorstore import); compressed local stores
+    and s3:// stores go through tensorstore (zarr3 driver), opened lazily in each process; metadata, keys and
+    statistics (read once) and other URL stores go through zarr-python. `read_path="tensorstore"` skips the
+    mapped reader, `read_path="zarr"` forces zarr-python for everything (the reference the tests compare against).
     """
 
     def __init__(
@@ -395,8 +399,12 @@ class FeatureCache(_Store):
         self._keys: list[str] | None = None
         self._row: dict[str, int] | None = None
         self._stats: dict[str, np.ndarray] = {}
-        # "auto": tensorstore for local stores, zarr-python otherwise; "zarr": always zarr-python
-        self._ts_mode = "auto" if read_path == "auto" else "zarr"
+        # "auto"/"tensorstore": tensorstore for local and s3:// stores, zarr-python otherwise; "zarr": always zarr-python
+        self._ts_mode = "zarr" if read_path == "zarr" else "auto"
+        # array name -> its memory-mapped reader (None: declined, read through tensorstore); "auto" only
+        self._mapped: dict[str, Any] = (
+            {} if read_path == "auto" else {F.FEATURES: None, F.FEATURES_FLIP: None}
+        )
         self._ts: dict[str, Any] = {}  # array name -> tensorstore handle, opened in process _ts_pid
         self._ts_pid: int | None = None
 
@@ -490,10 +498,13 @@ class FeatureCache(_Store):
                 "with `dinocache precompute ... cache_flips=true --overwrite` or set distill_cache_flips=off"
             )
         name = F.FEATURES_FLIP if flipped else F.FEATURES
-        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
         d = self.k if channels is None else int(channels)
         if not 1 <= d <= self.k:
             raise ValueError(f"channels={channels} but the cache {self.path} stores K={self.k}")
+        mapped = self._mapped_reader(name)
+        if mapped is not None and len(rows) == 1 and 0 <= int(rows[0]) < self.n:
+            return mapped.read_one(int(rows[0]), d)[None]  # one image: no sorting or gathering to do
+        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
         h, w = self.grid
         if idx.size == 0:
             return np.empty((0, d, h, w), np.float16)
@@ -506,6 +517,9 @@ class FeatureCache(_Store):
             uniq, inverse = np.unique(idx, return_inverse=True)
             if inverse.size == uniq.size:  # no duplicates: identity order if already sorted
                 inverse = None if (np.diff(idx) > 0).all() else inverse
+        if mapped is not None:
+            block = mapped.read(uniq, d)
+            return block if inverse is None else block[inverse]
         t = self._ts_features(name)
         if t is not None:
             block = (
@@ -517,6 +531,24 @@ class FeatureCache(_Store):
         return block if inverse is None else block[inverse]
 
     # -- read paths
+    def _mapped_reader(self, name: str) -> Any:
+        """The memory-mapped reader of array `name` (cache/mapped.py), None when it declines the store (not local,
+        compressed, another layout) or read_path is not auto. Decided once per handle; maps open per process."""
+        try:
+            return self._mapped[name]
+        except KeyError:
+            pass
+        lp = local_path(self.path)
+        reader = None
+        if lp is not None:
+            from dinocache.cache.mapped import MappedArray
+
+            reader = MappedArray.open(lp / name)
+            if reader is not None and reader.shape != (self.n, self.k, *self.grid):
+                reader = None  # _load_spec checked the shape through zarr: never read what it did not check
+        self._mapped[name] = reader
+        return reader
+
     def _ts_features(self, name: str = F.FEATURES) -> Any:
         """The tensorstore handle of array `name` (features or features_flip), opened on first use in this process; None -> zarr-python.
 
@@ -566,7 +598,15 @@ class FeatureCache(_Store):
 
     def get(self, key: str, channels: int | None = None, flipped: bool = False) -> np.ndarray:
         """float16 (D, h, w) of one image by key (`flipped`: the map of the mirrored image)."""
-        return self.read([self.row_of(key)], channels, flipped)[0]
+        row = self.row_of(key)
+        mapped = self._mapped_reader(F.FEATURES_FLIP if flipped else F.FEATURES)
+        if (
+            mapped is None
+            or (flipped and not self.spec.flips)
+            or not (channels is None or 1 <= channels <= self.k)
+        ):
+            return self.read([row], channels, flipped)[0]  # checks and messages of the general path
+        return mapped.read_one(row, self.k if channels is None else int(channels))
 
     def disk_bytes(self) -> int:
         """Bytes the `features` array takes in the store (chunks + shard indexes)."""
