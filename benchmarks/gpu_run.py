@@ -1,4 +1,4 @@
-"""The GPU benchmark of issue 13, driven by benchmarks/gpu.sh (installs nothing; < 8 min on one GPU).
+"""The GPU benchmark (epoch time, memory, loader and precompute throughput on one GPU), driven by benchmarks/gpu.sh (installs nothing; < 8 min on one GPU).
 
     python -m benchmarks.gpu_run [--dry-run] [--images 128] [--imgsz 640] [--workers 8] [--out DIR]
 

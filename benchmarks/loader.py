@@ -1,4 +1,4 @@
-"""Per-sample CPU of the training dataloader: plain Ultralytics vs the cache path (issue 13).
+"""Per-sample CPU of the training dataloader: plain Ultralytics vs the cache path.
 
 Used by benchmarks/test_bench_loader.py and benchmarks/gpu.sh. Both datasets are built the way the
 trainer builds them (Ultralytics' `get_cfg` + `build_yolo_dataset` for plain, `DistillDataset` with the

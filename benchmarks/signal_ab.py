@@ -1,4 +1,4 @@
-"""Distillation-gain benchmark (issue 14): does the cached map teach the student? Reuses `dinocache compare`.
+"""Distillation-gain benchmark: does the cached map teach the student? Reuses `dinocache compare`.
 
     python -m benchmarks.signal_ab --work DIR [--quick] [--epochs N] [--seeds N] [--modes a,b,...] [--compare-dir NAME]
 

@@ -1,4 +1,4 @@
-"""The benchmark suite of the core claim (issue 4). Run: `pytest benchmarks/ --benchmark` (`just bench`).
+"""The benchmark suite of the core claim (caching the teacher is cheap, distillation from the cache works). Run: `pytest benchmarks/ --benchmark` (`just bench`).
 
 Each scenario runs in a fresh subprocess (benchmarks/harness.py) so its memory figure is clean; every
 figure is reported as an absolute and as a ratio to its side-by-side baseline from this same run.
@@ -117,7 +117,7 @@ def test_epoch_time_and_memory(bench_env: dict, results, quick: bool) -> None:
                 online_vs_cache_mem=round(peak_mem_mib(online) / peak_mem_mib(cached), 3),
             )
         if size == "tiny":
-            # issue 8: the warp mode (default) against plain cache mode with geometric augmentation off
+            # the warp mode (default) against plain cache mode with geometric augmentation off
             off = _train(bench_env, "cache", size, epochs, "distill_geometric_aug=off")
             results.add(
                 section,

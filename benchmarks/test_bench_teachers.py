@@ -1,4 +1,4 @@
-"""Teacher families (issue 18): forward time per image per family, and LoRA vs full fine-tuning memory of the
+"""Teacher families: forward time per image per family, and LoRA vs full fine-tuning memory of the
 task teachers (Grounding DINO, SAM), on random weights of the released models' shapes."""
 
 from __future__ import annotations

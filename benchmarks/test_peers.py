@@ -1,4 +1,4 @@
-"""dinocache next to the tools a user would pick instead, side by side in one run (issue 9).
+"""dinocache next to the tools a user would pick instead, side by side in one run.
 
     pytest benchmarks/test_peers.py --benchmark -s        # or: just bench -k peers
 

@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 
 INTENSITIES = ("low", "medium", "high")
 ENVIRONMENT = {"lighting": ("variable", "fixed"), "camera": ("fixed", "moving")}
-GEOMETRIC_OPS = ("rotate", "flip", "scale", "stretch", "translate")
-PHOTOMETRIC_OPS = ("hsv", "brightness", "blur", "noise")
 # Operation -> its parameters and how two entries merge: "max" keeps the larger, "min" the smaller.
 OPS: dict[str, dict[str, str]] = {
     "rotate": {"degrees": "max"},

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dinocache.core.data import file_sha256
 from dinocache.core.errors import DinocacheError
 
 # Files of a transformers checkpoint folder that decide the teacher's numbers (weights, shapes, layer
@@ -55,15 +56,6 @@ def weight_files(root: str | Path) -> list[Path]:
     if not any(f.name != "config.json" and f.name != "preprocessor_config.json" for f in files):
         raise DigestError(f"{folder} holds no weight files ({', '.join(WEIGHT_PATTERNS[2:])})")
     return files
-
-
-def sha256_file(path: Path, chunk: int = CHUNK) -> str:
-    """sha256 of a file, streamed in `chunk`-byte pieces (constant memory for any size)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _load_sidecar(folder: Path) -> dict[str, Any]:
@@ -101,7 +93,7 @@ def digest(root: str | Path, use_sidecar: bool = True) -> dict[str, Any]:
         if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
             sha = str(hit["sha256"])
         else:
-            sha = sha256_file(p)
+            sha = file_sha256(p, CHUNK)
         out[p.name] = {"size": int(st.st_size), "sha256": sha}
         memo[p.name] = {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sha256": sha}
     if use_sidecar and memo != known:

@@ -1,4 +1,4 @@
-"""Item 1 of the layout issue: the wheel installs one top-level package, `dinocache`, and nothing else."""
+"""The wheel installs one top-level package, `dinocache`, and nothing else."""
 
 from __future__ import annotations
 

@@ -299,10 +299,8 @@ class TrainConfig:
         )
         bad = sorted(set(self.extra) & RESERVED_EXTRA)
         require(not bad, "extra", f"{bad} are set by dinocache itself; use the train options instead")
-        try:
-            from ultralytics.cfg import DEFAULT_CFG_DICT
-        except ImportError:  # pragma: no cover
-            return
+        from ultralytics.cfg import DEFAULT_CFG_DICT
+
         # 'augmentations' (a list of Albumentations transforms) is accepted by Ultralytics outside its defaults
         unknown = sorted(k for k in self.extra if k not in DEFAULT_CFG_DICT and k != "augmentations")
         if unknown:

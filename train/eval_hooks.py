@@ -1,4 +1,4 @@
-"""The trainer's side of issue 5: periodic grade + best_geo.pt, eval overlays, DINO feature viz, logging.
+"""The trainer's evaluation during a run: periodic grade + best_geo.pt, eval overlays, DINO feature viz, logging.
 
 Two calls from `train.trainer.DinoOBBTrainer` (rank 0 only; both are no-ops on other ranks):
 

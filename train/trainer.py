@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import subprocess
 import time
-from copy import copy
 from pathlib import Path
 from typing import Any
 
@@ -756,5 +755,4 @@ __all__ = [
     "apply_curriculum",
     "ultralytics_overrides",
     "geometric_off",
-    "copy",
 ]

@@ -259,10 +259,6 @@ def load(cls: type[T], config_path: str | Path | None, section: str, overrides: 
     return build(cls, values, source or "command line", cli=parse_overrides(overrides or []))
 
 
-def build_keys_check(cls: type, values: dict[str, Any], source: str) -> None:
-    check_keys(cls, values, source)
-
-
 def to_dict(obj: Any) -> dict[str, Any]:
     def conv(v: Any) -> Any:
         if isinstance(v, Path):

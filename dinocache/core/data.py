@@ -231,6 +231,7 @@ def image_key(image: str | Path, root: str | Path) -> str:
 
 
 def file_sha256(path: str | Path, bufsize: int = 1 << 20) -> str:
+    """sha256 hex of a file, read in `bufsize`-byte pieces (constant memory for any size)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(bufsize):

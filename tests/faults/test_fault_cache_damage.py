@@ -127,7 +127,7 @@ def test_verify_names_each_damage(name: str, work, faults) -> None:
 
 
 def test_bit_rot_count_is_exact(work, capsys) -> None:
-    """The issue's case: 64 flipped bytes inside one shard used to pass as OK; now exactly that row is named."""
+    """64 flipped bytes inside one shard: verify fails and names exactly that row."""
     data, store = work
     flip_shard(data, store)
     assert cache_main(["verify", str(store), "--data", str(data)]) == 1

@@ -16,7 +16,7 @@ def test_digest_names_files_and_is_location_free(tiny_teacher_dir: Path, tmp_pat
     assert set(a["files"]) == {"config.json", "model.safetensors", "preprocessor_config.json"}
     size = (tiny_teacher_dir / "model.safetensors").stat().st_size
     assert a["files"]["model.safetensors"]["size"] == size
-    assert a["files"]["model.safetensors"]["sha256"] == D.sha256_file(
+    assert a["files"]["model.safetensors"]["sha256"] == D.file_sha256(
         tiny_teacher_dir / "model.safetensors", 7
     )
     copy = tmp_path / "elsewhere"
@@ -34,8 +34,8 @@ def test_sidecar_skips_rehash_until_size_or_mtime_changes(
     side = json.loads((t / D.SIDECAR).read_text())
     assert side["files"]["model.safetensors"]["sha256"] == first["files"]["model.safetensors"]["sha256"]
     calls: list[str] = []
-    real = D.sha256_file
-    monkeypatch.setattr(D, "sha256_file", lambda p, *a: calls.append(p.name) or real(p, *a))
+    real = D.file_sha256
+    monkeypatch.setattr(D, "file_sha256", lambda p, *a: calls.append(p.name) or real(p, *a))
     assert D.digest(t)["id"] == first["id"] and calls == []  # all from the sidecar
     w = t / "model.safetensors"
     raw = bytearray(w.read_bytes())
