@@ -17,6 +17,7 @@ from dinocache.train.trainer import (
     RESUME_FILE,
     DinoOBBTrainer,
     TeacherContext,
+    add_callbacks,
     augmentation_summary,
     geometric_off,
     offline_views,
@@ -382,18 +383,17 @@ def prepare(
     return cfg, ov, ctx, state
 
 
-def train(cfg: TrainConfig, callbacks: dict[str, list] | None = None) -> DinoOBBTrainer:
+def train(cfg: TrainConfig, callbacks: Any = None) -> DinoOBBTrainer:
     """Train one run as configured; returns the finished trainer (its save_dir holds the outputs).
 
     `callbacks` maps Ultralytics events (on_train_epoch_start, on_fit_epoch_end, ...) to extra functions
-    `fn(trainer)`; module-level functions, not bound methods (they are deep-copied with the trainer state).
+    `fn(trainer)` (any form of `trainer.add_callbacks`); module-level functions, not bound methods (they are
+    deep-copied with the trainer state).
     """
     cfg, ov, ctx, state = prepare(cfg)
     try:
         trainer = DinoOBBTrainer(overrides=ov, dino=cfg, ctx=ctx, resume_state=state)
-        for event, fns in (callbacks or {}).items():
-            for fn in fns:
-                trainer.add_callback(event, fn)
+        add_callbacks(trainer, callbacks)
         trainer.train()
     except BaseException:
         if state is None:

@@ -41,6 +41,8 @@ from dinocache.core.errors import DinocacheError
 from dinocache.core.logs import quiet_ultralytics
 
 RESUME_FILE = "resume.pt"
+# the event of a bare callback function in `train(callbacks=[fn])`: each epoch, after validation
+DEFAULT_CALLBACK_EVENT = "on_fit_epoch_end"
 DINO_ARGS_FILE = "dinocache_args.yaml"
 
 
@@ -127,6 +129,40 @@ def log_epoch_speed(trainer: DinoOBBTrainer) -> None:
     )
 
 
+def add_callbacks(trainer: Any, callbacks: Any) -> None:
+    """Register user callbacks with Ultralytics' `add_callback(event, fn)`; `fn(trainer)` each.
+
+    Accepted forms: a dict {event: fn or [fn, ...]} (Ultralytics' own integration dicts, e.g.
+    `ultralytics.utils.callbacks.wb.callbacks`, are of this form); a list of such dicts, of (event, fn) pairs
+    and of bare functions. A bare function whose name is an Ultralytics event (`def on_train_end(trainer)`)
+    runs at that event; any other bare function (the seed's `callbacks=[eval_callback, wandb_callback]`)
+    runs at `on_fit_epoch_end`, after each epoch's validation, where Ultralytics' own loggers log."""
+    if not callbacks:
+        return
+    items = [callbacks] if isinstance(callbacks, dict) or callable(callbacks) else list(callbacks)
+    for item in items:
+        if isinstance(item, dict):
+            pairs = [(ev, f) for ev, fns in item.items() for f in (fns if isinstance(fns, (list, tuple)) else [fns])]
+        elif isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str):
+            pairs = [(item[0], item[1])]
+        elif callable(item):
+            name = getattr(item, "__name__", "")
+            pairs = [(name if name in trainer.callbacks else DEFAULT_CALLBACK_EVENT, item)]
+        else:
+            raise TypeError(f"callbacks: {item!r} is not a function, an (event, function) pair or a dict")
+        for event, fn in pairs:
+            if event not in trainer.callbacks:
+                import difflib
+
+                close = difflib.get_close_matches(event, list(trainer.callbacks), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ValueError(f"callbacks: {event!r} is not an Ultralytics event{hint}")
+            if not callable(fn):
+                raise TypeError(f"callbacks[{event!r}]: {fn!r} is not callable")
+            if fn not in trainer.callbacks[event]:
+                trainer.add_callback(event, fn)
+
+
 class DinoOBBTrainer(OBBTrainer):
     """OBBTrainer with DINOv3 feature distillation from a cache (or online) and the two-stage curriculum.
 
@@ -146,13 +182,21 @@ class DinoOBBTrainer(OBBTrainer):
         ctx: TeacherContext | None = None,
         resume_state: dict | None = None,
         device: str | None = None,
+        config: TrainConfig | None = None,
     ) -> None:
+        if config is not None:  # the seed's spelling: DinoOBBTrainer(config=train_config, device=device)
+            if cfg is not DEFAULT_CFG:
+                raise TypeError("DinoOBBTrainer: give the TrainConfig once, positionally or as config=")
+            cfg = config
+        # the TrainConfig and device of the Python API, kept for train(data_yaml_path=..., epochs=...)
+        self._api: tuple[TrainConfig, str | None] | None = None
         if isinstance(cfg, TrainConfig):
             # the Python API: DinoOBBTrainer(TrainConfig(...), device="cuda:0").train(), the same run as
             # `dinocache train` (run folder, preflight checks, augmentation policy: train.run.prepare)
             from dinocache.train.run import prepare
 
             dino, ov, ctx, resume_state = prepare(cfg, device)
+            self._api = (dino, device)
             cfg, overrides = DEFAULT_CFG, {**ov, **(overrides or {})}
         elif device is not None:
             overrides = {**(overrides or {}), "device": device}
@@ -217,11 +261,31 @@ class DinoOBBTrainer(OBBTrainer):
             f"({self._quiet.frozen} tensors, {n / 1e6:.2f} M parameters); Stage B unfreezes them"
         )
 
-    def train(self) -> None:
+    def train(
+        self,
+        data_yaml_path: str | Path | None = None,
+        epochs: int | None = None,
+        callbacks: Any = None,
+        **config_keys: Any,
+    ) -> None:
         """Ultralytics' train(); with several devices it launches the DDP ranks and hands them our config.
+
+        The seed's call `train(data_yaml_path=..., epochs=..., callbacks=[...])` overrides the TrainConfig for
+        this run (any other TrainConfig key works too, e.g. `batch=8`): the run is resolved again exactly as
+        `DinoOBBTrainer(config, device=...)` resolved it (same run folder, preflight on the new values).
+        `callbacks` take any form of `add_callbacks`.
 
         Ends with `EvalFailed` when an evaluation failed during training (train/eval_hooks.py): the epochs ran
         and the checkpoints are saved, but the run does not look like a good one."""
+        changes = dict(config_keys)
+        if data_yaml_path is not None:
+            # a data.yaml given here replaces dataset_root's (which would refuse a file outside it)
+            changes.update(data=str(data_yaml_path), dataset_root="")
+        if epochs is not None:
+            changes["epochs"] = epochs
+        if changes:
+            self._reconfigure(changes)
+        add_callbacks(self, callbacks)
         if not self.ddp:
             result = super().train()
             eval_hooks.raise_if_failed(self)
@@ -252,6 +316,25 @@ class DinoOBBTrainer(OBBTrainer):
             ddp.drop_handoff(self.callbacks)
         eval_hooks.raise_if_failed(self)  # a DDP rank 0 that evaluated; the launcher itself has nothing
         return result
+
+    def _reconfigure(self, changes: dict[str, Any]) -> None:
+        """Rebuild this trainer for `TrainConfig(**{**config, **changes})`, keeping its callbacks."""
+        import dataclasses
+
+        if self._api is None:
+            raise TypeError(
+                f"train({', '.join(changes)}=...): overriding the config needs a trainer built from a TrainConfig, "
+                "DinoOBBTrainer(config=TrainConfig(...), device=...)"
+            )
+        cfg, device = self._api
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise TypeError(f"train(): {unknown} are not TrainConfig keys")
+        if cfg.resume:
+            raise TypeError("train(): a resumed run continues with its saved config; pass no overrides")
+        # same run id: the folder prepare() made for this trainer (nothing but args.yaml is in it yet)
+        self.__init__(dataclasses.replace(cfg, **changes), device=device, _callbacks=self.callbacks)
 
     def plot_metrics(self) -> None:
         """results.png with a `distill` panel: Ultralytics plots the columns named *loss*, so it plots a copy
