@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -88,7 +89,8 @@ class Collection:
     items: list[Item]
     problems: list[Problem] = field(default_factory=list)
     orphan_labels: list[Path] = field(default_factory=list)
-    masks: int = 0  # annotations given as polygons with more than 4 points
+    # instance masks: YOLO-seg lines (polygons of more than 4 points), COCO polygons and RLE (coco_mask_kind)
+    masks: int = 0
     clipped: int = 0  # label lines with corners slightly (<= CLIP_TOL) outside the image, clipped
 
     def clipped_line(self) -> str:
@@ -493,6 +495,17 @@ def read_coco_json(path: str | Path) -> dict:
     return d
 
 
+def coco_mask_kind(seg: Any) -> str | None:
+    """What a COCO annotation's `segmentation` holds: "polygon" (a list of flat x,y lists, one of them with 3 or
+    more points), "rle" (a dict with `counts`, compressed or not) or None (no mask). The one notion of "has
+    masks" shared by `dataset inspect` (load_coco) and the fine-tuning reader (finetune.objectives.read_coco)."""
+    if isinstance(seg, dict):
+        return "rle" if seg.get("counts") is not None else None
+    if isinstance(seg, list) and seg and isinstance(seg[0], list):
+        return "polygon" if any(len(q) >= 6 and len(q) % 2 == 0 for q in seg) else None
+    return None
+
+
 def _coco_split(path: Path) -> str:
     stem = path.stem.lower()
     for s in ("train", "val", "test"):
@@ -557,11 +570,12 @@ def load_coco(src: str | Path, decode: bool = False) -> Collection:
                 col.add(jf, None, "error", f"{where}: unknown category_id {a.get('category_id')}")
                 continue
             seg = a.get("segmentation")
-            if isinstance(seg, list) and seg and isinstance(seg[0], list):
+            kind = coco_mask_kind(seg)
+            col.masks += kind is not None
+            if kind == "polygon":
                 pts = np.concatenate([np.asarray(s, dtype=np.float64).reshape(-1, 2) for s in seg if s])
-                col.masks += len(pts) > 4
                 corners = min_area_box(pts)
-            elif a.get("bbox") and len(a["bbox"]) == 4:
+            elif a.get("bbox") and len(a["bbox"]) == 4:  # boxes, and RLE masks (their box is the bbox)
                 x, y, bw, bh = (float(v) for v in a["bbox"])
                 corners = np.array([[x, y], [x + bw, y], [x + bw, y + bh], [x, y + bh]])
             else:

@@ -54,15 +54,30 @@ def view_matrix(
 ) -> np.ndarray:
     """Source pixels -> view pixels: letterbox, then about the canvas centre scale (x by
     scale*stretch, y by scale/stretch), rotate, flip, and finally translate by a fraction of imgsz."""
-    c = imgsz / 2
+    about = centre_matrix(imgsz, imgsz, degrees, scale, stretch, flip_lr, flip_ud, translate)
+    return about @ letterbox_matrix(w, h, imgsz)
+
+
+def centre_matrix(
+    w: int,
+    h: int,
+    degrees: float = 0.0,
+    scale: float = 1.0,
+    stretch: float = 1.0,
+    flip_lr: bool = False,
+    flip_ud: bool = False,
+    translate: tuple[float, float] = (0.0, 0.0),
+) -> np.ndarray:
+    """A w x h image onto itself: about its centre scale (x by scale*stretch, y by scale/stretch), rotate,
+    flip, then translate by a fraction of the width / height."""
+    cx, cy = w / 2, h / 2
     flip = np.diag([-1.0 if flip_lr else 1.0, -1.0 if flip_ud else 1.0, 1.0])
     about_centre = flip @ rotation(degrees) @ scaling(scale * stretch, scale / stretch)
     return (
-        translation(translate[0] * imgsz, translate[1] * imgsz)
-        @ translation(c, c)
+        translation(translate[0] * w, translate[1] * h)
+        @ translation(cx, cy)
         @ about_centre
-        @ translation(-c, -c)
-        @ letterbox_matrix(w, h, imgsz)
+        @ translation(-cx, -cy)
     )
 
 

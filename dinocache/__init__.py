@@ -11,6 +11,10 @@ Python API (each name is imported on first use, so `import dinocache` stays ligh
 
     from dinocache import Compare, CompareConfig
     Compare(CompareConfig(modes=["none", "cache"], seeds=3), TrainConfig(epochs=10), device="cuda:0").run()
+
+    from dinocache import TeacherTrainer, generate_config, load_and_inspect_dataset
+    config = generate_config(dataset_info=load_and_inspect_dataset("train.json"))
+    TeacherTrainer("train.json", "val.json", "images/", "experiments/exp1", config).train()
 """
 
 from __future__ import annotations
@@ -29,6 +33,16 @@ _LAZY = {
     "Precompute": "dinocache.precompute.run",
     "CompareConfig": "dinocache.compare",
     "Compare": "dinocache.compare",
+    # the teacher-training guide's API (finetune/api.py)
+    "TeacherTrainer": "dinocache.finetune.api",
+    "generate_config": "dinocache.finetune.api",
+    "inspect_dataset": "dinocache.finetune.api",
+    "load_and_inspect_dataset": "dinocache.finetune.api",
+    "get_required_models": "dinocache.finetune.api",
+    "get_augmentation_registry": "dinocache.finetune.api",
+    "create_preprocessor_from_models": "dinocache.finetune.api",
+    "MultiModelPreprocessor": "dinocache.finetune.api",
+    "TaskFinetuneConfig": "dinocache.finetune.task_teachers",
 }
 
 __all__ = [*_LAZY, "__version__"]

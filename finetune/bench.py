@@ -147,7 +147,10 @@ def _measure_task(
     tmp = Path(tempfile.mkdtemp(prefix="task-bench-"))
     p = make_demo_coco(tmp, n=2, imgsz=imgsz, seed=0)
     recs, summary = read_coco(p)
-    cfg = build(TaskFinetuneConfig, {"coco_train": str(p), "coco_val": str(p), "imgsz": imgsz, "batch": 2})
+    cfg = build(
+        TaskFinetuneConfig,
+        {"coco_train": str(p), "coco_val": str(p), "imgsz": imgsz, "gd_shortest_edge": imgsz, "batch": 2},
+    )
     task = TASKS[family](cfg, root, summary.classes, dev)
     base = task.load()
     model = (task.wrap(base) if mode == "lora" else base).to(dev)

@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dinocache.datatools.formats import LabelLineError, label_path, parse_yolo_line, read_coco_json
+from dinocache.datatools.formats import (
+    LabelLineError,
+    coco_mask_kind,
+    label_path,
+    parse_yolo_line,
+    read_coco_json,
+)
 
 from dinocache.core.data import DataError
 
@@ -219,13 +225,22 @@ def _decode_rle(seg: dict, h: int, w: int) -> np.ndarray | None:
 
 
 def read_coco(
-    json_path: str | Path, image_dir: str | Path | None = None, classes: list[str] | None = None
+    json_path: str | Path | dict,
+    image_dir: str | Path | None = None,
+    classes: list[str] | None = None,
 ) -> tuple[list[ImageRecord], AnnotationSummary]:
-    """COCO instances JSON -> image records. Categories become classes 0..C-1 in category-id order
-    (or follow `classes` by name, so train and val agree). Images resolve against `image_dir`
-    (default: the JSON's folder)."""
-    p = Path(json_path)
-    coco = read_coco_json(p)
+    """COCO instances JSON (a file, or its already-loaded dict) -> image records. Categories become classes
+    0..C-1 in category-id order (or follow `classes` by name, so train and val agree). Images resolve
+    against `image_dir` (default: the JSON's folder; the current folder for a dict)."""
+    if isinstance(json_path, dict):
+        p, coco = Path("<coco dict>"), json_path
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(coco.get(key), list):
+                raise DataError(f"COCO dict: '{key}' must be a list")
+        image_dir = image_dir or "."
+    else:
+        p = Path(json_path)
+        coco = read_coco_json(p)
     cats = coco["categories"]
     if classes is None:
         classes = [str(c["name"]) for c in cats]
@@ -255,7 +270,8 @@ def read_coco(
         elif bbox is not None:
             s.note("degenerate bbox", where)
         seg = ann.get("segmentation")
-        if isinstance(seg, list) and seg:
+        kind = coco_mask_kind(seg)
+        if kind == "polygon":
             n_ok = 0
             for poly in seg:
                 if len(poly) >= 6 and len(poly) % 2 == 0:
@@ -269,7 +285,7 @@ def read_coco(
                 s.counts["polygon mask"] += 1
             else:
                 s.note("segmentation without a valid polygon", where)
-        elif isinstance(seg, dict):
+        elif kind == "rle":
             m = _decode_rle(seg, int(h0), int(w0))
             if m is None:
                 s.note("compressed RLE segmentation (install pycocotools to use it)", where)
@@ -278,6 +294,8 @@ def read_coco(
                 s.counts["rle mask"] += 1
             else:
                 s.note("empty RLE segmentation", where)
+        elif isinstance(seg, list) and seg:
+            s.note("segmentation without a valid polygon", where)
     records = []
     for iid, im in imgs.items():
         s.n_images += 1

@@ -2,6 +2,11 @@
 
     dinocache finetune-teachers --config config.json [key=value ...]      # section "finetune_teachers"
     dinocache finetune-teachers coco_train=train.json coco_val=val.json grounding_dino_root=gd sam_root=sam
+    dinocache finetune-teachers --data train.json --val val.json --output experiments/exp1 --epochs 50
+
+Unset epochs/batch/lr/LoRA keys come per teacher from configs/defaults/teacher_<family>_lora.yaml; training
+images are augmented by the registry's pipeline (boxes and masks move with them); `resume=true` continues
+from last/ (adapters + trainer_state.pt). The guide's Python API over this module: finetune/api.py.
 
 boxes -> Grounding DINO (transformers GroundingDinoForObjectDetection with its own detection loss: the class
 names joined as the text prompt "a . b . c ."), instance masks -> SAM (transformers SamModel: box prompts from
@@ -82,28 +87,33 @@ class TaskFinetuneConfig:
     project: str = "experiments"
     # experiment name
     name: str = "exp"
-    # square input side of Grounding DINO (SAM always uses its own image_size, 1024 for the released one)
+    # square input side of the DINOv3 dense run (when dinov3 is listed)
     imgsz: int = 640
+    # Grounding DINO's shortest input edge; its longest edge is at most shortest * 1333 / 800, aspect kept, as
+    # its image processor does. 0 = the checkpoint processor's own size (800 / 1333 for the released model)
+    gd_shortest_edge: int = 0
+    # The next keys, left unset, come per teacher from configs/defaults/teacher_<family>_lora.yaml
+    # (Grounding DINO 50 epochs, SAM 100, batch 8); a value given here applies to every teacher.
     # epochs per teacher
-    epochs: int = 10
+    epochs: int | None = None
     # images per optimizer step
-    batch: int = 4
+    batch: int | None = None
     # peak AdamW learning rate
-    lr: float = 1e-4
+    lr: float | None = None
     # AdamW weight decay
-    weight_decay: float = 0.01
+    weight_decay: float | None = None
     # max global grad norm (0 = no clipping)
-    grad_clip: float = 1.0
+    grad_clip: float | None = None
     # LoRA rank
-    lora_r: int = 16
+    lora_r: int | None = None
     # LoRA scaling numerator
-    lora_alpha: int = 32
+    lora_alpha: int | None = None
     # dropout on the LoRA input
-    lora_dropout: float = 0.05
+    lora_dropout: float | None = None
     # where adapters go: encoder+decoder (default: changes the features the student distils) or decoder (the seed)
     lora_targets: str = "encoder+decoder"
     # stop after this many epochs without a lower val loss (0 = never)
-    patience: int = 5
+    patience: int | None = None
     # auto, cpu, cuda, cuda:N
     device: str = "auto"
     # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
@@ -114,6 +124,18 @@ class TaskFinetuneConfig:
     exist_ok: bool = False
     # TensorBoard logs in {project}/{name}/logs/
     tensorboard: bool = True
+    # continue each teacher from teachers/<teacher>_lora/last/ (adapters, optimizer, scheduler, scaler, RNG,
+    # epoch); a teacher that finished is kept as it is
+    resume: bool = False
+    # augment training images (masks and boxes move with them) with the registry's pipeline for the data's
+    # characteristics (datatools/registry.py): the ones given plus those read from the data (small/large objects)
+    augment: bool = True
+    # object characteristics for the augmentation registry, e.g. [changes_shape, reflective_surface]
+    characteristics: list[str] = field(default_factory=list)
+    # scene settings for the registry, e.g. {lighting: variable, camera: fixed}
+    environment: dict[str, str] = field(default_factory=dict)
+    # augmentation intensity: low, medium or high
+    augment_intensity: str = "medium"
 
     def validate(self) -> None:
         require(bool(self.coco_train), "coco_train", "give the training COCO JSON")
@@ -122,21 +144,62 @@ class TaskFinetuneConfig:
         require(not bad, "teachers", f"{bad} are not among {list(KNOWN)}")
         require(bool(self.teachers), "teachers", "name at least one teacher (or auto)")
         require(self.imgsz >= 64 and self.imgsz % 32 == 0, "imgsz", "must be a multiple of 32, >= 64")
-        require(self.epochs >= 1, "epochs", "must be >= 1")
-        require(self.batch >= 1, "batch", "must be >= 1")
-        require(self.lora_r >= 1, "lora_r", "must be >= 1")
-        require(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
+        require(
+            self.gd_shortest_edge == 0 or self.gd_shortest_edge >= 32,
+            "gd_shortest_edge",
+            "must be 0 (the processor's size) or >= 32",
+        )
+        require(self.epochs is None or self.epochs >= 1, "epochs", "must be >= 1")
+        require(self.batch is None or self.batch >= 1, "batch", "must be >= 1")
+        require(self.lora_r is None or self.lora_r >= 1, "lora_r", "must be >= 1")
+        require(self.lora_dropout is None or 0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
+        require(
+            self.augment_intensity in ("low", "medium", "high"),
+            "augment_intensity",
+            f"must be low, medium or high, got {self.augment_intensity!r}",
+        )
         require(
             self.lora_targets in ("encoder+decoder", "decoder"),
             "lora_targets",
             f"must be encoder+decoder or decoder, got {self.lora_targets!r}",
         )
-        require(self.patience >= 0, "patience", "must be >= 0")
+        require(self.patience is None or self.patience >= 0, "patience", "must be >= 0")
         require(bool(self.name) and "/" not in self.name, "name", "must be a plain folder name")
 
     @property
     def root(self) -> Path:
         return Path(self.project) / self.name
+
+
+# the keys configs/defaults/teacher_<family>_lora.yaml fills when they are left unset
+PER_TEACHER = (
+    "epochs",
+    "batch",
+    "lr",
+    "weight_decay",
+    "grad_clip",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "patience",
+)
+
+
+def for_teacher(cfg: TaskFinetuneConfig, family: str) -> TaskFinetuneConfig:
+    """`cfg` with every unset per-teacher key taken from the teacher's defaults file."""
+    import dataclasses
+
+    from dinocache.finetune.defaults import defaults_file, teacher_defaults
+
+    d = teacher_defaults(family)
+    unknown = sorted(set(d) - set(PER_TEACHER))
+    if unknown:
+        raise ConfigError(f"{defaults_file(f'teacher_{family}_lora.yaml')}: unknown key(s) {unknown}")
+    filled = {k: d[k] for k in PER_TEACHER if getattr(cfg, k) is None and k in d}
+    missing = [k for k in PER_TEACHER if getattr(cfg, k) is None and k not in d]
+    if missing:
+        raise ConfigError(f"{family}: {missing} are unset and its defaults file has no value for them")
+    return dataclasses.replace(cfg, **filled)
 
 
 def choose_teachers(cfg: TaskFinetuneConfig, summary: Any) -> list[str]:
@@ -204,29 +267,13 @@ def _mask_box(m: Any) -> np.ndarray:
     return np.array([*m.min(0), *m.max(0)], np.float32)
 
 
-def _load_square(path: Path, side: int) -> tuple[np.ndarray, float, tuple[int, int], tuple[int, int]]:
-    """RGB uint8 letterboxed to side x side, scale r, (left, top) pad, original (w, h)."""
+def _read_bgr(path: Path) -> np.ndarray:
     import cv2
-    from dinocache.finetune.dataset import letterbox
 
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise DataError(f"{path}: cannot be read as an image")
-    img, r, pad = letterbox(bgr, side)
-    return np.ascontiguousarray(img[..., ::-1]), r, pad, (bgr.shape[1], bgr.shape[0])
-
-
-def _to_canvas(xyxy: np.ndarray, r: float, pad: tuple[int, int], wh: tuple[int, int]) -> np.ndarray:
-    """Normalised xyxy of the original image -> pixel xyxy on the letterboxed canvas."""
-    w, h = wh
-    return np.array(
-        [
-            xyxy[0] * w * r + pad[0],
-            xyxy[1] * h * r + pad[1],
-            xyxy[2] * w * r + pad[0],
-            xyxy[3] * h * r + pad[1],
-        ]
-    )
+    return bgr
 
 
 def _pixels(imgs: list[np.ndarray], mean: Any, std: Any, device: Any) -> Any:
@@ -236,6 +283,25 @@ def _pixels(imgs: list[np.ndarray], mean: Any, std: Any, device: Any) -> Any:
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return ((x - m) / s).to(device)
+
+
+def _mask_pixels(m: Any, w: int, h: int) -> np.ndarray:
+    """A mask instance (bool array of the image, or normalised polygon points) -> (h, w) uint8."""
+    import cv2
+
+    if isinstance(m, np.ndarray) and m.dtype == bool:
+        return m.astype(np.uint8)
+    g = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(g, [(m * np.array([w, h])).round().astype(np.int32)], 1)
+    return g
+
+
+def _pixel_box(g: np.ndarray) -> np.ndarray | None:
+    """Pixel xyxy (edge coordinates) of a mask's extent; None for an empty mask."""
+    ys, xs = np.nonzero(g)
+    if not len(xs):
+        return None
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
 
 
 # ---------------------------------------------------------------- the two task teachers
@@ -291,45 +357,71 @@ class GroundingDinoTask(_Task):
         _expose_embeddings(base)
         ip = self.processor.image_processor
         self.mean, self.std = list(ip.image_mean), list(ip.image_std)
+        # its own aspect-preserving input (shortest edge 800, longest 1333 for the released processor);
+        # gd_shortest_edge scales both (tiny test models)
+        size = dict(getattr(ip, "size", None) or {})
+        short, long = int(size.get("shortest_edge", 800)), int(size.get("longest_edge", 1333))
+        if self.cfg.gd_shortest_edge:
+            short, long = self.cfg.gd_shortest_edge, round(self.cfg.gd_shortest_edge * long / short)
+        from dinocache.finetune.preprocess import MultiModelPreprocessor
+
+        self.pre = MultiModelPreprocessor(
+            ["grounding_dino"],
+            {
+                "grounding_dino": {
+                    "shortest_edge": short,
+                    "longest_edge": long,
+                    "image_mean": self.mean,
+                    "image_std": self.std,
+                }
+            },
+        )
+        self.input_size = (short, long)
         # the class names as the prompt: "a . b . c ." (lower case, the tokenizer's phrase separator ".")
         self.prompt = " . ".join(c.lower().replace(".", " ") for c in self.classes) + " ."
         self.text = self.processor.tokenizer([self.prompt], return_tensors="pt")
         return base
 
-    def loss(self, model: Any, recs: list[Any]) -> Any:
+    def loss(self, model: Any, recs: list[Any], aug: Any = None, rng: Any = None) -> Any:
         import torch
 
-        s = self.cfg.imgsz
         imgs, labels = [], []
         for rec in recs:
-            img, r, pad, wh = _load_square(rec.path, s)
+            bgr = _read_bgr(rec.path)
+            h, w = bgr.shape[:2]
             boxes, _ = _boxes_and_masks(rec)
-            xyxy = np.array([_to_canvas(b, r, pad, wh) for _, b in boxes], np.float32).reshape(-1, 4) / s
-            cxcywh = (
-                np.stack(
-                    [
-                        (xyxy[:, 0] + xyxy[:, 2]) / 2,
-                        (xyxy[:, 1] + xyxy[:, 3]) / 2,
-                        xyxy[:, 2] - xyxy[:, 0],
-                        xyxy[:, 3] - xyxy[:, 1],
-                    ],
-                    1,
-                )
-                if len(xyxy)
-                else np.zeros((0, 4), np.float32)
+            xyxy = np.array([b for _, b in boxes], np.float32).reshape(-1, 4) * [w, h, w, h]  # pixels
+            cls = [c for c, _ in boxes]
+            if aug is not None:  # the image and its boxes moved by one draw of the pipeline
+                o = aug(image=bgr, bboxes=xyxy, rng=rng)
+                bgr, xyxy, cls = o["image"], o["bboxes"], [cls[i] for i in o["keep"]]
+            imgs.append(np.ascontiguousarray(bgr[..., ::-1]))
+            labels.append((xyxy, cls))
+        x, meta = self.pre.preprocess_batch(imgs)["grounding_dino"]  # (B, 3, H, W), padded bottom-right
+        hh, ww = meta["batch_size"]
+        targets = []
+        for (xyxy, cls), (sx, sy) in zip(labels, meta["scale"]):
+            # boxes normalised to the padded batch canvas, as the processor's pad(update_bboxes=True) does
+            b = xyxy * np.array([sx, sy, sx, sy], np.float32) / np.array([ww, hh, ww, hh], np.float32)
+            cxcywh = np.stack(
+                [(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1
             )
-            imgs.append(img)
-            labels.append(
+            targets.append(
                 {
-                    "class_labels": torch.tensor([c for c, _ in boxes], dtype=torch.long, device=self.device),
+                    "class_labels": torch.tensor(cls, dtype=torch.long, device=self.device),
                     "boxes": torch.from_numpy(cxcywh.astype(np.float32)).to(self.device),
                 }
             )
-        x = _pixels(imgs, self.mean, self.std, self.device)
         n = len(recs)
         ids = self.text["input_ids"].expand(n, -1).to(self.device)
         att = self.text["attention_mask"].expand(n, -1).to(self.device)
-        out = model(pixel_values=x, input_ids=ids, attention_mask=att, labels=labels)
+        out = model(
+            pixel_values=x.to(self.device),
+            pixel_mask=meta["pixel_mask"].to(self.device),
+            input_ids=ids,
+            attention_mask=att,
+            labels=targets,
+        )
         return out.loss
 
 
@@ -353,10 +445,11 @@ class SamTask(_Task):
         self.prompt = ""
         return base
 
-    def loss(self, model: Any, recs: list[Any]) -> Any:
+    def loss(self, model: Any, recs: list[Any], aug: Any = None, rng: Any = None) -> Any:
         import cv2
         import torch
         import torch.nn.functional as F
+        from dinocache.finetune.dataset import letterbox
 
         total = []
         for rec in recs:
@@ -365,23 +458,27 @@ class SamTask(_Task):
                 continue
             if len(masks) > MAX_PROMPTS:
                 masks = [masks[i] for i in sorted(self.rng.choice(len(masks), MAX_PROMPTS, replace=False))]
-            img, r, pad, wh = _load_square(rec.path, self.side)
-            x = _pixels([img], self.mean, self.std, self.device)
+            bgr = _read_bgr(rec.path)
+            h, w = bgr.shape[:2]
+            full = [_mask_pixels(m, w, h) for _, m in masks]  # (h, w) uint8 per instance
+            if aug is not None:  # the image and its masks moved by one draw of the pipeline
+                o = aug(image=bgr, masks=full, rng=rng)
+                bgr, full = o["image"], o["masks"]
+            img, r, pad = letterbox(bgr, self.side)
+            x = _pixels([np.ascontiguousarray(img[..., ::-1])], self.mean, self.std, self.device)
             boxes, gts = [], []
-            for _, m in masks:
-                boxes.append(_to_canvas(_mask_box(m), r, pad, wh))
+            nw, nh = round(w * r), round(h * r)
+            for g0 in full:
+                box = _pixel_box(g0)
+                if box is None:  # moved out of the image
+                    continue
+                boxes.append(box * r + np.array([pad[0], pad[1], pad[0], pad[1]], np.float32))
                 g = np.zeros((self.side, self.side), np.uint8)
-                if isinstance(m, np.ndarray) and m.dtype == bool:
-                    sub = cv2.resize(
-                        m.astype(np.uint8),
-                        (round(wh[0] * r), round(wh[1] * r)),
-                        interpolation=cv2.INTER_NEAREST,
-                    )
-                    g[pad[1] : pad[1] + sub.shape[0], pad[0] : pad[0] + sub.shape[1]] = sub
-                else:
-                    pts = m * np.array(wh) * r + np.array(pad)
-                    cv2.fillPoly(g, [pts.round().astype(np.int32)], 1)
+                sub = cv2.resize(g0, (nw, nh), interpolation=cv2.INTER_NEAREST)
+                g[pad[1] : pad[1] + sub.shape[0], pad[0] : pad[0] + sub.shape[1]] = sub
                 gts.append(g)
+            if not boxes:
+                continue
             out = model(
                 pixel_values=x,
                 input_boxes=torch.from_numpy(np.asarray([boxes], np.float32)).to(self.device),
@@ -413,20 +510,81 @@ def _base_identity(root: str) -> dict[str, Any]:
     return {"source": root, "files": digest(folder) if folder is not None else None}
 
 
+STATE_FILE = "trainer_state.pt"  # in last/ (and best/): what a resumed run needs beside the adapters
+
+
+def data_characteristics(recs: list[Any]) -> list[str]:
+    """Characteristics the registry knows, read from the data: small_objects when the median instance box
+    covers under 1 % of its image, large_objects when over 25 %."""
+    areas = [
+        float((b[2] - b[0]) * (b[3] - b[1])) for r in recs for _, b in _boxes_and_masks(r)[0] if len(b) == 4
+    ]
+    if not areas:
+        return []
+    med = float(np.median(areas))
+    return ["small_objects"] if med < 0.01 else ["large_objects"] if med > 0.25 else []
+
+
+def augmentation(cfg: TaskFinetuneConfig, recs: list[Any]) -> tuple[Any, str]:
+    """The registry's pipeline for the given + the data's characteristics; (None, why) when off."""
+    if not cfg.augment:
+        return None, "augmentation off (augment=false)"
+    from dinocache.datatools.registry import get_augmentation_registry
+
+    found = data_characteristics(recs)
+    chars = list(dict.fromkeys([*cfg.characteristics, *found]))
+    pipe = get_augmentation_registry().get_pipeline(chars, cfg.environment, cfg.augment_intensity)
+    why = f" (read from the data: {found})" if found else ""
+    return pipe, pipe.describe() + why
+
+
+def _rng_state(gens: dict[str, np.random.Generator]) -> dict[str, Any]:
+    import random
+
+    import torch
+
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        **{k: g.bit_generator.state for k, g in gens.items()},
+    }
+
+
+def _set_rng_state(state: dict[str, Any], gens: dict[str, np.random.Generator]) -> None:
+    import random
+
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    for k, g in gens.items():
+        g.bit_generator.state = state[k]
+
+
 def train_one(
     cfg: TaskFinetuneConfig, family: str, train: list, val: list, classes: list[str], device: Any, log: Any
 ) -> dict[str, Any]:
-    """LoRA fine-tune one task teacher; returns its metrics. Writes teachers/<family>_lora/."""
+    """LoRA fine-tune one task teacher; returns its metrics. Writes teachers/<family>_lora/.
+
+    Per-teacher defaults (configs/defaults/teacher_<family>_lora.yaml) fill the keys left unset. With
+    `resume=true` it continues from last/ (adapters + trainer_state.pt: optimizer, scheduler, scaler, RNG,
+    epoch, early-stopping counters), so a killed run ends as the uninterrupted one would."""
     import torch
     from dinocache.finetune.checkpoints import CheckpointManager
     from dinocache.finetune.manager import NonFiniteLoss, TrainingManager, seed_everything
 
+    cfg = for_teacher(cfg, family)
     seed_everything(cfg.seed)
     out = cfg.root / "teachers" / f"{family}_lora"
-    if out.exists() and any(out.iterdir()):
+    state_file = out / "last" / STATE_FILE
+    resuming = cfg.resume and state_file.is_file()
+    if cfg.resume and not resuming and out.exists() and any(out.iterdir()):
+        raise FinetuneError(f"resume: {state_file} does not exist, so {out} cannot be continued")
+    if not resuming and out.exists() and any(out.iterdir()):
         if not cfg.exist_ok:
             raise FinetuneError(
-                f"{out} already holds a run; pass exist_ok=true to replace it, or another name="
+                f"{out} already holds a run; pass exist_ok=true to replace it, resume=true to continue it, "
+                "or another name="
             )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -437,6 +595,8 @@ def train_one(
     usable = [r for r in train if (_boxes_and_masks(r)[1] if family == "sam" else _boxes_and_masks(r)[0])]
     if not usable:
         raise FinetuneError(f"{family}: no training image of {cfg.coco_train} has what it needs")
+    aug, aug_log = augmentation(cfg, usable)
+    print(f"finetune-teachers: {family}: {aug_log}", file=sys.stderr)
     steps = math.ceil(len(usable) / cfg.batch) * cfg.epochs
     mgr = TrainingManager(
         model.parameters(), cfg.lr, cfg.weight_decay, steps, 0, cfg.grad_clip, 1, device, cfg.amp
@@ -448,25 +608,60 @@ def train_one(
         "classes": classes,
         "prompt": task.prompt,
         "lora_targets": cfg.lora_targets,
+        "input_size": list(getattr(task, "input_size", ())) or None,
+        "augmentation": aug.to_dict() if aug is not None else None,
+        "settings": {k: getattr(cfg, k) for k in PER_TEACHER},
     }
+    gens = {"order": np.random.default_rng(cfg.seed), "aug": np.random.default_rng([cfg.seed, 1])}
+    if family == "sam":
+        gens["prompts"] = task.rng
+    history: list[dict[str, Any]] = []
+    progress = {"epoch": -1}
 
     def save(folder: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             model.save_pretrained(str(folder))  # adapter_config.json + adapter_model.safetensors
         (folder / "dinocache_adapter.json").write_text(json.dumps(meta, indent=2, default=str))
+        # tensors, numbers, strings and plain containers only: loads with torch.load(weights_only=True)
+        torch.save(
+            {
+                "epoch": progress["epoch"],
+                "manager": mgr.state_dict(),
+                "checkpoint": ck.state_dict(),
+                "history": history,
+                "rng": _rng_state(gens),
+            },
+            folder / STATE_FILE,
+        )
 
-    rng = np.random.default_rng(cfg.seed)
-    history = []
-    for epoch in range(cfg.epochs):
+    start = 0
+    if resuming:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        set_peft_model_state_dict(model, load_file(str(out / "last" / "adapter_model.safetensors")))
+        mgr.load_state_dict(state["manager"])
+        ck.load_state_dict(state["checkpoint"])
+        history[:] = state["history"]
+        _set_rng_state(state["rng"], gens)
+        start = int(state["epoch"]) + 1
+        print(
+            f"finetune-teachers: {family}: resuming from {out / 'last'} after epoch {start}/{cfg.epochs}",
+            file=sys.stderr,
+        )
+    for epoch in range(start, cfg.epochs):
+        if ck.should_stop:
+            break
         model.train()
-        order = rng.permutation(len(usable))
+        order = gens["order"].permutation(len(usable))
         losses = []
         t0 = time.perf_counter()
         for b0 in range(0, len(order), cfg.batch):
             recs = [usable[i] for i in order[b0 : b0 + cfg.batch]]
             with mgr.autocast():
-                loss = task.loss(model, recs)
+                loss = task.loss(model, recs, aug, gens["aug"])
             if loss is None:
                 continue
             try:
@@ -486,9 +681,10 @@ def train_one(
                     vals.append(float(v))
         val_loss = float(np.mean(vals)) if vals else float(np.mean(losses))
         metrics = {"train_loss": float(np.mean(losses)) if losses else float("nan"), "val_loss": val_loss}
-        improved = ck.update(epoch, metrics, save)
         history.append({"epoch": epoch + 1, **metrics, "seconds": time.perf_counter() - t0})
-        log(family, epoch, metrics)
+        progress["epoch"] = epoch
+        improved = ck.update(epoch, metrics, save)
+        log(family, epoch, {**metrics, "lr": mgr.lr})
         print(
             f"finetune-teachers: {family} epoch {epoch + 1}/{cfg.epochs} train {metrics['train_loss']:.4f} "
             f"val {val_loss:.4f}{' (best)' if improved else ''}",
@@ -508,6 +704,9 @@ def train_one(
         "best_val_loss": ck.best,
         "trainable_params": trainable,
         "total_params": total,
+        "epochs": cfg.epochs,
+        "batch": cfg.batch,
+        "augmentation": meta["augmentation"],
         "history": history,
     }
 
@@ -526,7 +725,15 @@ def run(cfg: TaskFinetuneConfig) -> dict[str, Any]:
     print(f"finetune-teachers: {summary.describe()} -> teachers {teachers}", file=sys.stderr)
     device = select_device(cfg.device)
     cfg.root.mkdir(parents=True, exist_ok=True)
-    resolved = {**to_dict(cfg), "chosen_teachers": teachers, "classes": summary.classes}
+    resolved = {
+        **to_dict(cfg),
+        "chosen_teachers": teachers,
+        "classes": summary.classes,
+        # each task teacher's settings after its configs/defaults file filled the unset keys
+        "per_teacher": {
+            t: {k: getattr(for_teacher(cfg, t), k) for k in PER_TEACHER} for t in teachers if t in TASKS
+        },
+    }
     (cfg.root / "teacher_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     writers: dict[str, Any] = {}
 
@@ -549,6 +756,7 @@ def run(cfg: TaskFinetuneConfig) -> dict[str, Any]:
 
                 from dinocache.core.config import build
 
+                given = {k: getattr(cfg, k) for k in ("epochs", "batch") if getattr(cfg, k) is not None}
                 dcfg = build(
                     FinetuneConfig,
                     {
@@ -559,8 +767,7 @@ def run(cfg: TaskFinetuneConfig) -> dict[str, Any]:
                         "project": cfg.project,
                         "name": cfg.name,
                         "imgsz": cfg.imgsz,
-                        "epochs": cfg.epochs,
-                        "batch": cfg.batch,
+                        **given,  # unset: the DINOv3 run's own defaults
                         "device": cfg.device,
                         "seed": cfg.seed,
                         "exist_ok": cfg.exist_ok,
@@ -650,14 +857,52 @@ def merge_task_adapter(
     return out
 
 
+# the guide's CLI flags -> (argparse dest, the key=value they stand for)
+FLAGS = {
+    "--data": ("coco_train", "coco_train=PATH"),
+    "--val": ("coco_val", "coco_val=PATH"),
+    "--images": ("coco_images", "coco_images=DIR"),
+    "--output": ("output", "project=PARENT name=NAME (the experiment folder)"),
+    "--batch-size": ("batch", "batch=N"),
+    "--epochs": ("epochs", "epochs=N"),
+    "--lora-r": ("lora_r", "lora_r=N"),
+    "--lr": ("lr", "lr=X"),
+    "--seed": ("seed", "seed=N"),
+    "--device": ("device", "device=D"),
+}
+
+
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The guide's flags as key=value overrides; a flag and its key=value both given is refused."""
+    out: list[str] = []
+    for dest, _ in FLAGS.values():
+        v = getattr(args, dest)
+        if v is None:
+            continue
+        if dest == "output":
+            o = Path(v)
+            out += [f"project={o.parent}", f"name={o.name}"]
+        else:
+            out.append(f"{dest}={v}")
+    given = {o.split("=", 1)[0] for o in args.overrides}
+    twice = sorted({o.split("=", 1)[0] for o in out} & given)
+    if twice:
+        raise ConfigError(f"{twice} given both as a flag and as key=value; give each once")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """`dinocache finetune-teachers --config config.json [key=value ...]`"""
     ap = argparse.ArgumentParser(prog="dinocache finetune-teachers", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=None, help=f"config.json (section '{SECTION}')")
+    # the guide's flags, each an alias of a key=value override
+    for flag, (key, text) in FLAGS.items():
+        ap.add_argument(flag, dest=key, default=None, metavar=key.upper(), help=f"= {text}")
     ap.add_argument("overrides", nargs="*", help="key=value overrides")
     args = ap.parse_args(argv)
     try:
-        cfg = load(TaskFinetuneConfig, args.config, SECTION, args.overrides)
+        overrides = flag_overrides(args) + list(args.overrides)
+        cfg = load(TaskFinetuneConfig, args.config, SECTION, overrides)
         meta = run(cfg)
     except DinocacheError as e:
         print(f"error: {e}", file=sys.stderr)

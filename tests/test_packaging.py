@@ -42,3 +42,6 @@ def test_wheel_holds_only_dinocache(wheel: Path) -> None:
     for pkg in ("core", "teacher", "cache", "datatools", "precompute", "grade", "train", "finetune"):
         assert f"dinocache/{pkg}/__init__.py" in names, pkg
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+    # the per-teacher defaults the fine-tuning code reads are package data
+    for f in ("teacher_grounding_dino_lora.yaml", "teacher_sam_lora.yaml", "preprocessing.yaml"):
+        assert f"dinocache/finetune/configs/defaults/{f}" in names, f

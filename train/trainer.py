@@ -142,7 +142,11 @@ def add_callbacks(trainer: Any, callbacks: Any) -> None:
     items = [callbacks] if isinstance(callbacks, dict) or callable(callbacks) else list(callbacks)
     for item in items:
         if isinstance(item, dict):
-            pairs = [(ev, f) for ev, fns in item.items() for f in (fns if isinstance(fns, (list, tuple)) else [fns])]
+            pairs = [
+                (ev, f)
+                for ev, fns in item.items()
+                for f in (fns if isinstance(fns, (list, tuple)) else [fns])
+            ]
         elif isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str):
             pairs = [(item[0], item[1])]
         elif callable(item):

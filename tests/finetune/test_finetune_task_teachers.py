@@ -89,6 +89,7 @@ def test_finetune_both_teachers_merge_and_precompute(
             f"project={tmp_path / 'experiments'}",
             "name=exp1",
             "imgsz=128",
+            "gd_shortest_edge=128",
             "epochs=1",
             "batch=4",
             "lr=0.01",

@@ -76,7 +76,9 @@ def test_seed_keyword_form_and_train_overrides(tmp_path: Path, demo_data: Path) 
     assert [n for n, _ in SEEN].count("on_train_end") == 1
 
 
-def test_positional_form_still_works_and_config_given_twice_is_refused(tmp_path: Path, demo_data: Path) -> None:
+def test_positional_form_still_works_and_config_given_twice_is_refused(
+    tmp_path: Path, demo_data: Path
+) -> None:
     from dinocache import DinoOBBTrainer
 
     cfg = cfg_for(tmp_path, demo_data)

@@ -1,0 +1,151 @@
+"""The teacher-training guide's programmatic API, as thin wrappers over finetune-teachers:
+
+    from dinocache import (TeacherTrainer, generate_config, load_and_inspect_dataset, get_required_models,
+                           get_augmentation_registry, create_preprocessor_from_models)
+    info = load_and_inspect_dataset("train.json")        # {has_boxes, has_masks, num_classes, class_names, ...}
+    models = get_required_models(info)                   # boxes -> grounding_dino, masks -> sam
+    config = generate_config(default_config_path=defaults_file("teacher_grounding_dino_lora.yaml"),
+                             dataset_info=info)
+    TeacherTrainer("train.json", "val.json", "images/", "experiments/exp1", config).train()
+
+Each name calls what `dinocache finetune-teachers` runs: `finetune.objectives.read_coco` (inspection),
+`task_teachers.choose_teachers` (the models), `task_teachers.run` (training), the augmentation registry and
+`finetune.preprocess` (inputs). Nothing here trains or reads data a second way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from dinocache.datatools.registry import get_augmentation_registry
+from dinocache.finetune.preprocess import MultiModelPreprocessor, create_preprocessor_from_models
+
+from dinocache.core.config import ConfigError
+
+__all__ = [
+    "TeacherTrainer",
+    "generate_config",
+    "inspect_dataset",
+    "load_and_inspect_dataset",
+    "get_required_models",
+    "get_augmentation_registry",
+    "create_preprocessor_from_models",
+    "MultiModelPreprocessor",
+]
+
+# the guide's config names -> finetune-teachers keys
+ALIASES = {"batch_size": "batch", "learning_rate": "lr", "num_epochs": "epochs", "lora_rank": "lora_r"}
+# what generate_config adds from the dataset: shown in teacher_config.yaml, not settings of the run
+INFO_KEYS = ("num_classes", "class_names")
+
+
+def inspect_dataset(coco: dict[str, Any], image_dir: str | Path | None = None) -> dict[str, Any]:
+    """A COCO dict -> {has_boxes, has_masks (polygons or RLE), num_classes, class_names, class_mapping
+    (category id -> name), num_images, num_annotated, counts (usable instances per kind), unusable}."""
+    from dinocache.finetune.objectives import read_coco
+
+    _, s = read_coco(coco, image_dir)
+    return {
+        "has_boxes": s.has_boxes,
+        "has_masks": s.has_masks,
+        "num_classes": len(s.classes),
+        "class_names": list(s.classes),
+        "class_mapping": {c["id"]: str(c["name"]) for c in coco["categories"]},
+        "num_images": s.n_images,
+        "num_annotated": s.n_annotated,
+        "counts": dict(s.counts),
+        "unusable": dict(s.unusable),
+        "summary": s.describe(),
+        "source": "<coco dict>",
+    }
+
+
+def load_and_inspect_dataset(path: str | Path) -> dict[str, Any]:
+    """inspect_dataset of a COCO JSON file (errors name the file)."""
+    from dinocache.datatools.formats import read_coco_json
+
+    info = inspect_dataset(read_coco_json(path), Path(path).parent)
+    info["source"] = str(path)
+    return info
+
+
+def get_required_models(dataset_info: dict[str, Any], teachers: list[str] | None = None) -> list[str]:
+    """The teachers the data can supervise: boxes -> grounding_dino, masks -> sam (both when both);
+    `teachers` names them explicitly (refused when the data cannot supervise them), as finetune-teachers does."""
+    from dinocache.finetune.task_teachers import choose_teachers
+
+    cfg = SimpleNamespace(
+        teachers=list(teachers or ["auto"]), coco_train=dataset_info.get("source", "the data")
+    )
+    summary = SimpleNamespace(
+        has_boxes=bool(dataset_info.get("has_boxes")),
+        has_masks=bool(dataset_info.get("has_masks")),
+        describe=lambda: str(dataset_info.get("summary", "")),
+    )
+    return choose_teachers(cfg, summary)
+
+
+def generate_config(
+    default_config_path: str | Path | None = None,
+    dataset_info: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Defaults file (e.g. configs/defaults/teacher_grounding_dino_lora.yaml) + the dataset's num_classes and
+    class_names + `overrides` (finetune-teachers keys or the guide's names: batch_size, learning_rate, ...)."""
+    from dinocache.finetune.defaults import read_yaml
+
+    config: dict[str, Any] = read_yaml(default_config_path) if default_config_path else {}
+    if dataset_info:
+        config["num_classes"] = int(dataset_info["num_classes"])
+        config["class_names"] = list(dataset_info["class_names"])
+    for k, v in overrides.items():
+        config[ALIASES.get(k, k)] = v
+    return config
+
+
+class TeacherTrainer:
+    """`TeacherTrainer(train_data_path, val_data_path, image_dir, output_dir, config).train()`: the run of
+    `dinocache finetune-teachers coco_train=... coco_val=... coco_images=... project=... name=...`;
+    `output_dir` is {project}/{name}. `config`: a dict (generate_config's, or keys of finetune-teachers) or a
+    TaskFinetuneConfig."""
+
+    def __init__(
+        self,
+        train_data_path: str | Path,
+        val_data_path: str | Path,
+        image_dir: str | Path | None,
+        output_dir: str | Path,
+        config: Any = None,
+    ) -> None:
+        import dataclasses
+
+        from dinocache.finetune.task_teachers import TaskFinetuneConfig
+
+        from dinocache.core.config import build, to_dict
+
+        if isinstance(config, TaskFinetuneConfig):
+            values = to_dict(config)
+        else:
+            values = {ALIASES.get(k, k): v for k, v in dict(config or {}).items() if k not in INFO_KEYS}
+        out = Path(output_dir)
+        values.update(
+            coco_train=str(train_data_path),
+            coco_val=str(val_data_path),
+            coco_images=str(image_dir) if image_dir else "",
+            project=str(out.parent),
+            name=out.name,
+        )
+        known = {f.name for f in dataclasses.fields(TaskFinetuneConfig)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"TeacherTrainer config: unknown key(s) {unknown}")
+        self.config = build(TaskFinetuneConfig, values, "TeacherTrainer")
+        self.output_dir = out
+
+    def train(self) -> dict[str, Any]:
+        """Fine-tune the teachers the data needs; returns metadata.json's content."""
+        from dinocache.finetune.task_teachers import run
+
+        return run(self.config)
