@@ -47,7 +47,7 @@ import numpy as np
 import yaml
 from dinocache.finetune import FinetuneError
 
-from dinocache.core.config import load, require, to_dict
+from dinocache.core.config import ConfigError, load, require, to_dict
 from dinocache.core.data import DataError
 from dinocache.core.errors import DinocacheError
 
