@@ -28,7 +28,6 @@ import difflib
 import importlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from dinocache.core.config import ConfigError
 
@@ -83,61 +82,6 @@ class Pipeline:
             "ops": copy.deepcopy(self.ops),
             "sources": copy.deepcopy(self.sources),
         }
-
-    def __call__(
-        self,
-        image: Any,
-        masks: Any = None,
-        bboxes: Any = None,
-        rng: Any = None,
-        min_visible: float = 0.3,
-    ) -> dict[str, Any]:
-        """Apply one random draw of the pipeline to an image with its masks and boxes, all moved by the same
-        matrix (the image keeps its size; uncovered pixels are grey 114, masks 0).
-
-        image: (H, W, 3) uint8 in OpenCV's BGR order (the photometric ops assume it); masks: (H, W) arrays
-        (or an (N, H, W) array); bboxes: (N, 4) pixel xyxy. Returns {"image", "masks" (same order, nearest
-        resampling), "bboxes" ((M, 4) float xyxy: the axis-aligned hull of each moved box, clipped to the
-        image), "keep" (indices of the boxes kept: at least `min_visible` of their moved area inside),
-        "matrix" (3x3 source -> output, edge coordinates)}. `rng`: a numpy Generator or a seed."""
-        import cv2
-        import numpy as np
-        from dinocache.datatools import geometry
-        from dinocache.datatools.augment import apply_photometric, sample_view
-
-        gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        v = sample_view(self.ops, gen)
-        h, w = image.shape[:2]
-        m = geometry.centre_matrix(w, h, v.degrees, v.scale, v.stretch, v.flip_lr, v.flip_ud, v.translate)
-        out = geometry.warp_image(image, m, (w, h))
-        if v.photometric:
-            out = apply_photometric(out, v.photometric)
-        moved_masks = None
-        if masks is not None:
-            moved_masks = [
-                cv2.warpAffine(
-                    np.asarray(mk).astype(np.uint8),
-                    geometry.to_cv_matrix(m),
-                    (w, h),
-                    flags=cv2.INTER_NEAREST,
-                    borderMode=cv2.BORDER_CONSTANT,
-                    borderValue=0,
-                ).astype(np.asarray(mk).dtype)
-                for mk in masks
-            ]
-        boxes_out = np.zeros((0, 4), np.float32)
-        keep: list[int] = []
-        if bboxes is not None and len(bboxes):
-            b = np.asarray(bboxes, np.float64).reshape(-1, 4)
-            corners = np.stack([b[:, [0, 1]], b[:, [2, 1]], b[:, [2, 3]], b[:, [0, 3]]], 1)  # (N, 4, 2)
-            moved = geometry.apply_matrix(corners, m)
-            lo, hi = moved.min(1), moved.max(1)  # (N, 2) axis-aligned hull
-            area = np.prod(hi - lo, 1)
-            clo, chi = lo.clip(0, [w, h]), hi.clip(0, [w, h])
-            vis = np.prod((chi - clo).clip(0), 1)
-            keep = [i for i in range(len(b)) if area[i] > 0 and vis[i] >= min_visible * area[i]]
-            boxes_out = np.concatenate([clo, chi], 1)[keep].astype(np.float32)
-        return {"image": out, "masks": moved_masks, "bboxes": boxes_out, "keep": keep, "matrix": m}
 
     def describe(self) -> str:
         lines = [
@@ -226,22 +170,6 @@ def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
             obj = ep.load()
             if callable(obj):
                 obj()
-
-
-class AugmentationRegistry:
-    """The seed's registry object: `get_augmentation_registry().get_pipeline(characteristics=..., ...)`."""
-
-    get_pipeline = staticmethod(lambda *a, **kw: get_pipeline(*a, **kw))
-    register = staticmethod(lambda *a, **kw: register(*a, **kw))
-    register_op = staticmethod(lambda *a, **kw: register_op(*a, **kw))
-    known_characteristics = staticmethod(lambda: known_characteristics())
-    load_plugins = staticmethod(lambda *a, **kw: load_plugins(*a, **kw))
-
-
-def get_augmentation_registry() -> AugmentationRegistry:
-    """The registry of this module (built-in entries, plugins loaded once)."""
-    load_plugins()
-    return AugmentationRegistry()
 
 
 def get_pipeline(

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from dinocache.datatools.registry import get_augmentation_registry
+from dinocache.datatools.pipeline import get_augmentation_registry
 from dinocache.finetune.preprocess import MultiModelPreprocessor, create_preprocessor_from_models
 
 from dinocache.core.config import ConfigError

@@ -529,7 +529,7 @@ def augmentation(cfg: TaskFinetuneConfig, recs: list[Any]) -> tuple[Any, str]:
     """The registry's pipeline for the given + the data's characteristics; (None, why) when off."""
     if not cfg.augment:
         return None, "augmentation off (augment=false)"
-    from dinocache.datatools.registry import get_augmentation_registry
+    from dinocache.datatools.pipeline import get_augmentation_registry
 
     found = data_characteristics(recs)
     chars = list(dict.fromkeys([*cfg.characteristics, *found]))
