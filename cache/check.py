@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 from dinocache.cache import format as F
-from dinocache.cache.errors import CacheCorrupt, CacheError
+from dinocache.cache.errors import CacheCorrupt, CacheError, damage_reason, repair_hint
+from dinocache.cache.store import decode_keys, folder_names
 
 
 @dataclass
@@ -29,64 +30,8 @@ class BadRow:
         return f"row {self.row} {self.key}: {self.reason} ({self.file})"
 
 
-def chunk_file(path: str, array: str, chunk: int) -> str:
-    """File of chunk/shard `chunk` along the image axis of `array` (keys use '.' as separator)."""
-    tail = {F.FEATURES: ".0.0.0", F.FEATURES_FLIP: ".0.0.0", F.DONE: "", F.SHA256: ".0", F.KEYS: ".0"}.get(
-        array, ""
-    )
-    return f"{str(path).rstrip('/')}/{array}/c.{chunk}{tail}"
-
-
 def shard_file(fc: Any, shard: int, flipped: bool = False) -> str:
-    return chunk_file(fc.path, F.FEATURES_FLIP if flipped else F.FEATURES, shard)
-
-
-def repair_hint(fc: Any) -> str:
-    data = (fc.spec.source or {}).get("data") or "DATA"
-    return (
-        f"repair it with `dinocache cache repair {fc.path} --data {data}` (recomputes only the bad rows), "
-        "or rebuild it with `dinocache precompute --overwrite`"
-    )
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e)
-    if "checksum" in text.lower() or "digest" in text.lower():
-        return "fails its crc32c checksum (bit rot, a torn or edited file)"
-    return f"cannot be read ({type(e).__name__}: {text[:200]})"
-
-
-def _listing(fc: Any, array: str) -> set[str] | None:
-    """Names of the files in `array`'s folder, None when the store cannot be listed."""
-    from dinocache.cache.store import _fs
-
-    fs, root = _fs(fc.path, fc.storage_options)
-    try:
-        return {
-            str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{root.rstrip('/')}/{array}", detail=False)
-        }
-    except (FileNotFoundError, OSError):
-        return None
-
-
-def _chunked(fc: Any, name: str) -> tuple[np.ndarray, dict[int, str]]:
-    """The whole small array `name` read chunk by chunk; chunks failing their checksum read as zeros and are
-    returned as {chunk: reason}."""
-    arr = fc._array(name)
-    out = np.zeros(arr.shape, arr.dtype)
-    bad: dict[int, str] = {}
-    try:
-        out[...] = np.asarray(arr[...])
-        return out, bad
-    except Exception:  # noqa: BLE001 - find which chunk, below
-        pass
-    for c in range(fc.spec.n_shards):
-        r = fc.spec.shard_rows(c)
-        try:
-            out[r.start : r.stop] = np.asarray(arr[r.start : r.stop])
-        except Exception as e:  # noqa: BLE001 - any read failure of stored bytes is damage
-            bad[c] = _reason(e)
-    return out, bad
+    return F.chunk_file(fc.path, F.FEATURES_FLIP if flipped else F.FEATURES, shard)
 
 
 def missing_shard_files(
@@ -94,7 +39,7 @@ def missing_shard_files(
 ) -> list[tuple[int, str, list[int]]]:
     """(shard, file, done rows) for every shard that has done rows but no file: one folder listing.
     `flipped`: the shards of `features_flip` (caches with flips) instead of `features`."""
-    names = _listing(fc, F.FEATURES_FLIP if flipped else F.FEATURES)
+    names = folder_names(fc.path, F.FEATURES_FLIP if flipped else F.FEATURES, fc.storage_options)
     if names is None:
         return []
     done = np.asarray(fc.done if done is None else done, bool)
@@ -111,23 +56,21 @@ def scan(fc: Any) -> tuple[list[BadRow], np.ndarray, list[str]]:
     """(bad rows, done flags, keys) after re-reading every chunk of `done`, `sha256`, `keys` and every done
     row of `features` (checksum, presence of the shard file, finiteness)."""
     bad: list[BadRow] = []
-    raw_keys, bad_keys = _chunked(fc, F.KEYS)
-    from dinocache.cache.store import _decode_keys
-
-    keys = _decode_keys(raw_keys)
+    raw_keys, bad_keys = fc.read_chunked(F.KEYS)
+    keys = decode_keys(raw_keys)
     for c in bad_keys:
         for r in fc.spec.shard_rows(c):
             keys[r] = f"<key of row {r} unreadable>"
-    done_raw, bad_done = _chunked(fc, F.DONE)
+    done_raw, bad_done = fc.read_chunked(F.DONE)
     done = done_raw.astype(bool)
-    _, bad_sha = _chunked(fc, F.SHA256)
+    _, bad_sha = fc.read_chunked(F.SHA256)
     flagged: set[int] = set()
     for name, chunks in ((F.KEYS, bad_keys), (F.DONE, bad_done), (F.SHA256, bad_sha)):
         for c, why in chunks.items():
             for r in fc.spec.shard_rows(c):
                 if r not in flagged:
                     flagged.add(r)
-                    bad.append(BadRow(r, keys[r], chunk_file(fc.path, name, c), f"'{name}' chunk {why}"))
+                    bad.append(BadRow(r, keys[r], F.chunk_file(fc.path, name, c), f"'{name}' chunk {why}"))
     for flipped in (False, True) if fc.spec.flips else (False,):
         what = "flipped-view " if flipped else ""
         missing = {sh: rows for sh, _, rows in missing_shard_files(fc, done, flipped)}
@@ -151,7 +94,7 @@ def scan(fc: Any) -> tuple[list[BadRow], np.ndarray, list[str]]:
                     try:
                         per_row[i] = fc.read([i], flipped=flipped)[0]
                     except Exception as e:  # noqa: BLE001
-                        errors[i] = _reason(e)
+                        errors[i] = damage_reason(e)
             for i in rows:
                 if i in errors:
                     bad.append(BadRow(i, keys[i], f, f"{what}image chunk {errors[i]}"))
@@ -184,7 +127,7 @@ def checked_map(fc: Any, key: str, channels: int | None = None, flipped: bool = 
     except CacheError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever backend reads it, a stored-bytes failure is damage
-        raise CacheCorrupt(f"{_where(fc, key, flipped)} {_reason(e)}; {repair_hint(fc)}") from None
+        raise CacheCorrupt(f"{_where(fc, key, flipped)} {damage_reason(e)}; {repair_hint(fc)}") from None
     if not all_finite(x):
         shard = fc.row_of(key) // fc.spec.shard_size
         gone = missing_shard_files(fc, flipped=flipped)

@@ -158,14 +158,14 @@ def verify(
         except CacheMismatch as e:
             add("teacher fingerprint mismatch", str(e))
     from dinocache.cache import format as F
-    from dinocache.cache.check import _chunked, chunk_file, scan
+    from dinocache.cache.check import scan
 
     root, files = list_split_images(data, split)
     # every chunk of done/sha256/keys and every done row of features, re-read through its crc32c
     damaged, done, keys = scan(fc)
     for b in damaged:
         add("damaged row (row, key, file)", b.line())
-    sha_raw, _ = _chunked(fc, F.SHA256)
+    sha_raw, _ = fc.read_chunked(F.SHA256)
     from dinocache.cache.store import bytes_to_hex
 
     stored = bytes_to_hex(sha_raw)
@@ -179,7 +179,7 @@ def verify(
             continue
         if row in bad_rows:
             continue
-        where = f"row {row} {key} ({chunk_file(fc.path, F.FEATURES, row // fc.spec.shard_size)})"
+        where = f"row {row} {key} ({F.chunk_file(fc.path, F.FEATURES, row // fc.spec.shard_size)})"
         if not done[row]:
             add("row not done", where)
         elif file_sha256(f) != stored[row]:
@@ -196,7 +196,7 @@ def verify(
             shown = ", ".join(items[:EXAMPLES]) + (" ..." if len(items) > EXAMPLES else "")
             lines.append(f"  {kind}: {len(items)}: {shown}")
     if any(k != "teacher fingerprint mismatch" and k != "no row in the cache" for k in problems):
-        from dinocache.cache.check import repair_hint
+        from dinocache.cache.errors import repair_hint
 
         lines.append(f"  fix: {repair_hint(fc)}")
     if extra:

@@ -1,5 +1,7 @@
 """Errors of the cache package; every message names the cache path and what is wrong."""
 
+from typing import Any
+
 from dinocache.core.errors import DinocacheError
 
 
@@ -23,3 +25,20 @@ class CacheCorrupt(CacheError):
 
 class CacheExists(CacheError):
     """A writer found the store already created by another writer (the loser of two simultaneous creators)."""
+
+
+def repair_hint(fc: Any) -> str:
+    """The end of every damage message: the command that recomputes the bad rows of cache handle `fc`."""
+    data = (fc.spec.source or {}).get("data") or "DATA"
+    return (
+        f"repair it with `dinocache cache repair {fc.path} --data {data}` (recomputes only the bad rows), "
+        "or rebuild it with `dinocache precompute --overwrite`"
+    )
+
+
+def damage_reason(e: BaseException) -> str:
+    """Why stored bytes could not be used, from the exception their read raised."""
+    text = str(e)
+    if "checksum" in text.lower() or "digest" in text.lower():
+        return "fails its crc32c checksum (bit rot, a torn or edited file)"
+    return f"cannot be read ({type(e).__name__}: {text[:200]})"

@@ -319,3 +319,10 @@ def raise_mismatch(where: str, lines: list[str], hint: str) -> None:
     if lines:
         shown = "\n  ".join(lines[:12]) + (f"\n  ... and {len(lines) - 12} more" if len(lines) > 12 else "")
         raise CacheMismatch(f"{where} does not match:\n  {shown}\n{hint}")
+
+
+def chunk_file(path: str, array: str, chunk: int) -> str:
+    """File of chunk/shard `chunk` along the image axis of `array` in the store at `path` (keys use '.' as
+    separator)."""
+    tail = {FEATURES: ".0.0.0", FEATURES_FLIP: ".0.0.0", DONE: "", SHA256: ".0", KEYS: ".0"}.get(array, "")
+    return f"{str(path).rstrip('/')}/{array}/c.{chunk}{tail}"

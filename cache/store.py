@@ -17,7 +17,15 @@ from typing import Any
 
 import numpy as np
 from dinocache.cache import format as F
-from dinocache.cache.errors import CacheCorrupt, CacheError, CacheExists, CacheFormatError, CacheMismatch
+from dinocache.cache.errors import (
+    CacheCorrupt,
+    CacheError,
+    CacheExists,
+    CacheFormatError,
+    CacheMismatch,
+    damage_reason,
+    repair_hint,
+)
 
 # ------------------------------------------------------------------------------------------ locations
 
@@ -71,6 +79,19 @@ def list_files(path: str | Path, storage_options: dict[str, Any] | None = None) 
         return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
     except FileNotFoundError:
         return []
+
+
+def folder_names(
+    path: str | Path, sub: str, storage_options: dict[str, Any] | None = None
+) -> set[str] | None:
+    """Names of the files in the folder `sub` of the store at `path`, None when it cannot be listed."""
+    fs, root = _fs(path, storage_options)
+    try:
+        return {
+            str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{root.rstrip('/')}/{sub}", detail=False)
+        }
+    except (FileNotFoundError, OSError):
+        return None
 
 
 def disk_bytes(path: str | Path, storage_options: dict[str, Any] | None = None, sub: str = "") -> int:
@@ -152,7 +173,7 @@ def read_attrs(path: str | Path, storage_options: dict[str, Any] | None = None) 
     return dict(group.attrs)
 
 
-def _decode_keys(raw: np.ndarray) -> list[str]:
+def decode_keys(raw: np.ndarray) -> list[str]:
     # (N, L) uint8 zero padded -> fixed-width bytes strings; numpy drops the trailing NULs.
     if raw.shape[0] == 0:
         return []
@@ -352,22 +373,39 @@ class _Store:
 
     def _whole(self, name: str) -> np.ndarray:
         """A whole small array; a chunk failing its checksum is a CacheCorrupt naming the chunk file."""
-        from dinocache.cache.check import _chunked, chunk_file, repair_hint
-
         try:
             return np.asarray(self._array(name)[...])
         except Exception:  # noqa: BLE001 - find and name the bad chunk
-            out, bad = _chunked(self, name)
+            out, bad = self.read_chunked(name)
             if not bad:
                 return out
             c, why = next(iter(bad.items()))
             r = self.spec.shard_rows(c)
             raise CacheCorrupt(
-                f"cache {self.path}: chunk {chunk_file(self.path, name, c)} of '{name}' (rows {r.start}-{r.stop - 1}) "
+                f"cache {self.path}: chunk {F.chunk_file(self.path, name, c)} of '{name}' (rows {r.start}-{r.stop - 1}) "
                 f"{why}"
                 + (f" (and {len(bad) - 1} more chunk(s))" if len(bad) > 1 else "")
                 + f"; {repair_hint(self)}"
             ) from None
+
+    def read_chunked(self, name: str) -> tuple[np.ndarray, dict[int, str]]:
+        """The whole small array `name` read chunk by chunk; chunks failing their checksum read as zeros and are
+        returned as {chunk: reason}."""
+        arr = self._array(name)
+        out = np.zeros(arr.shape, arr.dtype)
+        bad: dict[int, str] = {}
+        try:
+            out[...] = np.asarray(arr[...])
+            return out, bad
+        except Exception:  # noqa: BLE001 - find which chunk, below
+            pass
+        for c in range(self.spec.n_shards):
+            r = self.spec.shard_rows(c)
+            try:
+                out[r.start : r.stop] = np.asarray(arr[r.start : r.stop])
+            except Exception as e:  # noqa: BLE001 - any read failure of stored bytes is damage
+                bad[c] = damage_reason(e)
+        return out, bad
 
     def __getstate__(self) -> dict[str, Any]:
         # zarr handles and their event loop must not cross a fork/spawn: reopen lazily on the other side.
@@ -431,7 +469,7 @@ class FeatureCache(_Store):
     @property
     def keys(self) -> list[str]:
         if self._keys is None:
-            self._keys = _decode_keys(self._whole(F.KEYS))
+            self._keys = decode_keys(self._whole(F.KEYS))
         return self._keys
 
     def row_of(self, key: str) -> int:
@@ -718,7 +756,7 @@ class CacheWriter(_Store):
         return cls(path, storage_options)
 
     def stored_keys(self) -> list[str]:
-        return _decode_keys(self._whole(F.KEYS))
+        return decode_keys(self._whole(F.KEYS))
 
     def basis(self) -> Any:
         """The stored PCA basis (float32) or None; writers project with exactly these numbers."""
@@ -735,8 +773,6 @@ class CacheWriter(_Store):
 
     def shard_state(self, shard: int) -> tuple[np.ndarray, list[str]]:
         """(done (m,) bool, sha256 hex list) of the rows of `shard`."""
-        from dinocache.cache.check import _reason, chunk_file, repair_hint
-
         r = self.spec.shard_rows(shard)
         try:
             done = np.asarray(self._array(F.DONE)[r.start : r.stop]).astype(bool)
@@ -745,19 +781,17 @@ class CacheWriter(_Store):
             raise
         except Exception as e:  # noqa: BLE001 - a chunk failing its checksum
             raise CacheCorrupt(
-                f"cache {self.path}: the done/sha256 chunk of shard {shard} ({chunk_file(self.path, F.DONE, shard)}) "
-                f"{_reason(e)}; {repair_hint(self)}"
+                f"cache {self.path}: the done/sha256 chunk of shard {shard} ({F.chunk_file(self.path, F.DONE, shard)}) "
+                f"{damage_reason(e)}; {repair_hint(self)}"
             ) from None
         return done, sha
 
     def reset_shard(self, shard: int) -> None:
         """Repair: delete the shard's features file and write its done/sha256 chunks as zeros (not done), so the
         next write pass recomputes the whole shard with its usual batch boundaries (same bits as a fresh run)."""
-        from dinocache.cache.check import shard_file
-
         fs, _ = _fs(self.path, self.storage_options)
-        for f in [shard_file(self, shard)] + (
-            [shard_file(self, shard, flipped=True)] if self.spec.flips else []
+        for f in [F.chunk_file(self.path, F.FEATURES, shard)] + (
+            [F.chunk_file(self.path, F.FEATURES_FLIP, shard)] if self.spec.flips else []
         ):
             target = str(local_path(f).resolve()) if local_path(f) is not None else f
             if fs.exists(target):

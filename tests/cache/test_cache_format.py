@@ -193,9 +193,9 @@ def test_auto_shard_size_and_keys() -> None:
     assert F.auto_shard_size(128 * 32 * 32 * 2, n=1000) == 64 and F.auto_shard_size(10, n=1) == 1
     raw = encode_keys(["a", "images/é.png"], 16)
     assert raw.shape == (2, 16) and raw.dtype == np.uint8
-    from dinocache.cache.store import _decode_keys
+    from dinocache.cache.store import decode_keys
 
-    assert _decode_keys(raw) == ["a", "images/é.png"]
+    assert decode_keys(raw) == ["a", "images/é.png"]
     with pytest.raises(cache.CacheError, match="longer than key_len"):
         encode_keys(["x" * 17], 16)
 
