@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from dinocache.train.context import RESUME_FILE, TeacherContext
 
 HANDOFF_EVENT = "on_pretrain_routine_start"  # any event works; this one runs once and early
 
@@ -68,8 +69,6 @@ def make_handoff(trainer: Any) -> DDPHandoff:
         }
     resume_file = None
     if trainer.resume_state is not None:
-        from dinocache.train.trainer import RESUME_FILE
-
         resume_file = str(Path(trainer.wdir) / RESUME_FILE)
     return DDPHandoff(to_dict(trainer.dino), ctx_fields, resume_file, str(trainer.save_dir))
 
@@ -91,7 +90,6 @@ def drop_handoff(callbacks: dict[str, list]) -> None:
 def unpack_handoff(h: DDPHandoff) -> tuple[Any, Any, dict | None]:
     """(TrainConfig, TeacherContext, resume state or None) on a DDP rank."""
     from dinocache.train.config import TrainConfig
-    from dinocache.train.trainer import TeacherContext
 
     from dinocache.core.config import build
 

@@ -11,12 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 from dinocache.train.config import TrainConfig
+from dinocache.train.context import DINO_ARGS_FILE, RESUME_FILE, TeacherContext, TrainError
 from dinocache.train.trainer import (
-    DINO_ARGS_FILE,
     OFFLINE_VIEW_DEFAULTS,
-    RESUME_FILE,
     DinoOBBTrainer,
-    TeacherContext,
     add_callbacks,
     augmentation_summary,
     geometric_off,
@@ -29,13 +27,8 @@ from ultralytics.utils import LOGGER, colorstr
 from dinocache.core.config import build
 from dinocache.core.data import image_key, list_split_images
 from dinocache.core.device import ultralytics_device
-from dinocache.core.errors import DinocacheError
 
 FIX = "run `just precompute` (dinocache precompute --config config.json) to (re)build it"
-
-
-class TrainError(DinocacheError, RuntimeError):
-    """A run that must not start (bad cache, missing rows, existing run folder); the message says the fix."""
 
 
 def runs_root(cfg: TrainConfig) -> Path:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from dinocache.train import ddp, eval_hooks
 from dinocache.train.config import TrainConfig, teacher_terms
+from dinocache.train.context import DINO_ARGS_FILE, RESUME_FILE, TeacherContext, TrainError
 from dinocache.train.dataset import (
     TEACHER_KEY,
     DistillDataset,
@@ -40,34 +41,8 @@ from dinocache.core.config import to_dict
 from dinocache.core.errors import DinocacheError
 from dinocache.core.logs import quiet_ultralytics
 
-RESUME_FILE = "resume.pt"
 # the event of a bare callback function in `train(callbacks=[fn])`: each epoch, after validation
 DEFAULT_CALLBACK_EVENT = "on_fit_epoch_end"
-DINO_ARGS_FILE = "dinocache_args.yaml"
-
-
-class TeacherContext:
-    """What the trainer needs from the cache/teacher, resolved once before training (see train.run.preflight)."""
-
-    def __init__(
-        self,
-        dataset_root: Path,
-        cache_path: str | None = None,
-        channel_mean: torch.Tensor | None = None,
-        channel_std: torch.Tensor | None = None,
-        pca: Any = None,
-        teacher: Any = None,
-    ) -> None:
-        self.dataset_root = dataset_root
-        self.cache_path = cache_path
-        self.channel_mean = channel_mean
-        self.channel_std = channel_std
-        self.pca = pca
-        self.teacher = teacher  # online mode: the DinoV3Teacher loaded by preflight
-        # multi-teacher runs (TrainConfig.teachers): per term name, path, channels, offset, factor, mean, std,
-        # grid, patch; `multi_patch` = the finest teacher's cell size (the packed map's grid)
-        self.multi: list[dict[str, Any]] = []
-        self.multi_patch: int = 16
 
 
 def apply_curriculum(trainer: DinoOBBTrainer) -> None:
@@ -304,8 +279,6 @@ class DinoOBBTrainer(OBBTrainer):
         try:
             result = super().train()
         except subprocess.CalledProcessError as e:
-            from dinocache.train.run import TrainError
-
             again = (
                 f"; continue with resume=true name={self.dino.name}"
                 if (self.wdir / RESUME_FILE).exists()
@@ -838,7 +811,6 @@ __all__ = [
     "NonFiniteLoss",
     "warp_blends_off",
     "DinoOBBTrainer",
-    "TeacherContext",
     "apply_curriculum",
     "ultralytics_overrides",
     "geometric_off",

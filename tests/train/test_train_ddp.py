@@ -212,7 +212,7 @@ def test_ddp_resume_keeps_run_folder(
 ) -> None:
     """Ultralytics deletes save_dir before launching unless resuming: ours must survive with resume.pt."""
     import ultralytics.engine.trainer as ut
-    from dinocache.train.trainer import RESUME_FILE
+    from dinocache.train.context import RESUME_FILE
 
     cfg = small_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache)
     trainer = make_trainer(cfg, resume_state={"epoch": 0})
