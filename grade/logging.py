@@ -87,8 +87,9 @@ class RunLogger:
     """`log_epoch(epoch, scalars)`, `log_images(epoch, paths)`, `close()` to TensorBoard and W&B.
 
     cfg (dataclass, mapping or object, e.g. TrainConfig) is read for `wandb_enabled` (default True),
-    `wandb_project`, `wandb_entity`, `wandb_mode` (default: $WANDB_MODE or auto) and
-    `tensorboard_enabled` (default True); the whole of it becomes the W&B run config.
+    `wandb_project`, `wandb_entity` (empty = the account's default), `wandb_mode` (empty: $WANDB_MODE or
+    auto), `wandb_system_metrics` (default True: wandb's CPU/GPU/memory stats) and `tensorboard_enabled`
+    (default True); the whole of it becomes the W&B run config.
     """
 
     def __init__(self, run_dir: str | Path, cfg: Any = None, name: str | None = None):
@@ -124,7 +125,7 @@ class RunLogger:
 
     def _start_wandb(self, cfg: Any) -> None:
         os.environ.setdefault("WANDB_SILENT", "true")
-        requested = _get(cfg, "wandb_mode", None)
+        requested = _get(cfg, "wandb_mode", None) or None
         mode = resolve_wandb_mode(requested)
         if mode == "disabled":
             return
@@ -140,14 +141,18 @@ class RunLogger:
             try:
                 self.wandb_run = wandb.init(
                     project=_get(cfg, "wandb_project", "dinocache"),
-                    entity=_get(cfg, "wandb_entity", None),
+                    entity=_get(cfg, "wandb_entity", None) or None,
                     name=self.name,
                     dir=str(wandb_dir),
                     config=_config_dict(cfg),
                     mode=m,
                     reinit="create_new",
                     settings=wandb.Settings(
-                        init_timeout=INIT_TIMEOUT_S, silent=True, console="off", x_disable_stats=True
+                        init_timeout=INIT_TIMEOUT_S,
+                        silent=True,
+                        console="off",
+                        # system metrics (CPU, GPU, memory) unless switched off
+                        x_disable_stats=not _get(cfg, "wandb_system_metrics", True),
                     ),
                 )
                 self.wandb_mode = m

@@ -93,8 +93,16 @@ class TrainConfig:
     dino_viz_samples: int = 4
     # log to Weights & Biases (offline unless WANDB_API_KEY is set)
     wandb_enabled: bool = True
-    # W&B project name
+    # W&B project name (the seed's dashboards used "tea-ai-detector"; set it to log there)
     wandb_project: str = "dinocache"
+    # W&B entity (user or team); empty = the logged-in account's default
+    wandb_entity: str = ""
+    # W&B mode: online, offline or disabled; empty = $WANDB_MODE, else online with an API key, offline without
+    wandb_mode: str = ""
+    # W&B system metrics (CPU, GPU, memory, disk) beside the training scalars
+    wandb_system_metrics: bool = True
+    # TensorBoard event files in the run folder's tensorboard/
+    tensorboard_enabled: bool = True
     # periodic geometric evaluation during training (implemented by the eval issue)
     eval_enabled: bool = True
     # every how many epochs to evaluate
@@ -115,7 +123,8 @@ class TrainConfig:
     cache: str = "artifacts/cache/features.zarr"
     # root of all run outputs: {artifacts_root}/{model_key}/runs/{run_id}/train/
     artifacts_root: str = "artifacts"
-    # student: Ultralytics model yaml (from scratch) or .pt checkpoint (fine-tune)
+    # student: Ultralytics model yaml (from scratch), .pt checkpoint (fine-tune), or a Hugging Face hub
+    # checkpoint: owner/name (its only .pt) or hf://owner/name/file.pt, fetched into the hub cache
     model: str = "yolo26n-obb.yaml"
     # run id; empty = a timestamp (YYYYmmdd-HHMMSS)
     name: str = ""
@@ -252,9 +261,9 @@ class TrainConfig:
             )
         require(bool(self.model), "model", "must name a model yaml or .pt")
         require(
-            Path(self.model).suffix in (".yaml", ".yml", ".pt"),
+            Path(self.model).suffix in (".yaml", ".yml", ".pt") or hub_parts(self.model) is not None,
             "model",
-            f"must be a .yaml or .pt file, got {self.model!r}",
+            f"must be a .yaml or .pt file or a hub id (owner/name, hf://owner/name/file.pt), got {self.model!r}",
         )
         require(
             self.teacher_source != "cache" or bool(self.cache),
@@ -331,7 +340,12 @@ class TrainConfig:
         """Stage A's frozen layers: stage_a_freeze, or when unset 10 for a .pt start and 0 for a .yaml one."""
         if self.stage_a_freeze is not None:
             return self.stage_a_freeze
-        return 10 if Path(self.model).suffix == ".pt" else 0
+        return 10 if self.pretrained_student else 0
+
+    @property
+    def pretrained_student(self) -> bool:
+        """A .pt checkpoint or a hub checkpoint (trained weights); a .yaml starts from random weights."""
+        return Path(self.model).suffix == ".pt" or hub_parts(self.model) is not None
 
     @property
     def close_mosaic(self) -> int:
@@ -423,6 +437,23 @@ def teacher_terms(cfg: TrainConfig) -> list[TeacherTerm]:
             raise ConfigError(f"{where}.teacher: '{name}' is listed twice")
         out.append(t)
     return out
+
+
+def hub_parts(model: str) -> tuple[str, str | None] | None:
+    """(repo id, file or None) when `model` names a Hugging Face hub checkpoint: `owner/name` (no file suffix,
+    not an existing path) or `hf://owner/name[/path/file.pt]`; None for a local model file or yaml."""
+    import re
+
+    m = re.fullmatch(r"hf://([\w.-]+/[\w.-]+)(?:/(.+\.pt))?", model)
+    if m:
+        return m.group(1), m.group(2)
+    if (
+        re.fullmatch(r"[\w-][\w.-]*/[\w-][\w.-]*", model)
+        and Path(model).suffix not in (".yaml", ".yml", ".pt")
+        and not Path(model).exists()
+    ):
+        return model, None
+    return None
 
 
 def stage_a_epochs(cfg: TrainConfig) -> int:

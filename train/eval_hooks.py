@@ -80,8 +80,32 @@ def raise_if_failed(trainer: Any) -> None:
         )
 
 
+# the seed's dashboard names -> the Ultralytics key each copies (results.csv keeps Ultralytics' columns)
+SEED_NAMES = {
+    "train/loss_box": "train/box_loss",
+    "train/loss_cls": "train/cls_loss",
+    "train/loss_dfl": "train/dfl_loss",
+    "train/loss_angle": "train/angle_loss",
+    "train/loss_distill": "train/distill",
+    "train/lr": "lr/pg0",
+    "val/precision": "metrics/precision(B)",
+    "val/recall": "metrics/recall(B)",
+    "val/map50": "metrics/mAP50(B)",
+    "val/map50_95": "metrics/mAP50-95(B)",
+    "val/loss_box": "val/box_loss",
+    "val/loss_cls": "val/cls_loss",
+    "val/loss_dfl": "val/dfl_loss",
+}
+
+
+def seed_names(scalars: dict[str, Any]) -> dict[str, Any]:
+    """The seed's metric names beside Ultralytics' own (both logged, so either dashboard finds its series)."""
+    return {seed: scalars[ul] for seed, ul in SEED_NAMES.items() if ul in scalars}
+
+
 def epoch_scalars(trainer: Any) -> dict[str, float]:
-    """Losses (box, cls, dfl/angle, distill), lr, Ultralytics' val metrics, stage and distill weight."""
+    """Losses (box, cls, dfl/angle, distill), lr, Ultralytics' val metrics, stage and distill weight, each
+    under Ultralytics' name and, where the seed has one, the seed's (`train/loss_box`, `val/map50`, ...)."""
     from ultralytics.utils.torch_utils import unwrap_model
 
     s: dict[str, Any] = {}
@@ -93,6 +117,7 @@ def epoch_scalars(trainer: Any) -> dict[str, float]:
     if stage in ("A", "B"):
         s["curriculum/stage"] = 1.0 if stage == "A" else 2.0
     s["curriculum/distill_weight"] = float(getattr(unwrap_model(trainer.model), "distill_weight", 0.0))
+    s.update(seed_names(s))
     return s
 
 

@@ -130,7 +130,10 @@ def check_cache_files(cfg: TrainConfig, fc: Any, keys: list[str], known: dict[st
 
 
 def model_layers(model: str) -> int:
-    """Number of layers of the student `model` (an Ultralytics model yaml or a .pt checkpoint)."""
+    """Number of layers of the student `model` (an Ultralytics model yaml, a .pt checkpoint or a hub id)."""
+    from dinocache.train.hub import resolve_student
+
+    model = resolve_student(model)
     if Path(model).suffix == ".pt":
         from ultralytics.nn.tasks import load_checkpoint
 
@@ -372,6 +375,9 @@ def prepare(
     device = ultralytics_device(cfg.device)  # before anything is loaded: no GPU is a clear error
     ctx = preflight(cfg)
     ov = ultralytics_overrides(cfg, save_dir, device)
+    from dinocache.train.hub import resolve_student
+
+    ov["model"] = resolve_student(cfg.model)  # a hub id -> its file in the hub cache (fetched by preflight)
     apply_augmentation_policy(cfg, ov)
     return cfg, ov, ctx, state
 

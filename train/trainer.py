@@ -235,10 +235,19 @@ class DinoOBBTrainer(OBBTrainer):
         model = unwrap_model(self.model)
         layers = [int(n.split(".")[1]) for n in self.freeze_layer_names if n.startswith("model.")]
         n = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-        LOGGER.info(
+        what = (
             f"{tag} Stage A (epochs 1-{d.stage_a_epochs}): layers {_ranges(layers)} frozen "
-            f"({self._quiet.frozen} tensors, {n / 1e6:.2f} M parameters); Stage B unfreezes them"
+            f"({self._quiet.frozen} tensors, {n / 1e6:.2f} M parameters)"
         )
+        if not d.pretrained_student:
+            # the seed's stage_a_freeze: 10 on a random student: say it once, plainly
+            LOGGER.warning(
+                f"{what} although model={d.model} starts from random weights: freezing random layers protects "
+                "no pretrained features, it only keeps them random until Stage B; start from a pretrained .pt or "
+                "hub id, or set stage_a_freeze=0"
+            )
+            return
+        LOGGER.info(f"{what}; Stage B unfreezes them")
 
     def train(
         self,

@@ -3,6 +3,7 @@ form, and train(data_yaml_path=..., epochs=..., callbacks=[...]) overriding the 
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -111,3 +112,147 @@ def test_callback_forms() -> None:
         add_callbacks(t, {"on_train_ends": eval_callback})
     with pytest.raises(TypeError):
         add_callbacks(t, [42])
+
+
+# train/loss_dfl too when the model has a DFL head (YOLO26 has none: its loss items are box, cls, angle)
+SEED_METRICS = (
+    "train/loss_box",
+    "train/loss_cls",
+    "train/loss_angle",
+    "val/precision",
+    "val/recall",
+    "val/map50",
+)
+
+
+def test_seed_metric_names_beside_ultralytics_and_logger_keys(tmp_path: Path, demo_data: Path) -> None:
+    """The seed's dashboard names reach TensorBoard and W&B next to Ultralytics' own; results.csv keeps
+    Ultralytics' columns; wandb_entity / wandb_mode / tensorboard_enabled are keys of their own."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dinocache import DinoOBBTrainer
+
+    cfg = cfg_for(
+        tmp_path,
+        demo_data,
+        wandb_enabled=True,
+        wandb_mode="offline",
+        wandb_entity="my-team",
+        wandb_project="tea-ai-detector",
+        wandb_system_metrics=False,
+        tensorboard_enabled=True,
+        extra={"plots": False},  # validation on: the val/ names need Ultralytics' metrics
+    )
+    t = DinoOBBTrainer(config=cfg, device="cpu")
+    t.train()
+    ea = EventAccumulator(str(t.save_dir / "tensorboard"))
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    assert {*SEED_METRICS, "val/map50_95", "train/box_loss", "metrics/mAP50(B)"} <= tags, sorted(tags)
+    a, b = ea.Scalars("val/map50_95"), ea.Scalars("metrics/mAP50-95(B)")
+    assert [(e.step, e.value) for e in a] == [(e.step, e.value) for e in b]
+    head = (t.save_dir / "results.csv").read_text().splitlines()[0]
+    assert "train/box_loss" in head and "train/loss_box" not in head
+    assert list((t.save_dir / "wandb").glob("offline-run-*"))  # wandb_mode=offline honoured
+    off = cfg_for(tmp_path, demo_data, name="no-tb", wandb_enabled=False, tensorboard_enabled=False)
+    t2 = DinoOBBTrainer(config=off, device="cpu")
+    t2.train()
+    assert not (t2.save_dir / "tensorboard").exists()
+
+
+def test_wandb_system_metrics_on_unless_switched_off(tmp_path: Path, monkeypatch) -> None:
+    import wandb
+    from dinocache.grade.logging import RunLogger
+
+    seen = []
+    monkeypatch.setattr(wandb, "init", lambda **kw: seen.append(kw) or object())
+    RunLogger(tmp_path / "a", {"wandb_mode": "offline", "tensorboard_enabled": False})
+    RunLogger(
+        tmp_path / "b", {"wandb_mode": "offline", "tensorboard_enabled": False, "wandb_system_metrics": False}
+    )
+    RunLogger(tmp_path / "c", {"wandb_mode": "offline", "tensorboard_enabled": False, "wandb_entity": "team"})
+    assert [kw["settings"].x_disable_stats for kw in seen] == [False, True, False]
+    assert seen[0]["entity"] is None and seen[2]["entity"] == "team"
+
+
+class _Lines(logging.Handler):
+    """Ultralytics' LOGGER does not propagate (caplog can't see it): collect its records directly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def log_records():
+    import ultralytics.utils  # noqa: F401  (its import sets the level: set ours after it)
+
+    h = _Lines()
+    lg = logging.getLogger("ultralytics")
+    level = lg.level
+    lg.setLevel(logging.INFO)
+    lg.addHandler(h)
+    yield h.records
+    lg.removeHandler(h)
+    lg.setLevel(level)
+
+
+def test_stage_a_freeze_of_a_random_student_is_one_warning(
+    tmp_path: Path, demo_data: Path, log_records
+) -> None:
+    """The seed's config (stage_a_freeze: 10) with the random default student: one warning says what is
+    frozen and why it protects nothing."""
+    from dinocache import DinoOBBTrainer
+
+    t = DinoOBBTrainer(config=cfg_for(tmp_path, demo_data, stage_a_freeze=10), device="cpu")
+    t.train()
+    warned = [
+        r.getMessage() for r in log_records if r.levelno == logging.WARNING and "Stage A" in r.getMessage()
+    ]
+    assert len(warned) == 1, warned
+    assert "layers 0-9 frozen" in warned[0] and "starts from random weights" in warned[0]
+    assert "protects no pretrained features" in warned[0]
+
+
+def _fake_hub_cache(cache: Path, repo: str, files: dict[str, Path]) -> None:
+    """A hub cache laid out as huggingface_hub writes it (refs/main -> snapshots/<revision>/...)."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    snap = folder / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    for name, src in files.items():
+        shutil.copy2(src, snap / name)
+
+
+def test_hub_student_offline_error_then_cached_start(tmp_path: Path, demo_data: Path, monkeypatch) -> None:
+    import huggingface_hub.constants as hc
+    from dinocache.train.hub import HubModelError
+    from dinocache.train.run import train
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    with pytest.raises(
+        HubModelError, match=r"best\.pt of acme/yolo-obb is not in the Hugging Face cache"
+    ) as e:
+        train(cfg_for(tmp_path, demo_data, model="hf://acme/yolo-obb/best.pt"))
+    assert f"place best.pt at {cache}/models--acme--yolo-obb/snapshots/<revision>/best.pt" in str(e.value)
+    assert "HF_HUB_OFFLINE=1" in str(e.value)
+    with pytest.raises(HubModelError, match=r"acme/yolo-obb is not in the Hugging Face cache"):
+        train(cfg_for(tmp_path, demo_data, model="acme/yolo-obb"))
+    assert not (tmp_path / "artifacts").exists()  # refused before anything is written
+
+    from ultralytics.nn.tasks import OBBModel
+
+    pt = tmp_path / "yolo26n-obb-pre.pt"
+    import torch
+
+    torch.save({"model": OBBModel("yolo26n-obb.yaml", nc=5, verbose=False).half(), "train_args": {}}, pt)
+    _fake_hub_cache(cache, "acme/yolo-obb", {"yolo26n-obb-pre.pt": pt})
+    t = train(cfg_for(tmp_path, demo_data, model="acme/yolo-obb", epochs=1, stage_a_ratio=1.0))
+    assert t.args.freeze == 10  # a hub checkpoint is pretrained: Stage A freezes the backbone
+    assert Path(t.args.model).is_relative_to(cache) and t.save_dir.parent.parent.parent.name == "yolo-obb"
