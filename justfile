@@ -39,8 +39,12 @@ precompute *ARGS:
 verify *ARGS:
     dinocache cache verify --config {{config}} "$@"
 
-# train the YOLO26-n OBB student (key=value overrides, e.g. `just train epochs=3`)
-train *ARGS:
+# validate the training data named in config.json once (remembered by the dataset's hash; `--force` re-checks)
+check-dataset *ARGS:
+    dinocache check-dataset --config {{config}} "$@"
+
+# train the YOLO26-n OBB student (key=value overrides, e.g. `just train epochs=3`); checks the dataset first
+train *ARGS: (check-dataset ARGS)
     dinocache train --config {{config}} "$@"
 
 # A/B of distillation over seeds on your data and teacher (e.g. `just compare modes=none,cache,online seeds=3 epochs=20`)

@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "precompute": ("dinocache.precompute.run", "run the teacher once per image into the Zarr cache"),
     "cache": ("dinocache.cache.cli", "inspect, verify or repair a feature cache (info, verify, repair)"),
     "train": ("dinocache.train.cli", "train the OBB student with cached/online/no distillation"),
+    "check-dataset": (
+        "dinocache.train.check_dataset",
+        "validate the training data once (remembered by hash)",
+    ),
     "compare": ("dinocache.compare", "A/B of distillation over seeds: none / cache / online (+ controls)"),
     "grade": ("dinocache.grade.cli", "geometric grade of a checkpoint on a val split"),
     "finetune-teacher": ("dinocache.finetune.train", "LoRA fine-tune the DINOv3 teacher"),

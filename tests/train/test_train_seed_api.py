@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from dinocache.train.config import TrainConfig
 from dinocache.train.trainer import add_callbacks
 
@@ -256,3 +257,68 @@ def test_hub_student_offline_error_then_cached_start(tmp_path: Path, demo_data: 
     t = train(cfg_for(tmp_path, demo_data, model="acme/yolo-obb", epochs=1, stage_a_ratio=1.0))
     assert t.args.freeze == 10  # a hub checkpoint is pretrained: Stage A freezes the backbone
     assert Path(t.args.model).is_relative_to(cache) and t.save_dir.parent.parent.parent.name == "yolo-obb"
+
+
+PROJ_START: dict[str, torch.Tensor] = {}
+
+
+def _keep_proj(trainer) -> None:  # on_train_start: the projections as initialised
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    PROJ_START.update(
+        {k: v.detach().clone() for k, v in unwrap_model(trainer.model).distill_proj.state_dict().items()}
+    )
+
+
+def test_one_teacher_distilled_from_two_student_layers(
+    tmp_path: Path, demo_data: Path, tiny_teacher_dir: Path, feature_cache: Path
+) -> None:
+    """The seed's `dino_distill_layers: [a, b]`: both layers are hooked, each gets its own 1x1 projection to the
+    teacher's D channels, the term is their mean, and both projections learn."""
+    from dinocache.train.model import DistillOBBModel
+    from dinocache.train.run import train
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    m = DistillOBBModel("yolo26n-obb.yaml", nc=5, verbose=False, distill_layers=[16, 19], distill_channels=8)
+    assert m.distill_layers == [16, 19] and [p.in_channels for p in m.distill_proj] == [64, 128]
+    m.train()
+    m.predict(torch.rand(2, 3, 64, 64))
+    feats = [h.pop() for h in m.distill_hooks]
+    assert [f.shape[-1] for f in feats] == [8, 4]  # strides 8 and 16 at 64 px
+    batch = {
+        "teacher_feat": torch.randn(2, 8, 4, 4),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.4, 0.0]]),
+        "batch_idx": torch.tensor([0.0]),
+    }
+    both = m.distill_loss(feats, batch)
+    p0, p1 = m.distill_proj
+    m.distill_proj = torch.nn.ModuleList([p0])
+    a = m.distill_loss(feats[:1], batch)
+    m.distill_proj = torch.nn.ModuleList([p1])
+    b = m.distill_loss(feats[1:], batch)
+    assert torch.allclose(both, (a + b) / 2)
+
+    PROJ_START.clear()
+    cfg = cfg_for(
+        tmp_path,
+        demo_data,
+        teacher_source="cache",
+        cache=str(feature_cache),
+        dino_root=str(tiny_teacher_dir),
+        imgsz=128,
+        batch=4,
+        nbs=4,
+        epochs=1,
+        dino_distill_channels=8,
+        dino_distill_warmup_epochs=0,
+        dino_distill_layers=[16, 19],
+    )
+    t = train(cfg, callbacks={"on_train_start": _keep_proj})
+    end = unwrap_model(t.model).distill_proj.state_dict()
+    assert set(PROJ_START) == set(end) and len(end) == 4  # two convs: weight + bias each
+    assert all(not torch.equal(PROJ_START[k], end[k]) for k in end if k.endswith("weight"))
+    import csv
+
+    rows = list(csv.DictReader(open(t.save_dir / "results.csv")))
+    d = float(next(v for k, v in rows[-1].items() if k.strip() == "train/distill"))
+    assert 0 < d < 10
