@@ -1,17 +1,16 @@
 """The trainer's evaluation during a run: periodic grade + best_geo.pt, eval overlays, DINO feature viz, logging.
 
-Two calls from `train.trainer.DinoOBBTrainer` (rank 0 only; both are no-ops on other ranks):
+Two calls from `train.trainer` (rank 0 only; both are no-ops on other ranks):
 
-    def save_model(self):
-        ...                                        # Ultralytics' save (clean last.pt/best.pt), resume.pt
-        eval_hooks.after_save_model(self, ema_model)   # ema_model: the training EMA (DistillOBBModel)
+    def evaluate_saved_epoch(trainer):            # Ultralytics' on_model_save callback
+        eval_hooks.after_save_model(trainer, trainer.ema.ema)   # the training EMA (DistillOBBModel)
     def final_eval(self):
         super().final_eval(); ...
         eval_hooks.finish_run(self)               # closes TensorBoard / W&B
 
-Why `save_model` and not `on_fit_epoch_end`: Ultralytics calls save_model once per epoch right after
-validation and after it has written last.pt, and `final_eval()` fires on_fit_epoch_end a second time with
-best.pt's metrics. The grade is computed on the just-written `weights/last.pt` (the exact weights
+Why `on_model_save` and not `on_fit_epoch_end`: Ultralytics fires on_model_save once per epoch right after
+validation and after save_model has written last.pt, and `final_eval()` fires on_fit_epoch_end a second time
+with best.pt's metrics. The grade is computed on the just-written `weights/last.pt` (the exact weights
 best_geo.pt then copies), so `dinocache grade --weights best_geo.pt` reproduces the logged numbers.
 
 A failure inside the evaluation or the viz (e.g. a malformed val label file, which Ultralytics' own
@@ -361,7 +360,7 @@ def _multi_viz(geo: GeoEval, trainer: Any, ema_model: torch.nn.Module, epoch: in
 
 
 def after_save_model(trainer: Any, ema_model: torch.nn.Module | None = None) -> dict[str, Any] | None:
-    """Call at the end of `save_model()` (after last.pt is written), once per epoch, rank 0 only.
+    """Call from Ultralytics' `on_model_save` event (after last.pt is written), once per epoch, rank 0 only.
 
     Every `eval_interval_epochs` (and at the last epoch) grades weights/last.pt on the val split, appends
     eval/grades.csv, copies last.pt to weights/best_geo.pt (optimizer stripped) when the grade is the best

@@ -6,6 +6,7 @@ What it changes in Ultralytics' loop, and where:
 - `preprocess_batch`: normalises the teacher map on the device, or computes it live (online mode).
 - `on_train_epoch_start` callback: the two-stage curriculum (unfreeze, distillation weight).
 - `save_model`: best.pt/last.pt hold a clean OBBModel; resume state goes to weights/resume.pt (tensors only).
+- `on_model_save` callback: the epoch's grade, best_geo.pt, overlays and DINO viz (train/eval_hooks.py).
 - `resume_training`: restores model, projection, EMA, optimizer and epoch from weights/resume.pt.
 """
 
@@ -142,6 +143,18 @@ def add_callbacks(trainer: Any, callbacks: Any) -> None:
                 trainer.add_callback(event, fn)
 
 
+def evaluate_saved_epoch(trainer: DinoOBBTrainer) -> None:
+    """on_model_save (rank 0, once per epoch, after validation and after last.pt and resume.pt are written;
+    not on_fit_epoch_end, which final_eval fires a second time): grade, best_geo.pt, overlays, DINO viz,
+    TensorBoard/W&B. Under the saved RNG state, so evaluating does not change the training stream a resume
+    continues."""
+    state = rng_state(None)
+    try:
+        eval_hooks.after_save_model(trainer, trainer.ema.ema)  # the training EMA (DistillOBBModel)
+    finally:
+        set_rng_state(state, None)
+
+
 class DinoOBBTrainer(OBBTrainer):
     """OBBTrainer with DINOv3 feature distillation from a cache (or online) and the two-stage curriculum.
 
@@ -210,6 +223,8 @@ class DinoOBBTrainer(OBBTrainer):
             self.add_callback("on_train_epoch_start", apply_curriculum)
         if log_epoch_speed not in self.callbacks["on_train_epoch_end"]:
             self.add_callback("on_train_epoch_end", log_epoch_speed)
+        if evaluate_saved_epoch not in self.callbacks["on_model_save"]:
+            self.add_callback("on_model_save", evaluate_saved_epoch)
         if RANK in {-1, 0}:
             self._write_args()
 
@@ -507,14 +522,6 @@ class DinoOBBTrainer(OBBTrainer):
         finally:
             self.ema.ema = ema_model
         self._save_resume_state(ema_model)
-        # Once per epoch, after validation and after last.pt is written (not on_fit_epoch_end, which
-        # final_eval fires a second time): grade, best_geo.pt, overlays, DINO viz, TensorBoard/W&B. Under the
-        # saved RNG state, so evaluating does not change the training stream a resume continues.
-        state = rng_state(None)
-        try:
-            eval_hooks.after_save_model(self, ema_model)
-        finally:
-            set_rng_state(state, None)
         return saved
 
     def _save_resume_state(self, ema_model: torch.nn.Module) -> None:

@@ -116,7 +116,7 @@ def test_real_training_run_writes_everything(tmp_path, demo_data, tiny_teacher_d
     from dinocache.train.run import train
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    # The trainer calls after_save_model from save_model and finish_run from final_eval itself.
+    # The trainer calls after_save_model from its on_model_save callback and finish_run from final_eval itself.
     cfg = build(
         TrainConfig,
         {
