@@ -264,6 +264,12 @@ class Precompute:
             raise DataError(f"{cfg.data}: split '{cfg.split}' has no images; nothing to precompute")
         self.files = files
         keys = [image_key(f, root) for f in files]
+        self.keys = keys
+        from dinocache.cache.freshness import snapshot
+
+        # each image's size+mtime before any is hashed: recorded at the end for those that kept it, so the
+        # trainer can tell a changed image with one stat (cache/freshness.py)
+        self.stat_before = snapshot(files)
         device = select_device(cfg.device)
         teacher = load_teacher(cfg.dino_root, layer=cfg.dino_layer, device=device, family=cfg.teacher_family)
         teacher.check_imgsz(cfg.imgsz)
@@ -723,8 +729,10 @@ class Precompute:
         )
 
     def finish(self, writer: Any) -> int:
-        done = int(np.count_nonzero(_done(writer)))
+        is_done = _done(writer)
+        done = int(np.count_nonzero(is_done))
         self.log(f"{self.cfg.cache}: {done}/{writer.spec.n} rows done")
+        self.record_images(writer, is_done)
         if self.bad:
             lines = "\n  ".join(f"{f}: {why}" for f, why in sorted(self.bad.items()))
             print(
@@ -734,6 +742,30 @@ class Precompute:
             )
             return 2
         return 0
+
+    def record_images(self, writer: Any, is_done: np.ndarray) -> None:
+        """Size+mtime of this writer's done rows (their sha256 was just checked or computed by this run)."""
+        from dinocache.cache.freshness import record_name, snapshot, write_record
+
+        spec = writer.spec
+        rows = [
+            r for s in range(self.rank, spec.n_shards, self.world) for r in spec.shard_rows(s) if is_done[r]
+        ]
+        name = record_name(self.rank, self.world)
+        try:
+            write_record(
+                self.cfg.cache,
+                name,
+                self.keys,
+                self.stat_before,
+                snapshot(self.files),
+                rows,
+                self.cfg.storage_options,
+            )
+        except OSError as e:  # a finished cache in a read-only folder: the trainer then hashes the images
+            self.log(
+                f"cannot write {self.cfg.cache}/{name} ({e.strerror or e}); the trainer will hash the images"
+            )
 
 
 def _done(writer: Any) -> np.ndarray:

@@ -149,8 +149,9 @@ class TrainConfig:
     distill_cache_flips: Literal["auto", "on", "off"] = "auto"
     # continue the run `name` (or the newest run of this model) from weights/resume.pt
     resume: bool = False
-    # at start, also hash every training image and refuse the run when one changed since it was cached (reads
-    # every image once; shard files and done flags are always checked, and every map is checked as it is read)
+    # at start, hash every training image and refuse the run when one changed since it was cached (reads every
+    # image once; by default only images whose size/mtime differ from precompute's record are hashed; shard
+    # files and done flags are always checked, and every map is checked as it is read)
     verify_images: bool = False
     # other Ultralytics training arguments, e.g. {"hsv_h": 0, "fliplr": 0.5, "patience": 50}; each of them can
     # also be given as a key of its own (`patience=20`, `"close_mosaic": 0`) and lands here

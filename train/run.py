@@ -127,6 +127,41 @@ def check_cache_files(cfg: TrainConfig, fc: Any, keys: list[str], known: dict[st
                 f"{where}: {len(changed)} training image(s) changed since they were cached "
                 f"(first: {', '.join(changed[:5])}); {repair_hint(fc)}"
             )
+    else:
+        check_images_fresh(cfg, fc, known)
+
+
+def check_images_fresh(cfg: TrainConfig, fc: Any, known: dict[str, int]) -> None:
+    """Default check that the cached maps belong to these images: one stat per image against precompute's
+    size+mtime record, hashing only the images whose record differs (cache/freshness.py)."""
+    from dinocache.cache.check import repair_hint
+    from dinocache.cache.freshness import read_record, stale_images
+
+    where = f"cache {cfg.cache}"
+    record = read_record(fc.path, fc.storage_options)
+    if record is None:
+        LOGGER.warning(
+            f"{colorstr('dinocache:')} {where} holds no size/mtime record of its images (made by an older "
+            "precompute, or its folder was read-only): images changed since are not detected; rerun "
+            "`dinocache precompute` on it to add the record, or set verify_images=true to hash every image"
+        )
+        return
+    root, files = list_split_images(cfg.data_yaml, "train")
+    keys = [image_key(f, root) for f in files]
+    stored = fc.sha256()
+    stale, hashed = stale_images(files, keys, [stored[known[k]] for k in keys], record)
+    if stale:
+        raise TrainError(
+            f"{where}: {len(stale)} of {len(keys)} training image(s) are not the images their maps were "
+            f"computed from (size/mtime and sha256 differ; first: {', '.join(stale[:5])}), so the targets "
+            f"would be stale. If you edited or re-augmented them, {repair_hint(fc)}; if this is another "
+            "dataset, precompute a cache of its own (cache=...)"
+        )
+    if hashed:
+        LOGGER.info(
+            f"{colorstr('dinocache:')} {hashed} image(s) had another mtime than the cache's record; hashed: "
+            "same bytes (rerun `dinocache precompute` on the cache to refresh the record)"
+        )
 
 
 def model_layers(model: str) -> int:
