@@ -300,7 +300,10 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if cfg.resume:
-        state = torch.load(out / "last" / "trainer_state.pt", map_location="cpu", weights_only=False)
+        from dinocache.core.safeload import load_state
+
+        # tensors, numbers, lists and plain dicts only (what save_ckpt writes): no code runs from the file
+        state = load_state(out / "last" / "trainer_state.pt")
         model.load_adapter(out / "last")
         manager.load_state_dict(state["manager"])
         ckpt.load_state_dict(state["checkpoints"])

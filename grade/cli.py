@@ -67,13 +67,22 @@ class WeightsError(DinocacheError, ValueError):
 
 def checkpoint_imgsz(weights: str | Path) -> int | None:
     """The training imgsz stored in an Ultralytics checkpoint (`train_args`), or None."""
-    from ultralytics.utils.patches import torch_load
+    from dinocache.core.safeload import UnsafeFile, load_ultralytics_checkpoint
 
     try:
-        ckpt = torch_load(str(weights), map_location="cpu")
-    except Exception as e:
-        raise WeightsError(f"{weights}: cannot load checkpoint ({type(e).__name__}: {e})") from None
-    args = ckpt.get("train_args") if isinstance(ckpt, dict) else None
+        # Ultralytics' restricted loader before anything else reads the file: prediction then only meets
+        # vetted model classes (its default loader would unpickle whatever the file holds)
+        ckpt = load_ultralytics_checkpoint(weights)
+    except UnsafeFile as e:
+        raise WeightsError(str(e)) from None
+    if ckpt.get("model") is None and ckpt.get("ema") is None:
+        hint = ""
+        if Path(weights).name == "resume.pt":
+            hint = (
+                f"; resume.pt is the training state, grade {Path(weights).with_name('best.pt')} (or last.pt)"
+            )
+        raise WeightsError(f"{weights}: holds no model (keys: {', '.join(map(str, ckpt)) or 'none'}){hint}")
+    args = ckpt.get("train_args")
     v = (args or {}).get("imgsz")
     if isinstance(v, (list, tuple)):
         v = max(v)
@@ -88,7 +97,8 @@ def run_grade(cfg: GradeConfig) -> dict[str, Any]:
     w = Path(cfg.weights).expanduser()
     if not w.is_file():
         raise WeightsError(f"weights file {w} does not exist")
-    imgsz = cfg.imgsz or checkpoint_imgsz(w) or DEFAULT_IMGSZ
+    saved = checkpoint_imgsz(w)  # always: it is also the restricted load that vets the file
+    imgsz = cfg.imgsz or saved or DEFAULT_IMGSZ
     samples = load_split(cfg.data, cfg.split)
     device = "" if cfg.device == "auto" else cfg.device  # "" = Ultralytics' own pick (CUDA if available)
     try:

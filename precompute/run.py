@@ -251,6 +251,44 @@ class Precompute:
         print(f"precompute: {tag}{msg}", file=sys.stderr, flush=True)
 
     def run(self) -> int:
+        lock = self.lock()
+        try:
+            return self._run()
+        finally:
+            # a run refused before the store existed leaves no lock file (nor the folders made for it)
+            from dinocache.cache.store import local_path
+
+            from dinocache.core.locks import release
+
+            lp = local_path(self.cfg.cache)
+            release(lock, tidy=lp is not None and not lp.exists())
+
+    def lock(self) -> Any:
+        """One writer per (local cache, shard i/N): a second launch of the same writer is refused while the
+        first runs (the OS drops the lock when a process dies, so a killed writer's rerun is never blocked).
+        None for object stores (no lock there) and for a folder where no lock file can be created."""
+        from dinocache.cache.store import local_path
+
+        from dinocache.core.locks import Busy, hold
+
+        lp = local_path(self.cfg.cache)
+        if lp is None:
+            return None
+        path = lp.parent / f".{lp.name}.writer{self.rank}of{self.world}.lock"
+        try:
+            return hold(
+                path,
+                f"cache {self.cfg.cache} (writer {self.rank}/{self.world})",
+                "another precompute writes it; wait for it to end (a rerun then resumes), or use another cache",
+            )
+        except Busy as e:
+            from dinocache.cache.errors import CacheError
+
+            raise CacheError(str(e)) from None
+        except OSError:  # a read-only folder: nothing can be written there by anyone
+            return None
+
+    def _run(self) -> int:
         import dinocache.cache.format as F
         import torch
         from dinocache.teacher.registry import load_teacher
@@ -827,7 +865,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; rerun the same command to resume", file=sys.stderr)
+        if args.overwrite or any(o.replace(" ", "").lower() == "overwrite=true" for o in args.overrides):
+            # the same command would delete what was computed so far
+            print(
+                "error: interrupted; rerun it without --overwrite (overwrite=true) to resume", file=sys.stderr
+            )
+        else:
+            print("error: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
 
 

@@ -170,13 +170,18 @@ def model_layers(model: str) -> int:
 
     model = resolve_student(model)
     if Path(model).suffix == ".pt":
-        from ultralytics.nn.tasks import load_checkpoint
+        from dinocache.core.safeload import load_ultralytics_checkpoint
 
         if not Path(model).is_file():
             raise TrainError(
                 f"model: {model} does not exist (a pretrained .pt or an Ultralytics model .yaml)"
             )
-        return len(load_checkpoint(model)[0].model)
+        # restricted load first: the trainer's own load of this file then only meets vetted model classes
+        ckpt = load_ultralytics_checkpoint(model)
+        net = ckpt.get("ema") or ckpt.get("model")
+        if net is None:
+            raise TrainError(f"model: {model} holds no model (keys: {', '.join(map(str, ckpt)) or 'none'})")
+        return len(net.model)
     from ultralytics.nn.tasks import yaml_model_load
 
     try:
@@ -344,8 +349,70 @@ def find_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict, Path]:
     saved.update(resume=True, name=d.parent.name, device=cfg.device, workers=cfg.workers)
     new = build(TrainConfig, saved, str(d / DINO_ARGS_FILE))
     # tensors, numbers and plain dicts only: loads with weights_only=True
-    state = torch.load(d / "weights" / RESUME_FILE, map_location="cpu", weights_only=True)
+    from dinocache.core.safeload import load_state
+
+    state = load_state(d / "weights" / RESUME_FILE)
     return new, state, d
+
+
+# A run folder's lock file (in runs/{run_id}/, beside train/): one training per run folder.
+RUN_LOCK = ".lock"
+_HELD: dict[Path, Any] = {}
+
+
+def _holds_run(save_dir: Path) -> bool:
+    return (save_dir / "results.csv").exists() or (save_dir / "weights" / "last.pt").exists()
+
+
+def hold_run(save_dir: Path) -> None:
+    """Lock the run folder for this process, or TrainError when another training holds it."""
+    from dinocache.core.locks import Busy, hold
+
+    if save_dir in _HELD:
+        return
+    try:
+        _HELD[save_dir] = hold(
+            save_dir.parent / RUN_LOCK,
+            f"run folder {save_dir}",
+            "another training writes there; wait for it to end or pass another name=",
+        )
+    except Busy as e:
+        raise TrainError(str(e)) from None
+
+
+def release_run(save_dir: Path, tidy: bool = False) -> None:
+    from dinocache.core.locks import release
+
+    release(_HELD.pop(save_dir, None), tidy)
+
+
+def claim_run(cfg: TrainConfig) -> tuple[TrainConfig, Path]:
+    """(cfg with its run name, run folder) of a new run, locked. Without a name: the start time, with -2, -3...
+    when that folder is taken (two runs started in the same second get two folders)."""
+    from dinocache.core.locks import try_lock
+
+    if cfg.name:
+        save_dir = run_dir(cfg, cfg.name)
+        hold_run(save_dir)
+        if _holds_run(save_dir):
+            release_run(save_dir, tidy=True)
+            raise TrainError(f"run folder {save_dir} already holds a run; pass resume=true or another name")
+        return cfg, save_dir
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1, 10_000):
+        run_id = stamp if i == 1 else f"{stamp}-{i}"
+        save_dir = run_dir(cfg, run_id)
+        if save_dir.parent.exists() and any(p.name != RUN_LOCK for p in save_dir.parent.iterdir()):
+            continue
+        lock = try_lock(save_dir.parent / RUN_LOCK)
+        if lock is None:
+            continue
+        if _holds_run(save_dir):  # written between the listing and the lock
+            lock.release()
+            continue
+        _HELD[save_dir] = lock
+        return dataclasses.replace(cfg, name=run_id), save_dir
+    raise TrainError(f"no free run folder for {stamp} under {runs_root(cfg)}")  # pragma: no cover
 
 
 def apply_augmentation_policy(cfg: TrainConfig, ov: dict[str, Any]) -> str:
@@ -401,14 +468,15 @@ def prepare(
     ultralytics_device(cfg.device)  # device=0,1 with fewer GPUs: refused by count before anything else
     if cfg.resume:
         cfg, state, save_dir = find_resume(cfg)
+        hold_run(save_dir)
     else:
-        run_id = cfg.name or time.strftime("%Y%m%d-%H%M%S")
-        save_dir = run_dir(cfg, run_id)
-        if (save_dir / "results.csv").exists() or (save_dir / "weights" / "last.pt").exists():
-            raise TrainError(f"run folder {save_dir} already holds a run; pass resume=true or another name")
-        cfg = dataclasses.replace(cfg, name=run_id)
-    device = ultralytics_device(cfg.device)  # before anything is loaded: no GPU is a clear error
-    ctx = preflight(cfg)
+        cfg, save_dir = claim_run(cfg)
+    try:
+        device = ultralytics_device(cfg.device)  # before anything is loaded: no GPU is a clear error
+        ctx = preflight(cfg)
+    except BaseException:
+        release_run(save_dir, tidy=True)  # refused before anything was written: leave nothing behind
+        raise
     ov = ultralytics_overrides(cfg, save_dir, device)
     from dinocache.train.hub import resolve_student
 
@@ -425,14 +493,17 @@ def train(cfg: TrainConfig, callbacks: Any = None) -> DinoOBBTrainer:
     deep-copied with the trainer state).
     """
     cfg, ov, ctx, state = prepare(cfg)
+    save_dir = Path(ov["save_dir"])
     try:
         trainer = DinoOBBTrainer(overrides=ov, dino=cfg, ctx=ctx, resume_state=state)
         add_callbacks(trainer, callbacks)
         trainer.train()
     except BaseException:
         if state is None:
-            discard_unsaved_run(Path(ov["save_dir"]))
+            discard_unsaved_run(save_dir)
         raise
+    finally:
+        release_run(save_dir)
     return trainer
 
 
@@ -444,6 +515,6 @@ def discard_unsaved_run(save_dir: Path) -> None:
     if (save_dir / "weights" / RESUME_FILE).exists() or not save_dir.exists():
         return
     run = save_dir.parent
-    target = run if {p.name for p in run.iterdir()} <= {save_dir.name} else save_dir
+    target = run if {p.name for p in run.iterdir()} <= {save_dir.name, RUN_LOCK} else save_dir
     shutil.rmtree(target, ignore_errors=True)
     LOGGER.warning(f"{colorstr('dinocache:')} the run stopped before its first checkpoint; removed {target}")

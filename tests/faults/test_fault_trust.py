@@ -97,3 +97,154 @@ def test_cache_without_record_warns(work, tmp_path, tiny_teacher_dir) -> None:
     reaugmented(data)  # not detectable without the record: verify_images=true is the full check
     cfg = load(TrainConfig, t_cfg(tmp_path, data, store, tiny_teacher_dir)[1], "train")
     assert preflight(cfg).cache_path == str(store)
+
+
+# -- one writer per run folder and per cache --------------------------------------------------------------------
+def test_second_training_in_a_run_folder_refused(work, tmp_path, tiny_teacher_dir, faults) -> None:
+    """A run named x is training (its lock held): a second `train name=x` is refused and writes nothing."""
+    from dinocache.train.cli import main
+
+    from dinocache.core.locks import hold, release
+
+    data, store = work
+    run = tmp_path / "artifacts" / "yolo26n-obb" / "runs" / "x"
+    lock = hold(run / ".lock", "run x", "")
+    try:
+        r = faults.expect_clear(
+            "train",
+            "second training in the same run folder",
+            main,
+            t_cfg(tmp_path, data, store, tiny_teacher_dir),
+            [str(run / "train"), "in use by another process"],
+        )
+        assert r.rc == 2
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    finally:
+        release(lock)
+
+
+def test_unnamed_runs_started_in_one_second_get_two_folders(tmp_path, monkeypatch) -> None:
+    from dinocache.train import run as R
+    from dinocache.train.config import TrainConfig
+
+    monkeypatch.setattr(R.time, "strftime", lambda fmt, *a: "20260101-120000")
+    cfg = TrainConfig(artifacts_root=str(tmp_path), name="")
+    (a_cfg, a), (b_cfg, b) = R.claim_run(cfg), R.claim_run(cfg)
+    try:
+        assert a != b and a_cfg.name == "20260101-120000" and b_cfg.name == "20260101-120000-2"
+    finally:
+        R.release_run(a)
+        R.release_run(b)
+    c_cfg, c = R.claim_run(cfg)  # both released, nothing written: the first name is free again
+    R.release_run(c)
+    assert c == a
+
+
+def test_second_precompute_writer_refused(
+    demo_data, tiny_teacher_dir, tmp_path, precompute_argv, faults
+) -> None:
+    from dinocache.precompute.run import main
+
+    from dinocache.core.locks import hold, release
+
+    store = tmp_path / "c.zarr"
+    lock = hold(tmp_path / ".c.zarr.writer0of1.lock", "writer", "")
+    try:
+        faults.expect_clear(
+            "precompute",
+            "second writer on one cache",
+            main,
+            precompute_argv(store),
+            [str(store), "in use by another process"],
+        )
+    finally:
+        release(lock)
+    assert not store.exists()
+
+
+def test_interrupted_overwrite_advises_a_rerun_without_it(monkeypatch, capsys) -> None:
+    from dinocache.precompute import run as P
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(P.Precompute, "run", interrupted)
+    assert P.main(["--overwrite", "cache=/tmp/x.zarr"]) == 130
+    assert "without --overwrite" in capsys.readouterr().err
+    assert P.main(["cache=/tmp/x.zarr"]) == 130
+    assert "rerun the same command" in capsys.readouterr().err
+
+
+# -- no code from data files ---------------------------------------------------------------------------------------
+class RunsCode:
+    """Pickles as a call of os.makedirs(marker): what a hostile checkpoint would do with a worse function."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (str(self.marker),))
+
+
+def hostile_pt(path: Path, marker: Path, **extra) -> Path:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": RunsCode(marker), "train_args": {"imgsz": 128}, **extra}, path)
+    return path
+
+
+def test_grade_refuses_a_code_carrying_checkpoint(work, tmp_path, faults) -> None:
+    from dinocache.grade.cli import main
+
+    data, _ = work
+    marker = tmp_path / "ran"
+    pt = hostile_pt(tmp_path / "evil.pt", marker)
+    faults.expect_clear(
+        "grade",
+        "checkpoint that runs code",
+        main,
+        ["--weights", str(pt), "--data", str(data)],
+        ["evil.pt", "refused"],
+    )
+    assert not marker.exists(), "the checkpoint's code ran"
+
+
+def test_train_refuses_a_code_carrying_student(work, tmp_path, tiny_teacher_dir, faults) -> None:
+    from dinocache.train.cli import main
+
+    data, store = work
+    marker = tmp_path / "ran"
+    pt = hostile_pt(tmp_path / "evil.pt", marker)
+    argv = [*t_cfg(tmp_path, data, store, tiny_teacher_dir), f"model={pt}"]
+    faults.expect_clear("train", "model= a checkpoint that runs code", main, argv, ["evil.pt", "refused"])
+    assert not marker.exists(), "the checkpoint's code ran"
+
+
+def test_finetune_resume_refuses_a_code_carrying_state(work, tmp_path, tiny_teacher_dir, faults) -> None:
+    from dinocache.finetune.train import main
+
+    data, _ = work
+    marker = tmp_path / "ran"
+    state = hostile_pt(
+        tmp_path / "exp" / "r" / "teachers" / "dinov3_lora" / "last" / "trainer_state.pt", marker
+    )
+    argv = [f"data={data}", f"dino_root={tiny_teacher_dir}", f"project={tmp_path / 'exp'}", "name=r"]
+    argv += ["imgsz=128", "device=cpu", "epochs=2", "resume=true"]
+    faults.expect_clear(
+        "finetune-teacher", "resume state that runs code", main, argv, ["trainer_state.pt", "refused"]
+    )
+    assert not marker.exists(), "the state file's code ran"
+
+
+def test_grade_resume_pt_points_to_best(work, tmp_path, faults) -> None:
+    import torch
+    from dinocache.grade.cli import main
+
+    data, _ = work
+    pt = tmp_path / "weights" / "resume.pt"
+    pt.parent.mkdir()
+    torch.save({"epoch": 1, "optimizer": {}}, pt)
+    faults.expect_clear(
+        "grade", "--weights resume.pt", main, ["--weights", str(pt), "--data", str(data)], ["best.pt"]
+    )

@@ -90,7 +90,7 @@ def test_resume_continues_epoch_count(
     assert "resuming" in out and "epoch 2/2" in out
     meta = json.loads((tmp_path / "r/teachers/dinov3_lora/metadata.json").read_text())
     assert [h["epoch"] for h in meta["history"]] == [1, 2]
-    state = torch.load(tmp_path / "r/teachers/dinov3_lora/last/trainer_state.pt", weights_only=False)
+    state = torch.load(tmp_path / "r/teachers/dinov3_lora/last/trainer_state.pt", weights_only=True)
     assert state["epoch"] == 1 and state["manager"]["steps"] == 2 * 2  # 16 images / batch 8, per epoch
 
 
