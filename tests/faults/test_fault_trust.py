@@ -226,9 +226,7 @@ def test_finetune_resume_refuses_a_code_carrying_state(work, tmp_path, tiny_teac
 
     data, _ = work
     marker = tmp_path / "ran"
-    state = hostile_pt(
-        tmp_path / "exp" / "r" / "teachers" / "dinov3_lora" / "last" / "trainer_state.pt", marker
-    )
+    hostile_pt(tmp_path / "exp" / "r" / "teachers" / "dinov3_lora" / "last" / "trainer_state.pt", marker)
     argv = [f"data={data}", f"dino_root={tiny_teacher_dir}", f"project={tmp_path / 'exp'}", "name=r"]
     argv += ["imgsz=128", "device=cpu", "epochs=2", "resume=true"]
     faults.expect_clear(
