@@ -33,16 +33,18 @@ from typing import Any
 
 import numpy as np
 
+from dinocache.core.errors import DinocacheError
+
 # an absent inner chunk in the shard index: offset and nbytes both 2**64 - 1
 _ABSENT = np.uint64(2**64 - 1)
 _ABSENT_INT = 2**64 - 1
 
 
-class ChecksumMismatch(ValueError):
+class ChecksumMismatch(DinocacheError, ValueError):
     """Stored and computed crc32c of a chunk or shard index differ (bit rot, a torn or edited file)."""
 
 
-class ShardDamaged(ValueError):
+class ShardDamaged(DinocacheError, ValueError):
     """A shard file whose index points outside the file or at a chunk of the wrong size."""
 
 
