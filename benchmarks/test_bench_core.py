@@ -136,6 +136,70 @@ def test_epoch_time_and_memory(bench_env: dict, results, quick: bool) -> None:
         )
 
 
+@pytest.fixture(scope="session")
+def eval_env(tmp_path_factory: pytest.TempPathFactory, quick: bool) -> dict:
+    """bench_env's data with the tiny teacher and its cache only (the periodic-eval rows need no other)."""
+    from dinocache.datatools.demo_data import make_demo_dataset
+    from dinocache.precompute.run import main as precompute_main
+    from dinocache.teacher.tiny import make_tiny_teacher
+
+    base = tmp_path_factory.mktemp("bench-eval")
+    n = 16 if quick else 64
+    data = make_demo_dataset(base / "data", n_train=n, n_val=16, imgsz=256, seed=0) / "data.yaml"
+    t = make_tiny_teacher(base / "teacher_tiny", seed=0, size="tiny")
+    c = base / "cache_tiny.zarr"
+    args = [f"data={data}", f"cache={c}", f"dino_root={t}", "imgsz=256", "channels=64", "pca_fit_images=16"]
+    assert precompute_main([*args, "batch=16"]) == 0
+    return {
+        "base": base,
+        "data": str(data),
+        "imgsz": 256,
+        "teachers": {"tiny": str(t)},
+        "caches": {"tiny": str(c)},
+    }
+
+
+def test_periodic_eval_cost(eval_env: dict, results, quick: bool) -> None:
+    """The seed's performance table: YOLO only, + DINO distill, + periodic eval, as whole epochs."""
+    epochs = 2 if quick else 3
+    section = "Training: + periodic eval (whole epochs)"
+    val = "val=true"  # Ultralytics validation each epoch (the scenario turns it off otherwise)
+    off = ["eval_enabled=false", "dino_viz_enabled=false", val]
+    on = [
+        "eval_enabled=true",
+        "eval_interval_epochs=1",
+        "dino_viz_enabled=true",
+        "dino_viz_every_n_epochs=1",
+        val,
+    ]
+    base = _train(eval_env, "none", "tiny", epochs, *off)
+    cached = _train(eval_env, "cache", "tiny", epochs, *off)
+    full = _train(eval_env, "cache", "tiny", epochs, *on)
+    results.note(
+        section,
+        f"The seed's table (YOLO only / + DINO distill / + periodic eval) as a user runs it: demo data "
+        f"({base['n_images']} train, 16 val images at {eval_env['imgsz']} px), batch 8, {epochs} epochs, the "
+        "first dropped; `full_epoch_s` is the whole epoch (training loop, Ultralytics validation, checkpoints "
+        "and, in the last row, the geometric grade of last.pt on the val split, the eval panels and the DINO "
+        "feature pictures, both every epoch: `eval_interval_epochs=1`, `dino_viz_every_n_epochs=1`); "
+        "`train_loop_s` the training loop alone. At the defaults (eval every 2 epochs, viz every 5) the "
+        "added cost per epoch is about half the eval share. Wall and CPU seconds, same machine, same run.",
+    )
+    for label, r in (("YOLO only", base), ("+ DINO distill (cache/tiny)", cached), ("+ periodic eval", full)):
+        results.add(
+            section,
+            label=label,
+            full_epoch_s=r["full_epoch_s"],
+            cpu_full_epoch_s=r["cpu_full_epoch_s"],
+            train_loop_s=r["epoch_s"],
+            peak_mem_mib=peak_mem_mib(r),
+            vs_yolo_only=round(r["full_epoch_s"] / base["full_epoch_s"], 3),
+            cpu_vs_yolo_only=round(r["cpu_full_epoch_s"] / base["cpu_full_epoch_s"], 3),
+            vs_distill=round(r["full_epoch_s"] / cached["full_epoch_s"], 3),
+            cpu_vs_distill=round(r["cpu_full_epoch_s"] / cached["cpu_full_epoch_s"], 3),
+        )
+
+
 def test_precompute_throughput(bench_env: dict, results) -> None:
     """Scenario 2: full precompute vs teacher forward alone, and scaling with --shard writers."""
     section = "Precompute throughput"

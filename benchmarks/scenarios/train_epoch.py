@@ -3,8 +3,9 @@
     python -m benchmarks.scenarios.train_epoch --out r.json --mode cache --data D/data.yaml \
         --cache C.zarr --dino-root T --imgsz 256 --batch 8 --epochs 3 --warmup-epochs 1
 
-Only the training loop of each epoch is timed (on_train_epoch_start -> on_train_epoch_end), not
-validation; the first `--warmup-epochs` are dropped. Peak memory: CUDA max allocated when on a GPU,
+`epoch_s` times only the training loop of each epoch (on_train_epoch_start -> on_train_epoch_end), not
+validation; `full_epoch_s` the whole epoch (-> on_fit_epoch_end: validation, checkpoints and the periodic
+eval/viz included); the first `--warmup-epochs` are dropped. Peak memory: CUDA max allocated when on a GPU,
 else the parent measures the peak RSS of this process.
 """
 
@@ -16,7 +17,14 @@ import time
 
 from benchmarks.scenarios.common import parser, write
 
-_T: dict[str, list[float]] = {"start": [], "end": [], "cpu_start": [], "cpu_end": []}
+_T: dict[str, list[float]] = {
+    "start": [],
+    "end": [],
+    "cpu_start": [],
+    "cpu_end": [],
+    "fit_end": [],
+    "cpu_fit_end": [],
+}
 
 
 def _start(trainer) -> None:  # module-level: Ultralytics deep-copies callbacks with the trainer
@@ -27,6 +35,11 @@ def _start(trainer) -> None:  # module-level: Ultralytics deep-copies callbacks 
 def _end(trainer) -> None:
     _T["end"].append(time.perf_counter())
     _T["cpu_end"].append(time.process_time())
+
+
+def _fit_end(trainer) -> None:  # after validation, checkpoints and the periodic eval/viz (save_model)
+    _T["fit_end"].append(time.perf_counter())
+    _T["cpu_fit_end"].append(time.process_time())
 
 
 def main() -> None:
@@ -76,16 +89,31 @@ def main() -> None:
         }
         cfg = build(TrainConfig, values, "benchmark")
         t0 = time.perf_counter()
-        train(cfg, callbacks={"on_train_epoch_start": [_start], "on_train_epoch_end": [_end]})
+        train(
+            cfg,
+            callbacks={
+                "on_train_epoch_start": [_start],
+                "on_train_epoch_end": [_end],
+                "on_fit_epoch_end": [_fit_end],
+            },
+        )
         total = time.perf_counter() - t0
     epochs = [e - s for s, e in zip(_T["start"], _T["end"])][a.warmup_epochs :]
     epoch_s = statistics.median(epochs)
     # CPU time barely moves when other jobs share the machine; wall time does
     cpu_s = statistics.median([e - s for s, e in zip(_T["cpu_start"], _T["cpu_end"])][a.warmup_epochs :])
+    # the whole epoch as a user sees it: training loop + validation + checkpoints + periodic eval/viz
+    # (on_fit_epoch_end also fires once more after the last epoch for best.pt's final validation: not counted)
+    n = len(_T["start"])
+    full = [f - s for s, f in zip(_T["start"], _T["fit_end"][:n])][a.warmup_epochs :]
+    cpu_full = [f - s for s, f in zip(_T["cpu_start"], _T["cpu_fit_end"][:n])][a.warmup_epochs :]
     write(
         a.out,
         {
             "mode": a.mode,
+            "full_epoch_s": round(statistics.median(full), 3) if full else None,
+            "full_epochs_s": [round(e, 3) for e in full],
+            "cpu_full_epoch_s": round(statistics.median(cpu_full), 3) if cpu_full else None,
             "n_images": n_images,
             "epoch_s": round(epoch_s, 3),
             "epochs_s": [round(e, 3) for e in epochs],
