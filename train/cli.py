@@ -35,8 +35,28 @@ def main(argv: list[str] | None = None) -> int:
     except DinocacheError as e:
         print(f"error: {_first_cause(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        print(f"error: {interrupted_hint(e, args.config)}", file=sys.stderr)
+        return 130
     print(f"dinocache train: outputs in {trainer.save_dir}")
     return 0
+
+
+def interrupted_hint(e: KeyboardInterrupt, config: str) -> str:
+    """What Ctrl-C left and the command that continues it (`train()` tags the interrupt with its run)."""
+    from pathlib import Path
+
+    from dinocache.train.context import RESUME_FILE
+
+    save_dir, name = getattr(e, "save_dir", None), getattr(e, "run_name", "")
+    if save_dir is None:
+        return "interrupted before the run started; nothing was written"
+    if (Path(save_dir) / "weights" / RESUME_FILE).exists():
+        return (
+            f"interrupted; {save_dir} keeps the last finished epoch. Continue it with "
+            f"`dinocache train --config {config} resume=true name={name}`"
+        )
+    return f"interrupted before the first epoch ended; nothing kept (the run folder {save_dir} was removed)"
 
 
 def _first_cause(e: BaseException) -> str:

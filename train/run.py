@@ -229,6 +229,9 @@ def preflight(cfg: TrainConfig) -> TeacherContext:
             "10 freezes the YOLO26 backbone"
         )
     root, files = list_split_images(cfg.data_yaml, "train")
+    from dinocache.train.label_rows import check_label_rows
+
+    check_label_rows(cfg.data_yaml)  # rows Ultralytics would drop: refused now, not noticed at the end
     ctx = TeacherContext(dataset_root=root)
     if cfg.teacher_source == "none":
         return ctx
@@ -498,9 +501,12 @@ def train(cfg: TrainConfig, callbacks: Any = None) -> DinoOBBTrainer:
         trainer = DinoOBBTrainer(overrides=ov, dino=cfg, ctx=ctx, resume_state=state)
         add_callbacks(trainer, callbacks)
         trainer.train()
-    except BaseException:
+    except BaseException as e:
         if state is None:
             discard_unsaved_run(save_dir)
+        if isinstance(e, KeyboardInterrupt):
+            e.save_dir = save_dir  # type: ignore[attr-defined] # the CLI's resume hint names the run
+            e.run_name = cfg.name  # type: ignore[attr-defined]
         raise
     finally:
         release_run(save_dir)

@@ -213,6 +213,9 @@ class DinoOBBTrainer(OBBTrainer):
         # Ultralytics deletes results.csv unless its own resume is used; ours continues it
         csv = Path((overrides or {}).get("save_dir") or ".") / "results.csv"
         kept = csv.read_bytes() if resume_state is not None and csv.is_file() else None
+        if kept is not None:
+            # rows of epochs after the saved one (written before a checkpoint failed) are done again
+            kept = _rows_up_to(kept, int(resume_state["epoch"]) + 1)
         super().__init__(cfg, overrides, _callbacks)
         if kept is not None and RANK in {-1, 0} and not self.csv.exists():
             self.csv.write_bytes(kept)
@@ -519,6 +522,8 @@ class DinoOBBTrainer(OBBTrainer):
         self.ema.ema = export_clean(ema_model)
         try:
             saved = super().save_model()
+        except OSError as e:  # last.pt / best.pt on a full disk
+            self._raise_unsaved(self.last, e)
         finally:
             self.ema.ema = ema_model
         self._save_resume_state(ema_model)
@@ -547,9 +552,26 @@ class DinoOBBTrainer(OBBTrainer):
             "rng": rng_state(getattr(self, "train_loader", None)),
         }
         tmp = self.wdir / (RESUME_FILE + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.wdir / RESUME_FILE)
+        try:
+            torch.save(state, tmp)
+            tmp.replace(self.wdir / RESUME_FILE)
+        except (OSError, RuntimeError) as e:  # a full disk: torch reports it as "unexpected pos" or ENOSPC
+            tmp.unlink(missing_ok=True)
+            self._raise_unsaved(self.wdir / RESUME_FILE, e)
         self._last_saved_epoch = int(self.epoch)
+
+    def _raise_unsaved(self, path: Path, e: BaseException) -> None:
+        saved = self._last_saved_epoch
+        kept = (
+            f"the previous checkpoint (epoch {saved + 1}) is kept: free space, then continue with "
+            f"resume=true name={self.dino.name}"
+            if saved is not None
+            else "no earlier checkpoint exists: free space and start again"
+        )
+        raise TrainError(
+            f"cannot write the checkpoint {path} at epoch {int(self.epoch) + 1} ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else e!r}; is the disk full?); {kept}"
+        ) from None
 
     def resume_training(self, ckpt: Any) -> None:
         """Continue from weights/resume.pt through Ultralytics' own resume_training: resume.pt holds state dicts
@@ -708,6 +730,19 @@ def set_rng_state(state: dict[str, Any], loader: Any) -> None:
             n = len(sampler.data_source)
             if sampler.num_samples % n == 0:
                 torch.randperm(n, generator=gen)
+
+
+def _rows_up_to(csv_bytes: bytes, epoch: int) -> bytes:
+    """results.csv (header + rows) without the rows of epochs after `epoch` (Ultralytics' 1-based column)."""
+    lines = csv_bytes.decode("utf-8").splitlines(keepends=True)
+    if not lines:
+        return csv_bytes
+    head = [c.strip() for c in lines[0].split(",")]
+    if "epoch" not in head:
+        return csv_bytes
+    i = head.index("epoch")
+    keep = [ln for ln in lines[1:] if ln.strip() and float(ln.split(",")[i]) <= epoch]
+    return "".join([lines[0], *keep]).encode("utf-8")
 
 
 def _last_time(csv_path: Path) -> float:

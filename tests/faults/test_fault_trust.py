@@ -246,3 +246,109 @@ def test_grade_resume_pt_points_to_best(work, tmp_path, faults) -> None:
     faults.expect_clear(
         "grade", "--weights resume.pt", main, ["--weights", str(pt), "--data", str(data)], ["best.pt"]
     )
+
+
+# -- label rows Ultralytics would drop: refused before the first step ---------------------------------------------
+LABEL_ROWS = {
+    "class id out of range": "9 0.1 0.1 0.5 0.1 0.5 0.5 0.1 0.5",
+    "negative class id": "-1 0.1 0.1 0.5 0.1 0.5 0.5 0.1 0.5",
+    "fractional class id": "0.5 0.1 0.1 0.5 0.1 0.5 0.5 0.1 0.5",
+    "inf coordinate": "0 inf 0.1 0.5 0.1 0.5 0.5 0.1 0.5",
+    "nan coordinate": "0 0.1 nan 0.5 0.1 0.5 0.5 0.1 0.5",
+}
+
+
+@pytest.mark.parametrize("name", list(LABEL_ROWS))
+def test_dropped_label_rows_refused_before_training(name, work, tmp_path, tiny_teacher_dir, faults) -> None:
+    from dinocache.train.cli import main
+
+    from tests.faults.test_fault_bad_inputs import set_line
+
+    data, store = work
+    set_line(data, 1, LABEL_ROWS[name])
+    r = faults.expect_clear(
+        "train",
+        f"label row: {name}",
+        main,
+        t_cfg(tmp_path, data, store, tiny_teacher_dir),
+        ["labels/train/000001.txt:1", "drop"],
+    )
+    assert r.rc == 2
+    assert not list((tmp_path / "artifacts").rglob("train")), "a refused run left a run folder"
+
+
+# -- Ctrl-C and a full disk during training -----------------------------------------------------------------------
+def _epochs(run: Path) -> list[int]:
+    import csv
+
+    return [int(float(r["epoch"])) for r in csv.DictReader(open(run / "results.csv"), skipinitialspace=True)]
+
+
+def test_ctrl_c_in_epoch_2_exits_130_with_the_resume_command(
+    work, tmp_path, tiny_teacher_dir, monkeypatch, faults
+) -> None:
+    from dinocache.train.cli import main
+    from dinocache.train.model import DistillOBBModel
+
+    from tests.faults.test_fault_train import RUN, write_cfg
+
+    data, store = work
+    calls = {"n": 0}
+    loss = DistillOBBModel.loss
+
+    def interrupted(self, batch, preds=None):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 6:  # 4 batches per epoch: inside epoch 2
+                raise KeyboardInterrupt
+        return loss(self, batch, preds)
+
+    monkeypatch.setattr(DistillOBBModel, "loss", interrupted)
+    cfg = write_cfg(tmp_path, data, store, tiny_teacher_dir)
+    r = faults.expect_clear(
+        "train", "Ctrl-C in epoch 2", main, ["--config", str(cfg)], ["interrupted", "resume=true name=x"]
+    )
+    assert r.rc == 130 and "Traceback" not in r.err
+    monkeypatch.undo()
+    assert main(["--config", str(cfg), "resume=true", "name=x"]) == 0
+    assert _epochs(tmp_path.joinpath(*RUN)) == [1, 2, 3]
+
+
+def test_full_disk_at_a_checkpoint_keeps_the_last_one(
+    work, tmp_path, tiny_teacher_dir, monkeypatch, faults
+) -> None:
+    """ENOSPC while writing epoch 2's resume.pt: a clear error, no .tmp left, epoch 1's checkpoint kept, and
+    after the resume results.csv holds each epoch once (epoch 2's row, written before the failed save, goes)."""
+    import torch
+    from dinocache.train.cli import main
+
+    from tests.faults.test_fault_train import RUN, write_cfg
+
+    data, store = work
+    save = torch.save
+    seen = {"n": 0}
+
+    def full_disk(obj, f, *a, **k):
+        if isinstance(f, Path) and f.name.endswith(".tmp"):
+            seen["n"] += 1
+            if seen["n"] == 2:
+                f.write_bytes(b"\0" * 100)  # torch got this far before the disk filled
+                raise OSError(28, "No space left on device")
+        return save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    cfg = write_cfg(tmp_path, data, store, tiny_teacher_dir)
+    run = tmp_path.joinpath(*RUN)
+    r = faults.expect_clear(
+        "train",
+        "disk full at the epoch 2 checkpoint",
+        main,
+        ["--config", str(cfg)],
+        ["resume.pt", "disk", "epoch 1"],
+    )
+    assert r.rc == 2
+    assert not list(run.rglob("*.tmp"))
+    assert torch.load(run / "weights" / "resume.pt", weights_only=True)["epoch"] == 0
+    monkeypatch.undo()
+    assert main(["--config", str(cfg), "resume=true", "name=x"]) == 0
+    assert _epochs(run) == [1, 2, 3]

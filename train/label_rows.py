@@ -1,0 +1,71 @@
+"""Label rows Ultralytics would drop, refused before the first step.
+
+Ultralytics' label check (`verify_image_label`) drops a whole image, with one warning line among many, for
+a row whose class id is out of range, negative or fractional, a value that is not a finite number, or a
+wrong number of fields. The run then trains without that image and only fails (or not) at the end. Here
+every label row of the training (and validation) images goes through the project's one label-line parser
+(`datatools.formats.parse_yolo_line`) and each such row is an error naming `file:line`. Coordinates outside
+[0, 1] are the dataset validator's call (`dinocache dataset validate`), not repeated here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dinocache.train.context import TrainError
+
+SHOWN = 10  # rows listed in the error; the count covers all
+
+
+def label_file(image: Path) -> Path:
+    """Ultralytics' label path of an image (`.../images/...` -> `.../labels/...`, suffix .txt)."""
+    from ultralytics.data.utils import img2label_paths
+
+    return Path(img2label_paths([str(image)])[0])
+
+
+def bad_rows(images: list[Path], nc: int) -> list[str]:
+    """`file:line: reason` for every row Ultralytics would drop its image for."""
+    from dinocache.datatools.formats import LabelLineError, parse_yolo_line
+
+    out = []
+    for img in images:
+        lf = label_file(img)
+        try:
+            text = lf.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue  # an image without labels is a background image
+        except (OSError, UnicodeDecodeError) as e:
+            out.append(f"{lf}: cannot read ({type(e).__name__}: {e})")
+            continue
+        for ln, raw in enumerate(text.splitlines(), 1):
+            parts = raw.split()
+            if not parts:
+                continue
+            try:
+                parse_yolo_line(parts, nc)
+            except LabelLineError as e:
+                if "zero area" in str(e):
+                    continue  # Ultralytics keeps such a row; the validator reports it
+                out.append(f"{lf}:{ln}: {e}")
+    return out
+
+
+def check_label_rows(data_yaml: str | Path) -> None:
+    """TrainError listing (up to SHOWN) `file:line` rows of the train/val labels that Ultralytics would drop."""
+    from dinocache.core.data import load_data_yaml, split_images
+
+    info = load_data_yaml(data_yaml)
+    nc = len(info["names"])
+    rows: list[str] = []
+    for split in ("train", "val"):
+        if info.get(split):
+            rows += bad_rows(split_images(info, split), nc)
+    if rows:
+        shown = "\n  ".join(rows[:SHOWN]) + (
+            f"\n  ... and {len(rows) - SHOWN} more" if len(rows) > SHOWN else ""
+        )
+        raise TrainError(
+            f"{len(rows)} label row(s) that Ultralytics would silently drop their image for (classes 0-{nc - 1}):\n"
+            f"  {shown}\nfix them (`dinocache dataset validate {data_yaml}` lists every problem)"
+        )
