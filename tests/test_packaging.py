@@ -45,3 +45,22 @@ def test_wheel_holds_only_dinocache(wheel: Path) -> None:
     # the per-teacher defaults the fine-tuning code reads are package data
     for f in ("teacher_grounding_dino_lora.yaml", "teacher_sam_lora.yaml", "preprocessing.yaml"):
         assert f"dinocache/finetune/configs/defaults/{f}" in names, f
+
+
+def test_checkout_resolves_every_package_by_path_alone() -> None:
+    """Editors (pyright, jedi) and `python` run in the checkout find `dinocache.X` by path, without the editable
+    install's import hook: the repository's dinocache/ folder holds a link to each stage folder mapped by
+    `[tool.setuptools.package-dir]`."""
+    import tomllib
+    from importlib.machinery import PathFinder
+
+    dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    top = PathFinder.find_spec("dinocache", [str(ROOT)])
+    assert top is not None and Path(top.origin) == ROOT / "dinocache" / "__init__.py"
+    for name, folder in dirs.items():
+        if name == "dinocache":
+            continue
+        link = ROOT / Path(*name.split("."))
+        assert link.is_symlink() and link.resolve() == (ROOT / folder).resolve(), f"{link} -> ../{folder}"
+        spec = PathFinder.find_spec(name, top.submodule_search_locations)
+        assert spec is not None and Path(spec.origin).resolve() == (ROOT / folder / "__init__.py").resolve()
