@@ -154,10 +154,11 @@ def _adapter(folder: Path) -> dict:
 def test_killed_teacher_run_resumes_to_the_same_result(
     family: str, coco: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    """TeacherTrainer runs 2 epochs; a second run is killed after epoch 1 and resumed: same adapters, same
-    history; the state file loads with weights_only=True."""
+    """TeacherTrainer runs 2 epochs; a second run dies in the middle of epoch 2 (after one of its optimizer
+    steps) and is resumed from last/: same adapters (every tensor equal), same validation losses; the state
+    file loads with weights_only=True."""
     import torch
-    from dinocache.finetune import checkpoints
+    from dinocache.finetune import manager
     from dinocache.teacher.tiny import make_tiny_teacher
 
     from dinocache import TeacherTrainer
@@ -174,26 +175,29 @@ def test_killed_teacher_run_resumes_to_the_same_result(
         "tensorboard": False,
     }
     TeacherTrainer(coco, coco, None, tmp_path / "exp" / "full", config).train()
+    full = json.loads((tmp_path / "exp" / "full" / "metadata.json").read_text())["teachers"][family]
+    steps = -(-len(json.loads(coco.read_text())["images"]) // 2)  # optimizer steps per epoch (batch 2)
 
-    real = checkpoints.CheckpointManager.update
+    real = manager.TrainingManager.backward
+    calls = {"n": 0}
 
-    def killed(self, epoch, metrics, save):
-        r = real(self, epoch, metrics, save)
-        if epoch == 0:
-            raise KeyboardInterrupt("killed after epoch 1")
-        return r
+    def dies_mid_epoch_2(self, loss):
+        calls["n"] += 1
+        if calls["n"] == steps + 2:  # epoch 2, after its first step
+            raise KeyboardInterrupt("killed in epoch 2")
+        return real(self, loss)
 
-    monkeypatch.setattr(checkpoints.CheckpointManager, "update", killed)
+    monkeypatch.setattr(manager.TrainingManager, "backward", dies_mid_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         TeacherTrainer(coco, coco, None, tmp_path / "exp" / "cut", config).train()
-    monkeypatch.setattr(checkpoints.CheckpointManager, "update", real)
+    monkeypatch.setattr(manager.TrainingManager, "backward", real)
     state = tmp_path / "exp" / "cut" / "teachers" / f"{family}_lora" / "last" / "trainer_state.pt"
-    assert torch.load(state, map_location="cpu", weights_only=True)["epoch"] == 0
+    saved = torch.load(state, map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 0 and saved["manager"]["steps"] == steps
     meta = TeacherTrainer(coco, coco, None, tmp_path / "exp" / "cut", {**config, "resume": True}).train()
     a = _adapter(tmp_path / "exp" / "full" / "teachers" / f"{family}_lora" / "last")
     b = _adapter(tmp_path / "exp" / "cut" / "teachers" / f"{family}_lora" / "last")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    full = json.loads((tmp_path / "exp" / "full" / "metadata.json").read_text())["teachers"][family]
     got = meta["teachers"][family]
     assert [h["val_loss"] for h in got["history"]] == [h["val_loss"] for h in full["history"]]
     assert got["augmentation"]["ops"]  # augmentation on by default, recorded
