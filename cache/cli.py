@@ -134,7 +134,7 @@ def verify(
     device: str = "cpu",
 ) -> tuple[bool, list[str]]:
     """(ok, report lines). Checks rows, hashes, finiteness and (with dino_root) the teacher fingerprint."""
-    from dinocache.core.data import file_sha256, image_key, list_split_images
+    from dinocache.core.data import file_sha256, image_key, list_images
 
     problems: dict[str, list[str]] = {}
     lines: list[str] = []
@@ -160,7 +160,7 @@ def verify(
     from dinocache.cache import format as F
     from dinocache.cache.check import scan
 
-    root, files = list_split_images(data, split)
+    root, files = list_images(data, split)
     # every chunk of done/sha256/keys and every done row of features, re-read through its crc32c
     damaged, done, keys = scan(fc)
     for b in damaged:

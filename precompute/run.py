@@ -39,7 +39,8 @@ from dinocache.core.secrets import scrub
 
 @dataclass
 class PrecomputeConfig:
-    # data.yaml of the (augmented) dataset whose images are cached
+    # images to cache: a data.yaml (or its folder) of the (augmented) dataset, whose `split` is cached, or
+    # unlabeled images: a folder of images (no dataset yaml in it) or a .txt list of images
     data: str = "dataset/augmented/data.yaml"
     # which split of data.yaml to cache (the trainer reads its training images from the cache)
     split: str = "train"
@@ -293,11 +294,11 @@ class Precompute:
         import torch
         from dinocache.teacher.registry import load_teacher
 
-        from dinocache.core.data import DataError, image_key, list_split_images
+        from dinocache.core.data import DataError, image_key, list_images
         from dinocache.core.device import select_device
 
         cfg = self.cfg
-        root, files = list_split_images(cfg.data, cfg.split)
+        root, files = list_images(cfg.data, cfg.split)
         if not files:
             raise DataError(f"{cfg.data}: split '{cfg.split}' has no images; nothing to precompute")
         self.files = files

@@ -221,6 +221,48 @@ def list_split_images(data: str | Path, split: str = "train") -> tuple[Path, lis
     return dataset_root(info), split_images(info, split)
 
 
+def list_images(data: str | Path, split: str = "train") -> tuple[Path, list[Path]]:
+    """(root, sorted image files) of labelled or unlabeled images: what precompute, `cache verify/repair` and
+    pretrain read. Labels are never opened here, so each form below is equally a set of unlabeled images:
+
+    - a dataset yaml, or a folder holding one: its `split`, exactly as Ultralytics' loader lists it
+      (`list_split_images`; only that split needs to exist), root = the dataset's `path`;
+    - a folder of images without a dataset yaml: every image below it (recursively, Ultralytics' rule for a
+      folder source), root = the folder;
+    - a .txt list of images (one path a line, `./` relative to the list, Ultralytics' rule): root = the list's
+      folder, and every listed image must lie inside it (its key is its path relative to the root).
+    """
+    p = Path(data).expanduser()
+    if not p.exists():
+        raise DataError(
+            f"data {p} does not exist (a dataset yaml, a folder of images or a .txt list of images)"
+        )
+    p = p.resolve()
+    if p.is_file() and p.suffix == ".txt":
+        root, src = p.parent, str(p)
+    elif p.is_dir() and not _holds_dataset_yaml(p):
+        root, src = p, str(p)
+    else:
+        info = load_data_yaml(p, require_val=False)
+        return dataset_root(info), split_images(info, split)
+    try:
+        files = [Path(f).resolve() for f in _img_files(src)]
+    except FileNotFoundError as e:
+        raise DataError(f"{p}: no images ({e})") from None
+    for f in files:
+        if not f.is_file():
+            raise DataError(f"{p}: listed image {f} does not exist")
+        image_key(f, root)  # refuses an image outside the root, naming it
+    return root, files
+
+
+def _holds_dataset_yaml(folder: Path) -> bool:
+    """A dataset folder: its data.yaml, or one yaml with train/val and names (find_data_yaml's rule)."""
+    if (folder / "data.yaml").is_file():
+        return True
+    return any(q.suffix in (".yaml", ".yml") and is_dataset_yaml(q) for q in folder.iterdir())
+
+
 def image_key(image: str | Path, root: str | Path) -> str:
     """Cache key of an image: its path relative to the dataset root, POSIX separators."""
     p = Path(image).resolve()
