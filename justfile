@@ -47,6 +47,10 @@ check-dataset *ARGS:
 train *ARGS: (check-dataset ARGS)
     dinocache train --config {{config}} "$@"
 
+# distillation-only pretraining of the student on the cached maps of unlabeled images (then `just train model=...best.pt`)
+pretrain *ARGS:
+    dinocache pretrain --config {{config}} "$@"
+
 # A/B of distillation over seeds on your data and teacher (e.g. `just compare modes=none,cache,online seeds=3 epochs=20`)
 compare *ARGS:
     dinocache compare --config {{config}} {{ARGS}}

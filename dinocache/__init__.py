@@ -9,6 +9,9 @@ Python API (each name is imported on first use, so `import dinocache` stays ligh
     from dinocache import PrecomputeConfig, Precompute
     Precompute(PrecomputeConfig(data="dataset/augmented/data.yaml"), device="cuda:0").run()
 
+    from dinocache import Pretrain, PretrainConfig
+    Pretrain(PretrainConfig(data="unlabeled/", cache="unlabeled.zarr", epochs=100)).run()
+
     from dinocache import Compare, CompareConfig
     Compare(CompareConfig(modes=["none", "cache"], seeds=3), TrainConfig(epochs=10), device="cuda:0").run()
 
@@ -43,6 +46,8 @@ _LAZY = {
     "create_preprocessor_from_models": "dinocache.finetune.api",
     "MultiModelPreprocessor": "dinocache.finetune.api",
     "TaskFinetuneConfig": "dinocache.finetune.task_teachers",
+    "PretrainConfig": "dinocache.train.pretrain",
+    "Pretrain": "dinocache.train.pretrain",
 }
 
 __all__ = [*_LAZY, "__version__"]

@@ -6,6 +6,7 @@
     dinocache precompute --config config.json [key=value ...]
     dinocache cache info PATH | dinocache cache verify PATH --data DATA | dinocache cache repair PATH --data DATA
     dinocache train --config config.json [key=value ...]
+    dinocache pretrain --config config.json [key=value ...]
     dinocache compare --config config.json [modes=none,cache,online] [seeds=3] [epochs=N]
 
 Each subcommand lives in its own package as `main(argv) -> int`; imports are lazy so `--help` is fast.
@@ -32,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-dataset": (
         "dinocache.train.check_dataset",
         "validate the training data once (remembered by hash)",
+    ),
+    "pretrain": (
+        "dinocache.train.pretrain",
+        "distil cached teacher maps of unlabeled images into a student's backbone and neck",
     ),
     "compare": ("dinocache.compare", "A/B of distillation over seeds: none / cache / online (+ controls)"),
     "grade": ("dinocache.grade.cli", "geometric grade of a checkpoint on a val split"),

@@ -70,6 +70,12 @@ class TrainConfig:
     dino_distill_layers: list[int] = field(default_factory=lambda: [19])
     # D: teacher channels distilled (the first D PCA components of the cache); the student is projected to D
     dino_distill_channels: int = 32
+    # projector from each distilled layer to the D teacher channels: linear (1x1 conv), conv (3x3 conv) or mlp
+    # (1x1 conv -> GELU -> 1x1 conv); one per layer, dropped from the exported weights
+    dino_distill_projector: Literal["linear", "conv", "mlp"] = "linear"
+    # per-cell distance of the distillation term: cosine (1 - cos over channels) or mse (per-channel
+    # standardised MSE, as PKD)
+    dino_distill_loss: Literal["cosine", "mse"] = "cosine"
     # weight of the mean cosine distance over cells that overlap a ground-truth box
     dino_distill_object_weight: float = 1.15
     # weight of the mean cosine distance over the other cells

@@ -1,4 +1,5 @@
-"""Clean student weights: a plain Ultralytics OBBModel without projection, hooks or dinocache classes.
+"""Clean student weights: a plain Ultralytics OBBModel (DetectionModel for a detect yaml) without projection,
+hooks or dinocache classes.
 
 Why: a checkpoint pickles its model class by reference. If best.pt named `train.model.DistillOBBModel`,
 loading it where dinocache is not installed would make Ultralytics try `pip install train`, and PyPI's
@@ -13,17 +14,26 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from ultralytics.nn.tasks import OBBModel
+from ultralytics.nn.tasks import DetectionModel, OBBModel
 
 # model attributes Ultralytics' ModelEMA.update_attr carries along; the predictor/validator read them
 _ATTRS = ("yaml", "nc", "args", "names", "stride", "class_weights", "pt_path", "task")
 
 
-def export_clean(model: nn.Module) -> OBBModel:
-    """A plain OBBModel with `model`'s weights (minus `distill_proj.*`), on the same device and dtype."""
+def plain_class(yaml: dict) -> type[DetectionModel]:
+    """Ultralytics' model class of a model yaml: OBBModel for an OBB head, DetectionModel for a Detect head
+    (pretraining takes either student; the trainer's model class is an OBBModel subclass in both cases)."""
+    from ultralytics.nn.tasks import guess_model_task
+
+    return OBBModel if guess_model_task(yaml) == "obb" else DetectionModel
+
+
+def export_clean(model: nn.Module) -> DetectionModel:
+    """A plain OBBModel (or DetectionModel) with `model`'s weights (minus `distill_proj.*`), same device and dtype."""
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith("distill_proj.")}
     param = next(model.parameters())
-    clean = OBBModel(cfg=deepcopy(model.yaml), ch=model.yaml.get("channels", 3), nc=model.nc, verbose=False)
+    cls = plain_class(model.yaml)
+    clean = cls(cfg=deepcopy(model.yaml), ch=model.yaml.get("channels", 3), nc=model.nc, verbose=False)
     clean.load_state_dict(sd, strict=True)
     for a in _ATTRS:
         if hasattr(model, a):

@@ -60,6 +60,32 @@ def obb_cell_mask(
     return counts > 0
 
 
+# per-cell distances of the distillation term (TrainConfig.dino_distill_loss)
+LOSS_KINDS = ("cosine", "mse")
+
+
+def cell_distance(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """(B, D, h, w) x 2 -> (B, h, w) fp32 distance per cell.
+
+    cosine: 1 - cos over channels (scale-free: only the direction of each cell's vector counts).
+    mse: PKD's per-channel standardised MSE: each image's student and teacher channels are standardised over
+    its cells (zero mean, unit variance), then the squared difference is averaged over channels; it weighs
+    every channel's spatial pattern equally, where the cosine is led by the largest channels.
+    """
+    s, t = student.float(), teacher.float()
+    if kind == "cosine":
+        return 1.0 - F.cosine_similarity(s, t, dim=1, eps=1e-8)
+    if kind == "mse":
+
+        def std(x: torch.Tensor) -> torch.Tensor:
+            m = x.mean(dim=(2, 3), keepdim=True)  # (B, D, 1, 1)
+            v = x.var(dim=(2, 3), keepdim=True, unbiased=False)
+            return (x - m) / (v + 1e-6).sqrt()
+
+        return (std(s) - std(t)).pow(2).mean(dim=1)
+    raise ValueError(f"distillation loss {kind!r}: expected one of {LOSS_KINDS}")
+
+
 def masked_cosine_loss(
     student: torch.Tensor,
     teacher: torch.Tensor,
@@ -67,6 +93,7 @@ def masked_cosine_loss(
     object_weight: float,
     background_weight: float,
     valid: torch.Tensor | None = None,
+    kind: str = "cosine",
 ) -> torch.Tensor:
     """w_obj * mean(1 - cos)[object cells] + w_bg * mean(1 - cos)[background cells], a scalar in fp32.
 
@@ -77,9 +104,9 @@ def masked_cosine_loss(
     student, teacher: (B, D, h, w); mask: (B, h, w) bool. The cosine is over channels per cell, in fp32
     (the cache is fp16 and the student may run under autocast). The means pool all cells of the batch of
     one kind, so an image without objects adds only background cells; a term with no cells is 0.
+    `kind` = "mse" uses `cell_distance`'s standardised MSE per cell in place of 1 - cos.
     """
-    s, t = student.float(), teacher.float()
-    dist = 1.0 - F.cosine_similarity(s, t, dim=1, eps=1e-8)  # (B, h, w)
+    dist = cell_distance(student, teacher, kind)  # (B, h, w)
     m = mask.to(dist.device, torch.bool)
     zero = dist.new_zeros(())
     if valid is not None and not bool((valid >= 1).all()):

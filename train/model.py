@@ -12,11 +12,29 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from dinocache.train.losses import align_to_grid, masked_cosine_loss, obb_cell_mask
+from dinocache.train.losses import LOSS_KINDS, align_to_grid, masked_cosine_loss, obb_cell_mask
 from torch import nn
 from ultralytics.nn.tasks import OBBModel
 
 DISTILL_KEY = "distill"  # <= 10 characters: Ultralytics prints loss names with %11s
+
+# projector from a student layer's C_s channels to the teacher's D (TrainConfig.dino_distill_projector)
+PROJECTORS = ("linear", "conv", "mlp")
+
+
+def make_projector(c_in: int, d: int, kind: str = "linear") -> nn.Module:
+    """(B, C_s, h, w) -> (B, D, h, w). linear: one 1x1 conv; conv: one 3x3 conv (each cell also sees its 8
+    neighbours); mlp: 1x1 conv -> GELU -> 1x1 conv with max(C_s, D) hidden channels (a non-linear read-out,
+    so the student's own features need not be a linear image of the teacher's). No BatchNorm: the projector
+    is EMA-averaged and exported nowhere, and a BN would follow the batch statistics of mosaics."""
+    if kind == "linear":
+        return nn.Conv2d(c_in, d, 1)
+    if kind == "conv":
+        return nn.Conv2d(c_in, d, 3, padding=1)
+    if kind == "mlp":
+        hidden = max(c_in, d)
+        return nn.Sequential(nn.Conv2d(c_in, hidden, 1), nn.GELU(), nn.Conv2d(hidden, d, 1))
+    raise ValueError(f"dino_distill_projector {kind!r}: expected one of {PROJECTORS}")
 
 
 class FeatHook:
@@ -59,8 +77,19 @@ class DistillOBBModel(OBBModel):
         background_weight: float = 0.15,
         enabled: bool = True,
         terms: list[dict[str, Any]] | None = None,
+        projector: str = "linear",
+        loss_kind: str = "cosine",
+        distill_only: bool = False,
     ) -> None:
         super().__init__(cfg=cfg, ch=ch, nc=nc, verbose=verbose)
+        if loss_kind not in LOSS_KINDS:
+            raise ValueError(f"dino_distill_loss {loss_kind!r}: expected one of {LOSS_KINDS}")
+        self.distill_loss_kind = loss_kind
+        # pretraining on unlabeled images (train/pretrain.py): the forward stops at the last distilled layer
+        # and the loss is the distillation alone, one column per layer (no labels, no detection head)
+        self.distill_only = bool(distill_only)
+        if self.distill_only:
+            self.criterion = None  # Ultralytics' loop asks it for update() each epoch; no detection loss here
         n_layers = len(self.model)
         # multi-teacher run: dicts name, loss_name, layers, channels, offset, factor, object/background_weight
         self.distill_terms: list[dict[str, Any]] = [dict(t) for t in terms or []] if enabled else []
@@ -80,7 +109,9 @@ class DistillOBBModel(OBBModel):
         self.distill_hooks: list[FeatHook] = []
         in_channels = self._layer_channels(self.distill_layers, ch) if self.distill_layers else []
         # one 1x1 conv per hooked layer: (B, C_s, h, w) -> (B, D, h, w); a submodule so optimizer/EMA/checkpoints see it
-        self.distill_proj = nn.ModuleList(nn.Conv2d(c, self.distill_channels, 1) for c in in_channels)
+        self.distill_proj = nn.ModuleList(
+            make_projector(c, self.distill_channels, projector) for c in in_channels
+        )
         # set every epoch by the trainer from train.losses.term_weights (multi-teacher runs)
         self.distill_term_weights: dict[str, float] = {}
         if self.distill_terms:
@@ -90,7 +121,7 @@ class DistillOBBModel(OBBModel):
             for t in self.distill_terms:
                 t["proj"] = list(range(len(convs), len(convs) + len(t["layers"])))
                 t["hooks"] = [self.distill_layers.index(i) for i in t["layers"]]
-                convs += [nn.Conv2d(c_of[i], int(t["channels"]), 1) for i in t["layers"]]
+                convs += [make_projector(c_of[i], int(t["channels"]), projector) for i in t["layers"]]
             self.distill_proj = nn.ModuleList(convs)
         for i in self.distill_layers:
             hook = FeatHook()
@@ -117,20 +148,77 @@ class DistillOBBModel(OBBModel):
 
     def distill_loss(self, feats: list[torch.Tensor], batch: dict) -> torch.Tensor:
         """Unweighted L_distill averaged over the hooked layers (scalar, fp32)."""
+        return torch.stack(self.layer_losses(feats, batch)).mean()
+
+    def layer_losses(self, feats: list[torch.Tensor], batch: dict) -> list[torch.Tensor]:
+        """Unweighted L_distill of each hooked layer (scalars, fp32). Distill-only models treat every cell
+        alike (background weight, no object mask): their images have no labels to trust."""
         teacher = batch["teacher_feat"]  # (B, D, h_t, w_t), already normalised
         grid = (int(teacher.shape[-2]), int(teacher.shape[-1]))
         b = teacher.shape[0]
-        mask = obb_cell_mask(batch["bboxes"], batch["batch_idx"], b, grid)  # (B, h_t, w_t)
+        if self.distill_only:
+            mask = torch.zeros(b, *grid, dtype=torch.bool, device=teacher.device)  # (B, h_t, w_t)
+        else:
+            mask = obb_cell_mask(batch["bboxes"], batch["batch_idx"], b, grid)  # (B, h_t, w_t)
         valid = batch.get("teacher_valid")  # warp mode: (B, h_t, w_t) in [0, 1]; else None
         terms = []
         for proj, f in zip(self.distill_proj, feats):
             s = align_to_grid(proj(f), grid)  # (B, C_s, h, w) -> (B, D, h, w) -> (B, D, h_t, w_t)
             terms.append(
                 masked_cosine_loss(
-                    s, teacher, mask, self.distill_object_weight, self.distill_background_weight, valid=valid
+                    s,
+                    teacher,
+                    mask,
+                    self.distill_object_weight,
+                    self.distill_background_weight,
+                    valid=valid,
+                    kind=self.distill_loss_kind,
                 )
             )
-        return torch.stack(terms).mean()
+        return terms
+
+    def distill_features(self, img: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of the distilled layers for images (B, 3, H, W): Ultralytics' layer loop (`_predict_once`),
+        stopped after the last distilled layer, so the layers above it (the detection head) never run.
+        [(B, C_s, h_s, w_s) per distilled layer]"""
+        want = set(self.distill_layers)
+        last = max(want)
+        out: dict[int, torch.Tensor] = {}
+        y: list[torch.Tensor | None] = []
+        x = img
+        for m in self.model:
+            if m.f != -1:  # input from earlier layers
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            x = m(x)
+            y.append(x if m.i in self.save else None)
+            if m.i in want:
+                out[m.i] = x
+            if m.i == last:
+                break
+        for h in self.distill_hooks:
+            h.pop()  # the hooks fired too; the outputs are returned here instead
+        return [out[i] for i in self.distill_layers]
+
+    def layer_item(self, i: int) -> str:
+        """Loss column of distilled layer i in distill-only runs (<= 10 characters)."""
+        return f"d{i}"
+
+    def _distill_only_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """w * mean over layers of L_distill, scaled by the batch size like Ultralytics' terms; items: the
+        weighted mean `distill` and each layer's unweighted term d<layer>."""
+        feats = self.distill_features(batch["img"])
+        teacher = batch.get("teacher_feat")
+        n = batch["img"].shape[0]
+        zero = feats[0].new_zeros((), dtype=torch.float32)
+        per = [zero] * len(feats)
+        if self.training and teacher is not None and self.distill_weight > 0:
+            per = self.layer_losses(feats, batch)
+        d = (self.distill_weight * torch.stack(per).mean()).reshape(1)
+        if not d.requires_grad:  # nothing to learn from this batch: keep the graph connected for backward()
+            d = d + 0.0 * sum(p.sum() for p in self.distill_proj.parameters())
+        items = {DISTILL_KEY: d.detach()[0]}
+        items.update({self.layer_item(i): v.detach() for i, v in zip(self.distill_layers, per)})
+        return d * n, items
 
     def term_losses(self, feats: list[torch.Tensor], batch: dict) -> list[torch.Tensor]:
         """Multi-teacher: unweighted L_distill of each term (scalars, fp32), from the packed teacher map.
@@ -171,6 +259,8 @@ class DistillOBBModel(OBBModel):
         return out
 
     def loss(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.distill_only:
+            return self._distill_only_loss(batch)
         if self.distill_terms:
             return self._multi_loss(batch, preds)
         loss, items = super().loss(batch, preds)  # the forward runs here, so the hooks have fired

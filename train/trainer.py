@@ -33,7 +33,6 @@ from dinocache.train.export import export_clean
 from dinocache.train.losses import distill_weight, normalise_teacher, stage_of, term_weights
 from dinocache.train.model import DistillOBBModel
 from dinocache.train.warp import SRC_KEY, VALID_KEY, warp_batch
-from ultralytics.data.build import build_yolo_dataset
 from ultralytics.models.yolo.obb import OBBTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
@@ -164,6 +163,11 @@ class DinoOBBTrainer(OBBTrainer):
     from weights/resume.pt when continuing a run. On a DDP rank all three come from the DDPHandoff inside
     `_callbacks` instead (Ultralytics rebuilds the trainer there without our arguments; train/ddp.py).
     """
+
+    # pretraining (train/pretrain_trainer.py) sets this: the student learns the maps alone, no detection loss
+    distill_only = False
+    # the training set's class (pretraining: one that reads no labels)
+    dataset_class: type[DistillDataset] = DistillDataset
 
     def __init__(
         self,
@@ -381,6 +385,9 @@ class DinoOBBTrainer(OBBTrainer):
             background_weight=d.dino_distill_background_weight,
             enabled=d.distills,
             terms=self.model_terms(),
+            projector=d.dino_distill_projector,
+            loss_kind=d.dino_distill_loss,
+            distill_only=self.distill_only,
         )
         model = self.set_model_names_for_load(model)
         if weights:
@@ -432,10 +439,9 @@ class DinoOBBTrainer(OBBTrainer):
                     f"{self.dino.distill_cache_flips}): a horizontal flip reads the teacher's map of the flipped "
                     "image instead of mirroring the map"
                 )
-        # same arguments as ultralytics.data.build.build_yolo_dataset, with our subclass
-        ds = build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, rect=False, stride=gs)
-        return DistillDataset(
-            img_path=ds.img_path,
+        # the arguments ultralytics.data.build.build_yolo_dataset passes in train mode, with our subclass
+        return self.dataset_class(
+            img_path=img_path,
             imgsz=self.args.imgsz,
             batch_size=batch,
             augment=True,
@@ -449,7 +455,7 @@ class DinoOBBTrainer(OBBTrainer):
             task=self.args.task,
             classes=self.args.classes,
             data=self.data,
-            fraction=ds.fraction if hasattr(ds, "fraction") else self.args.fraction,
+            fraction=self.args.fraction,
             teacher=lookup,
             geometric_aug=self.dino.distill_geometric_aug,
             patch=patch,
@@ -697,6 +703,11 @@ def rng_state(loader: Any) -> dict[str, Any]:
     gen = getattr(loader, "generator", None)
     if gen is not None:
         out["loader"] = gen.get_state()
+    buf = getattr(getattr(loader, "dataset", None), "buffer", None)
+    if isinstance(buf, list):
+        # Mosaic draws its other tiles from the images Ultralytics' dataset keeps in this buffer (in-process
+        # loading, workers=0): part of the stream a resume continues
+        out["mosaic_buffer"] = torch.tensor(buf, dtype=torch.int64)
     return out
 
 
@@ -717,6 +728,9 @@ def set_rng_state(state: dict[str, Any], loader: Any) -> None:
         torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    ds = getattr(loader, "dataset", None)
+    if "mosaic_buffer" in state and isinstance(getattr(ds, "buffer", None), list):
+        restore_mosaic_buffer(ds, [int(i) for i in state["mosaic_buffer"].tolist()])
     gen = getattr(loader, "generator", None)
     if gen is not None and "loader" in state:
         fresh = getattr(loader, "iterator", "absent") is None and getattr(loader, "num_workers", 1) == 0
@@ -726,9 +740,13 @@ def set_rng_state(state: dict[str, Any], loader: Any) -> None:
         sampler = getattr(loader, "sampler", None)
         if fresh and isinstance(sampler, torch.utils.data.RandomSampler) and not sampler.replacement:
             # torch's RandomSampler ends each pass with one more randperm (sliced to the num_samples % n
-            # remainder); the uninterrupted run drew it at the start of this epoch, before this epoch's order
+            # remainder). The uninterrupted run drew it at the start of this epoch, before this epoch's order,
+            # when its last batch was full (the batch sampler stops asking mid-pass) or dropped; a last partial
+            # batch asks the sampler to its end, so that draw already happened in the epoch before the save
             n = len(sampler.data_source)
-            if sampler.num_samples % n == 0:
+            bs = getattr(loader, "batch_size", None) or 1
+            deferred = bool(getattr(loader, "drop_last", False)) or sampler.num_samples % bs == 0
+            if sampler.num_samples % n == 0 and deferred:
                 torch.randperm(n, generator=gen)
 
 
@@ -743,6 +761,20 @@ def _rows_up_to(csv_bytes: bytes, epoch: int) -> bytes:
     i = head.index("epoch")
     keep = [ln for ln in lines[1:] if ln.strip() and float(ln.split(",")[i]) <= epoch]
     return "".join([lines[0], *keep]).encode("utf-8")
+
+
+def restore_mosaic_buffer(ds: Any, indices: list[int]) -> None:
+    """Refill Ultralytics' image buffer with `indices` (oldest first), their images loaded as the uninterrupted
+    run held them; the buffer is widened while loading so none of them is evicted on the way."""
+    keep = ds.max_buffer_length
+    ds.max_buffer_length = len(indices) + 2
+    try:
+        ds.buffer.clear()
+        for i in indices:
+            ds.load_image(i)
+    finally:
+        ds.max_buffer_length = keep
+    ds.buffer[:] = indices
 
 
 def _last_time(csv_path: Path) -> float:

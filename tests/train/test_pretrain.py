@@ -1,0 +1,148 @@
+"""`dinocache pretrain` end to end on tiny data: distillation-only training on unlabeled images, its outputs
+(results.csv with the feature fit, results.png, last/best/resume), exact resume, the checkpoint loading and
+fine-tuning in plain Ultralytics without dinocache, and refusals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from dinocache.train.pretrain import Pretrain, PretrainConfig, head_inputs
+
+from dinocache.core.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cfg(tmp_path: Path, data: Path, cache: Path, teacher: Path, **kw) -> PretrainConfig:
+    v = dict(
+        data=str(data),
+        cache=str(cache),
+        dino_root=str(teacher),
+        imgsz=128,
+        channels=16,
+        epochs=2,
+        batch=4,
+        nbs=4,
+        warmup_epochs=0,
+        workers=0,
+        device="cpu",
+        fit_images=3,
+        artifacts_root=str(tmp_path / "artifacts"),
+        name="run",
+        extra={"plots": False},
+    )
+    v.update(kw)
+    return PretrainConfig(**v)
+
+
+def csv_rows(path: Path) -> list[dict[str, float]]:
+    import csv
+
+    with open(path) as f:
+        return [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def test_head_inputs_are_the_neck_outputs() -> None:
+    assert head_inputs("yolo26n-obb.yaml") == [16, 19, 22]
+    assert head_inputs("yolo26n.yaml") == [16, 19, 22]
+
+
+def test_pretrain_end_to_end_and_plain_ultralytics(
+    tmp_path: Path, demo_data: Path, feature_cache: Path, tiny_teacher_dir: Path
+) -> None:
+    """Pretrain on the demo's training images (labels ignored) -> best.pt; in a process where dinocache cannot
+    be imported, Ultralytics loads it, transfers the backbone and neck into a fresh model for other classes,
+    and fine-tunes it."""
+    res = Pretrain(cfg(tmp_path, demo_data, feature_cache, tiny_teacher_dir)).run()
+    for f in ("weights/best.pt", "weights/last.pt", "weights/resume.pt", "results.csv", "data.yaml"):
+        assert (res.save_dir / f).exists(), f
+    rows = csv_rows(res.save_dir / "results.csv")
+    assert len(rows) == 2
+    for k in ("train/distill", "train/d16", "train/d19", "train/d22", "fit/cos", "fit/cos_shuf", "fit/gap"):
+        assert k in rows[0], k
+    assert (
+        "fit/cos_obj" in rows[0] and "fit/cos_bg" in rows[0]
+    )  # a dataset yaml: held-out boxes score objects
+    assert rows[1]["train/distill"] < rows[0]["train/distill"] + 0.5 and all(
+        abs(r["fit/cos"]) <= 1 for r in rows
+    )
+    held = (res.save_dir / "val.txt").read_text().split()
+    assert len(held) == 3 and not set(held) & set((res.save_dir / "train.txt").read_text().split())
+    # the checkpoint pickles Ultralytics classes only
+    raw = res.best.read_bytes()
+    assert b"dinocache" not in raw and b"DistillOBBModel" not in raw
+    script = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("dinocache", "train", "cache", "precompute"):
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+import torch
+from ultralytics import YOLO
+from ultralytics.nn.tasks import OBBModel
+y = YOLO({str(res.best)!r})
+src = y.model.float().state_dict()
+fresh = OBBModel(y.model.yaml, nc=3, verbose=False)
+fresh.load(y.model)
+sd = fresh.state_dict()
+body = [k for k in src if not k.startswith("model.23.")]
+assert all(torch.equal(sd[k], src[k]) for k in body), "backbone/neck not transferred"
+y.train(data={str(demo_data)!r}, epochs=1, imgsz=128, batch=4, nbs=4, warmup_epochs=0, device="cpu", workers=0,
+        project={str(tmp_path / "ft")!r}, name="ft", exist_ok=True, plots=False, val=False)
+assert not any(m.split(".")[0] == "dinocache" for m in sys.modules)
+print("PLAIN-OK", type(y.model).__name__)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert "PLAIN-OK OBBModel" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
+    assert (tmp_path / "ft" / "ft" / "weights" / "last.pt").exists()
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_after_epoch_1(trainer) -> None:
+    if trainer.epoch == 0:
+        raise Stop("stopped after epoch 1")
+
+
+def test_pretrain_resume_is_exact(
+    tmp_path: Path, demo_data: Path, feature_cache: Path, tiny_teacher_dir: Path
+) -> None:
+    """Stopped after epoch 1 (its checkpoint saved), resumed: the same weights as the uninterrupted run."""
+    # mosaic and the warp on (the default), 13 training images in batches of 4: a partial last batch
+    kw: dict = {}
+    ref = Pretrain(cfg(tmp_path / "a", demo_data, feature_cache, tiny_teacher_dir, **kw)).run()
+    c = cfg(tmp_path / "b", demo_data, feature_cache, tiny_teacher_dir, **kw)
+    with pytest.raises(Stop):
+        Pretrain(c).run(callbacks={"on_fit_epoch_end": [stop_after_epoch_1]})
+    res = Pretrain(c, resume=True).run()
+    a = torch.load(ref.save_dir / "weights" / "resume.pt", weights_only=True)
+    b = torch.load(res.save_dir / "weights" / "resume.pt", weights_only=True)
+    for part in ("model", "ema"):
+        diff = [k for k in a[part] if not torch.equal(a[part][k], b[part][k])]
+        assert not diff, f"{part}: {len(diff)} tensors differ, e.g. {diff[:3]}"
+    assert len(csv_rows(res.save_dir / "results.csv")) == 2
+
+
+def test_pretrain_refusals(
+    tmp_path: Path, demo_data: Path, feature_cache: Path, tiny_teacher_dir: Path
+) -> None:
+    from dinocache.train.run import TrainError
+
+    with pytest.raises(ConfigError, match="shuffle"):
+        cfg(tmp_path, demo_data, feature_cache, tiny_teacher_dir, shuffle=True, teacher_source="online")
+    with pytest.raises(ConfigError, match="fit_images"):
+        cfg(tmp_path, demo_data, feature_cache, tiny_teacher_dir, fit_images=0)
+    with pytest.raises(TrainError, match="layers"):
+        Pretrain(cfg(tmp_path, demo_data, feature_cache, tiny_teacher_dir, layers=[23])).run()
+    with pytest.raises(TrainError, match="imgsz"):
+        Pretrain(cfg(tmp_path, demo_data, feature_cache, tiny_teacher_dir, imgsz=160)).run()
+    assert not (tmp_path / "artifacts" / "yolo26n-obb" / "pretrain" / "run").exists()  # nothing half-written
