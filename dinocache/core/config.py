@@ -46,7 +46,15 @@ SHARED_KEYS = ("imgsz", "data", "cache", "dino_root")
 # The sections of config.json (one per entry point that reads one): any other object at the top level is a
 # misspelling that would otherwise leave its entry point on every default. Keys starting with `_` or `$`
 # (comments, `$schema`) are ignored.
-SECTIONS = ("augment", "precompute", "train", "finetune_teacher", "finetune_teachers", "warp_check")
+SECTIONS = (
+    "augment",
+    "precompute",
+    "train",
+    "pretrain",
+    "finetune_teacher",
+    "finetune_teachers",
+    "warp_check",
+)
 
 
 def _adapter(tp: Any) -> Any:

@@ -72,9 +72,9 @@ def test_pretrain_end_to_end_and_plain_ultralytics(
     )
     held = (res.save_dir / "val.txt").read_text().split()
     assert len(held) == 3 and not set(held) & set((res.save_dir / "train.txt").read_text().split())
-    # the checkpoint pickles Ultralytics classes only
-    raw = res.best.read_bytes()
-    assert b"dinocache" not in raw and b"DistillOBBModel" not in raw
+    # the checkpoint pickles Ultralytics classes only (its git metadata may quote text; no module is ours)
+    globs = torch.serialization.get_unsafe_globals_in_checkpoint(res.best)
+    assert globs and not [g for g in globs if g.split(".")[0] in ("dinocache", "train", "cache")], globs
     script = f"""
 import sys
 class Block:
