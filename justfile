@@ -53,11 +53,11 @@ pretrain *ARGS:
 
 # A/B of distillation over seeds on your data and teacher (e.g. `just compare modes=none,cache,online seeds=3 epochs=20`)
 compare *ARGS:
-    dinocache compare --config {{config}} {{ARGS}}
+    dinocache compare --config {{config}} "$@"
 
 # build (once, cached) a tiny DINOv3 fine-tuned on demo data; prints its folder (use it as dino_root)
 demo-teacher *ARGS:
-    dinocache make-demo-teacher {{ARGS}}
+    dinocache make-demo-teacher "$@"
 
 # LoRA fine-tune the teacher (see merge-teacher)
 finetune-teacher *ARGS:
@@ -86,6 +86,14 @@ faults *ARGS:
 # the benchmark suite (writes benchmarks/results/latest.json and BENCHMARKS.md)
 bench *ARGS:
     python -m pytest benchmarks/ --benchmark "$@"
+
+# (re)install this checkout into the current venv with the lock's exact versions (extra pip arguments pass through)
+install *ARGS:
+    pip install -q -c requirements/lock.txt -e '.[dev,test]' "$@"
+
+# regenerate requirements/lock.txt from pyproject.toml (+ requirements/holds.txt) in a fresh venv, frozen
+lock:
+    .ci/lock
 
 # format the code
 fmt:

@@ -44,7 +44,10 @@ def clear_s3fs_instances() -> None:
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory):
     """A moto S3 server on 127.0.0.1 with bucket `dino`; the AWS_* variables of this module point at it."""
-    from moto.server import ThreadedMotoServer
+    # moto's server is in the `test` extra (the README's test command installs it), not in a user's install
+    ThreadedMotoServer = pytest.importorskip(
+        "moto.server", reason="moto's S3 server: pip install -c requirements/lock.txt -e '.[dev,test]'"
+    ).ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
     port = free_port()
