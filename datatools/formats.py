@@ -37,11 +37,14 @@ from dinocache.core.errors import DinocacheError
 
 from .geometry import min_area_box, polygon_area
 
-# Coordinates this far outside [0, 1] are rounding, not errors (Ultralytics allows 1e-2).
+# Coordinates this far outside [0, 1] are rounding: kept as they are, without a warning.
 COORD_TOL = 1e-3
-# Corners up to this far outside [0, 1] (objects cut by the tile border, common in published aerial sets)
-# are clipped to the image, as Ultralytics' own loader does (Instances.clip); further out is an error.
-CLIP_TOL = 0.05
+# Ultralytics' own label check (ultralytics/data/utils.py, verify_image_label) turns a polygon into the xywh
+# of its axis-aligned box and accepts the line when x, y, w, h <= 1 + 0.01 and x, y >= -0.01. Corners of an
+# object cut by the tile border (common in published aerial sets) can lie well outside the image, 7 % and
+# more, while that box passes; Ultralytics trains such lines with the corners clipped to the image
+# (Instances.clip), and so does dinocache. What its check refuses is an error here too.
+ULTRALYTICS_TOL = 0.01
 # Polygons with less normalised area than this are degenerate (a line or a point).
 MIN_AREA = 1e-8
 
@@ -91,15 +94,17 @@ class Collection:
     orphan_labels: list[Path] = field(default_factory=list)
     # instance masks: YOLO-seg lines (polygons of more than 4 points), COCO polygons and RLE (coco_mask_kind)
     masks: int = 0
-    clipped: int = 0  # label lines with corners slightly (<= CLIP_TOL) outside the image, clipped
+    clipped: int = 0  # label lines Ultralytics accepts with corners outside the image: clipped to it
+    clipped_most: float = 0.0  # the farthest such corner lies outside [0, 1] (normalised units)
 
     def clipped_line(self) -> str:
         """The one line that counts the clipped label lines ('' when there are none)."""
         if not self.clipped:
             return ""
         return (
-            f"{self.clipped} label line(s) have corners up to {CLIP_TOL:.0%} outside the image: clipped to it, "
-            "as Ultralytics does (dinocache dataset validate lists them)"
+            f"{self.clipped} label line(s) have corners outside the image (up to {self.clipped_most:.1%}): "
+            "clipped to it, as Ultralytics does with lines its check accepts "
+            "(dinocache dataset validate lists them)"
         )
 
     def add(self, file: Path | str, line: int | None, severity: str, message: str) -> None:
@@ -252,6 +257,20 @@ def parse_yolo_line(
     return int(c), xy
 
 
+def ultralytics_refuses(xy: np.ndarray) -> str:
+    """Why Ultralytics' label check refuses the normalised polygon `xy` (K, 2), or '' when it accepts it:
+    the xywh of its axis-aligned box must have x, y, w, h <= 1 + ULTRALYTICS_TOL and x, y >= -ULTRALYTICS_TOL."""
+    lo, hi = xy.min(0), xy.max(0)
+    (x, y), (w, h) = (lo + hi) / 2, hi - lo
+    if min(x, y) >= -ULTRALYTICS_TOL and max(x, y, w, h) <= 1 + ULTRALYTICS_TOL:
+        return ""
+    return (
+        f"box of the corners outside the image (centre {x:.4g}, {y:.4g}, size {w:.4g} x {h:.4g}; "
+        f"the centre must lie in [{-ULTRALYTICS_TOL:g}, {1 + ULTRALYTICS_TOL:g}], the size at most "
+        f"{1 + ULTRALYTICS_TOL:g})"
+    )
+
+
 def parse_yolo_label(
     path: Path, width: int, height: int, nc: int, col: Collection, rel: str | None = None
 ) -> list[Obj]:
@@ -275,19 +294,15 @@ def parse_yolo_label(
             continue
         clipped = False
         lo, hi = float(xy.min()), float(xy.max())
-        if lo < -CLIP_TOL or hi > 1 + CLIP_TOL:
-            col.add(
-                where,
-                ln,
-                "error",
-                f"coordinate more than {CLIP_TOL:.0%} outside [0, 1] (min {lo:.4g}, max {hi:.4g}); "
-                "--fix clips it",
-            )
+        refused = ultralytics_refuses(xy)
+        if refused:
+            col.add(where, ln, "error", f"{refused}; Ultralytics refuses it too; --fix clips it")
             clipped = True
         elif lo < -COORD_TOL or hi > 1 + COORD_TOL:
             col.add(where, ln, "warning", f"corner outside [0, 1] (min {lo:.4g}, max {hi:.4g}): clipped")
             xy = xy.clip(0.0, 1.0)
             col.clipped += 1
+            col.clipped_most = max(col.clipped_most, -lo, hi - 1)
         if len(xy) != 4:
             col.add(where, ln, "warning", f"polygon with {len(xy)} points; --fix makes it a rotated box")
         key = tuple(parts)

@@ -82,8 +82,8 @@ def format_table(info: dict) -> str:
     lines.append(f"problems    {pr['errors']} errors, {pr['warnings']} warnings")
     if info.get("clipped"):
         lines.append(
-            f"clipped     {info['clipped']} label line(s) with corners up to 5% outside the image, clipped to it "
-            "as Ultralytics does"
+            f"clipped     {info['clipped']} label line(s) with corners outside the image (Ultralytics' check "
+            "accepts them), clipped to it as Ultralytics does"
         )
     lines += [f"  {p}" for p in pr["first"]]
     if pr["errors"] + pr["warnings"] > len(pr["first"]):

@@ -2,8 +2,10 @@
 
 Errors (exit 1): image does not decode fully (truncated files too); wrong field count (not 9, or a
 polygon of more corners); data.yaml without train or names (no val: a warning); non-numbers; class id out of range;
-coordinate outside [0, 1] by more than 1e-3; zero-area polygon; the same image (sha256) in two
-splits (leakage). Warnings: duplicate label line, polygon with more than 4 points, duplicate image
+a box Ultralytics' label check refuses (the xywh of the corners' axis-aligned box: centre outside
+[-0.01, 1.01] or a side over 1.01); zero-area polygon; the same image (sha256) in two
+splits (leakage). Warnings: corners outside [0, 1] by more than 1e-3 on a line
+Ultralytics accepts (clipped to the image at load, as Ultralytics does), duplicate label line, polygon with more than 4 points, duplicate image
 within one split, label without image, image without label (a background image, valid in Ultralytics).
 `--fix OUT` writes a cleaned YOLO-OBB copy: bad lines and undecodable images dropped, out-of-range
 boxes clipped to the image, polygons turned into rotated boxes, later duplicates dropped.
