@@ -32,6 +32,7 @@ from dinocache.train.dataset import (
 from dinocache.train.export import export_clean
 from dinocache.train.losses import distill_weight, normalise_teacher, stage_of, term_weights
 from dinocache.train.model import DistillOBBModel
+from dinocache.train.steps import few_steps_warning, planned_steps
 from dinocache.train.warp import SRC_KEY, VALID_KEY, warp_batch
 from ultralytics.models.yolo.obb import OBBTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr
@@ -65,6 +66,7 @@ def apply_curriculum(trainer: DinoOBBTrainer) -> None:
             trainer.model = ddp.rewrap_ddp(trainer.model)
         LOGGER.info(f"{colorstr('dinocache:')} epoch {epoch + 1}: Stage B, all layers unfrozen")
     trainer.epoch_t0 = time.perf_counter()
+    trainer.epoch_steps = 0
     w = distill_weight(epoch, cfg)
     if getattr(model, "distill_terms", None):
         model.distill_term_weights = term_weights(epoch, cfg)
@@ -98,9 +100,10 @@ def log_epoch_speed(trainer: DinoOBBTrainer) -> None:
         return
     dt = max(time.perf_counter() - t0, 1e-9)
     n = len(trainer.train_loader.dataset)
+    steps = getattr(trainer, "epoch_steps", 0)
     LOGGER.info(
-        f"{colorstr('dinocache:')} epoch {trainer.epoch + 1}/{trainer.epochs}: trained on {n} images in {dt:.1f}s "
-        f"({n / dt:.1f} img/s)"
+        f"{colorstr('dinocache:')} epoch {trainer.epoch + 1}/{trainer.epochs}: trained on {n} images, "
+        f"{steps} optimizer step{'s' * (steps != 1)}, in {dt:.1f}s ({n / dt:.1f} img/s)"
     )
 
 
@@ -239,6 +242,28 @@ class DinoOBBTrainer(OBBTrainer):
         self._quiet.frozen = 0
         super()._setup_train()
         self._log_freeze()
+        if RANK in {-1, 0} and not self.args.time:
+            self._log_planned_steps()
+
+    def _log_planned_steps(self) -> None:
+        """One line with the optimizer steps the run will make (Ultralytics' accumulation and warmup rule,
+        train/steps.py), a warning with the fix when they are few."""
+        nb = len(self.train_loader)
+        plan = planned_steps(
+            nb, self.epochs, self.accumulate, self._get_warmup_iterations(nb), self.start_epoch
+        )
+        n = len(self.train_loader.dataset)
+        warning = few_steps_warning(
+            plan, n, self.batch_size, self.args.nbs, self.accumulate, self.args.warmup_epochs
+        )
+        self.planned_steps = plan
+        if warning:
+            LOGGER.warning(f"{colorstr('dinocache:')} {warning}")
+        else:
+            LOGGER.info(
+                f"{colorstr('dinocache:')} {sum(plan)} optimizer steps planned ({plan[-1] if plan else 0} per "
+                f"epoch after the warmup, one per {self.accumulate} batch(es) of {self.batch_size})"
+            )
 
     def _log_freeze(self) -> None:
         """One line for Stage A's freeze instead of Ultralytics' line per parameter."""
@@ -634,6 +659,7 @@ class DinoOBBTrainer(OBBTrainer):
         """Check the loss before every optimizer step, so a NaN/inf never reaches the weights."""
         self._check_finite_loss()
         super().optimizer_step()
+        self.epoch_steps = getattr(self, "epoch_steps", 0) + 1
 
     def _check_finite_loss(self) -> None:
         bad = {k: float(v) for k, v in (self.tloss or {}).items() if not math.isfinite(float(v))}

@@ -1,7 +1,9 @@
-"""A feature cache of the tiny demo data made by the real `precompute.run.main`, shared by the trainer tests."""
+"""Shared by the trainer tests: a feature cache of the tiny demo data made by the real `precompute.run.main`,
+and the lines Ultralytics' LOGGER writes during a test."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -18,3 +20,28 @@ def feature_cache(tmp_path_factory: pytest.TempPathFactory, demo_data: Path, tin
     rc = precompute(["--config", str(d / "empty.json"), *args, "device=cpu", "batch=8", "workers=0"])
     assert rc == 0
     return out
+
+
+class Lines(logging.Handler):
+    """Ultralytics' LOGGER does not propagate (caplog can't see it): collect its records directly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def log_lines():
+    import ultralytics.utils  # noqa: F401  (its import sets the level: set ours after it)
+
+    h = Lines()
+    lg = logging.getLogger("ultralytics")
+    level = lg.level
+    lg.setLevel(logging.INFO)  # tests run with YOLO_VERBOSE=False (level ERROR)
+    lg.addHandler(h)
+    yield h.lines
+    lg.removeHandler(h)
+    lg.setLevel(level)

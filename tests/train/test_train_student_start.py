@@ -16,31 +16,6 @@ from dinocache.train.config import TrainConfig
 from dinocache.core.config import build
 
 
-class Lines(logging.Handler):
-    """Ultralytics' LOGGER does not propagate (caplog can't see it): collect its records directly."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture
-def log_lines():
-    import ultralytics.utils  # noqa: F401  (its import sets the level: set ours after it)
-
-    h = Lines()
-    lg = logging.getLogger("ultralytics")
-    level = lg.level
-    lg.setLevel(logging.INFO)  # tests run with YOLO_VERBOSE=False (level ERROR)
-    lg.addHandler(h)
-    yield h.lines
-    lg.removeHandler(h)
-    lg.setLevel(level)
-
-
 def cfg_for(tmp_path: Path, demo_data: Path, **kw) -> TrainConfig:
     values = {
         "data": str(demo_data),
