@@ -14,6 +14,7 @@ same files.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -218,10 +219,25 @@ def files_to_open(runs: list[dict]) -> str:
                 return hits[0]
         return None
 
-    panels = newest(last / "eval", "*_panel.*")
+    panels = newest(last / "eval", "index.json")
+    panel_what = "eval panel (true vs predicted boxes, last graded epoch)"
+    if panels is not None:
+        # the panel the overlays name representative: per-image F1 nearest the median of the drawn ones,
+        # so the first picture shows what the model typically does, not the first image's luck
+        index = json.loads(panels.read_text())
+        rep = index.get("representative")
+        f1 = next((e.get("f1") for e in index.get("samples", []) if e["files"]["panel"] == rep), None)
+        panels = panels.parent / rep if rep else newest(last / "eval", "*_panel.*")
+        if rep and f1 is not None:
+            panel_what = (
+                f"eval panel, a typical image (F1 {f1:.2f}, nearest the median of the "
+                f"{len(index['samples'])} drawn; all in {panels.parent.name}/)"
+            )
+    else:
+        panels = newest(last / "eval", "*_panel.*")
     viz = newest(distilled / "dino_viz", "*_teacher.png")
     picks = [
-        ("eval panel (true vs predicted boxes, last graded epoch)", panels),
+        (panel_what, panels),
         ("DINO viz (teacher map; _student, _diff beside it)", viz),
         ("results.png (losses incl. distill, mAP per epoch)", last / "results.png"),
     ]

@@ -91,7 +91,7 @@ def checkpoint_imgsz(weights: str | Path) -> int | None:
 
 def run_grade(cfg: GradeConfig) -> dict[str, Any]:
     """Grade `cfg.weights`; returns the metrics dict printed by the CLI."""
-    from dinocache.grade.evaluate import evaluate, load_split
+    from dinocache.grade.evaluate import class_names, evaluate, load_split
     from dinocache.grade.overlays import write_overlays
 
     w = Path(cfg.weights).expanduser()
@@ -122,6 +122,7 @@ def run_grade(cfg: GradeConfig) -> dict[str, Any]:
             res.per_image,
             res.metrics,
             cfg.viz_max_samples,
+            names=class_names(cfg.data),
         )
         out["viz"] = str(Path(cfg.viz).resolve())
     return out

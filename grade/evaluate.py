@@ -75,6 +75,12 @@ def read_obb_labels(label: Path, shape: tuple[int, int], nc: float = math.inf) -
     return Boxes.from_polys(np.stack(polys), classes, None)
 
 
+def class_names(data: str | Path) -> dict[int, str]:
+    """Class id -> name of the dataset (for captions)."""
+    names = load_data_yaml(data)["names"]
+    return {int(k): str(v) for k, v in (names.items() if isinstance(names, dict) else enumerate(names))}
+
+
 def load_split(data: str | Path, split: str = "val") -> list[Sample]:
     """Images of `split` (exactly Ultralytics' listing) with their ground truth.
 

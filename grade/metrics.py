@@ -139,7 +139,10 @@ class ImageResult:
     n_gt: int
     kept: list[int]  # predictions with conf >= conf_thr, in descending confidence
     matches: list[Match] = field(default_factory=list)
-    best_iou: dict[int, float] = field(default_factory=dict)  # kept pred -> best IoU with any same-class GT
+    # kept pred -> its best IoU with any ground-truth box, of any class (what a panel caption shows: a box on
+    # an object of another class is "wrong class", not "IoU 0")
+    best_iou: dict[int, float] = field(default_factory=dict)
+    best_gt: dict[int, int] = field(default_factory=dict)  # kept pred -> the GT index of that best IoU
 
     @property
     def tp(self) -> int:
@@ -162,6 +165,7 @@ class ImageResult:
             "fn": self.fn,
             "matches": [m.__dict__ for m in self.matches],
             "pred_best_iou": {str(k): v for k, v in self.best_iou.items()},
+            "pred_best_gt": {str(k): v for k, v in self.best_gt.items()},
         }
 
 
@@ -176,12 +180,13 @@ def match_image(
     if len(keep) == 0 or len(gt) == 0:
         res.best_iou = {int(i): 0.0 for i in keep}
         return res
-    iou = polygon_iou(pred.poly[keep], gt.poly)  # (K, G)
-    iou = np.where(pred.cls[keep][:, None] == gt.cls[None, :], iou, 0.0)
+    iou_any = polygon_iou(pred.poly[keep], gt.poly)  # (K, G), any class
+    iou = np.where(pred.cls[keep][:, None] == gt.cls[None, :], iou_any, 0.0)  # (K, G), same class only
     pxywhr, gxywhr = canonical_xywhr(pred.poly[keep]), canonical_xywhr(gt.poly)
     taken = np.zeros(len(gt), dtype=bool)
     for k, pi in enumerate(keep):
-        res.best_iou[int(pi)] = float(iou[k].max())
+        res.best_gt[int(pi)] = int(iou_any[k].argmax())
+        res.best_iou[int(pi)] = float(iou_any[k].max())
         cand = np.where(taken, -1.0, iou[k])
         g = int(cand.argmax())
         if cand[g] <= 0.0 or cand[g] < iou_thr:

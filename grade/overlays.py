@@ -5,7 +5,9 @@ Layout, for an evaluation at 1-based epoch N (`eval_dir(run_dir, N)`):
     eval/epoch_{NNN}/viz/val/{stem}_gt.jpg      ground truth only, green
     eval/epoch_{NNN}/viz/val/{stem}_pred.jpg    graded predictions (conf >= threshold) only, red
     eval/epoch_{NNN}/viz/val/{stem}_panel.jpg   both, numbered, with a legend listing each prediction's IoU
-    eval/epoch_{NNN}/viz/val/index.json         thresholds, split metrics and one entry per drawn sample
+    eval/epoch_{NNN}/viz/val/index.json         thresholds, split metrics, one entry per drawn sample and
+                                                `representative`: the panel whose per-image F1 is nearest
+                                                the median of the drawn ones (what to open first)
 
 Small images are scaled up (long side >= `MIN_DISPLAY` px) so the boxes and the legend stay readable.
 The first `max_samples` images of the split (sorted like Ultralytics lists them) are drawn, so the same
@@ -67,8 +69,54 @@ def _write(path: Path, img: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
+def class_name(names: dict[int, str] | None, c: int) -> str:
+    return (names or {}).get(c, f"cls {c}")
+
+
+def caption(
+    i: int, gt: Boxes, pred: Boxes, res: ImageResult, names: dict[int, str] | None, iou_thr: float
+) -> str:
+    """One legend line for kept prediction `i`: its class name and confidence, then what it matched, or why
+    not, with its best IoU against any ground-truth box (another class's box says "wrong class")."""
+    head = f"p{i} {class_name(names, int(pred.cls[i]))} {pred.conf[i]:.2f}"
+    m = next((m for m in res.matches if m.pred == i), None)
+    if m is not None:
+        return f"{head} -> g{m.gt} IoU {m.iou:.2f}"
+    best, g = res.best_iou.get(i, 0.0), res.best_gt.get(i)
+    if g is None or best <= 0.0:
+        return f"{head} unmatched (no ground truth overlaps)"
+    on = f"best IoU {best:.2f} with g{g}"
+    if int(gt.cls[g]) != int(pred.cls[i]):
+        return f"{head} wrong class ({on}, a {class_name(names, int(gt.cls[g]))})"
+    if best >= iou_thr:
+        return f"{head} unmatched ({on}, taken by a more confident prediction)"
+    return f"{head} unmatched ({on} < {iou_thr:g})"
+
+
+def image_f1(res: ImageResult) -> float:
+    """Per-image F1 = 2 TP / (2 TP + FP + FN); 1 for an image with nothing to find and nothing predicted."""
+    d = 2 * res.tp + res.fp + res.fn
+    return 2 * res.tp / d if d else 1.0
+
+
+def representative(entries: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The entry whose F1 is nearest the median of all (the first such): a panel that shows what the model
+    typically does, not the first image's luck."""
+    if not entries:
+        return None
+    med = float(np.median([e["f1"] for e in entries]))
+    return min(entries, key=lambda e: abs(e["f1"] - med))
+
+
 def draw_sample(
-    out_dir: Path, stem: str, image: np.ndarray, gt: Boxes, pred: Boxes, res: ImageResult
+    out_dir: Path,
+    stem: str,
+    image: np.ndarray,
+    gt: Boxes,
+    pred: Boxes,
+    res: ImageResult,
+    names: dict[int, str] | None = None,
+    iou_thr: float = 0.5,
 ) -> dict[str, Any]:
     """Write the three JPEGs of one sample; returns its index.json entry."""
     s = _scale(image.shape[:2])
@@ -79,15 +127,12 @@ def draw_sample(
     _draw(p_img, pred, pidx, RED, s, "p")
     _draw(panel, gt, gidx, GREEN, s, "g")
     _draw(panel, pred, pidx, RED, s, "p")
-    matched = {m.pred: m for m in res.matches}
     lines: list[tuple[str, tuple[int, int, int]]] = [
         (f"{stem}  GT (green): {len(gt)}  pred (red): {len(pidx)}", (0, 0, 0)),
-        (f"TP {res.tp}  FP {res.fp}  FN {res.fn}", (0, 0, 0)),
+        (f"TP {res.tp}  FP {res.fp}  FN {res.fn}  F1 {image_f1(res):.2f}", (0, 0, 0)),
     ]
     for i in pidx[:LEGEND_LINES]:
-        m = matched.get(i)
-        what = f"-> g{m.gt} IoU {m.iou:.2f}" if m else f"unmatched (best IoU {res.best_iou.get(i, 0.0):.2f})"
-        lines.append((f"p{i} cls {int(pred.cls[i])} conf {pred.conf[i]:.2f} {what}", RED))
+        lines.append((caption(i, gt, pred, res, names, iou_thr), RED))
     if len(pidx) > LEGEND_LINES:
         lines.append((f"... {len(pidx) - LEGEND_LINES} more predictions", RED))
     panel = np.vstack([panel, _legend(panel.shape[1], lines)])
@@ -103,6 +148,8 @@ def draw_sample(
         "tp": res.tp,
         "fp": res.fp,
         "fn": res.fn,
+        "f1": image_f1(res),
+        "captions": [caption(i, gt, pred, res, names, iou_thr) for i in pidx],
         "ious": [m.iou for m in res.matches],
         "matches": [m.__dict__ for m in res.matches],
     }
@@ -117,8 +164,10 @@ def write_overlays(
     metrics: dict[str, Any],
     max_samples: int = 16,
     epoch: int | None = None,
+    names: dict[int, str] | None = None,
 ) -> Path:
-    """Draw the first `max_samples` images and write `index.json`; returns the folder."""
+    """Draw the first `max_samples` images and write `index.json`; returns the folder. `names` (class id ->
+    name) labels the captions; the IoU threshold is `metrics["iou_threshold"]`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -126,7 +175,8 @@ def write_overlays(
         img = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
         if img is None:
             raise OSError(f"could not read image {img_path}")
-        e = draw_sample(out, Path(img_path).stem, img, gt, pred, res)
+        iou_thr = float(metrics.get("iou_threshold", 0.5))
+        e = draw_sample(out, Path(img_path).stem, img, gt, pred, res, names, iou_thr)
         e["image"] = str(img_path)
         entries.append(e)
     index = {
@@ -135,6 +185,7 @@ def write_overlays(
         "n_images": len(images),
         "max_samples": max_samples,
         "samples": entries,
+        "representative": (rep := representative(entries)) and rep["files"]["panel"],
     }
     tmp = out / "index.json.tmp"
     tmp.write_text(json.dumps(index, indent=2))

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from dinocache.grade.evaluate import EvalTracker, Sample, evaluate, load_split
+from dinocache.grade.evaluate import EvalTracker, Sample, class_names, evaluate, load_split
 from dinocache.grade.featviz import feature_viz_dir, save_feature_viz
 from dinocache.grade.logging import RunLogger
 from dinocache.grade.overlays import eval_dir, write_overlays
@@ -190,6 +190,7 @@ class GeoEval:
             res.metrics,
             int(self.opt("eval_viz_max_samples", DEFAULT_VIZ_MAX_SAMPLES)),
             epoch,
+            names=class_names(self.data),
         )
         from ultralytics.utils import LOGGER
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from dinocache.demo import files_to_open, run_folder, run_summary, summary_table
@@ -45,5 +46,12 @@ def test_table_and_files(tmp_path: Path) -> None:
     assert "eval/epoch_002/viz/val/000001_panel.jpg" in files
     assert "dino_viz/epoch_002/000001_v0_teacher.png" in files
     assert str(cache / "results.png") in files
+    # with the overlays' index.json the demo points at the representative panel and says so
+    val = none / "eval" / "epoch_002" / "viz" / "val"
+    (val / "000007_panel.jpg").write_bytes(b"x")
+    samples = [{"files": {"panel": f"00000{i}_panel.jpg"}, "f1": f} for i, f in ((1, 0.0), (7, 0.5))]
+    (val / "index.json").write_text(json.dumps({"samples": samples, "representative": "000007_panel.jpg"}))
+    files = files_to_open([runs[0]])
+    assert "eval/epoch_002/viz/val/000007_panel.jpg" in files and "a typical image (F1 0.50" in files
     missing = run_summary("none", tmp_path / "nope", 1.0)  # a run that wrote nothing: nan, not a crash
     assert "nan" in summary_table([missing])

@@ -99,3 +99,42 @@ def test_feature_viz_shape_errors(tmp_path):
         save_feature_viz(tmp_path, "s", torch.rand(3, 32, 32), _maps(), _maps(), torch.ones(4, 4))
     with pytest.raises(ValueError, match="image"):
         save_feature_viz(tmp_path, "s", torch.rand(32, 32), _maps(), _maps(), torch.ones(8, 8))
+
+
+def test_panel_captions_name_classes_and_wrong_class(tmp_path):
+    """A prediction lying on a ground-truth box of another class is captioned "wrong class" with its IoU
+    against that box (not "IoU 0.00"), classes by name; index.json names the representative panel."""
+    from dinocache.grade.metrics import match_image
+
+    imgs = []
+    for i in range(3):
+        p = tmp_path / f"img{i}.png"
+        cv2.imwrite(str(p), np.full((128, 128, 3), 90, np.uint8))
+        imgs.append(p)
+    gts = [
+        Boxes.from_xywhr([[40, 50, 30, 12, 0.4]], classes=[1]),
+        Boxes.from_xywhr([[40, 50, 30, 12, 0.4]], classes=[0]),
+        Boxes.from_xywhr([[40, 50, 30, 12, 0.4], [90, 90, 20, 20, 0]], classes=[0, 0]),
+    ]
+    box = [[41, 50, 30, 12, 0.4]]
+    preds = [
+        Boxes.from_xywhr(box, classes=[0], conf=[0.95]),  # on a class-1 box: wrong class
+        Boxes.from_xywhr(box, classes=[0], conf=[0.95]),  # a match
+        Boxes.from_xywhr(box + [[100, 20, 10, 10, 0]], classes=[0, 0], conf=[0.95, 0.92]),  # TP + a miss
+    ]
+    res = match_image(preds[0], gts[0], 0.5, 0.25)
+    assert res.tp == 0 and res.best_gt[0] == 0 and res.best_iou[0] > 0.8  # any class, not 0
+    m = grade(preds, gts, iou_thr=0.5, conf_thr=0.25, per_image=True)
+    per = m.pop("per_image")
+    names = {0: "plane", 1: "ship"}
+    out = write_overlays(tmp_path / "viz", imgs, gts, preds, per, m, max_samples=3, names=names)
+    index = json.loads((out / "index.json").read_text())
+    caps = {s["stem"]: s["captions"] for s in index["samples"]}
+    assert caps["img0"][0].startswith("p0 plane 0.95 wrong class (best IoU 0.") and caps["img0"][0].endswith(
+        "with g0, a ship)"
+    )
+    assert caps["img1"] == [f"p0 plane 0.95 -> g0 IoU {per[1].matches[0].iou:.2f}"]
+    assert caps["img2"][1] == "p1 plane 0.92 unmatched (no ground truth overlaps)"
+    # F1 per image 0, 1, 0.5: the median is 0.5 -> img2 is the representative panel
+    assert [round(s["f1"], 2) for s in index["samples"]] == [0.0, 1.0, 0.5]
+    assert index["representative"] == "img2_panel.jpg"
