@@ -11,6 +11,7 @@ eval overlays (`*_gt.jpg`, `*_pred.jpg`, `*_panel.jpg`, `index.json`) into DIR.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 from dinocache.core.config import ConfigError, build, require
 from dinocache.core.data import DataError
 from dinocache.core.errors import DinocacheError
+from dinocache.core.logs import logs_to_stderr
 
 DEFAULT_IMGSZ = 640
 
@@ -159,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     values = {k: v for k, v in vars(args).items() if k != "json"}
     try:
         cfg = build(GradeConfig, values, "command line")
-        out = run_grade(cfg)
+        # --json: stdout is the JSON document alone, every log line goes to stderr
+        with logs_to_stderr() if args.json else contextlib.nullcontext():
+            out = run_grade(cfg)
     except DinocacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -181,3 +181,24 @@ def test_cli_bad_input(weights, demo_data, tmp_path, capsys):
     junk.write_text("not a checkpoint")
     assert main(["--weights", str(junk), "--data", str(demo_data)]) == 2
     assert "junk.pt" in capsys.readouterr().err
+
+
+def test_cli_grade_json_is_json_alone_with_ultralytics_verbose(weights, demo_data, tmp_path):
+    """With Ultralytics' INFO lines on (YOLO_VERBOSE=True, a user's default), stdout of `grade --json` is one
+    JSON document; the log lines go to stderr."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "YOLO_VERBOSE": "True"}
+    cmd = [sys.executable, "-m", "dinocache", "grade", "--weights", str(weights), "--data", str(demo_data)]
+    r = subprocess.run(
+        [*cmd, "--device", "cpu", "--json", "--viz", str(tmp_path / "viz")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)  # nothing but JSON
+    assert out["images"] == 4 and "Fast image access" not in r.stdout + r.stderr
