@@ -47,7 +47,7 @@ def test_every_recipe_passes_arguments_as_typed() -> None:
     found = recipes()
     assert {"train", "compare", "demo-teacher", "install", "lock"} <= found.keys()
     for name, (header, body) in found.items():
-        assert "{{ARGS}}" not in body, f"recipe {name} splits quoted arguments: use \"$@\""
+        assert "{{ARGS}}" not in body, f'recipe {name} splits quoted arguments: use "$@"'
         if "*ARGS" in header:
             assert '"$@"' in body, f"recipe {name} drops its arguments"
     assert LOCK_FLAG in found["install"][1]

@@ -103,7 +103,9 @@ def test_lock_pins_are_exact_and_satisfy_pyproject() -> None:
     for name, version in read_pins(HOLDS).items():
         if pins.get(name) != version:
             bad.append(f"holds.txt {name}=={version}: the lock has {pins.get(name)}")
-    assert not bad, "pyproject.toml and requirements/lock.txt disagree (rerun `just lock`):\n" + "\n".join(bad)
+    assert not bad, "pyproject.toml and requirements/lock.txt disagree (rerun `just lock`):\n" + "\n".join(
+        bad
+    )
 
 
 def test_lock_check_names_what_disagrees(tmp_path, monkeypatch) -> None:

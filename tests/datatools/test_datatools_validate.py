@@ -182,7 +182,9 @@ def test_acceptance_is_ultralytics_own_check(yolo_data) -> None:
     for _ in range(300):
         c = rng.uniform(-0.05, 1.05, 2)
         half = rng.uniform(0.01, 0.6, 2)
-        xy = np.array([c - half, [c[0] + half[0], c[1] - half[1]], c + half, [c[0] - half[0], c[1] + half[1]]])
+        xy = np.array(
+            [c - half, [c[0] + half[0], c[1] - half[1]], c + half, [c[0] - half[0], c[1] + half[1]]]
+        )
         xy = xy.astype(np.float32)  # Ultralytics reads float32
         label.write_text("0 " + " ".join(f"{v:.6f}" for v in xy.ravel()) + "\n")
         theirs = verify_image_label((str(image), str(label), "", False, 1, 0, 0, False))[1] is not None
