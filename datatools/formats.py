@@ -123,22 +123,54 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if is_image(p))
 
 
+# EXIF orientation (tag 0x0112) -> the numpy view of the stored pixels that shows the displayed frame (PIL's
+# ImageOps.exif_transpose; a test compares every value with it)
+_ORIENT = {
+    2: lambda x: x[:, ::-1],
+    3: lambda x: x[::-1, ::-1],
+    4: lambda x: x[::-1],
+    5: lambda x: x.swapaxes(0, 1),
+    6: lambda x: np.rot90(x, -1),
+    7: lambda x: np.rot90(x, 2).swapaxes(0, 1),
+    8: lambda x: np.rot90(x, 1),
+}
+
+
+def _orientation(pim) -> int:  # noqa: ANN001 - a PIL image
+    try:
+        o = int(pim.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - unreadable EXIF: the stored frame
+        return 1
+    return o if o in _ORIENT else 1
+
+
 def decode_image(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray | None:
-    """The whole image decoded, or None. Strict: cv2 decodes a truncated JPEG with only a warning (grey bottom
-    rows) where Ultralytics' loader and precompute refuse it, so PIL first decodes every byte (a truncated file
+    """The whole image decoded in its displayed frame (EXIF orientation applied, as Ultralytics' loader reads
+    it for training), or None. Strict: cv2 decodes a truncated JPEG with only a warning (grey bottom rows)
+    where Ultralytics' loader and precompute refuse it, so PIL first decodes every byte (a truncated file
     raises there), then cv2 reads the pixels the way the trainer does."""
     from PIL import Image
 
     try:
         with Image.open(path) as pim:
             pim.load()
+            orientation = _orientation(pim)
     except Exception:  # noqa: BLE001 - any decode failure means the image is unusable
         return None
-    return cv2.imread(str(path), flags)
+    im = cv2.imread(str(path), flags)
+    if (
+        im is not None
+        and orientation != 1
+        and (flags == cv2.IMREAD_UNCHANGED or flags & cv2.IMREAD_IGNORE_ORIENTATION)
+    ):
+        # cv2 applies the orientation for IMREAD_COLOR/GRAYSCALE only: the same frame for every flag
+        im = np.ascontiguousarray(_ORIENT[orientation](im))
+    return im
 
 
 def image_size(path: Path, decode: bool) -> tuple[int, int] | None:
-    """(w, h); with `decode` the whole image is decoded (None when it can't be, truncated files included)."""
+    """(w, h) of the displayed frame (EXIF orientation applied: the frame of the labels, as Ultralytics'
+    `exif_size`); with `decode` the whole image is decoded (None when it can't be, truncated files included)."""
     if decode:
         im = decode_image(path)
         return None if im is None else (im.shape[1], im.shape[0])
@@ -146,7 +178,8 @@ def image_size(path: Path, decode: bool) -> tuple[int, int] | None:
         from PIL import Image
 
         with Image.open(path) as im:
-            return im.size
+            w, h = im.size
+            return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
     except Exception:
         return None
 

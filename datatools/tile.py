@@ -21,7 +21,7 @@ import numpy as np
 from dinocache.core.data import DataError
 
 from .convert import dest_name
-from .formats import format_yolo_line, load_yolo, staged_dir, write_data_yaml
+from .formats import decode_image, format_yolo_line, load_yolo, staged_dir, write_data_yaml
 from .geometry import PAD_VALUE, clip_polygons
 
 
@@ -57,7 +57,7 @@ def tile(
     counts: dict[str, Counter] = defaultdict(Counter)
     with staged_dir(Path(out), overwrite, protect=[col.root]) as tmp:
         for it in col.items:
-            img = cv2.imread(str(it.image), cv2.IMREAD_UNCHANGED)
+            img = decode_image(it.image)  # the displayed frame, the one the labels are in
             if img is None:
                 raise DataError(f"{it.image}: image cannot be decoded")
             h, w = img.shape[:2]
