@@ -814,8 +814,10 @@ def _done(writer: Any) -> np.ndarray:
 
 
 def _sha_or_empty(path: Path) -> str:
+    from dinocache.core.data import file_sha256
+
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)
     except OSError:
         return ""
 
@@ -831,12 +833,9 @@ def _is_empty_dir(path: str, so: dict[str, Any]) -> bool:
 
 
 def _version() -> str:
-    try:
-        from dinocache import __version__
+    from dinocache import __version__
 
-        return str(__version__)
-    except ImportError:  # pragma: no cover
-        return "?"
+    return str(__version__)
 
 
 def main(argv: list[str] | None = None) -> int:
