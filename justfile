@@ -89,7 +89,7 @@ bench *ARGS:
 
 # (re)install this checkout into the current venv with the lock's exact versions (extra pip arguments pass through)
 install *ARGS:
-    pip install -q -c requirements/lock.txt -e '.[dev,test]' "$@"
+    pip install -q -c requirements/lock.txt --config-settings editable_mode=strict -e '.[dev,test]' "$@"
 
 # regenerate requirements/lock.txt from pyproject.toml (+ requirements/holds.txt) in a fresh venv, frozen
 lock:

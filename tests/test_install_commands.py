@@ -51,3 +51,13 @@ def test_every_recipe_passes_arguments_as_typed() -> None:
         if "*ARGS" in header:
             assert '"$@"' in body, f"recipe {name} drops its arguments"
     assert LOCK_FLAG in found["install"][1]
+
+
+def test_installs_are_strict_editable() -> None:
+    """The quick start, `.ci/run` and `just install` make the editable install a tree of links (setuptools'
+    strict mode) that editors and type checkers follow, not an import hook."""
+    strict = "--config-settings editable_mode=strict -e "
+    for command in quick_start_commands():
+        assert strict in command, command
+    assert strict in (ROOT / ".ci" / "run").read_text()
+    assert strict in recipes()["install"][1]

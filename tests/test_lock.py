@@ -24,7 +24,7 @@ LOCK = ROOT / "requirements" / "lock.txt"
 HOLDS = ROOT / "requirements" / "holds.txt"
 # the extras the lock resolves; bench-peers (LightlyTrain, AGPL, benchmarks only) is left out of it
 LOCKED_EXTRAS = ("dev", "test")
-FIX = "pip install -q -c requirements/lock.txt -e '.[dev,test]'"
+FIX = "pip install -q -c requirements/lock.txt --config-settings editable_mode=strict -e '.[dev,test]'"
 # the installer's own tools, which `pip freeze` (and so the lock) leaves out
 INSTALLER = {"pip", "setuptools", "wheel"}
 
