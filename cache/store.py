@@ -634,6 +634,14 @@ class FeatureCache(_Store):
         parts = [np.asarray(p) for p in sync(_gather())]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
+    def warm(self) -> None:
+        """Build the key -> row index and choose the read path now: done before DataLoader workers fork, they inherit
+        both instead of each decoding the keys again."""
+        if self.n:
+            self.row_of(self.keys[0])
+        for name in (F.FEATURES, F.FEATURES_FLIP) if self.spec.flips else (F.FEATURES,):
+            self._mapped_reader(name)
+
     def get(self, key: str, channels: int | None = None, flipped: bool = False) -> np.ndarray:
         """float16 (D, h, w) of one image by key (`flipped`: the map of the mirrored image)."""
         row = self.row_of(key)

@@ -1,14 +1,15 @@
 """Training dataset that attaches each image's cached teacher map; flips flip it too (warp.WarpFlip).
 
 The teacher map is looked up by the image's key (its path relative to the dataset root, see
-`dinocache.data.image_key`), never by index: Ultralytics re-sorts `im_files` in some modes. The cache is
-opened lazily in each dataloader worker (a Zarr handle is not shared across processes).
+`dinocache.data.image_key`), never by index: Ultralytics re-sorts `im_files` in some modes. The dataset
+resolves every image's key and opens the cache once in the main process (`TeacherLookup.prepare`), so forked
+DataLoader workers inherit both; the cache's readers open their files per process (cache/mapped.py,
+tensorstore), and a spawned worker reopens the cache from its path.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from dinocache.train.warp import (
 from ultralytics.data.augment import Compose, RandomFlip
 from ultralytics.data.dataset import YOLODataset
 
-from dinocache.core.data import image_key
+from dinocache.core.data import image_key, image_keys
 
 
 def uses_cache_flips(setting: str, fc: Any) -> bool:
@@ -53,7 +54,7 @@ def swap_flips(transforms: Compose) -> Compose:
 
 
 class TeacherLookup:
-    """Maps an image file to its (D, h, w) float16 teacher map from the cache; opens the cache lazily per process.
+    """Maps an image file to its (D, h, w) float16 teacher map from the cache.
 
     `shuffle_seed` (the control run of `dinocache compare`, mode cache-shuffled): every image gets ANOTHER
     image's map, a seeded derangement of the cache's keys, so the maps keep their statistics but lose
@@ -68,18 +69,24 @@ class TeacherLookup:
         self.channels = int(channels)
         self.shuffle_seed = shuffle_seed
         self._fc: Any = None
-        self._pid: int | None = None
         self._other: dict[str, str] | None = None
-        self._keys: dict[str, str] = {}  # im_file -> key: image_key resolves both paths (syscalls) per call
+        self._keys: dict[str, str] = {}  # im_file -> key: resolving a path costs syscalls, done once per file
 
     @property
     def fc(self) -> Any:
-        if self._fc is None or self._pid != os.getpid():
+        # kept across fork: its readers open files per process; a pickled lookup (spawn) drops it and reopens
+        if self._fc is None:
             from dinocache import cache
 
             self._fc = cache.open(self.cache_path)
-            self._pid = os.getpid()
         return self._fc
+
+    def prepare(self, im_files: list[str]) -> None:
+        """Resolve the keys of `im_files` and open the cache now, in the main process, so that DataLoader workers
+        forked later inherit them instead of each resolving every path and reopening the cache."""
+        todo = [f for f in im_files if f not in self._keys]
+        self._keys.update(zip(todo, image_keys(todo, self.root)))
+        self.fc.warm()
 
     def other_key(self, key: str) -> str:
         """cache-shuffled: the key whose map `key` gets (never itself when the cache has >= 2 rows)."""
@@ -104,7 +111,7 @@ class TeacherLookup:
         return checked_map(self.fc, key, channels=self.channels, flipped=flipped)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fc": None, "_pid": None}
+        return {**self.__dict__, "_fc": None}
 
 
 class MultiTeacherLookup:
@@ -120,6 +127,10 @@ class MultiTeacherLookup:
     def __init__(self, terms: list[dict[str, Any]], root: str | Path) -> None:
         self.terms = [dict(t) for t in terms]
         self.lookups = [TeacherLookup(t["path"], root, int(t["channels"])) for t in self.terms]
+
+    def prepare(self, im_files: list[str]) -> None:
+        for lk in self.lookups:
+            lk.prepare(im_files)
 
     def __call__(self, im_file: str) -> np.ndarray:
         parts = []
@@ -159,6 +170,8 @@ class DistillDataset(YOLODataset):
         # warp mode: maps of the images in Mosaic's buffer [False], and their flipped views once read [True]
         self._map_buffers: dict[bool, dict[int, np.ndarray]] = {False: {}, True: {}}
         super().__init__(*args, **kwargs)
+        if self.teacher is not None and self.augment and hasattr(self.teacher, "prepare"):
+            self.teacher.prepare(self.im_files)
 
     def build_transforms(self, hyp: Any = None) -> Compose:
         # also called by close_mosaic(), so the wrappers stay in after mosaic closes

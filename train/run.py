@@ -25,7 +25,7 @@ from dinocache.train.trainer import (
 from ultralytics.utils import LOGGER, colorstr
 
 from dinocache.core.config import build
-from dinocache.core.data import image_key, list_split_images
+from dinocache.core.data import image_key, image_keys, list_split_images
 from dinocache.core.device import ultralytics_device
 
 FIX = "run `just precompute` (dinocache precompute --config config.json) to (re)build it"
@@ -246,11 +246,11 @@ def preflight(cfg: TrainConfig) -> TeacherContext:
         bool(cache_path) and ("://" in cache_path or Path(cache_path).exists())
     )
     if cfg.teachers:
-        preflight_multi(cfg, ctx, [image_key(f, root) for f in files])
+        preflight_multi(cfg, ctx, image_keys(files, root))
         return ctx
     if use_cache:
         fc = _open_cache(cache_path)
-        check_cache(cfg, fc, [image_key(f, root) for f in files], teacher)
+        check_cache(cfg, fc, image_keys(files, root), teacher)
         ctx.cache_path = cache_path
         ctx.channel_mean = torch.as_tensor(np.asarray(fc.channel_mean, dtype=np.float32))
         ctx.channel_std = torch.as_tensor(np.asarray(fc.channel_std, dtype=np.float32))

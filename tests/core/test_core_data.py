@@ -42,3 +42,43 @@ def test_bad_files(tmp_path: Path) -> None:
     (tmp_path / "data.yaml").write_text("names: [x]\n")
     with pytest.raises(DataError, match="no train/val/test split"):
         load_data_yaml(tmp_path, require_val=False)
+
+
+def test_image_keys_match_image_key(tmp_path) -> None:
+    """The bulk key resolution gives image_key's strings: links to files, linked folders, '..', relative paths."""
+    import os
+
+    from dinocache.core.data import DataError, image_key, image_keys
+
+    (tmp_path / "root" / "images" / "sub").mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    for f in ("root/images/a.png", "root/images/sub/c.png", "out/b.png"):
+        (tmp_path / f).write_text("x")
+    os.symlink(tmp_path / "root" / "images" / "a.png", tmp_path / "root" / "images" / "link.png")
+    os.symlink(tmp_path / "out" / "b.png", tmp_path / "root" / "images" / "outside.png")
+    os.symlink(tmp_path / "root" / "images", tmp_path / "root" / "alias")
+    os.symlink(tmp_path / "root", tmp_path / "rootlink")
+    r = tmp_path / "root"
+    files = [
+        r / "images" / "a.png",
+        str(r / "images" / "sub" / "c.png"),
+        r / "images" / "link.png",
+        r / "alias" / "a.png",
+        r / "images" / "sub" / ".." / "a.png",
+        tmp_path / "rootlink" / "images" / "a.png",
+        str(r / "images" / "." / "a.png"),
+    ]
+    for root in (r, tmp_path / "rootlink", f"{r}/"):
+        assert image_keys(files, root) == [image_key(f, root) for f in files]
+    for outside in (tmp_path / "out" / "b.png", r / "images" / "outside.png"):
+        with pytest.raises(DataError, match="not inside the dataset root"):
+            image_keys([outside], r)
+    cwd = os.getcwd()
+    try:
+        os.chdir(r)
+        rel = ["images/a.png", "./images/sub/c.png"]
+        assert (
+            image_keys(rel, ".") == [image_key(f, ".") for f in rel] == ["images/a.png", "images/sub/c.png"]
+        )
+    finally:
+        os.chdir(cwd)

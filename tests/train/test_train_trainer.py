@@ -441,3 +441,44 @@ def test_cache_mode_start_builds_no_teacher(tmp_path, demo_data, tiny_teacher_di
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "MODEL_MODULES []" in r.stdout, r.stdout
+
+
+def test_workers_inherit_keys_and_cache(demo_data: Path, feature_cache: Path) -> None:
+    """The dataset resolves every key and opens the cache in the main process; forked DataLoader workers read the
+    same maps through their own shard maps without resolving a path or opening the cache again."""
+    from dinocache.cache import format as F
+    from dinocache.train.dataset import DistillDataset, TeacherLookup
+    from ultralytics.cfg import get_cfg
+    from ultralytics.utils import DEFAULT_CFG
+
+    from dinocache import cache
+    from dinocache.core.data import image_key, load_data_yaml
+
+    info = load_data_yaml(demo_data)
+    root = Path(info["path"])
+    lookup = TeacherLookup(str(feature_cache), root, 8)
+    hyp = get_cfg(DEFAULT_CFG, {"mosaic": 0.0, "fliplr": 0.0, "degrees": 0.0, "translate": 0.0, "scale": 0.0})
+    ds = DistillDataset(
+        img_path=info["train"], imgsz=128, batch_size=4, augment=True, hyp=hyp, rect=False, stride=32, pad=0.0,
+        task="obb", data=info, teacher=lookup, geometric_aug="off",
+    )  # fmt: skip
+    assert set(lookup._keys) == set(ds.im_files) and lookup._fc is not None and lookup._fc._row is not None
+    assert lookup._fc._mapped_reader(F.FEATURES) is not None
+    real_open = cache.open
+
+    def reopen(*args, **kwargs):  # raised in a worker, the DataLoader re-raises it here
+        raise AssertionError(f"a worker opened the cache again: {args}")
+
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=4, num_workers=2, collate_fn=DistillDataset.collate_fn, multiprocessing_context="fork"
+    )
+    try:
+        cache.open = reopen
+        batches = list(loader)
+    finally:
+        cache.open = real_open
+    assert sum(len(b["im_file"]) for b in batches) == len(ds)
+    fc = cache.open(str(feature_cache), read_path="tensorstore")
+    for b in batches:
+        for f, feat in zip(b["im_file"], b["teacher_feat"]):
+            assert np.array_equal(feat.numpy(), fc.get(image_key(f, root), channels=8))
