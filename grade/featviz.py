@@ -3,12 +3,14 @@
 For one sample, `save_feature_viz(out_dir, stem, image, teacher, student, mask)` writes
 
     {stem}_teacher.png  teacher map (D, h, w) as RGB: its 3 leading principal components, blended over the image
-    {stem}_student.png  student map through the SAME PCA (fitted on the teacher, same colour scaling), so equal
-                        colours mean equal features; a student that has learnt nothing looks grey/noisy
+    {stem}_student.png  student map through the SAME PCA directions (fitted on the teacher), its colours
+                        stretched over its own range (per image: the projected student's scale differs from
+                        the teacher's, and on the teacher's range it shows as one flat colour), so equal hues
+                        mean the same feature directions; a student that has learnt nothing looks noisy
     {stem}_mask.png     the OBB object mask (h, w) over the image (object cells tinted green)
     {stem}_diff.png     per-cell 1 - cos(student, teacher) as a heat map on a FIXED scale [0, 1] (cos <= 0
                         saturates), so pictures of different epochs compare; the object/background means are
-                        written on it
+                        written on it and a colour bar below it gives the scale
 
 `feature_viz_dir(run_dir, epoch)` is `dino_viz/epoch_{NNN}/`. Everything here takes plain tensors.
 """
@@ -74,6 +76,32 @@ def pca_rgb(
     return (rgb * 255).round().astype(np.uint8)
 
 
+def own_range(
+    feat: torch.Tensor | np.ndarray,
+    basis: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    lo_pct: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`basis` with lo/hi taken from `feat`'s own projections: the same PCA directions, the colours stretched
+    over this map's range."""
+    mean, comps, _, _ = basis
+    proj = (_cells(feat) - mean) @ comps.T
+    return mean, comps, np.percentile(proj, lo_pct, axis=0), np.percentile(proj, 100 - lo_pct, axis=0)
+
+
+def colour_bar(width: int) -> np.ndarray:
+    """(28, width, 3) BGR strip: the diff picture's INFERNO scale from 0 (student = teacher direction) to 1
+    (orthogonal; larger distances saturate), labelled."""
+    ramp = np.linspace(0, 255, max(width, 2)).round().astype(np.uint8)[None, :width]
+    strip = np.full((28, width, 3), 255, np.uint8)
+    strip[:10] = cv2.applyColorMap(np.repeat(ramp, 10, axis=0), cv2.COLORMAP_INFERNO)
+    font, size = cv2.FONT_HERSHEY_SIMPLEX, 0.35
+    for text, x in (("0", 0.0), ("0.5", 0.5), ("1+ (1-cos)", 1.0)):
+        (tw, _), _ = cv2.getTextSize(text, font, size, 1)
+        left = int(np.clip(x * width - tw / 2, 1, width - tw - 1))
+        cv2.putText(strip, text, (left, 24), font, size, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
+
+
 def cosine_distance(student: torch.Tensor, teacher: torch.Tensor) -> np.ndarray:
     """Per-cell 1 - cos over channels: (D, h, w) x2 -> (h, w) in [0, 2]."""
     cos = F.cosine_similarity(student.detach().float(), teacher.detach().float(), dim=0, eps=1e-8)
@@ -127,7 +155,7 @@ def save_feature_viz(
         img = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
 
     basis = fit_rgb_pca(teacher)
-    t_rgb, s_rgb = pca_rgb(teacher, basis), pca_rgb(student, basis)
+    t_rgb, s_rgb = pca_rgb(teacher, basis), pca_rgb(student, own_range(student, basis))
     mask_cells = np.zeros((*m.shape, 3), np.uint8)
     mask_cells[m] = (0, 255, 0)
     dist = cosine_distance(student, teacher)
@@ -139,6 +167,7 @@ def save_feature_viz(
     (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
     cv2.rectangle(diff, (0, 0), (tw + 8, th + 8), (0, 0, 0), -1)  # dark box: readable over any colour
     cv2.putText(diff, text, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    diff = np.vstack([diff, colour_bar(diff.shape[1])])
 
     files = {k: f"{stem}_{k}.png" for k in ("teacher", "student", "mask", "diff")}
     _write(out / files["teacher"], _over(img, t_rgb[..., ::-1].copy(), MAP_ALPHA))

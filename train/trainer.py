@@ -32,6 +32,7 @@ from dinocache.train.dataset import (
 from dinocache.train.export import export_clean
 from dinocache.train.losses import distill_weight, normalise_teacher, stage_of, term_weights
 from dinocache.train.model import DistillOBBModel
+from dinocache.train.results_plot import plot_columns
 from dinocache.train.steps import few_steps_warning, planned_steps
 from dinocache.train.warp import SRC_KEY, VALID_KEY, warp_batch
 from ultralytics.models.yolo.obb import OBBTrainer
@@ -87,6 +88,13 @@ def _ranges(ids: list[int]) -> str:
         else:
             out.append(str(i))
     return ", ".join(out)
+
+
+def snapshot(t: torch.Tensor, n: int) -> torch.Tensor:
+    """The first `n` items as a float32 CPU copy with its own memory. On CPU `.float().cpu()` of a float32
+    tensor is the same storage, and Ultralytics' plot_training_samples multiplies batch["img"] by 255 in
+    place in the epochs it plots train_batch*.jpg: the DINO viz would show white pictures."""
+    return t[:n].detach().to("cpu", torch.float32, copy=True)
 
 
 class NonFiniteLoss(DinocacheError, RuntimeError):
@@ -370,20 +378,32 @@ class DinoOBBTrainer(OBBTrainer):
         self.__init__(dataclasses.replace(cfg, **changes), device=device, _callbacks=self.callbacks)
 
     def plot_metrics(self) -> None:
-        """results.png with a `distill` panel: Ultralytics plots the columns named *loss*, so it plots a copy
-        of results.csv whose distill columns are named distill_loss."""
+        """results.png from a copy of results.csv made for Ultralytics' plot_results (train/results_plot.py):
+        the distillation loss unweighted with its weight w as a panel of its own, always-zero loss panels
+        dropped."""
+        import csv
         import shutil
         import tempfile
 
         from ultralytics.utils.plotting import plot_results
 
+        with open(self.csv, newline="") as f:
+            header, *rows = list(csv.reader(f))
+        epochs = [int(float(r[0])) - 1 for r in rows]  # results.csv counts epochs from 1
+        d = self.dino
+        weights: dict[str, list[float]] = {}  # teacher_source=none: the all-zero distill columns drop out
+        if d.teacher_source != "none" and d.teachers:
+            weights = {
+                f"train/{t.loss_name}": [term_weights(e, d).get(t.teacher, 0.0) for e in epochs]
+                for t in teacher_terms(d)
+            }
+        elif d.teacher_source != "none":
+            weights = {"train/distill": [distill_weight(e, d) for e in epochs]}
+        weights = {k: v for k, v in weights.items() if k in {h.strip() for h in header}}
+        head, body = plot_columns(header, rows, weights)
         with tempfile.TemporaryDirectory() as tmp:
-            head, _, body = self.csv.read_text().partition("\n")
-            cols = [
-                c if not c.strip().endswith("/distill") else c.replace("/distill", "/distill_loss")
-                for c in head.split(",")
-            ]
-            (Path(tmp) / "results.csv").write_text(",".join(cols) + "\n" + body)
+            with open(Path(tmp) / "results.csv", "w", newline="") as f:
+                csv.writer(f).writerows([head, *body])
             plot_results(file=Path(tmp) / "results.csv")
             shutil.move(str(Path(tmp) / "results.png"), self.save_dir / "results.png")
         self.on_plot(self.save_dir / "results.png")
@@ -510,9 +530,9 @@ class DinoOBBTrainer(OBBTrainer):
                 self._aug_viz_epoch = self.epoch
                 n = min(2, batch["img"].shape[0])
                 self.aug_viz = {
-                    "img": batch["img"][:n].detach().float().cpu(),  # (n, 3, H, W) in [0, 1]
-                    "teacher": batch[TEACHER_KEY][:n].detach().float().cpu(),  # (n, D, h, w)
-                    "valid": batch[VALID_KEY][:n].detach().float().cpu(),  # (n, h, w)
+                    "img": snapshot(batch["img"], n),  # (n, 3, H, W) in [0, 1]
+                    "teacher": snapshot(batch[TEACHER_KEY], n),  # (n, D, h, w)
+                    "valid": snapshot(batch[VALID_KEY], n),  # (n, h, w)
                 }
         elif self.dino.teacher_source == "online" and getattr(model, "distill_weight", 0) > 0:
             batch[TEACHER_KEY] = self.online_teacher_features(batch["img"])

@@ -64,10 +64,28 @@ def test_feature_viz_files(tmp_path):
     files = save_feature_viz(out, "000001", img, teacher, student, mask)
     assert out == tmp_path / "run" / "dino_viz" / "epoch_003"
     assert set(files) == {"teacher", "student", "mask", "diff"}
-    for name in files.values():
+    for kind, name in files.items():
         assert name.endswith(".png")
         a = cv2.imread(str(out / name))
-        assert a is not None and a.shape[:2] == (256, 256)
+        # the diff picture carries its colour bar below the image
+        assert a is not None and a.shape[:2] == ((256 + 28, 256) if kind == "diff" else (256, 256))
+
+
+def test_student_picture_normalised_per_image(tmp_path):
+    """A student whose maps point the teacher's way at 1 % of its scale still shows the teacher's pattern
+    (its own colour range), where the teacher's range made it one flat colour."""
+    from dinocache.grade.featviz import own_range
+
+    teacher = _maps(0)
+    basis = fit_rgb_pca(teacher)
+    small = teacher * 0.01 + basis[0].reshape(-1, 1, 1).astype(np.float32) * 0.99  # near the mean
+    flat = pca_rgb(small, basis).reshape(-1, 3).astype(float)
+    own = pca_rgb(small, own_range(small, basis)).reshape(-1, 3).astype(float)
+    assert flat.std(0).max() < 10 and own.std(0).min() > 40
+    img = torch.rand(3, 128, 128)
+    files = save_feature_viz(tmp_path, "s", img, teacher, small, torch.zeros(8, 8, dtype=torch.bool))
+    student = cv2.imread(str(tmp_path / files["student"])).reshape(-1, 3).astype(float)
+    assert student.std(0).min() > 20
 
 
 def test_same_pca_for_teacher_and_student(tmp_path):

@@ -82,7 +82,8 @@ def test_stage_a_freeze_beyond_the_model_refused(tmp_path: Path, demo_data: Path
 
 
 def test_results_png_gets_a_distill_panel(tmp_path: Path, monkeypatch) -> None:
-    """plot_metrics hands Ultralytics' plot_results a results.csv whose distill columns count as losses."""
+    """plot_metrics hands Ultralytics' plot_results a results.csv whose distill columns count as losses: the
+    training one unweighted (train/results_plot.py) with the weight w beside it."""
     import ultralytics.utils.plotting as plotting
     from dinocache.train.trainer import DinoOBBTrainer
 
@@ -96,8 +97,12 @@ def test_results_png_gets_a_distill_panel(tmp_path: Path, monkeypatch) -> None:
     csv = tmp_path / "results.csv"
     csv.write_text("epoch,train/box_loss,train/distill,val/distill,metrics/mAP50(B)\n1,1,0.5,0.4,0.1\n")
     plotted = []
-    DinoOBBTrainer.plot_metrics(SimpleNamespace(csv=csv, save_dir=tmp_path, on_plot=plotted.append))
-    assert "train/distill_loss" in seen["cols"] and "val/distill_loss" in seen["cols"]
+    dino = TrainConfig(dino_distill_warmup_epochs=0)
+    DinoOBBTrainer.plot_metrics(
+        SimpleNamespace(csv=csv, save_dir=tmp_path, on_plot=plotted.append, dino=dino)
+    )
+    assert "train/distill_loss (unweighted)" in seen["cols"] and "metrics/distill weight w" in seen["cols"]
+    assert "val/distill_loss" in seen["cols"]
     assert (tmp_path / "results.png").read_bytes() == b"png" and plotted == [tmp_path / "results.png"]
     assert csv.read_text().startswith("epoch,train/box_loss,train/distill,")  # the run's csv is unchanged
 
