@@ -1,7 +1,7 @@
 """Does distillation help on YOUR data and teacher? One command trains the A/B over seeds and tabulates it.
 
     dinocache compare --config config.json [modes=none,cache,online] [seeds=3] [epochs=N] [out=DIR]
-                      [train.KEY=VALUE ...]
+                      [train.KEY=VALUE ...] [pretrain.KEY=VALUE ...]
 
 Every run uses config.json's "train" section (plus `train.KEY=VALUE` overrides) and differs from the
 others only in the mode and the seed:
@@ -14,6 +14,11 @@ others only in the mode and the seed:
 - `cache-flips`     `cache` with the teacher's map of each flipped image read from the cache instead of
                     the mirrored map (distill_cache_flips=on; the cache, or `flips_cache`, must be made with
                     precompute cache_flips=true)
+- `pretrain`        `dinocache pretrain` first (config.json's "pretrain" section plus `pretrain.KEY=VALUE`:
+                    the cached maps of your unlabeled images, distillation alone, the same seed and student),
+                    then the same training as `none` starting from its weights/best.pt (stage_a_freeze=0,
+                    so it differs from `none` only in the start weights)
+- `pretrain-shuffled`  control: the same, pretrained on shuffled maps (each image learns another's map)
 
 Runs go seed by seed, modes alternating (so a machine that slows down hurts every mode alike), into
 OUT/runs/{model}/runs/{mode}-s{seed}/. Scores are the LAST epoch's (no best-epoch pick on the evaluation
@@ -52,7 +57,12 @@ MODES: dict[str, dict[str, Any]] = {
         "distill_shuffle_maps": True,
     },
     "cache-flips": {"teacher_source": "cache", "distill_geometric_aug": "warp", "distill_cache_flips": "on"},
+    # fine-tuning after pretraining: plain training (no distillation), nothing frozen; model = the pretrain's
+    "pretrain": {"teacher_source": "none", "stage_a_freeze": 0},
+    "pretrain-shuffled": {"teacher_source": "none", "stage_a_freeze": 0},
 }
+# pretrain mode -> PretrainConfig values that make its pretraining
+PRETRAIN_MODES: dict[str, dict[str, Any]] = {"pretrain": {}, "pretrain-shuffled": {"shuffle": True}}
 SCORES = ("map50", "map50_95", "grade", "val_box_loss", "val_cls_loss")
 
 
@@ -76,6 +86,9 @@ class CompareConfig:
     # cache-flips mode: a cache of the same images made with `precompute ... cache_flips=true`; empty = the
     # train section's cache (which must then hold flipped views)
     flips_cache: str = ""
+    # pretrain modes: PretrainConfig keys (data and cache of the unlabeled images, epochs, ...) over
+    # config.json's "pretrain" section; the model and seed are each run's
+    pretrain: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()  # every construction path validates, not only the config loader
@@ -91,11 +104,54 @@ class CompareConfig:
         require(self.val_every >= 1, "val_every", f"must be >= 1, got {self.val_every}")
 
 
-def run_config(train_values: dict[str, Any], mode: str, seed: int, cfg: CompareConfig, out: Path) -> Any:
-    """The TrainConfig of one run: the user's train values, then the mode, seed, name and folder."""
+def pretrain_config(train_values: dict[str, Any], mode: str, seed: int, cfg: CompareConfig, out: Path) -> Any:
+    """The PretrainConfig of a pretrain mode's run: the pretrain values, the train section's student and
+    device, then the mode, seed, name and folder."""
+    from dinocache.train.pretrain import PretrainConfig
+
+    # the train section's student, device and (unless the pretrain values name others) images and teacher
+    keys = (
+        "model",
+        "device",
+        "workers",
+        "imgsz",
+        "data",
+        "cache",
+        "dino_root",
+        "dino_layer",
+        "teacher_family",
+    )
+    values = {k: v for k, v in train_values.items() if k in keys}
+    values.update(cfg.pretrain)
+    values.update(PRETRAIN_MODES[mode], seed=seed, name=f"{mode}-s{seed}", resume=False)
+    values["artifacts_root"] = str(out / "runs")
+    return build(PretrainConfig, values, f"compare mode {mode}: pretrain")
+
+
+def pretrain_one(pcfg: Any) -> dict[str, Any]:
+    """Pretrain one run; its weights, last feature fit and cost."""
+    from dinocache.train.pretrain import Pretrain
+
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    res = Pretrain(pcfg).run()
+    return {
+        "pretrained": str(res.best),
+        **{f"pretrain_{k.split('/')[1]}": v for k, v in res.fit.items() if k in ("fit/cos", "fit/cos_shuf")},
+        "pretrain_wall_s": round(time.perf_counter() - wall0, 1),
+        "pretrain_cpu_s": round(time.process_time() - cpu0, 1),
+    }
+
+
+def run_config(
+    train_values: dict[str, Any], mode: str, seed: int, cfg: CompareConfig, out: Path, model: str = ""
+) -> Any:
+    """The TrainConfig of one run: the user's train values, then the mode, seed, name and folder (`model`:
+    a pretrain mode's pretrained weights)."""
     from dinocache.train.config import TrainConfig
 
     values = {**train_values, **MODES[mode], "seed": seed, "name": f"{mode}-s{seed}"}
+    if model:
+        values["model"] = model
     if mode == "cache-flips" and cfg.flips_cache:
         values["cache"] = cfg.flips_cache
     values["artifacts_root"] = str(out / "runs")
@@ -315,6 +371,8 @@ def preflight_all(train_values: dict[str, Any], cfg: CompareConfig, out: Path) -
     for mode in cfg.modes:
         tcfg = run_config(train_values, mode, cfg.seed0, cfg, out)
         preflight(tcfg)
+        if mode in PRETRAIN_MODES:
+            pretrain_config(train_values, mode, cfg.seed0, cfg, out)  # its keys, checked before any run
         cfgs.append(tcfg)
     return cfgs
 
@@ -345,9 +403,14 @@ def compare(train_values: dict[str, Any], cfg: CompareConfig) -> Path:
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in cfg.modes}
     for seed in seeds:
         for mode in cfg.modes:
-            tcfg = run_config(train_values, mode, seed, cfg, out)
+            pre: dict[str, Any] = {}
+            if mode in PRETRAIN_MODES:
+                pcfg = pretrain_config(train_values, mode, seed, cfg, out)
+                print(f"\n==> compare: {mode}, seed {seed}: pretraining ({pcfg.epochs} epochs)", flush=True)
+                pre = pretrain_one(pcfg)
+            tcfg = run_config(train_values, mode, seed, cfg, out, model=pre.get("pretrained", ""))
             print(f"\n==> compare: {mode}, seed {seed} ({tcfg.epochs} epochs)", flush=True)
-            row = train_one(tcfg, cfg.grade, cfg.val_every)
+            row = {**train_one(tcfg, cfg.grade, cfg.val_every), **pre}
             runs[mode].append(row)
             meta["train_images"] = row["train_images"]
             summary = write_outputs(out, runs, meta)
@@ -394,10 +457,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts = parse_overrides(args.options)
         train_over = {k[len("train.") :]: v for k, v in opts.items() if k.startswith("train.")}
-        ours: dict[str, Any] = {k: v for k, v in opts.items() if not k.startswith("train.")}
+        pre_over = {k[len("pretrain.") :]: v for k, v in opts.items() if k.startswith("pretrain.")}
+        ours: dict[str, Any] = {
+            k: v for k, v in opts.items() if not k.startswith("train.") and not k.startswith("pretrain.")
+        }
         if "modes" in ours:
             ours["modes"] = [m.strip() for m in str(ours["modes"]).strip("[]").split(",") if m.strip()]
         cfg = build(CompareConfig, ours, "command line")
+        if set(cfg.modes) & set(PRETRAIN_MODES):
+            from dinocache.train.pretrain import PretrainConfig
+
+            from dinocache.core.config import field_names, parse_value
+
+            pre = dict(read_section(args.config, "pretrain", field_names(PretrainConfig)))
+            pre.update({k: parse_value(v, k) for k, v in pre_over.items()})
+            cfg = dataclasses.replace(cfg, pretrain={**pre, **cfg.pretrain})
         train_values = dict(read_section(args.config, "train"))
         if train_over:
             from dinocache.train.config import TrainConfig

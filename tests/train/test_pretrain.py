@@ -146,3 +146,49 @@ def test_pretrain_refusals(
     with pytest.raises(TrainError, match="imgsz"):
         Pretrain(cfg(tmp_path, demo_data, feature_cache, tiny_teacher_dir, imgsz=160)).run()
     assert not (tmp_path / "artifacts" / "yolo26n-obb" / "pretrain" / "run").exists()  # nothing half-written
+
+
+def test_compare_pretrain_config(tmp_path: Path) -> None:
+    """compare's pretrain modes: the train section's student and device, the pretrain values, the run's seed."""
+    from dinocache.compare import CompareConfig, pretrain_config, run_config
+
+    train = {"data": "d/data.yaml", "model": "yolo26n.yaml", "device": "cpu", "imgsz": 128, "epochs": 5}
+    cfg = CompareConfig(modes=["none", "pretrain", "pretrain-shuffled"], pretrain={"data": "u/", "epochs": 3})
+    p = pretrain_config(train, "pretrain", 4, cfg, tmp_path)
+    s = pretrain_config(train, "pretrain-shuffled", 4, cfg, tmp_path)
+    assert (p.model, p.device, p.imgsz, p.data, p.epochs, p.seed) == ("yolo26n.yaml", "cpu", 128, "u/", 3, 4)
+    assert s.shuffle and not p.shuffle and p.artifacts_root == str(tmp_path / "runs")
+    t = run_config(train, "pretrain", 4, cfg, tmp_path, model="w/best.pt")
+    assert (t.model, t.teacher_source, t.stage_a_freeze, t.epochs) == ("w/best.pt", "none", 0, 5)
+
+
+@pytest.mark.slow  # a 1-epoch pretraining and a 1-epoch fine-tuning (~30 s CPU)
+def test_compare_pretrain_end_to_end(
+    tmp_path: Path, demo_data: Path, tiny_teacher_dir: Path, feature_cache: Path
+) -> None:
+    import json
+
+    from dinocache.compare import main
+
+    train = {
+        "data": str(demo_data), "dino_root": str(tiny_teacher_dir), "cache": str(feature_cache), "imgsz": 128,
+        "batch": 4, "nbs": 4, "workers": 0, "device": "cpu", "warmup_epochs": 0, "dino_distill_channels": 8,
+        "eval_enabled": False, "dino_viz_enabled": False, "wandb_enabled": False, "extra": {"plots": False},
+    }  # fmt: skip
+    pre = {
+        "epochs": 1,
+        "batch": 4,
+        "nbs": 4,
+        "warmup_epochs": 0,
+        "channels": 8,
+        "fit_images": 2,
+        "extra": {"plots": False},
+    }
+    (tmp_path / "c.json").write_text(json.dumps({"train": train, "pretrain": pre}))
+    out = tmp_path / "cmp"
+    rc = main(["--config", str(tmp_path / "c.json"), "modes=pretrain", "seeds=1", "epochs=1", "grade=false",
+               "pretrain.lr0=0.001", f"out={out}"])  # fmt: skip
+    assert rc == 0
+    run = json.loads((out / "compare.json").read_text())["runs"]["pretrain"][0]
+    assert run["pretrained"].endswith("best.pt") and Path(run["pretrained"]).exists()
+    assert "pretrain_cos" in run and run["pretrain_wall_s"] > 0
