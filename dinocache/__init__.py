@@ -45,6 +45,8 @@ _LAZY = {
     "get_augmentation_registry": "dinocache.finetune.api",
     "create_preprocessor_from_models": "dinocache.finetune.api",
     "MultiModelPreprocessor": "dinocache.finetune.api",
+    "load_grounding_dino_with_lora": "dinocache.finetune.api",
+    "load_sam_with_lora": "dinocache.finetune.api",
     "TaskFinetuneConfig": "dinocache.finetune.task_teachers",
     "PretrainConfig": "dinocache.train.pretrain",
     "Pretrain": "dinocache.train.pretrain",

@@ -33,6 +33,8 @@ __all__ = [
     "get_augmentation_registry",
     "create_preprocessor_from_models",
     "MultiModelPreprocessor",
+    "load_grounding_dino_with_lora",
+    "load_sam_with_lora",
 ]
 
 # the guide's config names -> finetune-teachers keys
@@ -149,3 +151,53 @@ class TeacherTrainer:
         from dinocache.finetune.task_teachers import run
 
         return run(self.config)
+
+
+def _load_with_lora(
+    family: str,
+    base_checkpoint: str | Path,
+    num_classes: int | None,
+    lora_config: dict[str, Any] | None,
+    class_names: list[str] | None,
+    device: str,
+) -> Any:
+    from dinocache.finetune.task_teachers import TASKS, TaskFinetuneConfig, for_teacher
+
+    from dinocache.core.config import build
+
+    lora = {ALIASES.get(k, k): v for k, v in dict(lora_config or {}).items()}
+    unknown = sorted(set(lora) - {"lora_r", "lora_alpha", "lora_dropout", "lora_targets", "r"})
+    if unknown:
+        raise ConfigError(
+            f"lora_config: unknown key(s) {unknown}; known: r, lora_alpha, lora_dropout, lora_targets"
+        )
+    if "r" in lora:
+        lora["lora_r"] = lora.pop("r")
+    cfg = for_teacher(
+        build(TaskFinetuneConfig, {"coco_train": "-", "coco_val": "-", **lora}, "lora_config"), family
+    )
+    names = list(class_names or [f"class{i}" for i in range(int(num_classes or 1))])
+    task = TASKS[family](cfg, str(base_checkpoint), names, device)
+    return task.wrap(task.load()).to(device)
+
+
+def load_grounding_dino_with_lora(
+    base_checkpoint: str | Path,
+    num_classes: int | None = None,
+    lora_config: dict[str, Any] | None = None,
+    class_names: list[str] | None = None,
+    device: str = "cpu",
+) -> Any:
+    """The guide's loader: Grounding DINO (a save_pretrained folder or hub id) with finetune-teachers' LoRA
+    (`lora_config`: r, lora_alpha, lora_dropout, lora_targets; unset from the defaults file), base frozen. The
+    class names (or class0..N-1) make its text prompt."""
+    return _load_with_lora("grounding_dino", base_checkpoint, num_classes, lora_config, class_names, device)
+
+
+def load_sam_with_lora(
+    base_checkpoint: str | Path,
+    lora_config: dict[str, Any] | None = None,
+    device: str = "cpu",
+) -> Any:
+    """The guide's loader: SAM (a save_pretrained folder or hub id) with finetune-teachers' LoRA, base frozen."""
+    return _load_with_lora("sam", base_checkpoint, None, lora_config, None, device)

@@ -201,3 +201,23 @@ def test_killed_teacher_run_resumes_to_the_same_result(
     got = meta["teachers"][family]
     assert [h["val_loss"] for h in got["history"]] == [h["val_loss"] for h in full["history"]]
     assert got["augmentation"]["ops"]  # augmentation on by default, recorded
+
+
+def test_lora_loaders_of_the_guide(tmp_path: Path) -> None:
+    from dinocache.teacher.tiny import make_tiny_teacher
+
+    from dinocache import load_grounding_dino_with_lora, load_sam_with_lora
+
+    gd = make_tiny_teacher(tmp_path / "gd", family="grounding_dino")
+    sam = make_tiny_teacher(tmp_path / "sam", family="sam")
+    for model in (
+        load_grounding_dino_with_lora(gd, num_classes=3, lora_config={"r": 4, "lora_alpha": 8}),
+        load_sam_with_lora(sam, lora_config={"r": 4}),
+    ):
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert 0 < trainable < sum(p.numel() for p in model.parameters())  # base frozen, adapters train
+        assert names and all("lora_" in n for n in names)
+        assert model.peft_config["default"].r == 4
+    with pytest.raises(ValueError, match="lora_config: unknown"):
+        load_sam_with_lora(sam, lora_config={"rank": 4})
