@@ -5,10 +5,18 @@ D <= K channels takes the first D and gets the best D-dimensional linear summary
 accumulates first and second moments in float64 batch by batch (memory O(C^2), not O(M*C)), and the
 basis is float32 everywhere it is used, so the creator and every later writer project with the same
 numbers and produce the same bits.
+
+The moments and the eigendecomposition run on one thread (`one_thread`): a BLAS splits a reduction
+differently for another thread count, and the eigenvectors amplify a last-bit difference of the covariance
+into the float32 components, so a cache would otherwise depend on the machine's thread count (a torchrun
+rank runs with OMP_NUM_THREADS=1, a single process with all cores). The fit's matrix products are a small
+part of its time next to the teacher's forward passes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +61,17 @@ class PCABasis:
         return torch.einsum("kc,bchw->bkhw", comp, x.float() - mean)
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch's intra-op threads (OpenMP and MKL) set to 1 inside, restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 class MomentAccumulator:
     """Running sum and sum of outer products of feature vectors (float64), fed batch by batch."""
 
@@ -66,8 +85,9 @@ class MomentAccumulator:
         v = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]) if x.ndim == 4 else x  # (M, C)
         v = v.detach().to("cpu", torch.float64)
         self.count += int(v.shape[0])
-        self.sum += v.sum(0).numpy()
-        self.outer += (v.T @ v).numpy()
+        with one_thread():  # the same summation order whatever the thread count
+            self.sum += v.sum(0).numpy()
+            self.outer += (v.T @ v).numpy()
 
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
         if self.count < 2:
@@ -86,7 +106,10 @@ class MomentAccumulator:
         c = cov.shape[0]
         if not 1 <= k <= c:
             raise ValueError(f"cannot keep {k} components of {c}-dimensional features")
-        vals, vecs = np.linalg.eigh(cov)  # ascending
+        with one_thread():
+            # torch's LAPACK under its own thread setting (numpy's BLAS threads cannot be pinned at run time)
+            t_vals, t_vecs = torch.linalg.eigh(torch.from_numpy(cov))  # ascending
+        vals, vecs = t_vals.numpy(), t_vecs.numpy()
         order = np.argsort(vals)[::-1][:k]
         comps = vecs[:, order].T  # (K, C)
         # Eigenvectors have an arbitrary sign; fix it (largest-|entry| positive) so fits are reproducible.

@@ -28,6 +28,19 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load(TrainConfig, args.config, "train", args.overrides)
+        if cfg.resume:
+            from dinocache.train.run import resume_ignores
+
+            from dinocache.core.config import parse_overrides
+
+            ignored = resume_ignores(cfg, list(parse_overrides(args.overrides)))
+            if ignored:
+                print(
+                    f"error: resume=true continues the saved run with its own options, so {', '.join(ignored)} "
+                    "would not apply; drop it, or start a new run (another name=) with it",
+                    file=sys.stderr,
+                )
+                return 2
         trainer = train(cfg)
     except (EvalFailed, NonFiniteLoss) as e:  # the run went wrong (a grade failed, NaN loss): not a success
         print(f"error: {e}", file=sys.stderr)

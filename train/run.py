@@ -24,7 +24,7 @@ from dinocache.train.trainer import (
 )
 from ultralytics.utils import LOGGER, colorstr
 
-from dinocache.core.config import build
+from dinocache.core.config import ConfigError, build, to_dict
 from dinocache.core.data import image_key, image_keys, list_split_images
 from dinocache.core.device import ultralytics_device
 
@@ -335,17 +335,45 @@ def preflight_multi(cfg: TrainConfig, ctx: TeacherContext, keys: list[str]) -> N
     LOGGER.info(f"{colorstr('dinocache:')} distilling from {len(infos)} teachers of {cfg.cache}: {names}")
 
 
-def find_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict, Path]:
-    """(saved config with this call's device/workers, resume state, run folder) of the run to continue."""
+# what a resumed run takes from this call; every other option is the saved run's
+RESUME_TAKES = ("resume", "name", "device", "workers")
+
+
+def resume_ignores(cfg: TrainConfig, given: list[str]) -> list[str]:
+    """`key=value (the run has saved)` for each key in `given` (set on the command line) that a resume would
+    not apply because the saved run has another value: refused by the CLI rather than silently dropped."""
+    import yaml
+
+    try:
+        d = _resume_dir(cfg)
+        saved_cfg = build(
+            TrainConfig, yaml.safe_load((d / DINO_ARGS_FILE).read_text()), str(d / DINO_ARGS_FILE)
+        )
+    except (TrainError, OSError, ConfigError, yaml.YAMLError):
+        return []  # find_resume reports what is wrong with the run
+    now, saved = to_dict(cfg), to_dict(saved_cfg)
+    return [
+        f"{k}={now[k]!r} (the run has {saved[k]!r})"
+        for k in given
+        if k not in RESUME_TAKES and k in now and now[k] != saved[k]
+    ]
+
+
+def _resume_dir(cfg: TrainConfig) -> Path:
     if cfg.name:
         d = run_dir(cfg, cfg.name)
         if not (d / "weights" / RESUME_FILE).exists():
             raise TrainError(f"resume: {d / 'weights' / RESUME_FILE} does not exist (run '{cfg.name}')")
-    else:
-        cands = sorted(runs_root(cfg).glob(f"*/train/weights/{RESUME_FILE}"), key=lambda p: p.stat().st_mtime)
-        if not cands:
-            raise TrainError(f"resume: no run with weights/{RESUME_FILE} under {runs_root(cfg)}")
-        d = cands[-1].parent.parent
+        return d
+    cands = sorted(runs_root(cfg).glob(f"*/train/weights/{RESUME_FILE}"), key=lambda p: p.stat().st_mtime)
+    if not cands:
+        raise TrainError(f"resume: no run with weights/{RESUME_FILE} under {runs_root(cfg)}")
+    return cands[-1].parent.parent
+
+
+def find_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict, Path]:
+    """(saved config with this call's device/workers, resume state, run folder) of the run to continue."""
+    d = _resume_dir(cfg)
     import yaml
 
     saved = yaml.safe_load((d / DINO_ARGS_FILE).read_text())

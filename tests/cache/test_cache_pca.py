@@ -59,3 +59,39 @@ def test_bad_shapes() -> None:
         PCABasis(np.zeros(3), np.zeros((2, 4)), np.zeros(2))
     with pytest.raises(ValueError, match="at least 2"):
         MomentAccumulator(3).basis(1)
+
+
+def test_fit_is_the_same_bits_at_any_thread_count() -> None:
+    """The moments and the eigendecomposition run on one thread whatever torch's setting, so a fit (and the
+    cache built on it) does not depend on the thread count (1 in a torchrun rank, all cores in one process)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 192, 16, 16, generator=g) * torch.linspace(0.1, 3, 192).view(1, -1, 1, 1) + 0.3
+    before = torch.get_num_threads()
+    fits = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            acc = MomentAccumulator(192)
+            for i in range(0, 8, 2):
+                acc.update(x[i : i + 2])
+            b = acc.basis(32)
+            fits.append((acc.outer.tobytes(), b.components.tobytes(), b.explained_variance.tobytes()))
+            assert torch.get_num_threads() == n  # restored after each one-thread section
+    finally:
+        torch.set_num_threads(before)
+    assert all(f == fits[0] for f in fits)
+
+
+def test_precompute_at_default_threads_equals_one_thread(precompute_argv, reference_cache, tmp_path) -> None:
+    """A cache made at torch's default thread count is the bytes of the one-thread reference cache."""
+    import numpy as np
+    from dinocache.cache import format as F
+    from dinocache.precompute.run import main as precompute_main
+
+    from dinocache import cache
+
+    store = tmp_path / "default.zarr"
+    assert precompute_main(precompute_argv(store)) == 0
+    a, b = cache.open(str(store)), cache.open(str(reference_cache))
+    for name in (F.FEATURES, F.CHANNEL_MEAN, F.CHANNEL_STD, F.PCA_MEAN, F.PCA_COMPONENTS):
+        assert np.asarray(a._array(name)[...]).tobytes() == np.asarray(b._array(name)[...]).tobytes(), name

@@ -310,6 +310,14 @@ def test_ctrl_c_in_epoch_2_exits_130_with_the_resume_command(
     )
     assert r.rc == 130 and "Traceback" not in r.err
     monkeypatch.undo()
+    # an option the resume would not apply is refused, not silently dropped
+    faults.expect_clear(
+        "train",
+        "resume=true epochs=6 (the run has 3)",
+        main,
+        ["--config", str(cfg), "resume=true", "name=x", "epochs=6"],
+        ["epochs=6", "the run has 3"],
+    )
     assert main(["--config", str(cfg), "resume=true", "name=x"]) == 0
     assert _epochs(tmp_path.joinpath(*RUN)) == [1, 2, 3]
 

@@ -25,7 +25,7 @@ from dinocache.core.config import ConfigError
 IMGSZ = 128
 REPO = Path(__file__).resolve().parents[2]
 SLOW_WRITER = REPO / "tests" / "precompute" / "slow_writer.py"  # a precompute that pauses after each shard
-SIDECARS = ("precompute.yaml", "precompute.shard")
+SIDECARS = ("precompute.yaml", "precompute.shard", "images.stat")  # per-writer files, not the data
 
 
 def store_files(root: Path) -> dict[str, bytes]:
