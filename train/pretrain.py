@@ -26,6 +26,8 @@ import numpy as np
 from dinocache.core.config import ConfigError, build, require, to_dict
 
 PRETRAIN_ARGS_FILE = "pretrain_args.yaml"
+# a pretrain run folder's lock file: one pretraining writes there at a time
+RUN_LOCK = ".lock"
 
 
 @dataclass
@@ -335,17 +337,19 @@ class Pretrain:
         n_layers = model_layers(cfg.model)  # a missing model is refused before the run folder exists
         if cfg.resume:
             cfg, state, save_dir = find_resume(cfg)
+            self._lock(save_dir)
             data_yaml = save_dir / "data.yaml"
         else:
             run_id = cfg.name or time.strftime("%Y%m%d-%H%M%S")
             save_dir = runs_root(cfg) / run_id
+            self._lock(save_dir)
             if (save_dir / "results.csv").exists() or (save_dir / "weights").exists():
                 raise TrainError(
                     f"run folder {save_dir} already holds a run; pass resume=true or another name"
                 )
             cfg = dataclasses.replace(cfg, name=run_id)
+            self._new_dir = save_dir  # removed again if anything below refuses the run
             data_yaml = write_run_data(cfg, save_dir)
-            self._new_dir = save_dir
         layers = list(cfg.layers) or head_inputs(cfg.model)
         bad = [i for i in layers if not 0 <= i < n_layers - 1]
         if bad:
@@ -371,12 +375,28 @@ class Pretrain:
             save(cfg, save_dir / PRETRAIN_ARGS_FILE)
         return tc, ov, ctx, state, save_dir
 
+    def _lock(self, save_dir: Path) -> None:
+        """One pretraining per run folder: its .lock, held until run() ends (a second one is refused)."""
+        from dinocache.train.context import TrainError
+
+        from dinocache.core.locks import Busy, hold
+
+        try:
+            self._held = hold(
+                save_dir / RUN_LOCK,
+                f"pretrain run folder {save_dir}",
+                "another pretraining writes there; wait for it to end or pass another name=",
+            )
+        except Busy as e:
+            raise TrainError(str(e)) from None
+
     def run(self, callbacks: dict[str, list] | None = None) -> PretrainResult:
         """Pretrain as configured. `callbacks` maps Ultralytics events to extra module-level `fn(trainer)`."""
         from dinocache.train.pretrain_trainer import PretrainTrainer
         from dinocache.train.run import discard_unsaved_run
 
         self._new_dir = None
+        self._held: Any = None
         try:
             tc, ov, ctx, state, save_dir = self.prepare()
             self.trainer = PretrainTrainer(overrides=ov, dino=tc, ctx=ctx, resume_state=state)
@@ -385,9 +405,15 @@ class Pretrain:
                     self.trainer.add_callback(event, fn)
             self.trainer.train()
         except BaseException:
+            from dinocache.core.locks import release
+
+            release(self._held)
             if self._new_dir is not None:
                 discard_unsaved_run(self._new_dir)
             raise
+        from dinocache.core.locks import release
+
+        release(self._held)
         t = self.trainer
         fit = {k: float(v) for k, v in (t.metrics or {}).items() if str(k).startswith("fit/")}
         return PretrainResult(save_dir=Path(t.save_dir), best=Path(t.best), last=Path(t.last), fit=fit)

@@ -4,6 +4,7 @@ fine-tuning in plain Ultralytics without dinocache, and refusals."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from dinocache.train.pretrain import Pretrain, PretrainConfig, head_inputs
 
 from dinocache.core.config import ConfigError
+from dinocache.core.data import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -145,7 +147,20 @@ def test_pretrain_refusals(
         Pretrain(cfg(tmp_path, demo_data, feature_cache, tiny_teacher_dir, layers=[23])).run()
     with pytest.raises(TrainError, match="imgsz"):
         Pretrain(cfg(tmp_path, demo_data, feature_cache, tiny_teacher_dir, imgsz=160)).run()
+    with pytest.raises(DataError, match="at least 2"):
+        (tmp_path / "one").mkdir()
+        shutil.copy(next(demo_data.parent.glob("images/train/*.png")), tmp_path / "one")
+        Pretrain(cfg(tmp_path, tmp_path / "one", feature_cache, tiny_teacher_dir)).run()
     assert not (tmp_path / "artifacts" / "yolo26n-obb" / "pretrain" / "run").exists()  # nothing half-written
+    # one pretraining per run folder
+    from dinocache.core.locks import hold
+
+    held = hold(tmp_path / "artifacts" / "yolo26n-obb" / "pretrain" / "run" / ".lock", "x", "y")
+    try:
+        with pytest.raises(TrainError, match="another pretraining"):
+            Pretrain(cfg(tmp_path, demo_data, feature_cache, tiny_teacher_dir)).run()
+    finally:
+        held.release(tidy=True)
 
 
 def test_compare_pretrain_config(tmp_path: Path) -> None:
