@@ -50,6 +50,30 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_train():
+    """`(root, **keys) -> dict`: the `train` section of a tiny CPU run (TEST_IMGSZ, batch 4, an optimizer step
+    per batch: nbs=batch and no warm-up; 8 distilled channels; no plots, no per-epoch validation; run folders
+    under root/artifacts). The training tests add their data, teacher, cache and schedule as keys (a key given
+    replaces the default)."""
+
+    def values(root: Path | str, **keys) -> dict:
+        return {
+            "imgsz": TEST_IMGSZ,
+            "batch": 4,
+            "workers": 0,
+            "device": "cpu",
+            "nbs": 4,
+            "warmup_epochs": 0,
+            "dino_distill_channels": 8,
+            "artifacts_root": str(Path(root) / "artifacts"),
+            "extra": {"plots": False, "val": False},
+            **keys,
+        }
+
+    return values
+
+
+@pytest.fixture(scope="session")
 def precompute_argv(demo_data: Path, tiny_teacher_dir: Path):
     """`store -> key=value list` for a small, fast precompute of `demo_data` with the tiny teacher (2-image
     shards, 8 PCA channels); the precompute, launcher and S3 tests compare caches written with it."""

@@ -136,7 +136,7 @@ def test_s3_reads_through_tensorstore_and_zarr_alike(s3, s3_cache, reference_cac
     assert cache.open(s3_cache, {"key": "testing", "secret": "testing"})._ts_features() is None
 
 
-def test_train_reads_s3_cache(s3, s3_cache, tmp_path, demo_data, tiny_teacher_dir) -> None:
+def test_train_reads_s3_cache(s3, s3_cache, tmp_path, demo_data, tiny_teacher_dir, tiny_train) -> None:
     from dinocache.train.config import TrainConfig
     from dinocache.train.run import train
 
@@ -144,27 +144,20 @@ def test_train_reads_s3_cache(s3, s3_cache, tmp_path, demo_data, tiny_teacher_di
 
     cfg = build(
         TrainConfig,
-        {
-            "data": str(demo_data),
-            "dino_root": str(tiny_teacher_dir),
-            "cache": s3_cache,
-            "imgsz": IMGSZ,
-            "epochs": 2,
-            "batch": 4,
-            "workers": 0,
-            "device": "cpu",
-            "nbs": 4,
-            "warmup_epochs": 0,
-            "dino_distill_channels": 8,
-            "dino_distill_warmup_epochs": 0,
-            "stage_a_ratio": 0.5,
-            "artifacts_root": str(tmp_path / "artifacts"),
-            "name": "s3",
-            "eval_enabled": False,
-            "dino_viz_enabled": False,
-            "wandb_enabled": False,
-            "extra": {"plots": False, "val": False},
-        },
+        tiny_train(
+            tmp_path,
+            data=str(demo_data),
+            dino_root=str(tiny_teacher_dir),
+            cache=s3_cache,
+            imgsz=IMGSZ,
+            epochs=2,
+            dino_distill_warmup_epochs=0,
+            stage_a_ratio=0.5,
+            name="s3",
+            eval_enabled=False,
+            dino_viz_enabled=False,
+            wandb_enabled=False,
+        ),
     )
     trainer = train(cfg)
     rows = (trainer.save_dir / "results.csv").read_text().splitlines()

@@ -169,25 +169,19 @@ def test_reader_refuses_damaged_maps(name: str, work) -> None:
 
 
 # -- the real `dinocache train`: refused at start (missing shard), or at the first damaged read -----------------
-def _train_cfg(tmp_path: Path, data: Path, store: Path, teacher: Path, **kw) -> Path:
-    sec = {
-        "data": str(data),
-        "dino_root": str(teacher),
-        "cache": str(store),
-        "imgsz": 128,
-        "epochs": 1,
-        "batch": 4,
-        "workers": 0,
-        "device": "cpu",
-        "nbs": 4,
-        "warmup_epochs": 0,
-        "dino_distill_channels": 8,
-        "artifacts_root": str(tmp_path / "artifacts"),
-        "name": "x",
-        "distill_geometric_aug": "off",
-        "extra": {"plots": False, "val": False},
-        **kw,
-    }
+def _train_cfg(tiny_train, tmp_path: Path, data: Path, store: Path, teacher: Path, **kw) -> Path:
+    sec = tiny_train(
+        tmp_path,
+        **{
+            "data": str(data),
+            "dino_root": str(teacher),
+            "cache": str(store),
+            "epochs": 1,
+            "name": "x",
+            "distill_geometric_aug": "off",
+            **kw,
+        },
+    )
     p = tmp_path / "config.json"
     p.write_text(json.dumps({"train": sec}))
     return p
@@ -203,7 +197,9 @@ TRAIN_CASES = {
 
 
 @pytest.mark.parametrize("name", list(TRAIN_CASES))
-def test_train_refuses_damaged_cache(name: str, work, tmp_path: Path, tiny_teacher_dir: Path, faults) -> None:
+def test_train_refuses_damaged_cache(
+    name: str, work, tmp_path: Path, tiny_teacher_dir: Path, tiny_train, faults
+) -> None:
     from dinocache.train.cli import main as train_main
 
     data, store = work
@@ -211,7 +207,7 @@ def test_train_refuses_damaged_cache(name: str, work, tmp_path: Path, tiny_teach
     must = [
         s for s in damage(data, store) if s not in ("row 4", "row 5", "row 6", "NaN", "changed", "checksum")
     ]
-    cfg = _train_cfg(tmp_path, data, store, tiny_teacher_dir, **kw)
+    cfg = _train_cfg(tiny_train, tmp_path, data, store, tiny_teacher_dir, **kw)
     r = faults.expect_clear(
         "train", f"cache: {name}", train_main, ["--config", str(cfg)], [*must, "cache repair"]
     )

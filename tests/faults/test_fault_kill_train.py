@@ -28,30 +28,22 @@ from dinocache.core.config import build
 REPO = Path(__file__).resolve().parents[2]
 
 
-def values(root: Path, data: Path, store: Path, teacher: Path, **kw) -> dict:
-    v = {
-        "data": str(data),
-        "dino_root": str(teacher),
-        "cache": str(store),
-        "imgsz": 128,
-        "epochs": 2,
-        "batch": 4,
-        "workers": 0,
-        "device": "cpu",
-        "nbs": 4,
-        "warmup_epochs": 0,
-        "dino_distill_channels": 8,
-        "dino_distill_warmup_epochs": 1,
-        "stage_a_ratio": 0.5,  # epoch 1 = Stage A (frozen backbone), epoch 2 = Stage B
-        "stage_a_freeze": 10,
-        "artifacts_root": str(root / "artifacts"),
-        "name": "run",
-        "eval_enabled": False,
-        "dino_viz_enabled": False,
-        "wandb_enabled": False,
-        "distill_geometric_aug": "off",
-        "extra": {"plots": False, "val": False},
-    }
+def values(tiny_train, root: Path, data: Path, store: Path, teacher: Path, **kw) -> dict:
+    v = tiny_train(
+        root,
+        data=str(data),
+        dino_root=str(teacher),
+        cache=str(store),
+        epochs=2,
+        dino_distill_warmup_epochs=1,
+        stage_a_ratio=0.5,  # epoch 1 = Stage A (frozen backbone), epoch 2 = Stage B
+        stage_a_freeze=10,
+        name="run",
+        eval_enabled=False,
+        dino_viz_enabled=False,
+        wandb_enabled=False,
+        distill_geometric_aug="off",
+    )
     v.update(kw)
     return v
 
@@ -69,11 +61,11 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, demo_data, tiny_teacher_dir, fault_cache) -> dict:
+def reference(tmp_path_factory, demo_data, tiny_teacher_dir, tiny_train, fault_cache) -> dict:
     from dinocache.train.run import train
 
     root = tmp_path_factory.mktemp("ref")
-    t = train(build(TrainConfig, values(root, demo_data, fault_cache, tiny_teacher_dir)))
+    t = train(build(TrainConfig, values(tiny_train, root, demo_data, fault_cache, tiny_teacher_dir)))
     return final_state(t.save_dir)
 
 
@@ -95,13 +87,13 @@ class CrashAt:
 
 
 def test_crash_in_stage_b_resumes_exactly(
-    tmp_path, demo_data, tiny_teacher_dir, fault_cache, reference, kills
+    tmp_path, demo_data, tiny_teacher_dir, tiny_train, fault_cache, reference, kills
 ):
     """Crash at a random batch of Stage B (epoch 2), resume from epoch 1's checkpoint (end of Stage A)."""
     from dinocache.train.run import train
 
     i = random.Random().randrange(0, 3)
-    v = values(tmp_path, demo_data, fault_cache, tiny_teacher_dir)
+    v = values(tiny_train, tmp_path, demo_data, fault_cache, tiny_teacher_dir)
     with pytest.raises(Crash):
         train(build(TrainConfig, v), callbacks={"on_train_batch_end": [CrashAt(1, i)]})
     t = train(build(TrainConfig, {**v, "resume": True}))
@@ -115,12 +107,12 @@ def test_crash_in_stage_b_resumes_exactly(
 
 @pytest.mark.slow
 def test_crash_in_stage_a_leaves_no_run_then_reruns_exactly(
-    tmp_path, demo_data, tiny_teacher_dir, fault_cache, reference, kills
+    tmp_path, demo_data, tiny_teacher_dir, tiny_train, fault_cache, reference, kills
 ):
     """A crash inside epoch 1 (Stage A, no checkpoint yet) leaves no run folder; rerunning equals the reference."""
     from dinocache.train.run import train
 
-    v = values(tmp_path, demo_data, fault_cache, tiny_teacher_dir)
+    v = values(tiny_train, tmp_path, demo_data, fault_cache, tiny_teacher_dir)
     with pytest.raises(Crash):
         train(build(TrainConfig, v), callbacks={"on_train_batch_end": [CrashAt(0, 1)]})
     assert not (tmp_path / "artifacts" / "yolo26n-obb" / "runs" / "run").exists()
@@ -151,13 +143,13 @@ def _spawn(cfg: Path, *extra: str) -> subprocess.Popen:
 @pytest.mark.slow
 @pytest.mark.parametrize("trial", range(3))
 def test_sigkill_at_random_points_resumes_exactly(
-    trial, tmp_path, demo_data, tiny_teacher_dir, fault_cache, kills
+    trial, tmp_path, demo_data, tiny_teacher_dir, tiny_train, fault_cache, kills
 ) -> None:
     """epochs=4 (Stage A = epochs 1-2, Stage B = 3-4). Each trial SIGKILLs the run at a random moment after a
     checkpoint of Stage A, resumes, SIGKILLs the resumed run again at a random moment in Stage B, resumes
     until done; the final weights equal an uninterrupted subprocess run's exactly."""
     rng = random.Random(trial)
-    v = values(tmp_path, demo_data, fault_cache, tiny_teacher_dir, epochs=4, stage_a_ratio=0.5)
+    v = values(tiny_train, tmp_path, demo_data, fault_cache, tiny_teacher_dir, epochs=4, stage_a_ratio=0.5)
     ref_cfg = tmp_path / "ref.json"
     ref_cfg.write_text(json.dumps({"train": {**v, "name": "ref"}}))
     p = _spawn(ref_cfg)

@@ -14,26 +14,20 @@ from dinocache.train.cli import main as train_main
 from dinocache.train.model import DistillOBBModel
 
 
-def write_cfg(tmp_path: Path, data: Path, store: Path, teacher: Path, **kw) -> Path:
-    sec = {
-        "data": str(data),
-        "dino_root": str(teacher),
-        "cache": str(store),
-        "imgsz": 128,
-        "epochs": 3,
-        "batch": 4,
-        "workers": 0,
-        "device": "cpu",
-        "nbs": 4,
-        "warmup_epochs": 0,
-        "dino_distill_channels": 8,
-        "stage_a_ratio": 0.34,
-        "artifacts_root": str(tmp_path / "artifacts"),
-        "name": "x",
-        "distill_geometric_aug": "off",
-        "extra": {"plots": False, "val": False},
-        **kw,
-    }
+def write_cfg(tiny_train, tmp_path: Path, data: Path, store: Path, teacher: Path, **kw) -> Path:
+    sec = tiny_train(
+        tmp_path,
+        **{
+            "data": str(data),
+            "dino_root": str(teacher),
+            "cache": str(store),
+            "epochs": 3,
+            "stage_a_ratio": 0.34,
+            "name": "x",
+            "distill_geometric_aug": "off",
+            **kw,
+        },
+    )
     p = tmp_path / "config.json"
     p.write_text(json.dumps({"train": sec}))
     return p
@@ -60,11 +54,11 @@ RUN = ("artifacts", "yolo26n-obb", "runs", "x", "train")
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_nan_loss_in_epoch_2_keeps_epoch_1(
-    value, work, tmp_path, tiny_teacher_dir, monkeypatch, faults
+    value, work, tmp_path, tiny_teacher_dir, tiny_train, monkeypatch, faults
 ) -> None:
     data, store = work
     nan_from_batch(monkeypatch, first_bad=5, value=value)  # 4 batches per epoch: the 2nd batch of epoch 2
-    cfg = write_cfg(tmp_path, data, store, tiny_teacher_dir)
+    cfg = write_cfg(tiny_train, tmp_path, data, store, tiny_teacher_dir)
     r = faults.expect_clear(
         "train",
         f"{value} loss in epoch 2",
@@ -82,11 +76,11 @@ def test_nan_loss_in_epoch_2_keeps_epoch_1(
 
 
 def test_nan_loss_before_first_checkpoint_leaves_no_run(
-    work, tmp_path, tiny_teacher_dir, monkeypatch, faults
+    work, tmp_path, tiny_teacher_dir, tiny_train, monkeypatch, faults
 ) -> None:
     data, store = work
     nan_from_batch(monkeypatch, first_bad=1)
-    cfg = write_cfg(tmp_path, data, store, tiny_teacher_dir)
+    cfg = write_cfg(tiny_train, tmp_path, data, store, tiny_teacher_dir)
     r = faults.expect_clear(
         "train",
         "NaN loss in epoch 1",

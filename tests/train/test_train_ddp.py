@@ -83,29 +83,21 @@ def feature_cache(tmp_path_factory: pytest.TempPathFactory, demo_data: Path, tin
     return out
 
 
-def small_cfg(root: Path, demo_data: Path, teacher: Path, cache: Path, **kw) -> TrainConfig:
-    values = {
-        "data": str(demo_data),
-        "dino_root": str(teacher),
-        "cache": str(cache),
-        "imgsz": 128,
-        "epochs": 2,
-        "batch": 4,
-        "workers": 0,
-        "device": "cpu",
-        "nbs": 4,
-        "warmup_epochs": 0,
-        "dino_distill_channels": 8,
-        "dino_distill_warmup_epochs": 0,
-        "stage_a_ratio": 0.5,
-        "artifacts_root": str(root / "artifacts"),
-        "name": "ddp",
-        "eval_enabled": False,
-        "dino_viz_enabled": False,
-        "wandb_enabled": False,
-        "distill_geometric_aug": "off",
-        "extra": {"plots": False, "val": False},
-    }
+def small_cfg(tiny_train, root: Path, demo_data: Path, teacher: Path, cache: Path, **kw) -> TrainConfig:
+    values = tiny_train(
+        root,
+        data=str(demo_data),
+        dino_root=str(teacher),
+        cache=str(cache),
+        epochs=2,
+        dino_distill_warmup_epochs=0,
+        stage_a_ratio=0.5,
+        name="ddp",
+        eval_enabled=False,
+        dino_viz_enabled=False,
+        wandb_enabled=False,
+        distill_geometric_aug="off",
+    )
     values.update(kw)
     return build(TrainConfig, values)
 
@@ -121,7 +113,7 @@ def make_trainer(cfg: TrainConfig, resume_state: dict | None = None):
 
 
 def test_ultralytics_ddp_launcher_carries_our_config(
-    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch, tiny_train
 ) -> None:
     """Our train() with ddp on: Ultralytics writes its launcher + pickled state; running that launcher
     (as one CPU process here instead of torchrun on GPUs) rebuilds our trainer with our TrainConfig and
@@ -129,7 +121,9 @@ def test_ultralytics_ddp_launcher_carries_our_config(
     import ultralytics.engine.trainer as ut
     from ultralytics.utils.patches import torch_load
 
-    cfg = small_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache, stage_b_distill_weight=0.3)
+    cfg = small_cfg(
+        tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache, stage_b_distill_weight=0.3
+    )
     trainer = make_trainer(cfg)
     trainer.ddp, trainer.world_size = True, 2  # what device=0,1 sets; the ranks themselves run on the CPU
     seen: dict = {}
@@ -173,7 +167,7 @@ def _stop_after_first_epoch(trainer) -> None:
 
 @pytest.mark.slow  # two training runs + a launcher process: ~35 s on the shared 2-core machine
 def test_ddp_resume_through_the_launcher(
-    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch, tiny_train
 ) -> None:
     """A run stopped after epoch 1, resumed with ddp on: the rank rebuilt by Ultralytics' launcher reads
     weights/resume.pt (path in the handoff), continues at epoch 2 and appends to results.csv."""
@@ -181,7 +175,7 @@ def test_ddp_resume_through_the_launcher(
     from dinocache.train.run import train
     from dinocache.train.trainer import DinoOBBTrainer
 
-    cfg = small_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache)
+    cfg = small_cfg(tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache)
     first = train(cfg, callbacks={"on_train_epoch_end": [_stop_after_first_epoch]})
     assert torch.load(first.wdir / "resume.pt", weights_only=True)["epoch"] == 0
     real_run = subprocess.run
@@ -197,7 +191,9 @@ def test_ddp_resume_through_the_launcher(
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
     monkeypatch.setattr(ut.subprocess, "run", launch)
-    second = DinoOBBTrainer(small_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache, resume=True))
+    second = DinoOBBTrainer(
+        small_cfg(tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache, resume=True)
+    )
     second.ddp, second.world_size = True, 2  # what device=0,1 sets in the parent
     second.train()
     assert seen["handoff"].resume_file == str(first.wdir / "resume.pt")
@@ -208,13 +204,13 @@ def test_ddp_resume_through_the_launcher(
 
 
 def test_ddp_resume_keeps_run_folder(
-    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch, tiny_train
 ) -> None:
     """Ultralytics deletes save_dir before launching unless resuming: ours must survive with resume.pt."""
     import ultralytics.engine.trainer as ut
     from dinocache.train.context import RESUME_FILE
 
-    cfg = small_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache)
+    cfg = small_cfg(tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache)
     trainer = make_trainer(cfg, resume_state={"epoch": 0})
     (trainer.wdir / RESUME_FILE).write_bytes(b"x")
     trainer.ddp, trainer.world_size = True, 2
@@ -226,7 +222,7 @@ def test_ddp_resume_keeps_run_folder(
 
 
 def test_failed_rank_is_a_clear_error(
-    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch, tiny_train
 ) -> None:
     import ultralytics.engine.trainer as ut
     from dinocache.train.run import TrainError
@@ -234,7 +230,7 @@ def test_failed_rank_is_a_clear_error(
     def rank_fails(cmd, check=True):
         raise subprocess.CalledProcessError(1, cmd)
 
-    trainer = make_trainer(small_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache))
+    trainer = make_trainer(small_cfg(tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache))
     trainer.ddp, trainer.world_size = True, 2
     monkeypatch.setattr(ut.subprocess, "run", rank_fails)
     with pytest.raises(TrainError, match=r"a DDP rank exited with code 1 \(its error is printed above\)"):
@@ -242,13 +238,13 @@ def test_failed_rank_is_a_clear_error(
 
 
 def test_rank_handoff_roundtrip_and_callbacks_once(
-    tmp_path, demo_data, tiny_teacher_dir, feature_cache
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache, tiny_train
 ) -> None:
     """What a rank does with the pickled state: config and context back, our callback registered once."""
     import cloudpickle
     from dinocache.train.trainer import DinoOBBTrainer, apply_curriculum
 
-    cfg = small_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache)
+    cfg = small_cfg(tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache)
     parent = make_trainer(cfg)
     parent.callbacks[ddp.HANDOFF_EVENT].append(ddp.make_handoff(parent))
     state = cloudpickle.loads(cloudpickle.dumps({"args": vars(parent.args), "callbacks": parent.callbacks}))
@@ -266,7 +262,9 @@ def test_rank_handoff_roundtrip_and_callbacks_once(
 
 
 # -- rank-0 rules ---------------------------------------------------------------------------------------------
-def test_only_rank0_writes(tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch) -> None:
+def test_only_rank0_writes(
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch, tiny_train
+) -> None:
     import ultralytics.engine.trainer as ut
     import ultralytics.utils as uu
     from dinocache.train import eval_hooks
@@ -274,7 +272,7 @@ def test_only_rank0_writes(tmp_path, demo_data, tiny_teacher_dir, feature_cache,
 
     for mod in (ut, uu, tr):
         monkeypatch.setattr(mod, "RANK", 1)
-    cfg = small_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache)
+    cfg = small_cfg(tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache)
     t = make_trainer(cfg)
     assert not (t.save_dir / "dinocache_args.yaml").exists() and not (t.save_dir / "args.yaml").exists()
     # grading, best_geo.pt, viz and logging: rank 0 only (returns before touching the trainer)
@@ -301,13 +299,13 @@ def test_only_rank0_writes(tmp_path, demo_data, tiny_teacher_dir, feature_cache,
 
 # -- device refusal -------------------------------------------------------------------------------------------
 def test_more_gpus_than_exist_refused(
-    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch, tiny_train
 ) -> None:
     from dinocache.train.run import train
 
     from dinocache.core.config import ConfigError
 
-    cfg = small_cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache, device="0,1")
+    cfg = small_cfg(tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache, device="0,1")
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if n < 2:
         with pytest.raises(ConfigError, match=rf"needs 2 CUDA GPUs but this machine has {n} CUDA GPU"):

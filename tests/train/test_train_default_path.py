@@ -54,27 +54,20 @@ PINNED_STEPS: list[dict[str, float]] | None = [
 PINNED_RTOL = 2e-3
 
 
-def _cfg(tmp_path: Path, demo_data: Path, teacher: Path, cache: Path | str, **kw) -> TrainConfig:
-    values = {
-        "data": str(demo_data),
-        "dino_root": str(teacher),
-        "cache": str(cache),
-        "imgsz": 128,
-        "epochs": 1,
-        "batch": 4,
-        "workers": 0,
-        "device": "cpu",
-        "nbs": 4,
-        "warmup_epochs": 0,
-        "dino_distill_channels": 8,
-        "dino_distill_warmup_epochs": 0,
-        "eval_enabled": False,
-        "dino_viz_enabled": False,
-        "wandb_enabled": False,
-        "artifacts_root": str(tmp_path / "artifacts"),
-        "name": "run",
-        "extra": {"plots": False, "val": False, "mosaic": 1.0, "close_mosaic": 0},
-    }
+def _cfg(tiny_train, tmp_path: Path, demo_data: Path, teacher: Path, cache: Path | str, **kw) -> TrainConfig:
+    values = tiny_train(
+        tmp_path,
+        data=str(demo_data),
+        dino_root=str(teacher),
+        cache=str(cache),
+        epochs=1,
+        dino_distill_warmup_epochs=0,
+        eval_enabled=False,
+        dino_viz_enabled=False,
+        wandb_enabled=False,
+        name="run",
+        extra={"plots": False, "val": False, "mosaic": 1.0, "close_mosaic": 0},
+    )
     values.update(kw)
     return build(TrainConfig, values)
 
@@ -88,7 +81,7 @@ class StepLog:
 
 
 def test_default_warp_run_with_mosaic_and_pinned_loss(
-    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch, tiny_train
 ) -> None:
     from dinocache.train.run import train
 
@@ -100,7 +93,7 @@ def test_default_warp_run_with_mosaic_and_pinned_loss(
         return real(self, labels, params)
 
     monkeypatch.setattr(WarpMosaic, "apply_image", counting)
-    cfg = _cfg(tmp_path, demo_data, tiny_teacher_dir, feature_cache)
+    cfg = _cfg(tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache)
     assert cfg.distill_geometric_aug == "warp" and cfg.teacher_source == "cache"  # the defaults, not set here
     log = StepLog()
     trainer = train(cfg, callbacks={"on_train_batch_end": [log]})
@@ -146,12 +139,14 @@ def _tensor_keys(obj, prefix: str = "") -> dict[str, torch.Size]:
     return out
 
 
-def test_online_checkpoints_hold_no_teacher_tensors(tmp_path, demo_data, tiny_teacher_dir) -> None:
+def test_online_checkpoints_hold_no_teacher_tensors(
+    tmp_path, demo_data, tiny_teacher_dir, tiny_train
+) -> None:
     from dinocache.teacher.registry import load_teacher
     from dinocache.train.run import train
     from ultralytics.utils.patches import torch_load
 
-    cfg = _cfg(tmp_path, demo_data, tiny_teacher_dir, "", teacher_source="online")
+    cfg = _cfg(tiny_train, tmp_path, demo_data, tiny_teacher_dir, "", teacher_source="online")
     trainer = train(cfg)
     teacher_keys = [
         k.split(".", 1)[-1] for k in load_teacher(str(tiny_teacher_dir), device="cpu").state_dict()

@@ -14,7 +14,7 @@ FAST = ("dinov2", "grounding_dino")
 SLOW = ("sam", "dinov3_convnext", "dinov3_timm")  # sam ~30 s: 16 images at 1024 px, a 64x64 warp
 
 
-def _run_family(family: str, tmp_path: Path, demo_data: Path) -> None:
+def _run_family(family: str, tmp_path: Path, demo_data: Path, tiny_train) -> None:
     from dinocache.cache.cli import main as cache_main
     from dinocache.precompute.run import main as precompute
     from dinocache.teacher.registry import load_teacher
@@ -52,27 +52,21 @@ def _run_family(family: str, tmp_path: Path, demo_data: Path) -> None:
     assert cache_main(["verify", str(out), "--data", str(demo_data), "--dino-root", str(teacher)]) == 0
     cfg = build(
         TrainConfig,
-        {
-            "data": str(demo_data),
-            "dino_root": str(teacher),
-            "cache": str(out),
-            "imgsz": 128,
-            "epochs": 1,
-            "batch": 8,
-            "workers": 0,
-            "device": "cpu",
-            "nbs": 8,
-            "warmup_epochs": 0,
-            "dino_distill_channels": 8,
-            "dino_distill_warmup_epochs": 0,
-            "stage_a_ratio": 0.0,
-            "artifacts_root": str(tmp_path / "artifacts"),
-            "name": "run",
-            "eval_enabled": False,
-            "dino_viz_enabled": False,
-            "wandb_enabled": False,
-            "extra": {"plots": False, "val": False},
-        },
+        tiny_train(
+            tmp_path,
+            data=str(demo_data),
+            dino_root=str(teacher),
+            cache=str(out),
+            epochs=1,
+            batch=8,
+            nbs=8,
+            dino_distill_warmup_epochs=0,
+            stage_a_ratio=0.0,
+            name="run",
+            eval_enabled=False,
+            dino_viz_enabled=False,
+            wandb_enabled=False,
+        ),
     )
     tr = train(cfg)
     with open(Path(tr.save_dir) / "results.csv") as f:
@@ -82,11 +76,11 @@ def _run_family(family: str, tmp_path: Path, demo_data: Path) -> None:
 
 
 @pytest.mark.parametrize("family", FAST)
-def test_family_precomputes_and_trains(family: str, tmp_path: Path, demo_data: Path) -> None:
-    _run_family(family, tmp_path, demo_data)
+def test_family_precomputes_and_trains(family: str, tmp_path: Path, demo_data: Path, tiny_train) -> None:
+    _run_family(family, tmp_path, demo_data, tiny_train)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", SLOW)
-def test_family_precomputes_and_trains_slow(family: str, tmp_path: Path, demo_data: Path) -> None:
-    _run_family(family, tmp_path, demo_data)
+def test_family_precomputes_and_trains_slow(family: str, tmp_path: Path, demo_data: Path, tiny_train) -> None:
+    _run_family(family, tmp_path, demo_data, tiny_train)
