@@ -276,15 +276,6 @@ def _read_bgr(path: Path) -> np.ndarray:
     return bgr
 
 
-def _pixels(imgs: list[np.ndarray], mean: Any, std: Any, device: Any) -> Any:
-    import torch
-
-    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float().div(255)  # (B, 3, S, S) in [0, 1]
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((x - m) / s).to(device)
-
-
 def _mask_pixels(m: Any, w: int, h: int) -> np.ndarray:
     """A mask instance (bool array of the image, or normalised polygon points) -> (h, w) uint8."""
     import cv2
@@ -441,6 +432,21 @@ class SamTask(_Task):
             ip = AutoImageProcessor.from_pretrained(self.root)
         self.mean, self.std = list(ip.image_mean), list(ip.image_std)
         self.side = int(base.config.vision_config.image_size)
+        from dinocache.finetune.preprocess import MultiModelPreprocessor
+
+        # SamProcessor's input: longest side to image_size (1024), padded bottom-right to a square
+        self.pre = MultiModelPreprocessor(
+            ["sam"],
+            {
+                "sam": {
+                    "longest_edge": self.side,
+                    "pad_size": self.side,
+                    "image_mean": self.mean,
+                    "image_std": self.std,
+                }
+            },
+        )
+        self.input_size = (self.side, self.side)
         self.rng = np.random.default_rng(self.cfg.seed)
         self.prompt = ""
         return base
@@ -449,7 +455,6 @@ class SamTask(_Task):
         import cv2
         import torch
         import torch.nn.functional as F
-        from dinocache.finetune.dataset import letterbox
 
         total = []
         for rec in recs:
@@ -464,18 +469,18 @@ class SamTask(_Task):
             if aug is not None:  # the image and its masks moved by one draw of the pipeline
                 o = aug(image=bgr, masks=full, rng=rng)
                 bgr, full = o["image"], o["masks"]
-            img, r, pad = letterbox(bgr, self.side)
-            x = _pixels([np.ascontiguousarray(img[..., ::-1])], self.mean, self.std, self.device)
+            x, meta = self.pre.preprocess(np.ascontiguousarray(bgr[..., ::-1]))["sam"]  # (3, S, S)
+            x = x[None].to(self.device)
+            nh, nw = meta["content_size"]
+            sx, sy = meta["scale"]
             boxes, gts = [], []
-            nw, nh = round(w * r), round(h * r)
             for g0 in full:
                 box = _pixel_box(g0)
                 if box is None:  # moved out of the image
                     continue
-                boxes.append(box * r + np.array([pad[0], pad[1], pad[0], pad[1]], np.float32))
-                g = np.zeros((self.side, self.side), np.uint8)
-                sub = cv2.resize(g0, (nw, nh), interpolation=cv2.INTER_NEAREST)
-                g[pad[1] : pad[1] + sub.shape[0], pad[0] : pad[0] + sub.shape[1]] = sub
+                boxes.append(box * np.array([sx, sy, sx, sy], np.float32))
+                g = np.zeros((self.side, self.side), np.uint8)  # the mask on the padded input canvas
+                g[:nh, :nw] = cv2.resize(g0, (nw, nh), interpolation=cv2.INTER_NEAREST)
                 gts.append(g)
             if not boxes:
                 continue
