@@ -27,9 +27,15 @@ class CacheExists(CacheError):
     """A writer found the store already created by another writer (the loser of two simultaneous creators)."""
 
 
-def repair_hint(fc: Any) -> str:
-    """The end of every damage message: the command that recomputes the bad rows of cache handle `fc`."""
-    data = (fc.spec.source or {}).get("data") or "DATA"
+def repair_hint(fc: Any, data: Any = None) -> str:
+    """The end of every damage message: the command that recomputes the bad rows of cache handle `fc`.
+    `data`: the data.yaml the caller uses; else the one the cache was made from, when it exists on this
+    machine (a copied cache names a path of the machine that built it)."""
+    from pathlib import Path
+
+    if data is None:
+        made = (fc.spec.source or {}).get("data")
+        data = made if made and Path(made).exists() else "DATA"
     return (
         f"repair it with `dinocache cache repair {fc.path} --data {data}` (recomputes only the bad rows), "
         "or rebuild it with `dinocache precompute --overwrite`"

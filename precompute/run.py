@@ -490,6 +490,17 @@ class Precompute:
             lines.append(
                 f"keys: the dataset listing differs from the cache's (row {first}: cache {stored[first]!r}, now {keys[first]!r})"
             )
+        elif writer.spec.n != spec.n:
+            # name the images: a count alone leaves the user to diff two listings
+            gone, new = sorted(set(stored) - set(keys)), sorted(set(keys) - set(stored))
+            for what, names in (
+                ("in the cache but no longer in the dataset", gone),
+                ("new in the dataset", new),
+            ):
+                if names:
+                    lines.append(
+                        f"{len(names)} image(s) {what}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+                    )
         hint = "rerun with --overwrite to delete it and rebuild (single writer), or point `cache` elsewhere"
         F.raise_mismatch(f"the existing cache {self.cfg.cache}", lines, hint)
 

@@ -30,6 +30,11 @@ def bad_rows(images: list[Path], nc: int) -> list[str]:
 
     out = []
     for img in images:
+        try:
+            if img.stat().st_size == 0:  # Ultralytics would report a missing HEIF plugin for it
+                out.append(f"{img}: empty file (0 bytes)")
+        except OSError as e:
+            out.append(f"{img}: cannot read ({e.strerror or e})")
         lf = label_file(img)
         try:
             text = lf.read_text(encoding="utf-8")
@@ -66,6 +71,6 @@ def check_label_rows(data_yaml: str | Path) -> None:
             f"\n  ... and {len(rows) - SHOWN} more" if len(rows) > SHOWN else ""
         )
         raise TrainError(
-            f"{len(rows)} label row(s) that Ultralytics would silently drop their image for (classes 0-{nc - 1}):\n"
+            f"{len(rows)} image(s) or label row(s) that Ultralytics would silently drop (classes 0-{nc - 1}):\n"
             f"  {shown}\nfix them (`dinocache dataset validate {data_yaml}` lists every problem)"
         )

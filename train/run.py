@@ -114,7 +114,7 @@ def check_cache_files(cfg: TrainConfig, fc: Any, keys: list[str], known: dict[st
         raise TrainError(
             f"{where}: shard file {f} is missing although `done` says its {len(rows)} row(s) are computed "
             f"(images {names}){f' and {len(gone) - 1} more shard file(s)' if len(gone) > 1 else ''}; "
-            f"{repair_hint(fc)}"
+            f"{repair_hint(fc, cfg.data)}"
         )
     if cfg.verify_images:
         from dinocache.core.data import file_sha256
@@ -125,7 +125,7 @@ def check_cache_files(cfg: TrainConfig, fc: Any, keys: list[str], known: dict[st
         if changed:
             raise TrainError(
                 f"{where}: {len(changed)} training image(s) changed since they were cached "
-                f"(first: {', '.join(changed[:5])}); {repair_hint(fc)}"
+                f"(first: {', '.join(changed[:5])}); {repair_hint(fc, cfg.data)}"
             )
     else:
         check_images_fresh(cfg, fc, known)
@@ -154,7 +154,7 @@ def check_images_fresh(cfg: TrainConfig, fc: Any, known: dict[str, int]) -> None
         raise TrainError(
             f"{where}: {len(stale)} of {len(keys)} training image(s) are not the images their maps were "
             f"computed from (size/mtime and sha256 differ; first: {', '.join(stale[:5])}), so the targets "
-            f"would be stale. If you edited or re-augmented them, {repair_hint(fc)}; if this is another "
+            f"would be stale. If you edited or re-augmented them, {repair_hint(fc, cfg.data)}; if this is another "
             "dataset, precompute a cache of its own (cache=...)"
         )
     if hashed:

@@ -63,9 +63,9 @@ def test_stale_maps_refused_by_default(name: str, work, tmp_path, tiny_teacher_d
 
     data, store = work
     image, hint = STALE[name](data)
-    r = faults.expect_clear(
-        "train", name, main, t_cfg(tmp_path, data, store, tiny_teacher_dir), [image, hint]
-    )
+    # the repair command names this dataset, not the path of the machine the (copied) cache was built on
+    must = [image, hint] + ([f"--data {data}"] if hint == "cache repair" else [])
+    r = faults.expect_clear("train", name, main, t_cfg(tmp_path, data, store, tiny_teacher_dir), must)
     assert r.rc == 2
     assert not list((tmp_path / "artifacts").rglob("train")), "a refused run left a run folder"
 
@@ -360,3 +360,37 @@ def test_full_disk_at_a_checkpoint_keeps_the_last_one(
     monkeypatch.undo()
     assert main(["--config", str(cfg), "resume=true", "name=x"]) == 0
     assert _epochs(run) == [1, 2, 3]
+
+
+def test_empty_image_named_before_training(work, tmp_path, tiny_teacher_dir, faults) -> None:
+    from dinocache.train.cli import main
+
+    data, store = work
+    _img(data, 5).write_bytes(b"")
+    r = faults.expect_clear(
+        "train",
+        "0-byte image",
+        main,
+        t_cfg(tmp_path, data, store, tiny_teacher_dir),
+        ["000005.png", "0 bytes"],
+    )
+    assert r.rc == 2 and "pi_heif" not in r.err
+
+
+def test_precompute_count_mismatch_names_the_images(work, tmp_path, tiny_teacher_dir, faults) -> None:
+    from dinocache.precompute.run import main
+
+    from tests.faults.conftest import precompute_args
+
+    data, store = work
+    _img(data, 7).unlink()
+    (data.parent / "labels" / "train" / "000007.txt").unlink()
+    (tmp_path / "empty.json").write_text("{}")
+    argv = ["--config", str(tmp_path / "empty.json"), *precompute_args(data, tiny_teacher_dir, store)]
+    faults.expect_clear(
+        "precompute",
+        "an image removed since the cache was made",
+        main,
+        argv,
+        ["images/train/000007.png", "no longer"],
+    )
