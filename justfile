@@ -44,7 +44,7 @@ check-dataset *ARGS:
     dinocache check-dataset --config {{config}} "$@"
 
 # train the YOLO26-n OBB student (key=value overrides, e.g. `just train epochs=3`); checks the dataset first
-train *ARGS: (check-dataset ARGS)
+train *ARGS: (check-dataset "--before-train" ARGS)
     dinocache train --config {{config}} "$@"
 
 # distillation-only pretraining of the student on the cached maps of unlabeled images (then `just train model=...best.pt`)

@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=None, help=f"config.json (section '{SECTION}')")
     ap.add_argument("--force", action="store_true", help="validate again even when the data is unchanged")
     ap.add_argument(
+        "--before-train",
+        action="store_true",
+        help="as `just train`'s first step: a config that names no dataset is left to `dinocache train` to report",
+    )
+    ap.add_argument(
         "overrides",
         nargs="*",
         help="key=value overrides of the train section (data=, dataset_root=; others ignored)",
@@ -126,6 +131,14 @@ def main(argv: list[str] | None = None) -> int:
             from dinocache.core.data import DataError
 
             raise DataError(f"data: {data_yaml} does not exist (set data= or dataset_root=)")
+    except DinocacheError as e:
+        if args.before_train:
+            # the config or its data path is wrong: `dinocache train`, next, refuses it with the full message
+            print(f"check-dataset: skipped ({e})", file=sys.stderr)
+            return 0
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
         return check(data_yaml, args.force)
     except DinocacheError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -33,6 +33,14 @@ def test_check_once_then_remembered_then_changed(
     assert main([*argv, f"data={demo_data}"]) == 0  # data= picks another dataset
 
 
+def test_before_train_leaves_config_errors_to_train(tmp_path: Path, capsys) -> None:
+    (tmp_path / "c.json").write_text(json.dumps({"train": {"data": str(tmp_path / "none.yaml")}}))
+    argv = ["--config", str(tmp_path / "c.json")]
+    assert main(argv) == 2 and "none.yaml does not exist" in capsys.readouterr().err
+    assert main(["--before-train", *argv]) == 0  # `dinocache train`, next, refuses it with its own message
+    assert "skipped" in capsys.readouterr().err
+
+
 def test_just_train_depends_on_check_dataset() -> None:
     root = Path(__file__).parents[2]
     just = shutil.which("just") or str(Path(__import__("sys").executable).with_name("just"))
