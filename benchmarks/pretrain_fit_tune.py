@@ -1,6 +1,6 @@
 """Which projector, loss and layers make pretraining FIT the teacher maps: tuning split only.
 
-    python -m benchmarks.pretrain_fit_tune --work DIR [--teacher DIR] [--n 192] [--epochs 6] [--arms a,b,...]
+    python -m benchmarks.pretrain_fit_tune --work DIR [--teacher DIR | --oracle] [--n 192] [--epochs 6] [--arms a,b,...]
 
 Demo data of a tuning seed (never the reporting set) stands in for unlabeled images: `--n` images at 128 px
 (labels unused), cached once with the teacher (`--teacher`: a teacher folder; default the tiny random
@@ -8,6 +8,9 @@ DINOv3). Each arm pretrains the same student from the same cache for `--epochs` 
 feature fit on the same held-out images: fit/cos (the student's projection vs each image's own map),
 fit/cos_shuf (vs another image's map) and fit/gap = their difference; the `shuffled` arm trains on permuted
 maps (the control: what fitting the maps' average alone gives). Writes DIR/fit_tune.json and prints a table.
+`--oracle`: the cached maps are each image's per-cell class coverage from its labels (precompute/oracle.py, 1 +
+n_cls channels): a teacher that knows everything the labels say; the fit then also splits object and
+background cells (the data are the demo's dataset yaml, whose labels pretraining ignores).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 IMGSZ = 128
 TUNE_SEED = 7  # demo-data seed of the tuning images (the signal benchmark reports on other seeds)
+N_CLS = 5  # the demo data's classes
 
 # arm -> PretrainConfig keys
 ARMS: dict[str, dict[str, Any]] = {
@@ -33,14 +37,18 @@ ARMS: dict[str, dict[str, Any]] = {
 }
 
 
-def prepare(work: Path, n: int, teacher: str | None) -> tuple[Path, Path, str]:
-    """(image folder, cache, teacher folder): demo images without labels, cached once."""
+def prepare(work: Path, n: int, teacher: str | None, oracle: bool = False) -> tuple[Path, Path, str, int]:
+    """(images: a folder, or the demo yaml with --oracle; cache; teacher folder; channels), cached once."""
     from dinocache.datatools.demo_data import make_demo_dataset
     from dinocache.precompute.run import main as precompute
     from dinocache.teacher.tiny import make_tiny_teacher
 
     images = work / "images"
-    if not images.exists():
+    if oracle:
+        images = work / "demo" / "data.yaml"
+        if not images.exists():
+            make_demo_dataset(work / "demo", n_train=n, n_val=1, imgsz=IMGSZ, seed=TUNE_SEED)
+    elif not images.exists():
         root = make_demo_dataset(work / "demo", n_train=n, n_val=1, imgsz=IMGSZ, seed=TUNE_SEED)
         (root / "images" / "train").rename(images)  # a folder of images: labels stay behind
     if teacher is None:
@@ -54,14 +62,20 @@ def prepare(work: Path, n: int, teacher: str | None) -> tuple[Path, Path, str]:
             + ["device=cpu", "batch=16", "workers=1"]
         )
         assert rc == 0, "precompute failed"
-    return images, cache, teacher
+        if oracle:
+            from dinocache.precompute.oracle import write_oracle_features
+
+            write_oracle_features(cache, images, N_CLS)
+    return images, cache, teacher, (1 + N_CLS if oracle else 32)
 
 
-def run(work: Path, n: int, epochs: int, arms: list[str], teacher: str | None) -> dict[str, Any]:
+def run(
+    work: Path, n: int, epochs: int, arms: list[str], teacher: str | None, oracle: bool = False
+) -> dict[str, Any]:
     from dinocache.train.pretrain import Pretrain, PretrainConfig
 
     work.mkdir(parents=True, exist_ok=True)
-    images, cache, teacher = prepare(work, n, teacher)
+    images, cache, teacher, channels = prepare(work, n, teacher, oracle)
     out_json = work / "fit_tune.json"
     results: dict[str, Any] = json.loads(out_json.read_text()) if out_json.exists() else {}
     for arm in arms:
@@ -73,7 +87,7 @@ def run(work: Path, n: int, epochs: int, arms: list[str], teacher: str | None) -
             cache=str(cache),
             dino_root=teacher,
             imgsz=IMGSZ,
-            channels=32,
+            channels=channels,
             epochs=epochs,
             batch=16,
             nbs=16,
@@ -99,10 +113,16 @@ def run(work: Path, n: int, epochs: int, arms: list[str], teacher: str | None) -
             "seconds": time.perf_counter() - t0,
         }
         out_json.write_text(json.dumps(results, indent=1))
-    print(f"{'arm':<26} {'fit/cos':>8} {'cos_shuf':>9} {'gap':>7}   epochs={epochs} n={n} teacher={teacher}")
+    what = "oracle maps" if oracle else f"teacher={teacher}"
+    print(
+        f"{'arm':<26} {'fit/cos':>8} {'cos_shuf':>9} {'gap':>7} {'obj':>6} {'bg':>6}   epochs={epochs} n={n} {what}"
+    )
     for arm, r in results.items():
         last = r["last"]
-        print(f"{arm:<26} {last['fit/cos']:8.3f} {last['fit/cos_shuf']:9.3f} {last['fit/gap']:7.3f}")
+        ob = [f"{last[k]:6.3f}" if k in last else "     -" for k in ("fit/cos_obj", "fit/cos_bg")]
+        print(
+            f"{arm:<26} {last['fit/cos']:8.3f} {last['fit/cos_shuf']:9.3f} {last['fit/gap']:7.3f} {' '.join(ob)}"
+        )
     return results
 
 
@@ -113,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=192)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--oracle", action="store_true", help="oracle maps (class coverage from the labels)")
     a = ap.parse_args(argv)
-    run(a.work, a.n, a.epochs, [s for s in a.arms.split(",") if s], a.teacher)
+    run(a.work, a.n, a.epochs, [s for s in a.arms.split(",") if s], a.teacher, a.oracle)
     return 0
 
 
