@@ -78,8 +78,9 @@ def run(
     images, cache, teacher, channels = prepare(work, n, teacher, oracle)
     out_json = work / "fit_tune.json"
     results: dict[str, Any] = json.loads(out_json.read_text()) if out_json.exists() else {}
-    for arm in arms:
-        if arm in results:
+    for arm_seed in arms:
+        arm, _, seed = arm_seed.partition("@")  # "name@seed": the same arm with another seed
+        if arm_seed in results:
             continue
         t0 = time.perf_counter()
         cfg = PretrainConfig(
@@ -96,8 +97,8 @@ def run(
             device="cpu",
             fit_images=32,
             artifacts_root=str(work / "runs"),
-            name=arm,
-            seed=0,
+            name=arm_seed.replace("@", "-s"),
+            seed=int(seed or 0),
             extra={"plots": False},
             **ARMS[arm],
         )
@@ -106,7 +107,7 @@ def run(
 
         with open(res.save_dir / "results.csv") as f:
             rows = [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(f)]
-        results[arm] = {
+        results[arm_seed] = {
             "settings": ARMS[arm],
             "per_epoch": [{k: r[k] for k in r if k.startswith("fit/") or k == "train/distill"} for r in rows],
             "last": {k: v for k, v in rows[-1].items() if k.startswith("fit/")},
@@ -126,16 +127,37 @@ def run(
     return results
 
 
+def record(results: dict[str, Any], section: str, note: str) -> None:
+    """Write the arms' last-epoch fit (and each arm's per-epoch fit/cos) into BENCHMARKS.md's `section`."""
+    from benchmarks.report import Results
+
+    res = Results()
+    for arm, r in results.items():
+        last = r["last"]
+        row = {"arm": arm, **{k.split("/")[1]: round(v, 4) for k, v in last.items()}}
+        row["cos_per_epoch"] = " ".join(f"{e['fit/cos']:.3f}" for e in r["per_epoch"])
+        row["s"] = round(r["seconds"])
+        res.add(section, **row)
+    res.note(section, note)
+    res.write()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--teacher", default=None, help="teacher folder (default: the tiny random DINOv3)")
     ap.add_argument("--n", type=int, default=192)
     ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument(
+        "--arms", default=",".join(ARMS), help="arm names; arm@seed repeats an arm with that seed"
+    )
     ap.add_argument("--oracle", action="store_true", help="oracle maps (class coverage from the labels)")
+    ap.add_argument("--record", default="", help="BENCHMARKS.md section to write the table to")
+    ap.add_argument("--note", default="", help="the section's note (setup, what it shows)")
     a = ap.parse_args(argv)
-    run(a.work, a.n, a.epochs, [s for s in a.arms.split(",") if s], a.teacher, a.oracle)
+    results = run(a.work, a.n, a.epochs, [s for s in a.arms.split(",") if s], a.teacher, a.oracle)
+    if a.record:
+        record(results, a.record, a.note)
     return 0
 
 

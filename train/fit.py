@@ -16,6 +16,13 @@ import torch.nn.functional as F
 from dinocache.train.losses import align_to_grid, obb_cell_mask
 
 
+def _standardise(x: torch.Tensor) -> torch.Tensor:
+    """(N, D, h, w) -> each image's channels standardised over its cells (zero mean, unit variance)."""
+    m = x.mean(dim=(2, 3), keepdim=True)
+    v = x.var(dim=(2, 3), keepdim=True, unbiased=False)
+    return (x - m) / (v + 1e-6).sqrt()
+
+
 @torch.no_grad()
 def feature_fit(
     model: Any,
@@ -27,9 +34,9 @@ def feature_fit(
 
     model: a DistillOBBModel (its distilled layers, `distill_features`, and projectors `distill_proj`);
     batches: Ultralytics val batches (img uint8, im_file, bboxes/batch_idx when labelled); teacher_of(batch):
-    (B, D, h, w) standardised teacher maps on `device`. Returns fit/cos, fit/cos_shuf, fit/gap, per layer
-    fit/cos_L<i>, and fit/cos_obj, fit/cos_bg when any held-out cell lies on an object. Empty when there is
-    nothing to score (no batch).
+    (B, D, h, w) standardised teacher maps on `device`. Returns fit/cos, fit/cos_shuf, fit/gap, fit/pcc and
+    fit/pcc_shuf (mean per-channel correlation over each image's cells), per layer fit/cos_L<i>, and
+    fit/cos_obj, fit/cos_bg when any held-out cell lies on an object. Empty when there is nothing to score.
     """
     was_training = model.training
     model.eval()
@@ -43,9 +50,9 @@ def feature_fit(
             grid = (int(t.shape[-2]), int(t.shape[-1]))
             feats = model.distill_features(img)
             for k, (proj, f) in enumerate(zip(model.distill_proj, feats)):
-                # (B, C_s, h_s, w_s) -> (B, D, h, w), unit vectors per cell
-                studs[k].append(F.normalize(align_to_grid(proj(f).float(), grid), dim=1).cpu())
-            teachers.append(F.normalize(t, dim=1).cpu())
+                # (B, C_s, h_s, w_s) -> (B, D, h, w)
+                studs[k].append(align_to_grid(proj(f).float(), grid).cpu())
+            teachers.append(t.cpu())
             b = img.shape[0]
             if "bboxes" in batch and "batch_idx" in batch:
                 masks.append(obb_cell_mask(batch["bboxes"].float(), batch["batch_idx"], b, grid).cpu())
@@ -55,19 +62,28 @@ def feature_fit(
         model.train(was_training)
     if not teachers:
         return {}
-    t = torch.cat(teachers)  # (N, D, h, w)
+    t_raw = torch.cat(teachers)  # (N, D, h, w)
+    t, tz = F.normalize(t_raw, dim=1), _standardise(t_raw)
     mask = torch.cat(masks)  # (N, h, w)
-    other = torch.roll(t, 1, dims=0)  # image i scored against image i-1's map (N >= 2: never its own)
-    own_all, shuf_all, per_layer = [], [], {}
+    # image i scored against image i-1's map (N >= 2: never its own)
+    other, other_z = torch.roll(t, 1, dims=0), torch.roll(tz, 1, dims=0)
+    own_all, shuf_all, pcc, pcc_shuf, per_layer = [], [], [], [], {}
     for i, parts in zip(model.distill_layers, studs):
-        s = torch.cat(parts)  # (N, D, h, w)
+        s_raw = torch.cat(parts)  # (N, D, h, w)
+        s, sz = F.normalize(s_raw, dim=1), _standardise(s_raw)
         own_all.append((s * t).sum(1))  # (N, h, w) cosine per cell
         shuf_all.append((s * other).sum(1))
+        pcc.append(float((sz * tz).mean()))
+        pcc_shuf.append(float((sz * other_z).mean()))
         per_layer[f"fit/cos_L{i}"] = float(own_all[-1].mean())
     own = torch.stack(own_all).mean(0)  # (N, h, w), mean over layers
     shuf = torch.stack(shuf_all).mean(0)
     out = {"fit/cos": float(own.mean()), "fit/cos_shuf": float(shuf.mean())}
     out["fit/gap"] = out["fit/cos"] - out["fit/cos_shuf"]
+    # mean per-channel correlation over each image's cells: blind to a per-image offset and scale of each
+    # channel (what the standardised-MSE loss leaves free), so it scores cosine- and mse-trained students alike
+    out["fit/pcc"] = sum(pcc) / len(pcc)
+    out["fit/pcc_shuf"] = sum(pcc_shuf) / len(pcc_shuf)
     if bool(mask.any()):
         out["fit/cos_obj"] = float(own[mask].mean())
         out["fit/cos_bg"] = float(own[~mask].mean()) if bool((~mask).any()) else float("nan")

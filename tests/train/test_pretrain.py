@@ -207,3 +207,41 @@ def test_compare_pretrain_end_to_end(
     run = json.loads((out / "compare.json").read_text())["runs"]["pretrain"][0]
     assert run["pretrained"].endswith("best.pt") and Path(run["pretrained"]).exists()
     assert "pretrain_cos" in run and run["pretrain_wall_s"] > 0
+
+
+def test_feature_fit_scores_own_map_against_shuffled() -> None:
+    """A student whose projection IS each image's map: fit/cos 1, pcc 1, the shuffled scores lower; object and
+    background cells split by the boxes."""
+    from dinocache.train.fit import feature_fit
+    from torch import nn
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(6, 8, 4, 4, generator=g)  # (N, D, h, w)
+
+    class Student(nn.Module):
+        distill_layers = [7]
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.distill_proj = nn.ModuleList([nn.Identity()])
+
+        def distill_features(self, img: torch.Tensor) -> list[torch.Tensor]:
+            return [maps[img[:, 0, 0, 0].long()]]
+
+    def batches():
+        for i in (0, 3):
+            img = torch.zeros(3, 3, 64, 64)
+            img[:, 0, 0, 0] = torch.arange(i, i + 3) * 255.0
+            yield {
+                "img": img,
+                "bboxes": torch.tensor([[0.25, 0.25, 0.2, 0.2, 0.0]]),
+                "batch_idx": torch.tensor([0]),
+            }
+
+    def teacher_of(batch):
+        return maps[batch["img"][:, 0, 0, 0].round().long()]  # feature_fit hands over img / 255
+
+    out = feature_fit(Student(), batches(), teacher_of, "cpu")
+    assert abs(out["fit/cos"] - 1) < 1e-5 and abs(out["fit/pcc"] - 1) < 1e-4
+    assert out["fit/cos_shuf"] < 0.5 and out["fit/gap"] > 0.5 and out["fit/pcc_shuf"] < 0.5
+    assert abs(out["fit/cos_obj"] - 1) < 1e-5 and "fit/cos_L7" in out
