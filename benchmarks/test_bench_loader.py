@@ -67,11 +67,11 @@ def test_loader_cpu_per_sample(loader_env: dict, results, quick: bool) -> None:
 
 
 def _make_reads_store(path: Path, n: int, d: int, g: int, codec: str) -> np.ndarray:
-    from dinocache.cache import format as F
+    from dinocache.cache import format as fmt
     from dinocache.cache.store import CacheWriter
 
-    s = F.auto_shard_size(d * g * g * 2, n)
-    spec = F.Spec(
+    s = fmt.auto_shard_size(d * g * g * 2, n)
+    spec = fmt.Spec(
         n=n, k=d, grid=[g, g], imgsz=g * 16, patch_size=16, teacher_channels=d, shard_size=s, codec=codec,
         key_len=16, pca=False, pca_fit_images=1, teacher={"bench": True}, teacher_files={},
     )  # fmt: skip

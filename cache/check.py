@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from dinocache.cache import format as F
+from dinocache.cache import format as fmt
 from dinocache.cache.errors import CacheCorrupt, CacheError, damage_reason, repair_hint
 from dinocache.cache.store import decode_keys, folder_names
 
@@ -31,7 +31,7 @@ class BadRow:
 
 
 def shard_file(fc: Any, shard: int, flipped: bool = False) -> str:
-    return F.chunk_file(fc.path, F.FEATURES_FLIP if flipped else F.FEATURES, shard)
+    return fmt.chunk_file(fc.path, fmt.FEATURES_FLIP if flipped else fmt.FEATURES, shard)
 
 
 def missing_shard_files(
@@ -39,7 +39,7 @@ def missing_shard_files(
 ) -> list[tuple[int, str, list[int]]]:
     """(shard, file, done rows) for every shard that has done rows but no file: one folder listing.
     `flipped`: the shards of `features_flip` (caches with flips) instead of `features`."""
-    names = folder_names(fc.path, F.FEATURES_FLIP if flipped else F.FEATURES, fc.storage_options)
+    names = folder_names(fc.path, fmt.FEATURES_FLIP if flipped else fmt.FEATURES, fc.storage_options)
     if names is None:
         return []
     done = np.asarray(fc.done if done is None else done, bool)
@@ -56,21 +56,21 @@ def scan(fc: Any) -> tuple[list[BadRow], np.ndarray, list[str]]:
     """(bad rows, done flags, keys) after re-reading every chunk of `done`, `sha256`, `keys` and every done
     row of `features` (checksum, presence of the shard file, finiteness)."""
     bad: list[BadRow] = []
-    raw_keys, bad_keys = fc.read_chunked(F.KEYS)
+    raw_keys, bad_keys = fc.read_chunked(fmt.KEYS)
     keys = decode_keys(raw_keys)
     for c in bad_keys:
         for r in fc.spec.shard_rows(c):
             keys[r] = f"<key of row {r} unreadable>"
-    done_raw, bad_done = fc.read_chunked(F.DONE)
+    done_raw, bad_done = fc.read_chunked(fmt.DONE)
     done = done_raw.astype(bool)
-    _, bad_sha = fc.read_chunked(F.SHA256)
+    _, bad_sha = fc.read_chunked(fmt.SHA256)
     flagged: set[int] = set()
-    for name, chunks in ((F.KEYS, bad_keys), (F.DONE, bad_done), (F.SHA256, bad_sha)):
+    for name, chunks in ((fmt.KEYS, bad_keys), (fmt.DONE, bad_done), (fmt.SHA256, bad_sha)):
         for c, why in chunks.items():
             for r in fc.spec.shard_rows(c):
                 if r not in flagged:
                     flagged.add(r)
-                    bad.append(BadRow(r, keys[r], F.chunk_file(fc.path, name, c), f"'{name}' chunk {why}"))
+                    bad.append(BadRow(r, keys[r], fmt.chunk_file(fc.path, name, c), f"'{name}' chunk {why}"))
     for flipped in (False, True) if fc.spec.flips else (False,):
         what = "flipped-view " if flipped else ""
         missing = {sh: rows for sh, _, rows in missing_shard_files(fc, done, flipped)}

@@ -157,7 +157,7 @@ def verify(
             check_fingerprint(fc, teacher.fingerprint(fc.imgsz if imgsz is None else imgsz))
         except CacheMismatch as e:
             add("teacher fingerprint mismatch", str(e))
-    from dinocache.cache import format as F
+    from dinocache.cache import format as fmt
     from dinocache.cache.check import scan
 
     root, files = list_images(data, split)
@@ -165,7 +165,7 @@ def verify(
     damaged, done, keys = scan(fc)
     for b in damaged:
         add("damaged row (row, key, file)", b.line())
-    sha_raw, _ = fc.read_chunked(F.SHA256)
+    sha_raw, _ = fc.read_chunked(fmt.SHA256)
     from dinocache.cache.store import bytes_to_hex
 
     stored = bytes_to_hex(sha_raw)
@@ -179,7 +179,7 @@ def verify(
             continue
         if row in bad_rows:
             continue
-        where = f"row {row} {key} ({F.chunk_file(fc.path, F.FEATURES, row // fc.spec.shard_size)})"
+        where = f"row {row} {key} ({fmt.chunk_file(fc.path, fmt.FEATURES, row // fc.spec.shard_size)})"
         if not done[row]:
             add("row not done", where)
         elif file_sha256(f) != stored[row]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from dinocache.cache import format as F
+from dinocache.cache import format as fmt
 from dinocache.cache.errors import CacheFormatError, CacheMismatch
 
 MANIFEST_KEY = "dinocache_teachers"
@@ -49,10 +49,10 @@ def read_manifest(cache: str, storage_options: dict[str, Any] | None = None) -> 
         return None
     if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
         raise CacheFormatError(f"{cache}: attribute '{MANIFEST_KEY}' is not a dinocache teacher manifest")
-    if m.get("version") != F.FORMAT_VERSION:
+    if m.get("version") != fmt.FORMAT_VERSION:
         raise CacheFormatError(
-            f"{cache}: teacher manifest version {m.get('version')!r}, this dinocache reads {F.FORMAT_VERSION}. "
-            f"{F.UPGRADE_HINT}"
+            f"{cache}: teacher manifest version {m.get('version')!r}, this dinocache reads {fmt.FORMAT_VERSION}. "
+            f"{fmt.UPGRADE_HINT}"
         )
     return m
 
@@ -96,14 +96,14 @@ def check_joinable(
         )
 
 
-def register(cache: str, name: str, spec: F.Spec, storage_options: dict[str, Any] | None = None) -> None:
+def register(cache: str, name: str, spec: fmt.Spec, storage_options: dict[str, Any] | None = None) -> None:
     """Add/replace teacher `name` in the manifest (after its store is created)."""
     import zarr
     from dinocache.cache.store import _zarr_store
 
     m = read_manifest(cache, storage_options) or {
         "format": MANIFEST_FORMAT,
-        "version": F.FORMAT_VERSION,
+        "version": fmt.FORMAT_VERSION,
         "imgsz": int(spec.imgsz),
         "n": int(spec.n),
         "teachers": {},
@@ -117,7 +117,7 @@ def register(cache: str, name: str, spec: F.Spec, storage_options: dict[str, Any
         "teacher_channels": int(spec.teacher_channels),
     }
     group = zarr.open_group(_zarr_store(cache, storage_options, read_only=False), mode="a")
-    group.attrs[MANIFEST_KEY] = F.normalize_json(m)
+    group.attrs[MANIFEST_KEY] = fmt.normalize_json(m)
 
 
 def open_teacher(cache: str, name: str, storage_options: dict[str, Any] | None = None) -> Any:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from dinocache.cache import format as F
+from dinocache.cache import format as fmt
 from dinocache.cache.errors import (
     CacheCorrupt,
     CacheError,
@@ -201,21 +201,21 @@ def bytes_to_hex(raw: np.ndarray) -> list[str]:
     return [bytes(r).hex() for r in np.asarray(raw, np.uint8)]
 
 
-def _expected_arrays(spec: F.Spec) -> dict[str, tuple[tuple[int, ...], str]]:
+def _expected_arrays(spec: fmt.Spec) -> dict[str, tuple[tuple[int, ...], str]]:
     h, w = spec.grid
     out = {
-        F.FEATURES: ((spec.n, spec.k, h, w), F.FEATURE_DTYPE),
-        **({F.FEATURES_FLIP: ((spec.n, spec.k, h, w), F.FEATURE_DTYPE)} if spec.flips else {}),
-        F.DONE: ((spec.n,), "uint8"),
-        F.SHA256: ((spec.n, 32), "uint8"),
-        F.KEYS: ((spec.n, spec.key_len), "uint8"),
-        F.CHANNEL_MEAN: ((spec.k,), "float32"),
-        F.CHANNEL_STD: ((spec.k,), "float32"),
+        fmt.FEATURES: ((spec.n, spec.k, h, w), fmt.FEATURE_DTYPE),
+        **({fmt.FEATURES_FLIP: ((spec.n, spec.k, h, w), fmt.FEATURE_DTYPE)} if spec.flips else {}),
+        fmt.DONE: ((spec.n,), "uint8"),
+        fmt.SHA256: ((spec.n, 32), "uint8"),
+        fmt.KEYS: ((spec.n, spec.key_len), "uint8"),
+        fmt.CHANNEL_MEAN: ((spec.k,), "float32"),
+        fmt.CHANNEL_STD: ((spec.k,), "float32"),
     }
     if spec.pca:
-        out[F.PCA_MEAN] = ((spec.teacher_channels,), "float32")
-        out[F.PCA_COMPONENTS] = ((spec.k, spec.teacher_channels), "float32")
-        out[F.PCA_EXPLAINED_VARIANCE] = ((spec.k,), "float32")
+        out[fmt.PCA_MEAN] = ((spec.teacher_channels,), "float32")
+        out[fmt.PCA_COMPONENTS] = ((spec.k, spec.teacher_channels), "float32")
+        out[fmt.PCA_EXPLAINED_VARIANCE] = ((spec.k,), "float32")
     return out
 
 
@@ -355,8 +355,8 @@ class _Store:
             self._arrays[name] = arr
         return arr
 
-    def _load_spec(self) -> F.Spec:
-        spec = F.Spec.from_attrs(dict(self._open_group().attrs), self.path)
+    def _load_spec(self) -> fmt.Spec:
+        spec = fmt.Spec.from_attrs(dict(self._open_group().attrs), self.path)
         if not spec.ready:
             raise CacheFormatError(
                 f"{self.path}: the cache was never finished being created (ready=false); "
@@ -382,7 +382,7 @@ class _Store:
             c, why = next(iter(bad.items()))
             r = self.spec.shard_rows(c)
             raise CacheCorrupt(
-                f"cache {self.path}: chunk {F.chunk_file(self.path, name, c)} of '{name}' (rows {r.start}-{r.stop - 1}) "
+                f"cache {self.path}: chunk {fmt.chunk_file(self.path, name, c)} of '{name}' (rows {r.start}-{r.stop - 1}) "
                 f"{why}"
                 + (f" (and {len(bad) - 1} more chunk(s))" if len(bad) > 1 else "")
                 + f"; {repair_hint(self)}"
@@ -441,7 +441,7 @@ class FeatureCache(_Store):
         self._ts_mode = "zarr" if read_path == "zarr" else "auto"
         # array name -> its memory-mapped reader (None: declined, read through tensorstore); "auto" only
         self._mapped: dict[str, Any] = (
-            {} if read_path == "auto" else {F.FEATURES: None, F.FEATURES_FLIP: None}
+            {} if read_path == "auto" else {fmt.FEATURES: None, fmt.FEATURES_FLIP: None}
         )
         self._ts: dict[str, Any] = {}  # array name -> tensorstore handle, opened in process _ts_pid
         self._ts_pid: int | None = None
@@ -460,7 +460,7 @@ class FeatureCache(_Store):
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return self.spec.to_attrs()[F.ATTRS_KEY]
+        return self.spec.to_attrs()[fmt.ATTRS_KEY]
 
     @property
     def fingerprint(self) -> dict[str, Any]:
@@ -469,7 +469,7 @@ class FeatureCache(_Store):
     @property
     def keys(self) -> list[str]:
         if self._keys is None:
-            self._keys = decode_keys(self._whole(F.KEYS))
+            self._keys = decode_keys(self._whole(fmt.KEYS))
         return self._keys
 
     def row_of(self, key: str) -> int:
@@ -486,11 +486,11 @@ class FeatureCache(_Store):
     @property
     def done(self) -> np.ndarray:
         """(N,) bool, read fresh from the store."""
-        return self._whole(F.DONE).astype(bool)
+        return self._whole(fmt.DONE).astype(bool)
 
     def sha256(self) -> list[str]:
         """Hex sha256 of each row's image file when it was computed ('00..' for rows never written)."""
-        return bytes_to_hex(self._whole(F.SHA256))
+        return bytes_to_hex(self._whole(fmt.SHA256))
 
     def _stat(self, name: str) -> np.ndarray:
         if name not in self._stats:
@@ -499,11 +499,11 @@ class FeatureCache(_Store):
 
     @property
     def channel_mean(self) -> np.ndarray:
-        return self._stat(F.CHANNEL_MEAN)
+        return self._stat(fmt.CHANNEL_MEAN)
 
     @property
     def channel_std(self) -> np.ndarray:
-        return self._stat(F.CHANNEL_STD)
+        return self._stat(fmt.CHANNEL_STD)
 
     @property
     def pca(self) -> Any:
@@ -513,7 +513,7 @@ class FeatureCache(_Store):
         from dinocache.cache.pca import PCABasis
 
         return PCABasis(
-            self._stat(F.PCA_MEAN), self._stat(F.PCA_COMPONENTS), self._stat(F.PCA_EXPLAINED_VARIANCE)
+            self._stat(fmt.PCA_MEAN), self._stat(fmt.PCA_COMPONENTS), self._stat(fmt.PCA_EXPLAINED_VARIANCE)
         )
 
     @property
@@ -535,7 +535,7 @@ class FeatureCache(_Store):
                 f"cache {self.path} holds no flipped views (it was made without cache_flips=true); rebuild it "
                 "with `dinocache precompute ... cache_flips=true --overwrite` or set distill_cache_flips=off"
             )
-        name = F.FEATURES_FLIP if flipped else F.FEATURES
+        name = fmt.FEATURES_FLIP if flipped else fmt.FEATURES
         d = self.k if channels is None else int(channels)
         if not 1 <= d <= self.k:
             raise ValueError(f"channels={channels} but the cache {self.path} stores K={self.k}")
@@ -587,7 +587,7 @@ class FeatureCache(_Store):
         self._mapped[name] = reader
         return reader
 
-    def _ts_features(self, name: str = F.FEATURES) -> Any:
+    def _ts_features(self, name: str = fmt.FEATURES) -> Any:
         """The tensorstore handle of array `name` (features or features_flip), opened on first use in this process; None -> zarr-python.
 
         Local folders and s3:// stores (tensorstore's s3 kvstore, same AWS_* settings as s3fs) use it; None
@@ -616,7 +616,7 @@ class FeatureCache(_Store):
         self._ts_pid = pid
         return self._ts[name]
 
-    def _zarr_read(self, uniq: np.ndarray, d: int, name: str = F.FEATURES) -> np.ndarray:
+    def _zarr_read(self, uniq: np.ndarray, d: int, name: str = fmt.FEATURES) -> np.ndarray:
         """zarr-python fallback: contiguous runs of the sorted unique rows, gathered in one sync call."""
         from zarr.core.sync import sync
 
@@ -639,13 +639,13 @@ class FeatureCache(_Store):
         both instead of each decoding the keys again."""
         if self.n:
             self.row_of(self.keys[0])
-        for name in (F.FEATURES, F.FEATURES_FLIP) if self.spec.flips else (F.FEATURES,):
+        for name in (fmt.FEATURES, fmt.FEATURES_FLIP) if self.spec.flips else (fmt.FEATURES,):
             self._mapped_reader(name)
 
     def get(self, key: str, channels: int | None = None, flipped: bool = False) -> np.ndarray:
         """float16 (D, h, w) of one image by key (`flipped`: the map of the mirrored image)."""
         row = self.row_of(key)
-        mapped = self._mapped_reader(F.FEATURES_FLIP if flipped else F.FEATURES)
+        mapped = self._mapped_reader(fmt.FEATURES_FLIP if flipped else fmt.FEATURES)
         if (
             mapped is None
             or (flipped and not self.spec.flips)
@@ -656,7 +656,7 @@ class FeatureCache(_Store):
 
     def disk_bytes(self) -> int:
         """Bytes the `features` array takes in the store (chunks + shard indexes)."""
-        return disk_bytes(self.path, self.storage_options, F.FEATURES)
+        return disk_bytes(self.path, self.storage_options, fmt.FEATURES)
 
 
 def open(  # noqa: A001
@@ -668,10 +668,10 @@ def open(  # noqa: A001
 
 def check_fingerprint(fc: FeatureCache, expected: dict[str, Any]) -> None:
     """CacheMismatch naming every teacher field where the cache differs from `expected`."""
-    if F.fingerprint_id(F.normalize_json(expected)) == fc.fingerprint_id:
+    if fmt.fingerprint_id(fmt.normalize_json(expected)) == fc.fingerprint_id:
         return
-    lines = F.diff(fc.fingerprint, expected, "teacher.") or ["fingerprint_id differs"]
-    F.raise_mismatch(
+    lines = fmt.diff(fc.fingerprint, expected, "teacher.") or ["fingerprint_id differs"]
+    fmt.raise_mismatch(
         f"the teacher of cache {fc.path}",
         lines,
         "rebuild the cache for this teacher (`dinocache precompute ... --overwrite`) or use the teacher it was made with",
@@ -689,7 +689,7 @@ class CacheWriter(_Store):
     def create(
         cls,
         path: str | Path,
-        spec: F.Spec,
+        spec: fmt.Spec,
         keys: Sequence[str],
         channel_mean: np.ndarray,
         channel_std: np.ndarray,
@@ -721,37 +721,42 @@ class CacheWriter(_Store):
             raise
         # Attributes first with ready=false, so a crash during creation leaves a store we recognise
         # as ours and unfinished (the next run recreates it), never one that looks complete.
-        unfinished = F.Spec(**{**spec.__dict__, "ready": False})
+        unfinished = fmt.Spec(**{**spec.__dict__, "ready": False})
         group.attrs.update(unfinished.to_attrs())
-        kw = {"chunk_key_encoding": F.CHUNK_KEY_ENCODING}
-        for name in (F.FEATURES, F.FEATURES_FLIP) if spec.flips else (F.FEATURES,):
+        kw = {"chunk_key_encoding": fmt.CHUNK_KEY_ENCODING}
+        for name in (fmt.FEATURES, fmt.FEATURES_FLIP) if spec.flips else (fmt.FEATURES,):
             group.create_array(
                 name,
                 shape=(spec.n, spec.k, h, w),
-                dtype=F.FEATURE_DTYPE,
+                dtype=fmt.FEATURE_DTYPE,
                 chunks=(1, spec.k, h, w),
                 shards=(s, spec.k, h, w),
-                compressors=F.compressors(spec.codec),
+                compressors=fmt.compressors(spec.codec),
                 fill_value=np.nan,
                 dimension_names=("image", "channel", "y", "x"),
-                chunk_key_encoding=F.CHUNK_KEY_ENCODING,
+                chunk_key_encoding=fmt.CHUNK_KEY_ENCODING,
             )
-        kw["compressors"] = F.checksum()  # every other array: crc32c on each chunk, no compression
-        group.create_array(F.DONE, shape=(spec.n,), dtype="uint8", chunks=(s,), fill_value=0, **kw)
-        group.create_array(F.SHA256, shape=(spec.n, 32), dtype="uint8", chunks=(s, 32), fill_value=0, **kw)
+        kw["compressors"] = fmt.checksum()  # every other array: crc32c on each chunk, no compression
+        group.create_array(fmt.DONE, shape=(spec.n,), dtype="uint8", chunks=(s,), fill_value=0, **kw)
+        group.create_array(fmt.SHA256, shape=(spec.n, 32), dtype="uint8", chunks=(s, 32), fill_value=0, **kw)
         karr = group.create_array(
-            F.KEYS, shape=(spec.n, spec.key_len), dtype="uint8", chunks=(s, spec.key_len), fill_value=0, **kw
+            fmt.KEYS,
+            shape=(spec.n, spec.key_len),
+            dtype="uint8",
+            chunks=(s, spec.key_len),
+            fill_value=0,
+            **kw,
         )
         if spec.n:
             karr[:] = encode_keys(keys, spec.key_len)
-        vectors = {F.CHANNEL_MEAN: channel_mean, F.CHANNEL_STD: channel_std}
+        vectors = {fmt.CHANNEL_MEAN: channel_mean, fmt.CHANNEL_STD: channel_std}
         if spec.pca:
             if pca is None:
                 raise CacheError("spec.pca is true but no PCA basis was given")
             vectors |= {
-                F.PCA_MEAN: pca.mean,
-                F.PCA_COMPONENTS: pca.components,
-                F.PCA_EXPLAINED_VARIANCE: pca.explained_variance,
+                fmt.PCA_MEAN: pca.mean,
+                fmt.PCA_COMPONENTS: pca.components,
+                fmt.PCA_EXPLAINED_VARIANCE: pca.explained_variance,
             }
         for name, value in vectors.items():
             value = np.asarray(value, np.float32)
@@ -759,12 +764,12 @@ class CacheWriter(_Store):
                 name, shape=value.shape, dtype="float32", chunks=value.shape, fill_value=0.0, **kw
             )
             a[...] = value
-        done = F.Spec(**{**spec.__dict__, "ready": True})
+        done = fmt.Spec(**{**spec.__dict__, "ready": True})
         group.attrs.update(done.to_attrs())
         return cls(path, storage_options)
 
     def stored_keys(self) -> list[str]:
-        return decode_keys(self._whole(F.KEYS))
+        return decode_keys(self._whole(fmt.KEYS))
 
     def basis(self) -> Any:
         """The stored PCA basis (float32) or None; writers project with exactly these numbers."""
@@ -775,7 +780,7 @@ class CacheWriter(_Store):
         return PCABasis(
             *(
                 self._whole(n).astype(np.float32)
-                for n in (F.PCA_MEAN, F.PCA_COMPONENTS, F.PCA_EXPLAINED_VARIANCE)
+                for n in (fmt.PCA_MEAN, fmt.PCA_COMPONENTS, fmt.PCA_EXPLAINED_VARIANCE)
             )
         )
 
@@ -783,13 +788,13 @@ class CacheWriter(_Store):
         """(done (m,) bool, sha256 hex list) of the rows of `shard`."""
         r = self.spec.shard_rows(shard)
         try:
-            done = np.asarray(self._array(F.DONE)[r.start : r.stop]).astype(bool)
-            sha = bytes_to_hex(np.asarray(self._array(F.SHA256)[r.start : r.stop]))
+            done = np.asarray(self._array(fmt.DONE)[r.start : r.stop]).astype(bool)
+            sha = bytes_to_hex(np.asarray(self._array(fmt.SHA256)[r.start : r.stop]))
         except CacheError:
             raise
         except Exception as e:  # noqa: BLE001 - a chunk failing its checksum
             raise CacheCorrupt(
-                f"cache {self.path}: the done/sha256 chunk of shard {shard} ({F.chunk_file(self.path, F.DONE, shard)}) "
+                f"cache {self.path}: the done/sha256 chunk of shard {shard} ({fmt.chunk_file(self.path, fmt.DONE, shard)}) "
                 f"{damage_reason(e)}; {repair_hint(self)}"
             ) from None
         return done, sha
@@ -798,20 +803,20 @@ class CacheWriter(_Store):
         """Repair: delete the shard's features file and write its done/sha256 chunks as zeros (not done), so the
         next write pass recomputes the whole shard with its usual batch boundaries (same bits as a fresh run)."""
         fs, _ = _fs(self.path, self.storage_options)
-        for f in [F.chunk_file(self.path, F.FEATURES, shard)] + (
-            [F.chunk_file(self.path, F.FEATURES_FLIP, shard)] if self.spec.flips else []
+        for f in [fmt.chunk_file(self.path, fmt.FEATURES, shard)] + (
+            [fmt.chunk_file(self.path, fmt.FEATURES_FLIP, shard)] if self.spec.flips else []
         ):
             target = str(local_path(f).resolve()) if local_path(f) is not None else f
             if fs.exists(target):
                 fs.rm(target)
         r = self.spec.shard_rows(shard)
-        self._array(F.SHA256)[r.start : r.stop] = np.zeros((len(r), 32), np.uint8)
-        self._array(F.DONE)[r.start : r.stop] = np.zeros(len(r), np.uint8)
+        self._array(fmt.SHA256)[r.start : r.stop] = np.zeros((len(r), 32), np.uint8)
+        self._array(fmt.DONE)[r.start : r.stop] = np.zeros(len(r), np.uint8)
 
     def write_keys(self, shard: int, keys: Sequence[str]) -> None:
         """Repair: rewrite the keys chunk of `shard` from the dataset listing (`keys` = all N keys)."""
         r = self.spec.shard_rows(shard)
-        self._array(F.KEYS)[r.start : r.stop] = encode_keys(list(keys)[r.start : r.stop], self.spec.key_len)
+        self._array(fmt.KEYS)[r.start : r.stop] = encode_keys(list(keys)[r.start : r.stop], self.spec.key_len)
 
     def write_shard(
         self,
@@ -831,18 +836,18 @@ class CacheWriter(_Store):
                 f"shard {shard}: the cache {'holds' if self.spec.flips else 'has no'} flipped views "
                 f"(flips={self.spec.flips}) but features_flip was {'not ' if features_flip is None else ''}given"
             )
-        for name, x in ((F.FEATURES, features), (F.FEATURES_FLIP, features_flip)):
+        for name, x in ((fmt.FEATURES, features), (fmt.FEATURES_FLIP, features_flip)):
             if x is not None and (x.shape != (m, self.spec.k, h, w) or x.dtype != np.float16):
                 raise CacheError(
                     f"shard {shard}: {name} {x.shape} {x.dtype}, expected {(m, self.spec.k, h, w)} float16"
                 )
         if len(sha256_hex) != m or len(done) != m:
             raise CacheError(f"shard {shard}: {len(sha256_hex)} hashes / {len(done)} flags for {m} rows")
-        self._array(F.FEATURES)[r.start : r.stop] = features
+        self._array(fmt.FEATURES)[r.start : r.stop] = features
         if features_flip is not None:
-            self._array(F.FEATURES_FLIP)[r.start : r.stop] = features_flip
-        self._array(F.SHA256)[r.start : r.stop] = hex_to_bytes([h or "0" * 64 for h in sha256_hex])
-        self._array(F.DONE)[r.start : r.stop] = np.asarray(done, np.uint8)
+            self._array(fmt.FEATURES_FLIP)[r.start : r.stop] = features_flip
+        self._array(fmt.SHA256)[r.start : r.stop] = hex_to_bytes([h or "0" * 64 for h in sha256_hex])
+        self._array(fmt.DONE)[r.start : r.stop] = np.asarray(done, np.uint8)
 
 
 __all__ = [

@@ -52,19 +52,19 @@ def main() -> None:
     res: dict = {"what": a.what, "n": a.n, "k": a.k, "grid": a.grid}
 
     if a.what == "write":
-        import dinocache.cache.format as F
+        import dinocache.cache.format as fmt
 
         from dinocache import cache
 
         g = a.grid
-        spec = F.Spec(
+        spec = fmt.Spec(
             n=a.n,
             k=a.k,
             grid=[g, g],
             imgsz=g * 16,
             patch_size=16,
             teacher_channels=a.k,
-            shard_size=F.auto_shard_size(a.k * g * g * 2),
+            shard_size=fmt.auto_shard_size(a.k * g * g * 2),
             codec=a.codec,
             key_len=32,
             pca=False,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from dinocache.cache import format as F
+from dinocache.cache import format as fmt
 from dinocache.cache.store import CacheWriter, encode_keys
 
 from dinocache import cache
@@ -17,7 +17,7 @@ from dinocache import cache
 N, K, G, S = 10, 6, 4, 4
 
 
-def make_spec(**kw) -> F.Spec:
+def make_spec(**kw) -> fmt.Spec:
     values = dict(
         n=N,
         k=K,
@@ -33,7 +33,7 @@ def make_spec(**kw) -> F.Spec:
         teacher={"model_type": "dinov3_vit", "layer": -1, "imgsz": G * 16},
     )
     values.update(kw)
-    return F.Spec(**values)
+    return fmt.Spec(**values)
 
 
 def keys(n: int = N) -> list[str]:
@@ -45,7 +45,7 @@ def rows_data(n: int = N) -> np.ndarray:
     return rng.standard_normal((n, K, G, G)).astype(np.float16)
 
 
-def build(path: str, spec: F.Spec | None = None, write: bool = True) -> CacheWriter:
+def build(path: str, spec: fmt.Spec | None = None, write: bool = True) -> CacheWriter:
     from dinocache.cache.pca import PCABasis
 
     spec = spec or make_spec()
@@ -84,9 +84,11 @@ def test_round_trip_and_layout(store: str) -> None:
     assert shard_files == ["c.0.0.0.0", "c.1.0.0.0", "c.2.0.0.0"]
     attrs = zarr.open_group(store, mode="r").attrs["dinocache"]
     assert (
-        attrs["format"] == F.FORMAT_NAME and attrs["version"] == F.FORMAT_VERSION and attrs["ready"] is True
+        attrs["format"] == fmt.FORMAT_NAME
+        and attrs["version"] == fmt.FORMAT_VERSION
+        and attrs["ready"] is True
     )
-    assert attrs["fingerprint_id"] == F.fingerprint_id(attrs["teacher"])
+    assert attrs["fingerprint_id"] == fmt.fingerprint_id(attrs["teacher"])
     assert fc.sha256()[0] == "ab" * 32
 
 
@@ -120,15 +122,15 @@ def _set_block(path: str, **changes) -> None:
 
 
 def test_version_and_format_refused(store: str, tmp_path: Path) -> None:
-    _set_block(store, version=F.FORMAT_VERSION + 1)
+    _set_block(store, version=fmt.FORMAT_VERSION + 1)
     with pytest.raises(
-        cache.CacheFormatError, match=f"version {F.FORMAT_VERSION + 1} was written by a newer dinocache"
+        cache.CacheFormatError, match=f"version {fmt.FORMAT_VERSION + 1} was written by a newer dinocache"
     ):
         cache.open(store)
-    _set_block(store, version=F.FORMAT_VERSION, format="something.else")
+    _set_block(store, version=fmt.FORMAT_VERSION, format="something.else")
     with pytest.raises(cache.CacheFormatError, match="format is 'something.else'"):
         cache.open(store)
-    _set_block(store, format=F.FORMAT_NAME, ready=False)
+    _set_block(store, format=fmt.FORMAT_NAME, ready=False)
     with pytest.raises(cache.CacheFormatError, match="never finished"):
         cache.open(store)
     plain = str(tmp_path / "plain.zarr")
@@ -156,9 +158,9 @@ def test_check_fingerprint_names_fields(store: str) -> None:
 
 def test_compat_diff() -> None:
     a, b = make_spec(), make_spec(k=4, teacher={"model_type": "dinov3_vit", "layer": 2, "imgsz": G * 16})
-    lines = F.compat_diff(a, b)
+    lines = fmt.compat_diff(a, b)
     assert "k: cache 6, wanted 4" in lines and "teacher.layer: cache -1, wanted 2" in lines
-    assert F.compat_diff(a, make_spec(created_at="later")) == []
+    assert fmt.compat_diff(a, make_spec(created_at="later")) == []
 
 
 def _read_rows(fc: cache.FeatureCache) -> np.ndarray:
@@ -185,12 +187,12 @@ def test_fsspec_url_store() -> None:
 
 
 def test_auto_shard_size_and_keys() -> None:
-    assert F.auto_shard_size(8 * 8 * 2) == 256
-    assert F.auto_shard_size(128 * 32 * 32 * 2) == 64  # 256 KiB/image -> 16 MiB shards
-    assert F.auto_shard_size(1024 * 64 * 64 * 2) == 2
-    assert F.auto_shard_size(1 << 30) == 1
-    assert F.auto_shard_size(8 * 8 * 2, n=16) == 16 and F.auto_shard_size(8 * 8 * 2, n=17) == 32
-    assert F.auto_shard_size(128 * 32 * 32 * 2, n=1000) == 64 and F.auto_shard_size(10, n=1) == 1
+    assert fmt.auto_shard_size(8 * 8 * 2) == 256
+    assert fmt.auto_shard_size(128 * 32 * 32 * 2) == 64  # 256 KiB/image -> 16 MiB shards
+    assert fmt.auto_shard_size(1024 * 64 * 64 * 2) == 2
+    assert fmt.auto_shard_size(1 << 30) == 1
+    assert fmt.auto_shard_size(8 * 8 * 2, n=16) == 16 and fmt.auto_shard_size(8 * 8 * 2, n=17) == 32
+    assert fmt.auto_shard_size(128 * 32 * 32 * 2, n=1000) == 64 and fmt.auto_shard_size(10, n=1) == 1
     raw = encode_keys(["a", "images/é.png"], 16)
     assert raw.shape == (2, 16) and raw.dtype == np.uint8
     from dinocache.cache.store import decode_keys
@@ -223,16 +225,16 @@ def test_new_caches_default_to_no_compression() -> None:
     from dinocache.precompute.run import PrecomputeConfig
 
     # no compression; the crc32c checksum of format version 2 stays on every chunk
-    assert PrecomputeConfig().codec == "none" and [type(c).__name__ for c in F.compressors("none")] == [
+    assert PrecomputeConfig().codec == "none" and [type(c).__name__ for c in fmt.compressors("none")] == [
         "Crc32cCodec"
     ]
 
 
 def test_unsupported_codec_refused(store: str) -> None:
     g = zarr.open_group(store, mode="r+")
-    block = dict(g.attrs[F.ATTRS_KEY])
+    block = dict(g.attrs[fmt.ATTRS_KEY])
     block["codec"] = "brotli"
-    g.attrs[F.ATTRS_KEY] = block
+    g.attrs[fmt.ATTRS_KEY] = block
     with pytest.raises(cache.CacheFormatError, match=r"codec 'brotli'.*does not read.*--overwrite"):
         cache.open(store)
 
@@ -241,7 +243,7 @@ def test_array_with_unknown_codec_refused(store: str) -> None:
     """A features array whose zarr metadata names a codec no reader knows: refused naming the array."""
     import json
 
-    meta = Path(store) / F.FEATURES / "zarr.json"
+    meta = Path(store) / fmt.FEATURES / "zarr.json"
     m = json.loads(meta.read_text())
     m["codecs"][0]["configuration"]["codecs"].append({"name": "no-such-codec", "configuration": {}})
     meta.write_text(json.dumps(m))
@@ -250,7 +252,7 @@ def test_array_with_unknown_codec_refused(store: str) -> None:
     with pytest.raises(cache.CacheFormatError, match=r"array 'features' cannot be read with tensorstore"):
         from dinocache.cache.store import _ts_open
 
-        _ts_open(store, F.FEATURES)
+        _ts_open(store, fmt.FEATURES)
 
 
 def _read_in_child(fc: cache.FeatureCache) -> bytes:

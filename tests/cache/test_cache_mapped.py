@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from dinocache.cache import format as F
+from dinocache.cache import format as fmt
 from dinocache.cache.mapped import MappedArray
 from dinocache.cache.store import CacheWriter
 
@@ -29,7 +29,7 @@ def _same_as_tensorstore(path: Path, flips: bool) -> None:
     ts = cache.open(path, read_path="tensorstore")
     rng = np.random.default_rng(0)
     for flipped in (False, True) if flips else (False,):
-        name = F.FEATURES_FLIP if flipped else F.FEATURES
+        name = fmt.FEATURES_FLIP if flipped else fmt.FEATURES
         assert fast._mapped_reader(name) is not None, f"{name}: the mapped reader declined a precompute cache"
         assert ts._mapped_reader(name) is None
         rows = np.arange(fast.n)
@@ -59,7 +59,7 @@ def _store(path: Path, codec: str = "none", n: int = 10, write: tuple[int, ...] 
     """A K=4, 3x3, S=4 cache with shards `write` written (shard 1 never: its file does not exist), row 3 all NaN
     (an all-fill chunk zarr does not store: an absent index entry)."""
     k, g = 4, 3
-    spec = F.Spec(
+    spec = fmt.Spec(
         n=n, k=k, grid=[g, g], imgsz=g * 16, patch_size=16, teacher_channels=k, shard_size=4, codec=codec,
         key_len=16, pca=False, pca_fit_images=1, teacher={"t": 1}, teacher_files={},
     )  # fmt: skip
@@ -90,7 +90,7 @@ def test_compressed_cache_declines_to_tensorstore(tmp_path: Path) -> None:
     p = tmp_path / "z.zarr"
     x = _store(p, codec="zstd", write=(0, 1, 2))
     fc = cache.open(p)
-    assert fc._mapped_reader(F.FEATURES) is None
+    assert fc._mapped_reader(fmt.FEATURES) is None
     ok = [0, 1, 2, 4, 5, 6, 7, 8, 9]
     assert np.array_equal(_bits(fc.read(ok)), _bits(x[ok]))
 
@@ -183,7 +183,7 @@ def test_forked_workers_map_their_own(tmp_path: Path) -> None:
     _store(p, write=(0, 1, 2))
     fc = cache.open(p)
     parent = fc.read(np.arange(10))
-    reader = fc._mapped_reader(F.FEATURES)
+    reader = fc._mapped_reader(fmt.FEATURES)
     ctx = mp.get_context("fork")
     q = ctx.Queue()
 

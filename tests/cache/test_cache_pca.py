@@ -85,7 +85,7 @@ def test_fit_is_the_same_bits_at_any_thread_count() -> None:
 def test_precompute_at_default_threads_equals_one_thread(precompute_argv, reference_cache, tmp_path) -> None:
     """A cache made at torch's default thread count is the bytes of the one-thread reference cache."""
     import numpy as np
-    from dinocache.cache import format as F
+    from dinocache.cache import format as fmt
     from dinocache.precompute.run import main as precompute_main
 
     from dinocache import cache
@@ -93,5 +93,5 @@ def test_precompute_at_default_threads_equals_one_thread(precompute_argv, refere
     store = tmp_path / "default.zarr"
     assert precompute_main(precompute_argv(store)) == 0
     a, b = cache.open(str(store)), cache.open(str(reference_cache))
-    for name in (F.FEATURES, F.CHANNEL_MEAN, F.CHANNEL_STD, F.PCA_MEAN, F.PCA_COMPONENTS):
+    for name in (fmt.FEATURES, fmt.CHANNEL_MEAN, fmt.CHANNEL_STD, fmt.PCA_MEAN, fmt.PCA_COMPONENTS):
         assert np.asarray(a._array(name)[...]).tobytes() == np.asarray(b._array(name)[...]).tobytes(), name

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dinocache.cache import format as F
+from dinocache.cache import format as fmt
 from dinocache.precompute.run import main as precompute_main
 
 from dinocache import cache
@@ -81,7 +81,15 @@ def assert_same_arrays(url: str, local: Path) -> None:
     a, b = cache.open(url), cache.open(str(local))
     assert a.attrs | {"created_at": ""} == b.attrs | {"created_at": ""}
     assert a.done.all()
-    for name in (F.FEATURES, F.DONE, F.SHA256, F.KEYS, F.CHANNEL_MEAN, F.CHANNEL_STD, F.PCA_COMPONENTS):
+    for name in (
+        fmt.FEATURES,
+        fmt.DONE,
+        fmt.SHA256,
+        fmt.KEYS,
+        fmt.CHANNEL_MEAN,
+        fmt.CHANNEL_STD,
+        fmt.PCA_COMPONENTS,
+    ):
         x, y = np.asarray(a._array(name)[...]), np.asarray(b._array(name)[...])
         assert x.tobytes() == y.tobytes(), f"array {name} differs"
 
@@ -116,7 +124,7 @@ def test_precompute_writes_s3_and_verify_checks(s3, s3_cache, reference_cache, d
     fs = s3["fs"]
     bad = f"{BUCKET}/bad.zarr"
     fs.copy(f"{BUCKET}/features.zarr", bad, recursive=True)
-    shard = sorted(p for p in objects(fs, f"{bad}/{F.FEATURES}") if "/c." in p)[0]
+    shard = sorted(p for p in objects(fs, f"{bad}/{fmt.FEATURES}") if "/c." in p)[0]
     raw = bytearray(fs.cat(shard))
     raw[10] ^= 0xFF
     fs.pipe(shard, bytes(raw))
@@ -183,7 +191,7 @@ def test_s3_precompute_resumes_after_sigkill(
     fs = s3["fs"]
     t0 = time.monotonic()
     while p.poll() is None and time.monotonic() - t0 < 300:
-        if len([x for x in objects(fs, f"{BUCKET}/killed.zarr/{F.DONE}") if "/c." in x]) >= 2:
+        if len([x for x in objects(fs, f"{BUCKET}/killed.zarr/{fmt.DONE}") if "/c." in x]) >= 2:
             break
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)

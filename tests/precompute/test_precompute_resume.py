@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from dinocache.cache import format as F
+from dinocache.cache import format as fmt
 from dinocache.precompute.run import main as precompute_main
 
 from dinocache import cache
@@ -39,7 +39,7 @@ def spawn(delay: float, argv: list[str]) -> subprocess.Popen:
 
 
 def done_chunks(store: Path) -> int:
-    d = store / F.DONE
+    d = store / fmt.DONE
     return len([p for p in d.glob("c.*")]) if d.exists() else 0
 
 
@@ -48,14 +48,14 @@ def assert_same_cache(a: Path, b: Path) -> None:
     assert fa.attrs | {"created_at": ""} == fb.attrs | {"created_at": ""}
     assert fa.done.all() and fb.done.all()
     for name in (
-        F.FEATURES,
-        F.DONE,
-        F.SHA256,
-        F.KEYS,
-        F.CHANNEL_MEAN,
-        F.CHANNEL_STD,
-        F.PCA_MEAN,
-        F.PCA_COMPONENTS,
+        fmt.FEATURES,
+        fmt.DONE,
+        fmt.SHA256,
+        fmt.KEYS,
+        fmt.CHANNEL_MEAN,
+        fmt.CHANNEL_STD,
+        fmt.PCA_MEAN,
+        fmt.PCA_COMPONENTS,
     ):
         x, y = np.asarray(fa._array(name)[...]), np.asarray(fb._array(name)[...])
         assert x.tobytes() == y.tobytes(), f"array {name} differs"

@@ -446,7 +446,7 @@ def test_cache_mode_start_builds_no_teacher(tmp_path, demo_data, tiny_teacher_di
 def test_workers_inherit_keys_and_cache(demo_data: Path, feature_cache: Path) -> None:
     """The dataset resolves every key and opens the cache in the main process; forked DataLoader workers read the
     same maps through their own shard maps without resolving a path or opening the cache again."""
-    from dinocache.cache import format as F
+    from dinocache.cache import format as fmt
     from dinocache.train.dataset import DistillDataset, TeacherLookup
     from ultralytics.cfg import get_cfg
     from ultralytics.utils import DEFAULT_CFG
@@ -463,7 +463,7 @@ def test_workers_inherit_keys_and_cache(demo_data: Path, feature_cache: Path) ->
         task="obb", data=info, teacher=lookup, geometric_aug="off",
     )  # fmt: skip
     assert set(lookup._keys) == set(ds.im_files) and lookup._fc is not None and lookup._fc._row is not None
-    assert lookup._fc._mapped_reader(F.FEATURES) is not None
+    assert lookup._fc._mapped_reader(fmt.FEATURES) is not None
     real_open = cache.open
 
     def reopen(*args, **kwargs):  # raised in a worker, the DataLoader re-raises it here
