@@ -213,7 +213,8 @@ def split_images(info: dict[str, Any], split: str) -> list[Path]:
     except FileNotFoundError as e:
         cause = e.__cause__ or e
         raise DataError(f"{where}: no images for split '{split}' ({cause})") from None
-    return [Path(f).resolve() for f in files]
+    # absolute, links kept as listed: a per-file link (git-annex, DVC) keeps its name and its label file
+    return [Path(os.path.abspath(f)) for f in files]
 
 
 def list_split_images(data: str | Path, split: str = "train") -> tuple[Path, list[Path]]:
@@ -247,7 +248,7 @@ def list_images(data: str | Path, split: str = "train") -> tuple[Path, list[Path
         info = load_data_yaml(p, require_val=False)
         return dataset_root(info), split_images(info, split)
     try:
-        files = [Path(f).resolve() for f in _img_files(src)]
+        files = [Path(os.path.abspath(f)) for f in _img_files(src)]
     except FileNotFoundError as e:
         raise DataError(f"{p}: no images ({e})") from None
     for f in files:
@@ -265,12 +266,19 @@ def _holds_dataset_yaml(folder: Path) -> bool:
 
 
 def image_key(image: str | Path, root: str | Path) -> str:
-    """Cache key of an image: its path relative to the dataset root, POSIX separators."""
+    """Cache key of an image: its path relative to the dataset root, POSIX separators. A file that is a link
+    to outside the root (git-annex, DVC: each image a link into an object store) keys by the path as listed."""
     p = Path(image).resolve()
+    base = Path(root).resolve()
     try:
-        return p.relative_to(Path(root).resolve()).as_posix()
+        return p.relative_to(base).as_posix()
     except ValueError:
-        raise DataError(f"image {p} is not inside the dataset root {root}") from None
+        pass
+    listed = Path(os.path.realpath(Path(image).parent)) / Path(image).name
+    try:
+        return listed.relative_to(base).as_posix()
+    except ValueError:
+        raise DataError(f"image {image} is not inside the dataset root {root}") from None
 
 
 def image_keys(images: Sequence[str | Path], root: str | Path) -> list[str]:

@@ -394,3 +394,29 @@ def test_precompute_count_mismatch_names_the_images(work, tmp_path, tiny_teacher
         argv,
         ["images/train/000007.png", "no longer"],
     )
+
+
+def test_per_file_symlinks_outside_the_root_are_accepted(
+    work, tmp_path, tiny_teacher_dir, precompute_argv
+) -> None:
+    """git-annex / DVC layout: an image is a link into an object store outside the dataset; Ultralytics trains
+    it, so precompute caches it under the path as listed and `cache verify` finds it."""
+    from dinocache.cache.cli import main as cache_main
+    from dinocache.precompute.run import main as precompute
+
+    from dinocache.core.data import image_key, image_keys, list_split_images
+
+    data, _ = work
+    objects = tmp_path / "annex" / "objects"
+    objects.mkdir(parents=True)
+    for i in (0, 3):
+        src = _img(data, i)
+        target = objects / f"SHA256E-{i}.png"
+        src.rename(target)
+        src.symlink_to(target)
+    root, files = list_split_images(data, "train")
+    keys = image_keys(files, root)
+    assert keys == [image_key(f, root) for f in files] and "images/train/000000.png" in keys
+    store = tmp_path / "linked.zarr"
+    assert precompute([*precompute_argv(store), f"data={data}"]) == 0
+    assert cache_main(["verify", str(store), "--data", str(data)]) == 0
