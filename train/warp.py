@@ -106,8 +106,11 @@ class WarpError(DinocacheError, ValueError):
     """Warp mode cannot follow this pipeline or input (the message says which transform/key and why)."""
 
 
+_EYE = np.eye(3, dtype=np.float64)
+
+
 def _eye() -> np.ndarray:
-    return np.eye(3, dtype=np.float64)
+    return _EYE.copy()  # a copy of a constant: np.eye costs ~10x more, several times per sample
 
 
 def _translate(tx: float, ty: float) -> np.ndarray:
@@ -122,7 +125,8 @@ class Tile:
 
     # (D, h, w) cached teacher map of the source image
     feat: np.ndarray
-    # source pixel -> current-frame pixel (3x3, float64)
+    # source pixel -> current-frame pixel (3x3, float64), once the state's pending transforms are applied
+    # (WarpState.flush; the transforms after the tiles were placed act on all tiles alike and are composed once)
     A: np.ndarray
     # (ox, oy): where the loaded image's top-left pixel sits on the map's canvas, in pixels
     offset: tuple[float, float]
@@ -153,15 +157,27 @@ class WarpState:
     tiles: list[Tile]
     # teacher stride s in pixels (cell size)
     patch: int
-    # what each transform did to this sample (the recorded parameters)
+    # what each transform did to this sample (the recorded parameters; only when `record`)
     params: list[dict[str, Any]] = field(default_factory=list)
+    # keep `params` (warp-check, tests: keep_params); the training loader does not build them
+    record: bool = True
+    # the frame transforms applied since the last flush, composed (3x3): every tile's A is left-multiplied by it
+    post: np.ndarray = field(default_factory=_eye)
 
-    def apply(self, T: np.ndarray, record: dict[str, Any]) -> None:
-        """A current-frame transform T (3x3, old pixel -> new pixel) happened."""
-        T = np.asarray(T, dtype=np.float64)
-        for t in self.tiles:
-            t.A = T @ t.A
-        self.params.append(record)
+    def apply(self, T: np.ndarray, record: dict[str, Any] | None = None) -> None:
+        """A current-frame transform T (3x3 float64, old pixel -> new pixel) happened (`record`: its parameters)."""
+        self.post = T @ self.post
+        if self.record and record is not None:
+            self.params.append(record)
+
+    def flush(self) -> list[Tile]:
+        """The tiles with the pending transforms applied to their A (a tile's flipped view right-multiplies A, so it
+        commutes with the pending left factor and needs no flush)."""
+        if self.post is not _EYE:
+            for t in self.tiles:
+                t.A = self.post @ t.A
+            self.post = _EYE
+        return self.tiles
 
 
 def source_offset(
@@ -186,21 +202,21 @@ def _as_map(feat: Any, key: str) -> np.ndarray:
     return a
 
 
-def _single_state(labels: dict[str, Any], patch: int) -> WarpState:
+def _single_state(labels: dict[str, Any], patch: int, record: bool = True) -> WarpState:
     """State of a sample that has not been moved yet: one tile, identity geometry; pops the map from labels."""
     key = str(labels.get("im_file", ""))
     feat = _as_map(labels.pop(TEACHER_KEY), key)
     h, w = labels["img"].shape[:2]
     off = source_offset(feat, (h, w), patch, key)
     tile = Tile(feat, _eye(), off, key, (0.0, 0.0, float(w), float(h)), labels.pop(FLIP_KEY, None), float(w))
-    return WarpState(tiles=[tile], patch=patch)
+    return WarpState(tiles=[tile], patch=patch, record=record)
 
 
-def _state(labels: dict[str, Any], patch: int) -> WarpState | None:
+def _state(labels: dict[str, Any], patch: int, record: bool = True) -> WarpState | None:
     """The sample's WarpState, created on first use; None when the sample carries no teacher map."""
     st = labels.get(STATE_KEY)
     if st is None and labels.get(TEACHER_KEY) is not None:
-        st = labels[STATE_KEY] = _single_state(labels, patch)
+        st = labels[STATE_KEY] = _single_state(labels, patch, record)
     return st
 
 
@@ -208,6 +224,7 @@ class WarpMosaic(Mosaic):
     """Ultralytics' Mosaic; also records the tile layout and collects the teacher map of every tile."""
 
     patch: int = 16
+    keep_params: bool = False  # build the per-sample record of what each transform did (wrap_transforms)
 
     def get_indexes(self) -> list[int]:
         idx = super().get_indexes()
@@ -253,18 +270,22 @@ class WarpMosaic(Mosaic):
                         int(y1b + item["y2"] - item["y1"]),
                     ]
                     padw, padh = item["padw"] + self.border[0], item["padh"] + self.border[1]
-                region = tuple(float(v) for v in crop)
+                region = (float(crop[0]), float(crop[1]), float(crop[2]), float(crop[3]))
                 off = source_offset(feat, (h, w), self.patch, key)
                 tiles.append(Tile(feat, _translate(padw, padh), off, key, region, flip, float(w)))
-                rec = {"key": key, "img_shape": [int(h), int(w)], "pad": [int(padw), int(padh)]}
-                rec["ratio_pad"] = [float(v) for v in pl.get("ratio_pad", (1.0, 1.0))]
-                rec["paste"] = [
-                    int(item[k]) for k in ("x1a", "y1a", "x2a", "y2a", "x1", "y1", "x2", "y2") if k in item
-                ]
-                rec["crop"] = crop
-                record.append(rec)
-            st = WarpState(tiles=tiles, patch=self.patch)
-            st.params.append({"op": "mosaic", "n": self.n, "tiles": record})
+                if self.keep_params:
+                    rec = {"key": key, "img_shape": [int(h), int(w)], "pad": [int(padw), int(padh)]}
+                    rec["ratio_pad"] = [float(v) for v in pl.get("ratio_pad", (1.0, 1.0))]
+                    rec["paste"] = [
+                        int(item[k])
+                        for k in ("x1a", "y1a", "x2a", "y2a", "x1", "y1", "x2", "y2")
+                        if k in item
+                    ]
+                    rec["crop"] = crop
+                    record.append(rec)
+            st = WarpState(tiles=tiles, patch=self.patch, record=self.keep_params)
+            if self.keep_params:
+                st.params.append({"op": "mosaic", "n": self.n, "tiles": record})
             labels[STATE_KEY] = st
         return super().apply_image(labels, params)
 
@@ -273,15 +294,18 @@ class WarpPerspective(RandomPerspective):
     """Ultralytics' RandomPerspective; also records M and the output size and moves the teacher geometry."""
 
     patch: int = 16
+    keep_params: bool = False
 
     def apply_image(self, labels: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
-        st = _state(labels, self.patch)
+        st = _state(labels, self.patch, self.keep_params)
         if st is not None:
-            M = np.asarray(params["M"], dtype=np.float64)
+            M = np.array(params["M"], dtype=np.float64)
             if not self.perspective:  # cv2.warpAffine uses only the top two rows
-                M = np.vstack([M[:2], [0.0, 0.0, 1.0]])
-            rec = {"op": "affine", "M": M.tolist(), "size": [int(v) for v in params["size"]]}
-            rec["perspective"] = bool(self.perspective)
+                M[2] = (0.0, 0.0, 1.0)
+            rec = None
+            if st.record:
+                rec = {"op": "affine", "M": M.tolist(), "size": [int(v) for v in params["size"]]}
+                rec["perspective"] = bool(self.perspective)
             st.apply(M, rec)
         return super().apply_image(labels, params)
 
@@ -290,15 +314,16 @@ class WarpFlip(RandomFlip):
     """Ultralytics' RandomFlip; also records the decision and flips the teacher geometry (or the plain map)."""
 
     patch: int = 16
+    keep_params: bool = False
 
     def apply_image(self, labels: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         st = labels.get(STATE_KEY)
         vertical = params["direction"] == "vertical"
         if st is not None:
-            h, w = labels["img"].shape[:2]
-            T = _eye()
             views = 0
             if params["flip"]:  # pixel centres at integers: x -> (w - 1) - x
+                h, w = labels["img"].shape[:2]
+                T = _eye()
                 if vertical:
                     T[1, 1], T[1, 2] = -1.0, h - 1.0
                 else:
@@ -307,8 +332,10 @@ class WarpFlip(RandomFlip):
                         if t.flip_feat is not None:
                             t.use_flipped_view()
                             views += 1
-            rec = {"op": "flip", "direction": params["direction"], "flip": bool(params["flip"])}
-            st.apply(T, {**rec, "flipped_views": views} if views else rec)
+                st.apply(T)
+            if st.record:
+                rec = {"op": "flip", "direction": params["direction"], "flip": bool(params["flip"])}
+                st.params.append({**rec, "flipped_views": views} if views else rec)
         elif labels.get(TEACHER_KEY) is not None and params["flip"]:
             view = labels.get(FLIP_KEY)
             if not vertical and view is not None:  # cache_flips: the teacher's map of the mirrored image
@@ -326,9 +353,10 @@ class WarpLetterBox(LetterBox):
     """Ultralytics' LetterBox; also records ratio and padding and moves the teacher geometry."""
 
     patch: int = 16
+    keep_params: bool = False
 
     def apply_image(self, labels: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-        st = _state(labels, self.patch)
+        st = _state(labels, self.patch, self.keep_params)
         if st is not None:
             h, w = params["orig_shape"]
             nw, nh = params["new_unpad"]
@@ -337,11 +365,13 @@ class WarpLetterBox(LetterBox):
                 rx, ry = nw / w, nh / h
                 T = np.array([[rx, 0, 0.5 * rx - 0.5], [0, ry, 0.5 * ry - 0.5], [0, 0, 1]], dtype=np.float64)
             T = _translate(params["left"], params["top"]) @ T
-            rec = {
-                "op": "letterbox",
-                "ratio": [nw / w, nh / h],
-                "pad": [int(params["left"]), int(params["top"])],
-            }
+            rec = None
+            if st.record:
+                rec = {
+                    "op": "letterbox",
+                    "ratio": [nw / w, nh / h],
+                    "pad": [int(params["left"]), int(params["top"])],
+                }
             st.apply(T, rec)
         return super().apply_image(labels, params)
 
@@ -357,12 +387,14 @@ def feature_matrix(A: np.ndarray, offset: tuple[float, float], patch: int) -> np
 def geometry_rows(state: WarpState, out_hw: tuple[int, int]) -> np.ndarray:
     """(T, GEOM_FIELDS) float64 geometry of a sample whose image is now out_hw = (H, W) px (see GEOM_FIELDS)."""
     H, W = out_hw
-    rows = np.zeros((len(state.tiles), GEOM_FIELDS), np.float64)
-    for i, t in enumerate(state.tiles):
-        rows[i, :9] = t.A.reshape(-1)  # inverted on the device, batched (render_batch)
-        rows[i, 9:11] = t.offset
-        rows[i, 11:15] = t.region
-        rows[i, 15:19] = (H, W, state.patch, 1.0)
+    tiles = state.flush()
+    rows = np.empty((len(tiles), GEOM_FIELDS), np.float64)
+    rows[:, :9] = np.array([t.A for t in tiles]).reshape(
+        len(tiles), 9
+    )  # inverted on the device (render_batch)
+    rows[:, 9:11] = [t.offset for t in tiles]
+    rows[:, 11:15] = [t.region for t in tiles]
+    rows[:, 15:19] = (H, W, state.patch, 1.0)
     return rows
 
 
@@ -385,7 +417,7 @@ class AttachGeometry(BaseTransform):
     def __call__(self, labels: dict[str, Any]) -> dict[str, Any]:
         st = labels.pop(STATE_KEY, None)
         if st is None and labels.get(TEACHER_KEY) is not None:
-            st = _single_state(labels, self.patch)
+            st = _single_state(labels, self.patch, self.keep_params)
         labels.pop(FLIP_KEY, None)
         if st is not None:
             d = st.tiles[0].feat.shape[0]
@@ -593,21 +625,21 @@ _WRAPPERS: list[tuple[type, type]] = [
 ]
 
 
-def _rewrap(obj: Any, patch: int) -> Any:
+def _rewrap(obj: Any, patch: int, keep_params: bool = False) -> Any:
     """The wrapper of `obj` with all of obj's attributes (so its probabilities/ranges stay exactly as built)."""
     for base, wrapper in _WRAPPERS:
         if isinstance(obj, base) and not isinstance(obj, wrapper):
             new = wrapper.__new__(wrapper)
             new.__dict__.update(obj.__dict__)
-            new.patch = patch
+            new.patch, new.keep_params = patch, keep_params
             return new
         if isinstance(obj, wrapper):
-            obj.patch = patch
+            obj.patch, obj.keep_params = patch, keep_params
             return obj
     return obj
 
 
-def _walk(compose: Compose, patch: int, memo: dict[int, Any]) -> None:
+def _walk(compose: Compose, patch: int, memo: dict[int, Any], keep_params: bool = False) -> None:
     items = compose.transforms
     for i, t in enumerate(items):
         if id(t) in memo:
@@ -615,7 +647,7 @@ def _walk(compose: Compose, patch: int, memo: dict[int, Any]) -> None:
             continue
         if isinstance(t, Compose):
             memo[id(t)] = t
-            _walk(t, patch, memo)
+            _walk(t, patch, memo, keep_params)
             continue
         if isinstance(t, (MixUp, CutMix, CopyPaste)) and t.p > 0:
             raise WarpError(
@@ -627,8 +659,8 @@ def _walk(compose: Compose, patch: int, memo: dict[int, Any]) -> None:
         if isinstance(t, BaseMixTransform) and isinstance(t.pre_transform, Compose):
             if id(t.pre_transform) not in memo:
                 memo[id(t.pre_transform)] = t.pre_transform
-                _walk(t.pre_transform, patch, memo)
-        new = _rewrap(t, patch)
+                _walk(t.pre_transform, patch, memo, keep_params)
+        new = _rewrap(t, patch, keep_params)
         memo[id(t)] = new
         items[i] = new
 
@@ -645,7 +677,7 @@ def wrap_transforms(
     else at the end (the output of `v8_transforms`). Raises WarpError for blends with p > 0 or spatial
     Albumentations, which warp mode cannot follow.
     """
-    _walk(transforms, patch, {})
+    _walk(transforms, patch, {}, keep_params)
     attach = AttachGeometry(valid_threshold, keep_params, patch)
     items = transforms.transforms
     at = next((i for i, t in enumerate(items) if isinstance(t, Format)), len(items))
