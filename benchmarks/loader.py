@@ -123,6 +123,11 @@ def time_block(ds: Any, collate: Any, idx: np.ndarray, batch: int) -> float:
     return 1000 * (time.process_time() - t0) / len(idx)
 
 
+def spread(values: list[float]) -> list[float]:
+    """[min, median, max] of per-round figures."""
+    return [round(min(values), 3), round(statistics.median(values), 3), round(max(values), 3)]
+
+
 def measure(
     data: str,
     cache: str,
@@ -132,9 +137,11 @@ def measure(
     rounds: int = 3,
     seed: int = 0,
     flips_cache: str | None = None,
+    tensorstore_arm: bool = False,
 ) -> dict[str, Any]:
-    """Alternated A (plain) / B (cache, option A: maps in workers) / C (option B: keys only) blocks, and D
-    (cache_flips: B on a cache with flipped views, each horizontal flip reading one) when `flips_cache`."""
+    """Alternated A (plain) / B (cache, option A: maps in workers) / C (option B: keys only) blocks, D
+    (cache_flips: B on a cache with flipped views, each horizontal flip reading one) when `flips_cache`, and E
+    (B reading through tensorstore instead of the memory-mapped shards) when `tensorstore_arm`."""
     import torch
     from dinocache.train.dataset import DistillDataset
     from ultralytics.data.dataset import YOLODataset
@@ -145,6 +152,10 @@ def measure(
     plain, ds, real = build(data, cache, imgsz, batch)
     counting = Counting(real)
     ds.teacher = counting
+    ts_ds = None
+    if tensorstore_arm:
+        _, ts_ds, ts_real = build(data, cache, imgsz, batch)
+        ts_real._fc = cache_mod.open(cache, read_path="tensorstore")
     fc = cache_mod.open(cache)
     d = min(32, fc.k)
     keys_ds = build(data, cache, imgsz, batch, lookup=KeysOnly((d, *fc.grid)))[1]
@@ -153,13 +164,15 @@ def measure(
     for x, coll in ((plain, YOLODataset.collate_fn), (ds, DistillDataset.collate_fn)):
         time_block(x, coll, rng.integers(0, n, batch * 2), batch)  # warm the buffers and the reader
     time_block(keys_ds, DistillDataset.collate_fn, rng.integers(0, n, batch * 2), batch)
+    if ts_ds is not None:
+        time_block(ts_ds, DistillDataset.collate_fn, rng.integers(0, n, batch * 2), batch)
     flips_ds = None
     if flips_cache:  # D: the same dataset on a cache with flipped views (cache_flips)
         _, flips_ds, freal = build(data, flips_cache, imgsz, batch, flips=True)
         fcount = Counting(freal)
         flips_ds.teacher = fcount
         time_block(flips_ds, DistillDataset.collate_fn, rng.integers(0, n, batch * 2), batch)
-    a, b, c, f, reads, main_read, flip_reads = [], [], [], [], [], [], []
+    a, b, c, f, e, reads, main_read, flip_reads = [], [], [], [], [], [], [], []
     for _ in range(rounds):
         idx = rng.integers(0, n, block)
         a.append(time_block(plain, YOLODataset.collate_fn, idx, batch))
@@ -167,6 +180,8 @@ def measure(
         b.append(time_block(ds, DistillDataset.collate_fn, idx, batch))
         reads.append((counting.calls - before) / block)
         c.append(time_block(keys_ds, DistillDataset.collate_fn, idx, batch))
+        if ts_ds is not None:
+            e.append(time_block(ts_ds, DistillDataset.collate_fn, idx, batch))
         if flips_ds is not None:
             before = fcount.flipped
             f.append(time_block(flips_ds, DistillDataset.collate_fn, idx, batch))
@@ -185,6 +200,8 @@ def measure(
         "plain_cpu_ms": round(pa, 2),
         "cache_cpu_ms": round(pb, 2),
         "cpu_ratio": round(pb / pa, 3),
+        # per-round cache/plain ratios of the alternated blocks: [min, median, max]
+        "cpu_ratio_spread": spread([y / x for x, y in zip(a, b)]),
         "reads_per_sample": round(statistics.median(reads), 2),
         "keys_only_cpu_ms": round(pc, 2),
         "keys_only_ratio": round(pc / pa, 3),
@@ -199,8 +216,72 @@ def measure(
             if f
             else {}
         ),
+        **(
+            {
+                "tensorstore_cpu_ms": round(statistics.median(e), 2),
+                "tensorstore_ratio": round(statistics.median(e) / pa, 3),
+                "tensorstore_ratio_spread": spread([y / x for x, y in zip(a, e)]),
+            }
+            if e
+            else {}
+        ),
         "plain_rounds_ms": [round(v, 2) for v in a],
         "cache_rounds_ms": [round(v, 2) for v in b],
+        "rounds": rounds,
+        "block": block,
+        "batch": batch,
+    }
+
+
+def measure_pretrain(
+    data: str, cache: str, imgsz: int, batch: int = 16, block: int = 64, rounds: int = 3, seed: int = 0
+) -> dict[str, Any]:
+    """The pretraining loader (`dinocache pretrain`: UnlabeledDistillDataset, labels never read, maps warped
+    along) against plain image loading with the same augmentation (the same label-free dataset class without
+    maps): alternated blocks of `ds[i]` + collate, CPU ms per sample."""
+    import torch
+    from dinocache.train.dataset import DistillDataset, TeacherLookup
+    from dinocache.train.pretrain_trainer import NoLabels, UnlabeledDistillDataset
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data.dataset import YOLODataset
+
+    from dinocache.core.data import list_split_images, load_data_yaml
+
+    class UnlabeledPlain(NoLabels, YOLODataset):
+        """Ultralytics' YOLODataset reading no labels: the same images and augmentation, no teacher maps."""
+
+    torch.set_num_threads(1)
+    info = load_data_yaml(data)
+    root, _ = list_split_images(data, "train")
+    args = get_cfg(overrides={"imgsz": imgsz, "task": "obb", "mixup": 0.0, "cutmix": 0.0, "copy_paste": 0.0})
+    kw = dict(
+        img_path=info["train"], imgsz=imgsz, batch_size=batch, augment=True, hyp=args, rect=False, stride=32,
+        pad=0.0, task="obb", data=info,
+    )  # fmt: skip
+    plain = UnlabeledPlain(**kw)
+    lookup = Counting(TeacherLookup(cache, root, 32))
+    ds = UnlabeledDistillDataset(**kw, teacher=lookup.inner, geometric_aug="warp", patch=16)
+    ds.teacher = lookup
+    n = len(plain)
+    rng = np.random.default_rng(seed)
+    time_block(plain, YOLODataset.collate_fn, rng.integers(0, n, batch * 2), batch)
+    time_block(ds, DistillDataset.collate_fn, rng.integers(0, n, batch * 2), batch)
+    a, b, reads = [], [], []
+    for _ in range(rounds):
+        idx = rng.integers(0, n, block)
+        a.append(time_block(plain, YOLODataset.collate_fn, idx, batch))
+        before = lookup.calls
+        b.append(time_block(ds, DistillDataset.collate_fn, idx, batch))
+        reads.append((lookup.calls - before) / block)
+    pa, pb = statistics.median(a), statistics.median(b)
+    return {
+        "imgsz": imgsz,
+        "n_images": n,
+        "plain_images_cpu_ms": round(pa, 2),
+        "pretrain_cpu_ms": round(pb, 2),
+        "cpu_ratio": round(pb / pa, 3),
+        "cpu_ratio_spread": spread([y / x for x, y in zip(a, b)]),
+        "reads_per_sample": round(statistics.median(reads), 2),
         "rounds": rounds,
         "block": block,
         "batch": batch,
