@@ -73,6 +73,17 @@ class PretrainTrainer(DinoOBBTrainer):
         self.stage_frozen = False
         self._fit_lookup: TeacherLookup | None = None
 
+    def train(self) -> None:
+        """DinoOBBTrainer.train(); with several devices the run folder survives Ultralytics' DDP launcher, which
+        deletes save_dir unless resuming: it already holds the run's data.yaml and held-out split."""
+        if not self.ddp:
+            return super().train()
+        was, self.resume = self.resume, True
+        try:
+            return super().train()
+        finally:
+            self.resume = was
+
     def plot_training_labels(self) -> None:
         """No labels to plot."""
 

@@ -245,3 +245,41 @@ def test_feature_fit_scores_own_map_against_shuffled() -> None:
     assert abs(out["fit/cos"] - 1) < 1e-5 and abs(out["fit/pcc"] - 1) < 1e-4
     assert out["fit/cos_shuf"] < 0.5 and out["fit/gap"] > 0.5 and out["fit/pcc_shuf"] < 0.5
     assert abs(out["fit/cos_obj"] - 1) < 1e-5 and "fit/cos_L7" in out
+
+
+@pytest.mark.slow  # a launcher process training 1 epoch (~25 s on the shared 2-core machine)
+def test_pretrain_through_the_ddp_launcher(
+    tmp_path: Path, demo_data: Path, feature_cache: Path, tiny_teacher_dir: Path, monkeypatch
+) -> None:
+    """device=0,1: Ultralytics' DDP launcher state rebuilds a PretrainTrainer (distillation only, our config
+    and cache) from the pickled state alone; run here as one CPU process instead of torchrun on GPUs."""
+    import os
+
+    import ultralytics.engine.trainer as ut
+    from dinocache.train import ddp
+    from dinocache.train.pretrain_trainer import PretrainTrainer
+
+    p = Pretrain(cfg(tmp_path, demo_data, feature_cache, tiny_teacher_dir, epochs=1))
+    tc, ov, ctx, state, save_dir = p.prepare()
+    trainer = PretrainTrainer(overrides=ov, dino=tc, ctx=ctx, resume_state=state)
+    trainer.ddp, trainer.world_size = True, 2
+    real_run = subprocess.run
+    seen: dict = {}
+
+    def fake_run(cmd, check=True):
+        from ultralytics.utils.patches import torch_load
+
+        file = cmd[-1]
+        st = torch_load(Path(file).with_suffix(".pt"), map_location="cpu")
+        seen["cls"] = st.get("trainer_class") or st.get("cls")
+        seen["handoff"] = ddp.find_handoff(st["callbacks"])
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+        r = real_run([sys.executable, file], env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+    monkeypatch.setattr(ut.subprocess, "run", fake_run)
+    trainer.train()
+    assert seen["handoff"] is not None and seen["handoff"].dino["dino_distill_layers"] == [16, 19, 22]
+    rows = csv_rows(save_dir / "results.csv")
+    assert len(rows) == 1 and rows[0]["train/distill"] > 0 and "fit/cos" in rows[0]
+    assert (save_dir / "weights" / "best.pt").exists()
