@@ -241,6 +241,10 @@ def preflight(cfg: TrainConfig) -> TeacherContext:
         from dinocache.teacher.registry import load_teacher
 
         teacher = load_teacher(cfg.dino_root, layer=cfg.dino_layer, device="cpu", family=cfg.teacher_family)
+        try:
+            teacher.check_imgsz(cfg.imgsz)  # the check precompute makes: online accepts no other sizes
+        except ConfigError as e:
+            raise TrainError(f"{e} (teacher {cfg.dino_root}, teacher_source=online)") from None
     cache_path = cfg.cache
     use_cache = cfg.teacher_source == "cache" or (
         bool(cache_path) and ("://" in cache_path or Path(cache_path).exists())

@@ -420,3 +420,16 @@ def test_per_file_symlinks_outside_the_root_are_accepted(
     store = tmp_path / "linked.zarr"
     assert precompute([*precompute_argv(store), f"data={data}"]) == 0
     assert cache_main(["verify", str(store), "--data", str(data)]) == 0
+
+
+def test_online_refuses_an_imgsz_the_teacher_cannot_split(work, tmp_path, faults, monkeypatch) -> None:
+    """A patch-14 DINOv3 at imgsz 128: precompute refuses it, and so does online distillation."""
+    from dinocache.teacher import tiny
+    from dinocache.train.cli import main
+
+    data, store = work
+    monkeypatch.setitem(tiny.COMMON, "patch_size", 14)
+    teacher = tiny.make_tiny_teacher(tmp_path / "dinov3p14")
+    argv = [*t_cfg(tmp_path, data, store, teacher), "teacher_source=online", "cache="]
+    r = faults.expect_clear("train", "online: patch-14 teacher at imgsz 128", main, argv, ["imgsz", "14"])
+    assert r.rc == 2
