@@ -47,6 +47,8 @@ _LAZY = {
     "MultiModelPreprocessor": "dinocache.finetune.api",
     "load_grounding_dino_with_lora": "dinocache.finetune.api",
     "load_sam_with_lora": "dinocache.finetune.api",
+    "TrainingManager": "dinocache.finetune.api",
+    "CheckpointManager": "dinocache.finetune.api",
     "TaskFinetuneConfig": "dinocache.finetune.task_teachers",
     "PretrainConfig": "dinocache.train.pretrain",
     "Pretrain": "dinocache.train.pretrain",

@@ -20,6 +20,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from dinocache.datatools.pipeline import get_augmentation_registry
+from dinocache.finetune import checkpoints as _checkpoints
+from dinocache.finetune import manager as _manager
 from dinocache.finetune.preprocess import MultiModelPreprocessor, create_preprocessor_from_models
 
 from dinocache.core.config import ConfigError
@@ -35,6 +37,8 @@ __all__ = [
     "MultiModelPreprocessor",
     "load_grounding_dino_with_lora",
     "load_sam_with_lora",
+    "TrainingManager",
+    "CheckpointManager",
 ]
 
 # the guide's config names -> finetune-teachers keys
@@ -201,3 +205,131 @@ def load_sam_with_lora(
 ) -> Any:
     """The guide's loader: SAM (a save_pretrained folder or hub id) with finetune-teachers' LoRA, base frozen."""
     return _load_with_lora("sam", base_checkpoint, None, lora_config, None, device)
+
+
+def _defaults(config_path: str | Path | None, name: str, known: tuple[str, ...]) -> dict[str, Any]:
+    from dinocache.finetune.defaults import defaults_file, read_yaml
+
+    path = config_path or defaults_file(name)
+    values = read_yaml(path)
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; known: {list(known)}")
+    return values
+
+
+class TrainingManager(_manager.TrainingManager):
+    """The guide's form of finetune-teachers' TrainingManager (clipping, accumulation, AMP, non-finite guard):
+
+        manager = TrainingManager(model=model, optimizer=optimizer,
+                                  config_path="configs/defaults/training_dynamics.yaml")
+        loss_dict = manager.training_step(batch, compute_loss_fn)   # compute_loss_fn(model, batch) -> loss(es)
+
+    `optimizer` is the caller's (default: AdamW lr 1e-4); the schedule is linear warmup then cosine over
+    `total_steps`, or constant when it is 0; the settings come from `config_path` (default: the package's
+    configs/defaults/training_dynamics.yaml)."""
+
+    KEYS = ("grad_clip", "accumulate", "amp", "warmup_steps", "total_steps")
+
+    def __init__(
+        self,
+        model: Any,
+        optimizer: Any = None,
+        config_path: str | Path | None = None,
+        device: Any = None,
+    ) -> None:
+        import torch
+        from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+        c = _defaults(config_path, "training_dynamics.yaml", self.KEYS)
+        params = [p for p in model.parameters() if p.requires_grad]
+        dev = (
+            torch.device(device)
+            if device is not None
+            else (params[0].device if params else torch.device("cpu"))
+        )
+        total, warmup = int(c.get("total_steps", 0)), int(c.get("warmup_steps", 0))
+        lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else 1e-4
+        super().__init__(
+            params,
+            lr,
+            0.01,
+            max(1, total),
+            warmup,
+            float(c.get("grad_clip", 1.0)),
+            int(c.get("accumulate", 1)),
+            dev,
+            bool(c.get("amp", True)),
+        )
+        if optimizer is not None:
+            self.optimizer = optimizer
+            self.params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+        self.scheduler = (
+            get_cosine_schedule_with_warmup(self.optimizer, warmup, total)
+            if total > 0
+            else get_constant_schedule_with_warmup(self.optimizer, warmup)
+        )
+        self.model = model
+
+    def training_step(self, batch: Any, compute_loss_fn: Any) -> dict[str, float]:
+        """One micro-batch: `compute_loss_fn(model, batch)` (a loss tensor, or a dict with "loss" and other
+        terms) under autocast, backward, and an optimizer step every `accumulate` calls; returns the terms as
+        floats plus "stepped" (1.0 when the optimizer stepped) and "lr"."""
+        self.model.train()
+        with self.autocast():
+            out = compute_loss_fn(self.model, batch)
+        terms = dict(out) if isinstance(out, dict) else {"loss": out}
+        if "loss" not in terms:
+            raise ValueError(f"compute_loss_fn returned {sorted(terms)}: a dict needs a 'loss' entry")
+        stepped = self.backward(terms["loss"])
+        return {
+            **{k: float(v.detach() if hasattr(v, "detach") else v) for k, v in terms.items()},
+            "stepped": float(stepped),
+            "lr": self.lr,
+        }
+
+
+class CheckpointManager(_checkpoints.CheckpointManager):
+    """The guide's form of finetune-teachers' CheckpointManager (best/ by a metric, last/ every time, early
+    stopping; each folder written to a temp sibling and swapped in):
+
+        manager = CheckpointManager(output_dir="experiments/exp1/teachers/dino_lora",
+                                    config_path="configs/defaults/checkpoint_config.yaml")
+        manager.save_checkpoint(epoch, model, optimizer, metrics)
+        if manager.should_stop: ...
+    """
+
+    KEYS = ("metric", "patience", "min_delta")
+
+    def __init__(self, output_dir: str | Path, config_path: str | Path | None = None) -> None:
+        c = _defaults(config_path, "checkpoint_config.yaml", self.KEYS)
+        super().__init__(
+            Path(output_dir),
+            str(c.get("metric", "val_loss")),
+            int(c.get("patience", 5)),
+            float(c.get("min_delta", 0.0)),
+        )
+
+    def save_checkpoint(
+        self, epoch: int, model: Any, optimizer: Any = None, metrics: dict | None = None
+    ) -> bool:
+        """last/ (and best/ when `metrics[metric]` improved): the model (peft adapters via save_pretrained, any
+        other module's state_dict as model.pt) and the optimizer state (optimizer.pt); True when improved."""
+        import torch
+
+        if not metrics or self.metric not in metrics:
+            raise ValueError(f"save_checkpoint: metrics must hold '{self.metric}' (the config's metric)")
+
+        def save(folder: Path) -> None:
+            if hasattr(model, "save_pretrained"):
+                model.save_pretrained(str(folder))
+            else:
+                torch.save(model.state_dict(), folder / "model.pt")
+            if optimizer is not None:
+                torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+            torch.save(
+                {"epoch": epoch, "metrics": dict(metrics), "checkpoint": self.state_dict()},
+                folder / "state.pt",
+            )
+
+        return self.update(epoch, {k: float(v) for k, v in metrics.items()}, save)

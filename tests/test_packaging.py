@@ -43,7 +43,13 @@ def test_wheel_holds_only_dinocache(wheel: Path) -> None:
         assert f"dinocache/{pkg}/__init__.py" in names, pkg
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
     # the per-teacher defaults the fine-tuning code reads are package data
-    for f in ("teacher_grounding_dino_lora.yaml", "teacher_sam_lora.yaml", "preprocessing.yaml"):
+    for f in (
+        "teacher_grounding_dino_lora.yaml",
+        "teacher_sam_lora.yaml",
+        "preprocessing.yaml",
+        "training_dynamics.yaml",
+        "checkpoint_config.yaml",
+    ):
         assert f"dinocache/finetune/configs/defaults/{f}" in names, f
 
 

@@ -221,3 +221,45 @@ def test_lora_loaders_of_the_guide(tmp_path: Path) -> None:
         assert model.peft_config["default"].r == 4
     with pytest.raises(ValueError, match="lora_config: unknown"):
         load_sam_with_lora(sam, lora_config={"rank": 4})
+
+
+def test_training_and_checkpoint_managers_of_the_guide(tmp_path: Path) -> None:
+    import torch
+
+    from dinocache import CheckpointManager, TrainingManager
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    dyn = tmp_path / "training_dynamics.yaml"
+    dyn.write_text("grad_clip: 0.5\naccumulate: 2\namp: true\nwarmup_steps: 0\ntotal_steps: 0\n")
+    manager = TrainingManager(model=model, optimizer=optimizer, config_path=dyn)
+    batch = (torch.randn(8, 4), torch.randn(8, 1))
+
+    def compute_loss_fn(m, b):
+        loss = torch.nn.functional.mse_loss(m(b[0]), b[1])
+        return {"loss": loss, "mse": loss.detach()}
+
+    w0 = model.weight.detach().clone()
+    first = manager.training_step(batch, compute_loss_fn)
+    assert first["stepped"] == 0.0 and torch.equal(model.weight, w0)  # accumulate: 2
+    second = manager.training_step(batch, compute_loss_fn)
+    assert second["stepped"] == 1.0 and not torch.equal(model.weight, w0) and second["lr"] == 0.1
+    assert manager.optimizer is optimizer and set(first) == {"loss", "mse", "stepped", "lr"}
+    from dinocache.finetune.manager import NonFiniteLoss
+
+    with pytest.raises(NonFiniteLoss, match="loss is nan"):  # no NaN reaches the weights
+        manager.training_step(batch, lambda m, b: {"loss": torch.tensor(float("nan"), requires_grad=True)})
+
+    ck_cfg = tmp_path / "checkpoint_config.yaml"
+    ck_cfg.write_text("metric: val_loss\npatience: 1\nmin_delta: 0.0\n")
+    ck = CheckpointManager(output_dir=tmp_path / "exp1" / "teachers" / "dino_lora", config_path=ck_cfg)
+    assert ck.save_checkpoint(0, model, optimizer, {"val_loss": 1.0}) is True
+    assert ck.save_checkpoint(1, model, optimizer, {"val_loss": 2.0}) is False
+    assert ck.should_stop  # patience 1
+    for d in (ck.best_dir, ck.last_dir):
+        assert {"model.pt", "optimizer.pt", "state.pt"} <= {f.name for f in d.iterdir()}
+    state = torch.load(ck.last_dir / "state.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["checkpoint"]["best_epoch"] == 0
+    default = CheckpointManager(output_dir=tmp_path / "d")  # the package's configs/defaults file
+    assert (default.metric, default.patience) == ("val_loss", 5)
