@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from dinocache.core.config import load, require, save, to_dict
-from dinocache.core.data import DataError
+from dinocache.core.data import DataError, as_dataset_yaml
 from dinocache.core.errors import DinocacheError
 
 from . import geometry, registry
@@ -37,7 +37,8 @@ MANIFEST_VERSION = 1
 
 @dataclass
 class AugmentConfig:
-    # input YOLO-OBB data.yaml (its train split is augmented, val/test letterboxed)
+    # input YOLO-OBB data.yaml (its train split is augmented, val/test letterboxed), or unlabeled images: a
+    # folder of images (no dataset yaml in it) or a .txt list, augmented as a train split without labels
     data: str = "dataset/data.yaml"
     # output dataset folder (gets its own data.yaml, manifest.jsonl, augment.yaml)
     out: str = "dataset/augmented"
@@ -187,7 +188,9 @@ def run(cfg: AugmentConfig, log=print) -> Path:
     registry.load_plugins(cfg.plugins)
     pipe = registry.get_pipeline(cfg.characteristics, cfg.environment, cfg.intensity)
     log(pipe.describe())
-    col = load_yolo(cfg.data, decode=True)  # every image fully decoded up front: a truncated file is named
+    # a folder or .txt list of unlabeled images is augmented as a train split without labels
+    with as_dataset_yaml(cfg.data) as data:
+        col = load_yolo(data, decode=True)  # every image fully decoded up front: a truncated file is named
     if col.n_errors:
         first = "\n  ".join(str(p) for p in col.problems if p.severity == "error")
         raise DataError(

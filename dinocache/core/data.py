@@ -12,7 +12,8 @@ import hashlib
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -256,6 +257,22 @@ def list_images(data: str | Path, split: str = "train") -> tuple[Path, list[Path
             raise DataError(f"{p}: listed image {f} does not exist")
         image_key(f, root)  # refuses an image outside the root, naming it
     return root, files
+
+
+@contextmanager
+def as_dataset_yaml(data: str | Path) -> Iterator[Path]:
+    """`data` as a dataset yaml: itself (or its folder's) when it is one; for a folder or .txt list of
+    unlabeled images (`list_images`' rules) a temporary yaml whose `train` split is those images, one class
+    `object`, no labels, `path` = their root (so their keys stay what precompute gives them)."""
+    p = Path(data).expanduser()
+    if not p.exists() or p.suffix in (".yaml", ".yml") or (p.is_dir() and _holds_dataset_yaml(p)):
+        yield p
+        return
+    root, _ = list_images(p)  # refuses an empty folder or an image outside the list's folder, by name
+    with tempfile.TemporaryDirectory() as tmp:
+        y = Path(tmp) / "data.yaml"
+        y.write_text(yaml.safe_dump({"path": str(root), "train": str(p.resolve()), "names": {0: "object"}}))
+        yield y
 
 
 def _holds_dataset_yaml(folder: Path) -> bool:

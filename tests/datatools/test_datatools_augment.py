@@ -180,3 +180,28 @@ def test_manifest_matrix_maps_source_labels_to_view_labels(yolo_data, tmp_path):
     inside = [(p.min() >= 0) and (p.max() <= header["imgsz"]) for p in mapped]
     assert np.allclose(got, mapped[inside], atol=1e-3)
     assert json.dumps(header["config"])  # the resolved config is in the header
+
+
+def test_augment_unlabeled_folder_and_list(tmp_path):
+    """A folder (or .txt list) of unlabeled images of any size -> K square views each, no labels, ready for
+    precompute and pretrain."""
+    from dinocache.core.data import list_images
+
+    src = tmp_path / "u"
+    (src / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(90, 140), (120, 80), (64, 64)]):
+        cv2.imwrite(str(src / ("sub" if i else "") / f"im{i}.png"), rng.integers(0, 255, (h, w, 3), np.uint8))
+    for data, out in ((src, tmp_path / "aug"), (None, tmp_path / "aug2")):
+        if data is None:  # the same images through a .txt list
+            data = src / "list.txt"
+            data.write_text("./im0.png\n./sub/im1.png\n./sub/im2.png\n")
+        y = run(
+            AugmentConfig(data=str(data), out=str(out), imgsz=64, views=2, workers=1), log=lambda *_: None
+        )
+        d = yaml.safe_load(y.read_text())
+        assert set(d) == {"train", "names"} and d["names"] == {0: "object"}
+        root, files = list_images(y)
+        assert len(files) == 6 and all(cv2.imread(str(f)).shape[:2] == (64, 64) for f in files)
+        labels = [out / "labels" / f.relative_to(out / "images").with_suffix(".txt") for f in files]
+        assert all(lp.read_text() == "" for lp in labels)
