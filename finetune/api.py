@@ -48,7 +48,7 @@ INFO_KEYS = ("num_classes", "class_names")
 
 
 def inspect_dataset(coco: dict[str, Any], image_dir: str | Path | None = None) -> dict[str, Any]:
-    """A COCO dict -> {has_boxes, has_masks (polygons or RLE), num_classes, class_names, class_mapping
+    """A COCO dict -> {has_boxes, has_masks (polygons or RLE), has_keypoints, num_classes, class_names, class_mapping
     (category id -> name), num_images, num_annotated, counts (usable instances per kind), unusable}."""
     from dinocache.finetune.objectives import read_coco
 
@@ -56,6 +56,8 @@ def inspect_dataset(coco: dict[str, Any], image_dir: str | Path | None = None) -
     return {
         "has_boxes": s.has_boxes,
         "has_masks": s.has_masks,
+        # the guide's extension point: keypoints are reported (no keypoint teacher trains on them yet)
+        "has_keypoints": any(a.get("keypoints") for a in coco["annotations"]),
         "num_classes": len(s.classes),
         "class_names": list(s.classes),
         "class_mapping": {c["id"]: str(c["name"]) for c in coco["categories"]},

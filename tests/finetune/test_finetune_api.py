@@ -40,7 +40,9 @@ def test_inspect_and_required_models_as_the_guide_calls_them(coco: Path, tmp_pat
     for a in d["annotations"]:
         a.pop("segmentation", None)
     boxes_only = inspect_dataset(d)
-    assert boxes_only["has_boxes"] and not boxes_only["has_masks"]
+    assert boxes_only["has_boxes"] and not boxes_only["has_masks"] and not boxes_only["has_keypoints"]
+    d["annotations"][0]["keypoints"] = [1, 2, 2]
+    assert inspect_dataset(d)["has_keypoints"]
     assert get_required_models(boxes_only) == ["grounding_dino"]
     with pytest.raises(ValueError, match="sam needs instance masks"):
         get_required_models(boxes_only, ["sam"])
