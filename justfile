@@ -102,8 +102,9 @@ bench *ARGS:
     python -m pytest benchmarks/ --benchmark "$@"
 
 # (re)install this checkout into the current venv with the lock's exact versions (extra pip arguments pass through)
+# (`python -m pip`: the venv's own interpreter, even where the pip script names another one, as in a copied venv)
 install *ARGS:
-    pip install -q -c requirements/lock.txt --config-settings editable_mode=strict -e '.[dev,test]' "$@"
+    python -m pip install -q -c requirements/lock.txt --config-settings editable_mode=strict -e '.[dev,test]' "$@"
 
 # regenerate requirements/lock.txt from pyproject.toml (+ requirements/holds.txt) in a fresh venv, frozen
 lock:
