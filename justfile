@@ -101,8 +101,8 @@ faults *ARGS:
 bench *ARGS:
     python -m pytest benchmarks/ --benchmark "$@"
 
+# `python -m pip`: the venv's own interpreter, even where the pip script names another one (a copied venv)
 # (re)install this checkout into the current venv with the lock's exact versions (extra pip arguments pass through)
-# (`python -m pip`: the venv's own interpreter, even where the pip script names another one, as in a copied venv)
 install *ARGS:
     python -m pip install -q -c requirements/lock.txt --config-settings editable_mode=strict -e '.[dev,test]' "$@"
 
