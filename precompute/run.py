@@ -290,7 +290,7 @@ class Precompute:
             return None
 
     def _run(self) -> int:
-        import dinocache.cache.format as F
+        import dinocache.cache.format as fmt
         import torch
         from dinocache.teacher.registry import load_teacher
 
@@ -321,14 +321,14 @@ class Precompute:
                 f"channels: {k} but the teacher has only {c_t} channels; use <= {c_t} or channels=full"
             )
         grid = list(teacher.grid(cfg.imgsz))
-        spec = F.Spec(
+        spec = fmt.Spec(
             n=len(files),
             k=k,
             grid=grid,
             imgsz=cfg.imgsz,
             patch_size=p,
             teacher_channels=c_t,
-            shard_size=cfg.shard_size or F.auto_shard_size(k * grid[0] * grid[1] * 2, len(files)),
+            shard_size=cfg.shard_size or fmt.auto_shard_size(k * grid[0] * grid[1] * 2, len(files)),
             codec=cfg.codec,
             key_len=max(len(s.encode()) for s in keys),
             pca=cfg.channels != "full",
@@ -371,13 +371,13 @@ class Precompute:
     def check_multi(self, keys: list[str]) -> None:
         """A multi-teacher cache: the root is not a single-teacher store, and the other teachers cover the
         same images at the same imgsz."""
-        import dinocache.cache.format as F
+        import dinocache.cache.format as fmt
         from dinocache.cache.errors import CacheError
         from dinocache.cache.multi import check_joinable
         from dinocache.cache.store import read_attrs
 
         root, so = str(self.multi_root), self.cfg.storage_options
-        if F.ATTRS_KEY in (read_attrs(root, so) or {}):
+        if fmt.ATTRS_KEY in (read_attrs(root, so) or {}):
             raise CacheError(
                 f"{root} is a single-teacher cache; teacher_name={self.cfg.teacher_name} needs a multi-teacher "
                 "cache: choose another `cache` path (or drop teacher_name)"
@@ -386,7 +386,7 @@ class Precompute:
 
     # -- store
     def open_store(self, spec: Any, keys: list[str], teacher: Any) -> Any:
-        import dinocache.cache.format as F
+        import dinocache.cache.format as fmt
         from dinocache.cache.errors import CacheError
         from dinocache.cache.store import CacheWriter, check_reachable, delete, exists, read_attrs
 
@@ -402,7 +402,7 @@ class Precompute:
             self.log(f"--overwrite: deleting {cfg.cache}")
             delete(cfg.cache, so)
         attrs = read_attrs(cfg.cache, so)
-        block = (attrs or {}).get(F.ATTRS_KEY)
+        block = (attrs or {}).get(fmt.ATTRS_KEY)
         if cfg.repair and not (isinstance(block, dict) and block.get("ready")):
             raise CacheError(
                 f"repair: {cfg.cache} is not a finished feature cache, nothing to repair; run `dinocache precompute` "
@@ -417,7 +417,7 @@ class Precompute:
             self.log(f"resuming {cfg.cache}: {int(np.count_nonzero(_done(writer)))}/{spec.n} rows done")
             return writer
         if isinstance(block, dict):  # ours, but creation never finished: nobody wrote rows into it
-            F.check_attrs(attrs or {}, cfg.cache)
+            fmt.check_attrs(attrs or {}, cfg.cache)
             self.log(f"{cfg.cache} was left half-created; recreating it")
             delete(cfg.cache, so)
         elif exists(cfg.cache, so) and not _is_empty_dir(cfg.cache, so):
@@ -436,7 +436,7 @@ class Precompute:
     def repair(self, writer: Any, keys: list[str]) -> None:
         """Find every bad row (every chunk re-read through its crc32c, shard files, NaN/inf) and reset its shard to
         not done; keys chunks that fail their checksum are rewritten from the dataset listing."""
-        import dinocache.cache.format as F
+        import dinocache.cache.format as fmt
         from dinocache.cache.check import scan
         from dinocache.cache.store import FeatureCache
 
@@ -447,7 +447,7 @@ class Precompute:
         for b in bad:
             self.log(f"repair: {b.line()}")
         if len(keys) == spec.n:
-            for s in sorted({b.row // spec.shard_size for b in bad if f"/{F.KEYS}/" in b.file}):
+            for s in sorted({b.row // spec.shard_size for b in bad if f"/{fmt.KEYS}/" in b.file}):
                 writer.write_keys(s, keys)
         for s in shards:
             writer.reset_shard(s)
@@ -459,7 +459,7 @@ class Precompute:
         )
 
     def wait_ready(self) -> None:
-        import dinocache.cache.format as F
+        import dinocache.cache.format as fmt
         from dinocache.cache.errors import CacheError
         from dinocache.cache.store import read_attrs
 
@@ -467,7 +467,7 @@ class Precompute:
         said = False
         while True:
             attrs = read_attrs(self.cfg.cache, self.cfg.storage_options) or {}
-            block = attrs.get(F.ATTRS_KEY)
+            block = attrs.get(fmt.ATTRS_KEY)
             if isinstance(block, dict) and block.get("ready"):
                 return
             if time.monotonic() - t0 > self.cfg.wait_timeout:
@@ -481,9 +481,9 @@ class Precompute:
             time.sleep(1.0)
 
     def check_compatible(self, writer: Any, spec: Any, keys: list[str]) -> None:
-        import dinocache.cache.format as F
+        import dinocache.cache.format as fmt
 
-        lines = F.compat_diff(writer.spec, spec)
+        lines = fmt.compat_diff(writer.spec, spec)
         stored = writer.stored_keys()
         if stored != keys and writer.spec.n == spec.n:
             first = next(i for i, (a, b) in enumerate(zip(stored, keys)) if a != b)
@@ -502,7 +502,7 @@ class Precompute:
                         f"{len(names)} image(s) {what}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
                     )
         hint = "rerun with --overwrite to delete it and rebuild (single writer), or point `cache` elsewhere"
-        F.raise_mismatch(f"the existing cache {self.cfg.cache}", lines, hint)
+        fmt.raise_mismatch(f"the existing cache {self.cfg.cache}", lines, hint)
 
     def check_layout(self, writer: Any) -> None:
         """Refuse to join an unfinished store that writers of another world size N have been writing.
@@ -819,9 +819,9 @@ class Precompute:
 
 
 def _done(writer: Any) -> np.ndarray:
-    import dinocache.cache.format as F
+    import dinocache.cache.format as fmt
 
-    return writer._whole(F.DONE)  # a chunk failing its checksum: CacheCorrupt naming it
+    return writer._whole(fmt.DONE)  # a chunk failing its checksum: CacheCorrupt naming it
 
 
 def _sha_or_empty(path: Path) -> str:
