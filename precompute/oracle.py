@@ -6,18 +6,21 @@ built from the labels themselves does not help a student, no teacher's cached ma
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 
 def write_oracle_features(
-    cache_path: str | Path, data: str | Path, n_cls: int
+    cache_path: str | Path, data: str | Path, n_cls: int, label_of: Callable[[str], Path] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Overwrite every row of the cache at `cache_path` (made from `data`'s train split) with its image's oracle
     map (datatools.oracle.oracle_map), through the cache's own writer, expressed in the cache's stored channel
     statistics so that the trainer's standardisation ((x - mean) / std) yields the oracle's own standardised
-    maps. Returns the oracle's per-channel (mean, std) over the rows, to undo that standardisation."""
+    maps. Returns the oracle's per-channel (mean, std) over the rows, to undo that standardisation.
+    `label_of(key)`: the label file of a cache key, for a cache of unlabeled images whose labels are kept
+    elsewhere (hidden from the pretraining, known to the oracle); default: `data`'s labels/ beside images/."""
     from dinocache.cache.store import CacheWriter
     from dinocache.datatools.oracle import oracle_map
 
@@ -25,9 +28,12 @@ def write_oracle_features(
     from dinocache.core.data import list_split_images
 
     w = CacheWriter(cache_path)
-    root, _ = list_split_images(data, "train")
     spec, keys = w.spec, w.stored_keys()
-    labels = [Path(root) / "labels" / Path(k).with_suffix(".txt").relative_to("images") for k in keys]
+    if label_of is None:
+        root, _ = list_split_images(data, "train")
+        labels = [Path(root) / "labels" / Path(k).with_suffix(".txt").relative_to("images") for k in keys]
+    else:
+        labels = [label_of(k) for k in keys]
     maps = np.stack([oracle_map(f, spec.imgsz, spec.k, n_cls) for f in labels])  # (N, K, g, g)
     fc = cache.open(cache_path)
     mean, std = np.asarray(fc.channel_mean, np.float32), np.asarray(fc.channel_std, np.float32)
