@@ -441,7 +441,6 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         f"finetune: done ({status}); best {cfg.best_metric} {ckpt.best:.4f} at epoch {ckpt.best_epoch + 1}; "
         f"adapter in {out}"
     )
-    print(f"next: dinocache merge-teacher --adapter {out} --out {out.parent / 'dinov3_merged'}")
     return meta
 
 
@@ -519,7 +518,13 @@ def main(argv: list[str] | None = None) -> int:
     except DinocacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 1 if meta.get("failed") else 0
+    if meta.get("failed"):
+        return 1
+    # the next step, said here and not by run(): an API caller (make-demo-teacher) merges the adapter
+    # itself and deletes its working folder, so a hint from run() would point at nothing
+    out = cfg.out_dir
+    print(f"next: dinocache merge-teacher --adapter {out} --out {Path(out).parent / 'dinov3_merged'}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ W&B never prompts and never waits for the network unless a key is configured:
 
 from __future__ import annotations
 
+import logging
 import math
 import netrc
 import os
@@ -156,11 +157,24 @@ class RunLogger:
                     ),
                 )
                 self.wandb_mode = m
+                if m == "offline":
+                    logging.getLogger("ultralytics").info(self.offline_line())
                 return
             except Exception as e:
                 last = e
         self.wandb_run = None
         self._warn("W&B", f"wandb.init failed with mode={mode!r} ({type(last).__name__}: {last})")
+
+    def offline_line(self) -> str:
+        """The one log line of an offline W&B run: where its files go, how to upload them, how to stop."""
+        where = self.run_dir / "wandb"
+        run_dir = getattr(self.wandb_run, "dir", None)
+        if run_dir:  # .../wandb/offline-run-*/files
+            where = Path(run_dir).parent
+        return (
+            f"W&B: offline (no API key), run files in {where}; upload them with `wandb sync {where}`, "
+            "or switch W&B off with wandb_enabled=false (or WANDB_MODE=disabled)"
+        )
 
     # -- logging -------------------------------------------------------------------------------------------
     def log_epoch(self, epoch: int, scalars: Mapping[str, Any]) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from dinocache.core.data import file_sha256
 from dinocache.core.errors import DinocacheError
+from dinocache.core.fsutil import umask
 
 # Files of a transformers checkpoint folder that decide the teacher's numbers (weights, shapes, layer
 # layout, input normalisation). Tokenizer/README/licence files do not.
@@ -71,6 +72,7 @@ def _save_sidecar(folder: Path, entries: dict[str, Any]) -> None:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{SIDECAR}.")
         with os.fdopen(fd, "w") as f:
             json.dump({"version": DIGEST_VERSION, "files": entries}, f, indent=1, sort_keys=True)
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600: readable like the weights beside it
         os.replace(tmp, folder / SIDECAR)
     except OSError:  # read-only weights folder: hash again next time
         pass

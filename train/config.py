@@ -155,6 +155,10 @@ class TrainConfig:
     distill_cache_flips: Literal["auto", "on", "off"] = "auto"
     # continue the run `name` (or the newest run of this model) from weights/resume.pt
     resume: bool = False
+    # keep weights/resume.pt (model, EMA, optimizer, RNG: ~40 MB for yolo26n) after a clean finish, to
+    # continue the run later with more epochs; by default a run that finished removes it (an interrupted or
+    # failed run always keeps it)
+    keep_resume: bool = False
     # at start, hash every training image and refuse the run when one changed since it was cached (reads every
     # image once; by default only images whose size/mtime differ from precompute's record are hashed; shard
     # files and done flags are always checked, and every map is checked as it is read)

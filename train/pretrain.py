@@ -175,6 +175,8 @@ class PretrainConfig:
                 dino_viz_enabled=False,
                 wandb_enabled=False,
                 eval_enabled=False,
+                # weights/resume.pt stays after the last epoch: a pretraining is continued with more epochs
+                keep_resume=True,
                 data=str(data_yaml),
                 cache=self.cache,
                 artifacts_root=self.artifacts_root,

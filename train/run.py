@@ -28,7 +28,13 @@ from dinocache.core.config import ConfigError, build, to_dict
 from dinocache.core.data import image_key, image_keys, list_split_images
 from dinocache.core.device import ultralytics_device
 
-FIX = "run `just precompute` (dinocache precompute --config config.json) to (re)build it"
+# the command that works for each state of the cache: precompute builds a missing cache and finishes an
+# interrupted one, and refuses an existing cache made with other settings unless --overwrite
+FIX = "run `just precompute` (dinocache precompute --config config.json) to build it"
+REBUILD = (
+    "rebuild it with `just precompute --overwrite` (dinocache precompute --config config.json --overwrite "
+    "deletes and recomputes it)"
+)
 
 
 def runs_root(cfg: TrainConfig) -> Path:
@@ -46,7 +52,9 @@ def _open_cache(path: str) -> Any:
     try:
         return cache.open(path)
     except cache.CacheError as e:
-        raise TrainError(f"cache: cannot use {path}: {e}; {FIX}") from None
+        # nothing there yet: precompute builds it; something unusable there: precompute must replace it
+        missing = "://" not in str(path) and not Path(path).expanduser().exists()
+        raise TrainError(f"cache: cannot use {path}: {e}; {FIX if missing else REBUILD}") from None
     except FileNotFoundError:
         raise TrainError(f"cache: {path} does not exist; {FIX}") from None
 
@@ -58,28 +66,28 @@ def check_cache(cfg: TrainConfig, fc: Any, keys: list[str], teacher: Any = None)
     where = f"cache {cfg.cache}"
     if int(fc.imgsz) != cfg.imgsz:
         raise TrainError(
-            f"{where} was computed at imgsz={fc.imgsz} but imgsz={cfg.imgsz}; {FIX} or set imgsz"
+            f"{where} was computed at imgsz={fc.imgsz} but imgsz={cfg.imgsz}; {REBUILD} or set imgsz"
         )
     if cfg.dino_distill_channels > int(fc.k):
         raise TrainError(
             f"dino_distill_channels={cfg.dino_distill_channels} but {where} stores only {fc.k} channels; "
-            f"lower dino_distill_channels or {FIX} with more channels"
+            f"lower dino_distill_channels or {REBUILD} with more channels"
         )
     if cfg.distill_cache_flips == "on" and not getattr(fc, "flips", False):
         raise TrainError(
             f"distill_cache_flips=on but {where} holds no flipped views (it was made without cache_flips=true); "
-            f"{FIX} with cache_flips=true, or set distill_cache_flips=auto/off"
+            f"{REBUILD} with cache_flips=true, or set distill_cache_flips=auto/off"
         )
     stored = fc.fingerprint or {}
     if "layer" in stored and int(stored["layer"]) != cfg.dino_layer:
         raise TrainError(
-            f"{where} holds teacher layer {stored['layer']} but dino_layer={cfg.dino_layer}; {FIX} or set dino_layer"
+            f"{where} holds teacher layer {stored['layer']} but dino_layer={cfg.dino_layer}; {REBUILD} or set dino_layer"
         )
     if teacher is not None:  # online mode with a cache: the loaded teacher must be the cache's
         try:
             cache.check_fingerprint(fc, teacher.fingerprint(cfg.imgsz))
         except cache.CacheMismatch as e:
-            raise TrainError(f"{where} does not match the teacher {cfg.dino_root}: {e}; {FIX}") from None
+            raise TrainError(f"{where} does not match the teacher {cfg.dino_root}: {e}; {REBUILD}") from None
     else:
         check_teacher_files(cfg, fc)
     known = {k: i for i, k in enumerate(fc.keys)}
@@ -89,7 +97,8 @@ def check_cache(cfg: TrainConfig, fc: Any, keys: list[str], teacher: Any = None)
         first = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         raise TrainError(
             f"{where} lacks teacher features for {len(missing)} of {len(keys)} training images "
-            f"(first: {first}); {FIX}"
+            f"(first: {first}); `just precompute` finishes an interrupted cache; for a cache of other images "
+            f"{REBUILD}"
         )
     check_cache_files(cfg, fc, keys, known, done)
 
@@ -216,7 +225,7 @@ def check_teacher_files(cfg: TrainConfig, fc: Any) -> None:
         shown = "\n  ".join(f"{folder / ln}" for ln in lines)
         raise TrainError(
             f"{where} was made with other teacher weights than {folder}:\n  {shown}\n"
-            f"point dino_root at the teacher the cache was made with, or {FIX}"
+            f"point dino_root at the teacher the cache was made with, or {REBUILD}"
         )
 
 

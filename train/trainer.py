@@ -726,6 +726,21 @@ class DinoOBBTrainer(OBBTrainer):
         super().final_eval()
         eval_hooks.finish_run(self)
         self.release_teacher()
+        self._drop_resume_state()
+
+    def _drop_resume_state(self) -> None:
+        """At a clean finish (every epoch trained, or Ultralytics' early stopping) weights/resume.pt is
+        removed unless keep_resume=true: last.pt and best.pt hold the model; resume.pt only serves to
+        continue. A run stopped otherwise (a callback, an error) never gets here with epochs left."""
+        finished = self.epoch + 1 >= self.epochs or bool(getattr(self.stopper, "possible_stop", False))
+        path = self.wdir / RESUME_FILE
+        if self.dino.keep_resume or not finished or RANK not in {-1, 0} or not path.is_file():
+            return
+        path.unlink()
+        LOGGER.info(
+            f"{colorstr('dinocache:')} finished: removed {path.name} (keep_resume=true keeps it to continue "
+            "with more epochs)"
+        )
 
     def release_teacher(self) -> None:
         self._teacher = None

@@ -2,27 +2,50 @@
 module imports nothing heavy): the per-parameter `Freezing layer` lines are counted instead of printed (the
 trainer logs one summary line) and `Fast image access` is dropped (Ultralytics checks it on every dataset
 listing, 5-7 times per command, and it is chatter in `cache verify` or `grade`: a slow disk shows in the
-epoch lines' images/s). `logs_to_stderr` keeps stdout for a command's own answer (`--json`)."""
+epoch lines' images/s). ANSI colour codes (Ultralytics' `colorstr`, used by its lines and ours) are kept only
+when stdout is a terminal and `NO_COLOR` is unset (https://no-color.org): a log written to a file or piped
+reads as plain text. `logs_to_stderr` keeps stdout for a command's own answer (`--json`)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 import sys
 from collections.abc import Iterator
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def colour_wanted(stream: object = None) -> bool:
+    """ANSI colours only on a terminal (`stream`, default stdout, where Ultralytics logs), never with
+    NO_COLOR set to a non-empty value."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(sys.stdout if stream is None else stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
 
 class QuietLog(logging.Filter):
-    def __init__(self) -> None:
+    def __init__(self, colour: bool | None = None) -> None:
         super().__init__()
         self.frozen = 0  # `Freezing layer` lines swallowed since the trainer last reset it
+        self.colour = colour_wanted() if colour is None else colour  # keep ANSI colour codes
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
         if msg.startswith("Freezing layer '"):
             self.frozen += 1
             return False
-        return "Fast image access" not in msg
+        if "Fast image access" in msg:
+            return False
+        if not self.colour and "\x1b[" in msg:
+            record.msg, record.args = ANSI.sub("", msg), ()
+        return True
 
 
 def quiet_ultralytics() -> QuietLog:

@@ -88,6 +88,10 @@ def test_resume_continues_epoch_count(
     assert main(_args(demo_data, tiny_teacher_dir, tmp_path, "r", "epochs=2", "resume=true")) == 0
     out = capsys.readouterr().out
     assert "resuming" in out and "epoch 2/2" in out
+    # the CLI's next step names the adapter folder it wrote (run() itself says nothing: an API caller such as
+    # make-demo-teacher merges and deletes its working folder)
+    adapter = tmp_path / "r" / "teachers" / "dinov3_lora"
+    assert f"next: dinocache merge-teacher --adapter {adapter} " in out and adapter.is_dir()
     meta = json.loads((tmp_path / "r/teachers/dinov3_lora/metadata.json").read_text())
     assert [h["epoch"] for h in meta["history"]] == [1, 2]
     state = torch.load(tmp_path / "r/teachers/dinov3_lora/last/trainer_state.pt", weights_only=True)

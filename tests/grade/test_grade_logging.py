@@ -64,16 +64,32 @@ def test_tensorboard_scalars_and_images(tmp_path):
 
 
 def test_wandb_offline_run_folder(tmp_path, monkeypatch, no_key):
+    import logging
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     run = tmp_path / "run"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # no "logging disabled" warning
-        log = RunLogger(run, {"wandb_project": "dinocache-test", "epochs": 3})
-        assert log.wandb_mode == "offline" and log.wandb_run is not None
-        log.log_epoch(1, {"eval/grade": 0.5})
-        log.close()
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: lines.append(r.getMessage())
+    logger = logging.getLogger("ultralytics")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # no "logging disabled" warning
+            log = RunLogger(run, {"wandb_project": "dinocache-test", "epochs": 3})
+            assert log.wandb_mode == "offline" and log.wandb_run is not None
+            log.log_epoch(1, {"eval/grade": 0.5})
+            log.close()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     runs = list((run / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    # one log line says where the offline files go, how to upload them and how to switch W&B off
+    said = [m for m in lines if m.startswith("W&B: offline")]
+    assert len(said) == 1 and f"wandb sync {runs[0]}" in said[0] and "wandb_enabled=false" in said[0]
 
 
 def test_wandb_invalid_mode_warns_once_and_keeps_going(tmp_path, monkeypatch, no_key):

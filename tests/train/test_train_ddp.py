@@ -122,7 +122,13 @@ def test_ultralytics_ddp_launcher_carries_our_config(
     from ultralytics.utils.patches import torch_load
 
     cfg = small_cfg(
-        tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache, stage_b_distill_weight=0.3
+        tiny_train,
+        tmp_path,
+        demo_data,
+        tiny_teacher_dir,
+        feature_cache,
+        stage_b_distill_weight=0.3,
+        keep_resume=True,
     )
     trainer = make_trainer(cfg)
     trainer.ddp, trainer.world_size = True, 2  # what device=0,1 sets; the ranks themselves run on the CPU

@@ -146,7 +146,9 @@ def test_online_checkpoints_hold_no_teacher_tensors(
     from dinocache.train.run import train
     from ultralytics.utils.patches import torch_load
 
-    cfg = _cfg(tiny_train, tmp_path, demo_data, tiny_teacher_dir, "", teacher_source="online")
+    cfg = _cfg(
+        tiny_train, tmp_path, demo_data, tiny_teacher_dir, "", teacher_source="online", keep_resume=True
+    )
     trainer = train(cfg)
     teacher_keys = [
         k.split(".", 1)[-1] for k in load_teacher(str(tiny_teacher_dir), device="cpu").state_dict()

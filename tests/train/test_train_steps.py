@@ -1,5 +1,6 @@
 """No silent non-training: the optimizer steps a run will make are computed before it starts (Ultralytics'
-accumulation and warmup rule), a run of few steps warns with the fix, and each epoch line counts its steps."""
+accumulation and warmup rule), a run of few steps warns with the fix, and each epoch line counts its steps;
+a clean finish removes weights/resume.pt unless keep_resume=true."""
 
 from __future__ import annotations
 
@@ -62,3 +63,6 @@ def test_run_warns_and_epoch_lines_count_steps(tmp_path: Path, demo_data: Path, 
     assert len(warned) == 1 and "Fix: nbs=8" in warned[0], log_lines
     assert any("epoch 1/2: trained on 16 images, 1 optimizer step," in m for m in log_lines), log_lines
     assert any("epoch 2/2: trained on 16 images, 0 optimizer steps," in m for m in log_lines), log_lines
+    # a clean finish removes weights/resume.pt (keep_resume=true keeps it) and says so
+    assert not (Path(trainer.wdir) / "resume.pt").exists() and (Path(trainer.wdir) / "last.pt").exists()
+    assert any("finished: removed resume.pt (keep_resume=true keeps it" in m for m in log_lines)

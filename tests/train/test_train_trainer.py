@@ -90,7 +90,8 @@ def cache_run(tmp_path_factory, demo_data, tiny_teacher_dir, feature_cache):
     from dinocache.train.run import train
 
     root = tmp_path_factory.mktemp("cacherun")
-    cfg = make_cfg(root, demo_data, tiny_teacher_dir, feature_cache)
+    # keep_resume: the test reads the finished run's resume.pt (by default a clean finish removes it)
+    cfg = make_cfg(root, demo_data, tiny_teacher_dir, feature_cache, keep_resume=True)
     probe = Probe()
     # bound methods of a plain object are fine here: the probe is not part of the model or EMA
     trainer = train(cfg, callbacks={"on_train_epoch_start": [probe.start], "on_train_epoch_end": [probe.end]})
@@ -321,7 +322,8 @@ def cfg_file(tmp_path, demo_data, tiny_teacher_dir, feature_cache) -> Path:
 
 def test_refuses_cache_of_other_imgsz(cfg_file, capsys) -> None:
     rc, err = _cli(["imgsz=160"], cfg_file, capsys)
-    assert rc == 2 and "imgsz=128" in err and "just precompute" in err
+    # the hint is the command that works: precompute refuses an existing cache of other settings without it
+    assert rc == 2 and "imgsz=128" in err and "just precompute --overwrite" in err
     assert not (cfg_file.parent / "artifacts").exists()  # nothing written
 
 
@@ -331,11 +333,13 @@ def test_refuses_cache_of_other_teacher(cfg_file, tmp_path, capsys) -> None:
     other = make_tiny_teacher(tmp_path / "other", seed=1)
     rc, err = _cli([f"dino_root={other}"], cfg_file, capsys)
     assert (
-        rc == 2 and "model.safetensors: changed since the cache was made" in err and "just precompute" in err
+        rc == 2
+        and "model.safetensors: changed since the cache was made" in err
+        and "just precompute --overwrite" in err
     )
     assert str(other / "model.safetensors") in err  # names the file
     rc, err = _cli(["dino_layer=1"], cfg_file, capsys)
-    assert rc == 2 and "layer" in err and "just precompute" in err
+    assert rc == 2 and "layer" in err and "just precompute --overwrite" in err
     assert not (cfg_file.parent / "artifacts").exists()
 
 
@@ -351,9 +355,9 @@ def test_refuses_cache_missing_training_images(cfg_file, tmp_path, demo_data, ca
         c.unlink()
     rc, err = _cli([f"data={data / 'data.yaml'}"], cfg_file, capsys)
     assert rc == 2 and "3 of 19 training images" in err and "images/train/zz_new0.png" in err
-    assert "just precompute" in err
+    assert "`just precompute` finishes an interrupted cache" in err and "just precompute --overwrite" in err
     rc, err = _cli([f"cache={tmp_path / 'nope.zarr'}"], cfg_file, capsys)
-    assert rc == 2 and "nope.zarr" in err and "just precompute" in err
+    assert rc == 2 and "nope.zarr" in err and "just precompute" in err and "--overwrite" not in err
     rc, err = _cli(["dino_distill_channels=32"], cfg_file, capsys)
     assert rc == 2 and "dino_distill_channels" in err
     rc, err = _cli(["stage_a_ratio=2"], cfg_file, capsys)
