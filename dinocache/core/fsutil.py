@@ -19,7 +19,7 @@ def normal_modes(folder: Path) -> None:
     0644 / 0755 under the usual umask 022. Writers that go through a temporary file (mkstemp, mkdtemp,
     safetensors) leave 0600/0700, which other users of a shared machine or container cannot read."""
     mask = umask()
-    for root, dirs, files in os.walk(folder):
+    for root, _dirs, files in os.walk(folder):
         os.chmod(root, 0o777 & ~mask)
         for f in files:
             p = os.path.join(root, f)
