@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from dinocache.cache import format as fmt
 from dinocache.cache.errors import CacheCorrupt, CacheError, damage_reason, repair_hint
-from dinocache.cache.store import decode_keys, folder_names
+from dinocache.cache.locations import folder_names
+from dinocache.cache.store import decode_keys
 
 
 @dataclass

@@ -56,7 +56,7 @@ def write_record(
 ) -> None:
     """Record `rows` whose image kept its size and mtime while precompute ran (`before`: taken before any
     image was hashed, `after`: once every row was written), so the stat matches the stored sha256."""
-    from dinocache.cache.store import write_sidecar
+    from dinocache.cache.locations import write_sidecar
 
     files = {keys[r]: list(before[r]) for r in rows if before[r] is not None and before[r] == after[r]}
     text = json.dumps({"format": RECORD_FORMAT, "version": 1, "files": files}, separators=(",", ":"))
@@ -67,9 +67,9 @@ def read_record(
     cache: str, storage_options: dict[str, Any] | None = None
 ) -> dict[str, list[tuple[int, int]]] | None:
     """key -> every recorded (size, mtime_ns) of it (several writers' records merged); None without a record."""
-    from dinocache.cache.store import _fs
+    from dinocache.cache.locations import filesystem
 
-    fs, root = _fs(cache, storage_options)
+    fs, root = filesystem(cache, storage_options)
     root = root.rstrip("/")
     try:
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]

@@ -41,7 +41,7 @@ def teacher_path(cache: str, name: str) -> str:
 
 def read_manifest(cache: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The manifest of a multi-teacher cache; None when `cache` holds none (yet)."""
-    from dinocache.cache.store import read_attrs
+    from dinocache.cache.locations import read_attrs
 
     attrs = read_attrs(cache, storage_options) or {}
     m = attrs.get(MANIFEST_KEY)
@@ -99,7 +99,7 @@ def check_joinable(
 def register(cache: str, name: str, spec: fmt.Spec, storage_options: dict[str, Any] | None = None) -> None:
     """Add/replace teacher `name` in the manifest (after its store is created)."""
     import zarr
-    from dinocache.cache.store import _zarr_store
+    from dinocache.cache.locations import zarr_store
 
     m = read_manifest(cache, storage_options) or {
         "format": MANIFEST_FORMAT,
@@ -116,7 +116,7 @@ def register(cache: str, name: str, spec: fmt.Spec, storage_options: dict[str, A
         "patch_size": int(spec.patch_size),
         "teacher_channels": int(spec.teacher_channels),
     }
-    group = zarr.open_group(_zarr_store(cache, storage_options, read_only=False), mode="a")
+    group = zarr.open_group(zarr_store(cache, storage_options, read_only=False), mode="a")
     group.attrs[MANIFEST_KEY] = fmt.normalize_json(m)
 
 

@@ -1,4 +1,5 @@
-"""Reading and writing a feature cache (format in cache/format.py). The only module that imports zarr.
+"""Reading and writing a feature cache's arrays (format in cache/format.py; where the cache lives in
+cache/locations.py, the tensorstore read path in cache/backend.py, the memory-mapped one in cache/mapped.py).
 
 `FeatureCache` is the read-only handle the trainer uses; it opens the zarr arrays lazily and drops them
 when pickled, so it can be built in the main process and survive DataLoader fork/spawn. `CacheWriter`
@@ -8,15 +9,14 @@ is what `dinocache precompute` uses: one creator, then whole-shard writes by eac
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from dinocache.cache import format as fmt
+from dinocache.cache.backend import READ_PATHS, open_array, s3_kvstore, tensorstore_usable, warn_url_fallback
 from dinocache.cache.errors import (
     CacheCorrupt,
     CacheError,
@@ -26,151 +26,7 @@ from dinocache.cache.errors import (
     damage_reason,
     repair_hint,
 )
-
-# ------------------------------------------------------------------------------------------ locations
-
-
-def local_path(path: str | Path) -> Path | None:
-    """The local folder of `path` (plain path or file:// URL), None for other fsspec URLs."""
-    s = str(path)
-    if s.startswith("file://"):
-        return Path(s[len("file://") :])
-    if "://" in s:
-        return None
-    return Path(s)
-
-
-def _zarr_store(path: str | Path, storage_options: dict[str, Any] | None, read_only: bool) -> Any:
-    from zarr.storage import FsspecStore, LocalStore
-
-    lp = local_path(path)
-    if lp is not None:
-        # LocalStore writes temp file + rename, so a killed writer never leaves a torn chunk.
-        return LocalStore(lp, read_only=read_only)
-    return FsspecStore.from_url(str(path), storage_options=storage_options or {}, read_only=read_only)
-
-
-def _fs(path: str | Path, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
-    import fsspec.core
-
-    lp = local_path(path)
-    if lp is not None:
-        return fsspec.core.url_to_fs(str(lp.resolve()))
-    return fsspec.core.url_to_fs(str(path), **(storage_options or {}))
-
-
-def exists(path: str | Path, storage_options: dict[str, Any] | None = None) -> bool:
-    fs, root = _fs(path, storage_options)
-    return bool(fs.exists(root))
-
-
-def delete(path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
-    fs, root = _fs(path, storage_options)
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
-
-
-def list_files(path: str | Path, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Names of the entries directly inside the store folder (fresh listing, no cached directory)."""
-    fs, root = _fs(path, storage_options)
-    if hasattr(fs, "invalidate_cache"):
-        fs.invalidate_cache(root)  # s3fs & co. cache listings; other writers add files meanwhile
-    try:
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
-    except FileNotFoundError:
-        return []
-
-
-def folder_names(
-    path: str | Path, sub: str, storage_options: dict[str, Any] | None = None
-) -> set[str] | None:
-    """Names of the files in the folder `sub` of the store at `path`, None when it cannot be listed."""
-    fs, root = _fs(path, storage_options)
-    try:
-        return {
-            str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{root.rstrip('/')}/{sub}", detail=False)
-        }
-    except (FileNotFoundError, OSError):
-        return None
-
-
-def disk_bytes(path: str | Path, storage_options: dict[str, Any] | None = None, sub: str = "") -> int:
-    """Bytes stored under `path/sub` (all files, chunk + metadata)."""
-    fs, root = _fs(path, storage_options)
-    p = f"{root.rstrip('/')}/{sub}" if sub else root
-    return int(fs.du(p)) if fs.exists(p) else 0
-
-
-def write_sidecar(
-    path: str | Path, name: str, text: str, storage_options: dict[str, Any] | None = None
-) -> str:
-    """Write a small text file inside the store folder (zarr ignores it); atomic for local folders."""
-    lp = local_path(path)
-    if lp is not None:
-        lp.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=lp, prefix=f".{name}.")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, lp / name)
-        return str(lp / name)
-    fs, root = _fs(path, storage_options)
-    target = f"{root.rstrip('/')}/{name}"
-    fs.pipe(target, text.encode())
-    return target
-
-
-REMOTE_HINT = (
-    "check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or key/secret in "
-    "storage_options) and the endpoint (AWS_ENDPOINT_URL or storage_options.endpoint_url)"
-)
-
-
-def _remote_error(path: str | Path, e: BaseException, storage_options: Any = None) -> CacheError:
-    from dinocache.core.secrets import mask
-
-    why = mask(f"{type(e).__name__}: {e}", storage_options)  # a client may quote an option it rejects
-    return CacheError(f"{path}: cannot reach the object store ({why}); {REMOTE_HINT}")
-
-
-def check_reachable(path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
-    """For an object-store URL (s3://, gs://, ...): the credentials work and the bucket exists.
-
-    CacheError naming the URL otherwise, raised before anything is computed or written (a bucket is never
-    created on the user's behalf). Local paths: nothing to check.
-    """
-    if local_path(path) is not None:
-        return
-    try:
-        fs, root = _fs(path, storage_options)
-        bucket = root.split("/", 1)[0]
-        if hasattr(fs, "invalidate_cache"):
-            fs.invalidate_cache(bucket)
-        # the store's own path first: s3fs answers a bucket lookup without credentials with "absent"
-        found = fs.exists(root) or fs.exists(bucket)
-    except Exception as e:
-        raise _remote_error(path, e, storage_options) from None
-    if not found:
-        raise CacheError(
-            f"{path}: bucket '{bucket}' does not exist (or these credentials cannot see it); create it first, "
-            f"e.g. `aws s3 mb s3://{bucket}`, or {REMOTE_HINT}"
-        )
-
-
-def read_attrs(path: str | Path, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The group attributes of `path`, or None when there is no zarr group there (yet)."""
-    import zarr
-
-    try:
-        group = zarr.open_group(_zarr_store(path, storage_options, read_only=True), mode="r")
-    except FileNotFoundError:  # no folder, or a folder without a group (zarr's NodeNotFoundError)
-        return None
-    except Exception as e:
-        if local_path(path) is None and not isinstance(e, (ValueError, KeyError, TypeError)):
-            raise _remote_error(path, e, storage_options) from None  # credentials, network, permissions
-        raise CacheFormatError(
-            f"{str(path).rstrip('/')}/zarr.json: cannot open {path} as a zarr group ({type(e).__name__}: {e})"
-        ) from None
-    return dict(group.attrs)
+from dinocache.cache.locations import disk_bytes, exists, filesystem, local_path, read_attrs, zarr_store
 
 
 def decode_keys(raw: np.ndarray) -> list[str]:
@@ -219,102 +75,6 @@ def _expected_arrays(spec: fmt.Spec) -> dict[str, tuple[tuple[int, ...], str]]:
     return out
 
 
-# ------------------------------------------------------------------------------------------ tensorstore
-
-# auto: memory-mapped shards (cache/mapped.py) for local uncompressed stores, else tensorstore, else zarr-python;
-# tensorstore: never the mapped reader; zarr: zarr-python for everything (the reference the tests compare against)
-READ_PATHS = ("auto", "tensorstore", "zarr")
-_TS_USED_BY: int | None = None  # pid of the first process that used tensorstore
-
-
-def _tensorstore_usable() -> bool:
-    """False in a process forked from one that used tensorstore (the child would abort on first use)."""
-    global _TS_USED_BY
-    pid = os.getpid()
-    if _TS_USED_BY is None:
-        _TS_USED_BY = pid
-        return True
-    if _TS_USED_BY == pid:
-        return True
-    _warn_forked()
-    return False
-
-
-@functools.cache
-def _warn_forked() -> None:
-    import warnings
-
-    warnings.warn(
-        "dinocache: this process was forked after its parent read the cache through tensorstore, which "
-        "cannot be used after fork(); reading with zarr-python instead (slower). Read features only in "
-        "DataLoader workers, or start them with the spawn/forkserver method.",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-
-
-# fsspec/s3fs storage options tensorstore's s3 driver cannot take: with them, URL reads stay on zarr-python
-_S3_OPTIONS_ZARR_ONLY = ("key", "secret", "token", "anon", "profile", "session", "requester_pays")
-
-
-def _ts_s3_kvstore(path: str, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
-    """tensorstore's `s3` kvstore for an s3:// store (same endpoint, region and credentials as s3fs, from
-    AWS_* variables or storage_options' endpoint_url/client_kwargs), or None when it cannot express them."""
-    so = dict(storage_options or {})
-    if not str(path).startswith(("s3://", "s3a://")) or any(so.get(k) for k in _S3_OPTIONS_ZARR_ONLY):
-        return None
-    bucket, _, prefix = str(path).split("://", 1)[1].partition("/")
-    ck = so.get("client_kwargs") or {}
-    kv: dict[str, Any] = {"driver": "s3", "bucket": bucket, "path": prefix.strip("/") + "/"}
-    endpoint = so.get("endpoint_url") or ck.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3")
-    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        kv["endpoint"] = endpoint
-    region = ck.get("region_name") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        kv["aws_region"] = region
-    if os.environ.get("AWS_ACCESS_KEY_ID"):
-        kv["aws_credentials"] = {"type": "environment"}
-    return kv
-
-
-@functools.cache
-def _warn_ts_url(path: str, why: str) -> None:
-    import warnings
-
-    warnings.warn(
-        f"dinocache: tensorstore cannot read {path} ({why}); reading it with zarr-python + fsspec (slower)",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-
-
-def _ts_open(path: str, name: str, storage_options: dict[str, Any] | None = None) -> Any:
-    """Open array `name` of the zarr group at `path` read-only with tensorstore's zarr3 driver: a local
-    folder through the `file` kvstore, an s3:// store through the `s3` kvstore (None: use zarr-python)."""
-    import tensorstore as ts
-
-    lp = local_path(path)
-    if lp is not None:
-        kvstore = {"driver": "file", "path": str((lp / name).resolve())}
-    else:
-        kvstore = _ts_s3_kvstore(path, storage_options)
-        if kvstore is None:
-            return None
-        kvstore["path"] += f"{name}/"
-    spec = {"driver": "zarr3", "kvstore": kvstore}
-    # One copy thread: reads are small and run inside DataLoader workers that already use every core.
-    context = ts.Context({"data_copy_concurrency": {"limit": 1}})
-    try:
-        return ts.open(spec, read=True, open=True, context=context).result()
-    except Exception as e:  # tensorstore raises ValueError/ts-specific errors for bad metadata or codecs
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CacheFormatError(
-            f"{path}: array '{name}' cannot be read with tensorstore ({first}); the cache is damaged or "
-            "uses a codec this reader does not support: rebuild it (`dinocache precompute --overwrite`)"
-        ) from None
-
-
 class _Store:
     """Shared plumbing: path, lazily opened group/arrays, spec checks."""
 
@@ -332,7 +92,7 @@ class _Store:
             attrs = read_attrs(self.path, self.storage_options)
             if attrs is None:
                 raise CacheFormatError(f"{self.path}: no feature cache there (run `dinocache precompute`)")
-            store = _zarr_store(self.path, self.storage_options, read_only=self._read_only)
+            store = zarr_store(self.path, self.storage_options, read_only=self._read_only)
             self._group = zarr.open_group(store, mode="r" if self._read_only else "r+")
         return self._group
 
@@ -600,19 +360,19 @@ class FeatureCache(_Store):
             self._ts = {}
         if name in self._ts:
             return self._ts[name]
-        if self._ts_mode == "zarr" or not _tensorstore_usable():
+        if self._ts_mode == "zarr" or not tensorstore_usable():
             return None
         if local_path(self.path) is None:
-            if _ts_s3_kvstore(self.path, self.storage_options) is None:
+            if s3_kvstore(self.path, self.storage_options) is None:
                 return None  # other object stores (gs://, az://, ...): zarr-python + fsspec
             try:
-                self._ts[name] = _ts_open(self.path, name, self.storage_options)
+                self._ts[name] = open_array(self.path, name, self.storage_options)
             except CacheFormatError as e:  # e.g. an endpoint tensorstore cannot reach: zarr-python still can
-                _warn_ts_url(self.path, str(e))
+                warn_url_fallback(self.path, str(e))
                 self._ts_mode = "zarr"
                 return None
         else:
-            self._ts[name] = _ts_open(self.path, name)
+            self._ts[name] = open_array(self.path, name)
         self._ts_pid = pid
         return self._ts[name]
 
@@ -710,7 +470,7 @@ class CacheWriter(_Store):
         h, w = spec.grid
         s = spec.shard_size
         try:
-            group = zarr.open_group(_zarr_store(path, storage_options, read_only=False), mode="w-")
+            group = zarr.open_group(zarr_store(path, storage_options, read_only=False), mode="w-")
         except Exception:  # noqa: BLE001 - zarr's ContainsGroupError: lost the race to another creator
             if exists(path, storage_options) and read_attrs(path, storage_options) is not None:
                 raise CacheExists(
@@ -802,7 +562,7 @@ class CacheWriter(_Store):
     def reset_shard(self, shard: int) -> None:
         """Repair: delete the shard's features file and write its done/sha256 chunks as zeros (not done), so the
         next write pass recomputes the whole shard with its usual batch boundaries (same bits as a fresh run)."""
-        fs, _ = _fs(self.path, self.storage_options)
+        fs, _ = filesystem(self.path, self.storage_options)
         for f in [fmt.chunk_file(self.path, fmt.FEATURES, shard)] + (
             [fmt.chunk_file(self.path, fmt.FEATURES_FLIP, shard)] if self.spec.flips else []
         ):

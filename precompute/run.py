@@ -257,7 +257,7 @@ class Precompute:
             return self._run()
         finally:
             # a run refused before the store existed leaves no lock file (nor the folders made for it)
-            from dinocache.cache.store import local_path
+            from dinocache.cache.locations import local_path
 
             from dinocache.core.locks import release
 
@@ -268,7 +268,7 @@ class Precompute:
         """One writer per (local cache, shard i/N): a second launch of the same writer is refused while the
         first runs (the OS drops the lock when a process dies, so a killed writer's rerun is never blocked).
         None for object stores (no lock there) and for a folder where no lock file can be created."""
-        from dinocache.cache.store import local_path
+        from dinocache.cache.locations import local_path
 
         from dinocache.core.locks import Busy, hold
 
@@ -373,8 +373,8 @@ class Precompute:
         same images at the same imgsz."""
         import dinocache.cache.format as fmt
         from dinocache.cache.errors import CacheError
+        from dinocache.cache.locations import read_attrs
         from dinocache.cache.multi import check_joinable
-        from dinocache.cache.store import read_attrs
 
         root, so = str(self.multi_root), self.cfg.storage_options
         if fmt.ATTRS_KEY in (read_attrs(root, so) or {}):
@@ -388,7 +388,8 @@ class Precompute:
     def open_store(self, spec: Any, keys: list[str], teacher: Any) -> Any:
         import dinocache.cache.format as fmt
         from dinocache.cache.errors import CacheError
-        from dinocache.cache.store import CacheWriter, check_reachable, delete, exists, read_attrs
+        from dinocache.cache.locations import check_reachable, delete, exists, read_attrs
+        from dinocache.cache.store import CacheWriter
 
         cfg, so = self.cfg, self.cfg.storage_options
         check_reachable(cfg.cache, so)  # object store: credentials and bucket, before any compute
@@ -461,7 +462,7 @@ class Precompute:
     def wait_ready(self) -> None:
         import dinocache.cache.format as fmt
         from dinocache.cache.errors import CacheError
-        from dinocache.cache.store import read_attrs
+        from dinocache.cache.locations import read_attrs
 
         t0 = time.monotonic()
         said = False
@@ -515,7 +516,7 @@ class Precompute:
         import re
 
         from dinocache.cache.errors import CacheError
-        from dinocache.cache.store import list_files
+        from dinocache.cache.locations import list_files
 
         worlds: dict[int, list[str]] = {}
         for name in list_files(self.cfg.cache, self.cfg.storage_options):
@@ -535,7 +536,7 @@ class Precompute:
 
     def save_config(self) -> None:
         import yaml
-        from dinocache.cache.store import write_sidecar
+        from dinocache.cache.locations import write_sidecar
 
         name = "precompute.yaml" if self.world == 1 else f"precompute.shard{self.rank}of{self.world}.yaml"
         saved = {k: v for k, v in to_dict(self.cfg).items() if k != "repair"}  # how it was made, not mended
@@ -834,9 +835,9 @@ def _sha_or_empty(path: Path) -> str:
 
 
 def _is_empty_dir(path: str, so: dict[str, Any]) -> bool:
-    from dinocache.cache.store import _fs
+    from dinocache.cache.locations import filesystem
 
-    fs, root = _fs(path, so)
+    fs, root = filesystem(path, so)
     try:
         return fs.isdir(root) and not fs.ls(root)
     except FileNotFoundError:
@@ -894,7 +895,7 @@ def repair_main(argv: list[str] | None = None) -> int:
     """
     import yaml
     from dinocache.cache.errors import CacheError
-    from dinocache.cache.store import _fs
+    from dinocache.cache.locations import filesystem
 
     from dinocache.core.config import build, field_names, parse_overrides
 
@@ -911,7 +912,7 @@ def repair_main(argv: list[str] | None = None) -> int:
     try:
         cli = parse_overrides(args.overrides)
         so = json.loads(cli["storage_options"]) if "storage_options" in cli else None
-        fs, root = _fs(args.path, so)
+        fs, root = filesystem(args.path, so)
         if not fs.exists(f"{root.rstrip('/')}/zarr.json"):
             raise CacheError(
                 f"repair: no feature cache at {args.path}, nothing to repair; run `dinocache precompute`"

@@ -250,9 +250,9 @@ def test_array_with_unknown_codec_refused(store: str) -> None:
     with pytest.raises(cache.CacheFormatError, match=r"array 'features' cannot be opened.*no-such-codec"):
         cache.open(store)
     with pytest.raises(cache.CacheFormatError, match=r"array 'features' cannot be read with tensorstore"):
-        from dinocache.cache.store import _ts_open
+        from dinocache.cache.backend import open_array
 
-        _ts_open(store, fmt.FEATURES)
+        open_array(store, fmt.FEATURES)
 
 
 def _read_in_child(fc: cache.FeatureCache) -> bytes:

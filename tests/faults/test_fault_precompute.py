@@ -41,14 +41,14 @@ def test_rerun_of_complete_cache_in_read_only_folder(
 ) -> None:
     """Was a traceback (PermissionError writing precompute.yaml). Root ignores chmod here, so the sidecar write is
     made to fail the way a read-only folder makes it fail."""
-    import dinocache.cache.store as store_mod
+    import dinocache.cache.locations as locations
 
     data, store = work
 
     def read_only(*a, **k):
         raise PermissionError(13, "Permission denied", str(store / "precompute.yaml"))
 
-    monkeypatch.setattr(store_mod, "write_sidecar", read_only)
+    monkeypatch.setattr(locations, "write_sidecar", read_only)
     r = faults.run(
         "precompute",
         "complete cache, read-only folder",
