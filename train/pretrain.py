@@ -430,24 +430,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="key=value options overriding the config file")
     args = ap.parse_args(argv)
 
-    from dinocache.cache import CacheError
-    from dinocache.teacher.model import TeacherNotFound
     from dinocache.train.cli import _first_cause
-    from dinocache.train.context import TrainError
     from dinocache.train.trainer import NonFiniteLoss
 
     from dinocache.core.config import load
-    from dinocache.core.data import DataError
+    from dinocache.core.errors import DinocacheError
 
     try:
         cfg = load(PretrainConfig, args.config, "pretrain", args.overrides)
         res = Pretrain(cfg).run()
-    except (ConfigError, DataError, TrainError, TeacherNotFound, CacheError) as e:
-        print(f"error: {_first_cause(e)}", file=sys.stderr)
-        return 2
-    except NonFiniteLoss as e:
+    except NonFiniteLoss as e:  # the run went wrong: exit 1, not a refusal
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except DinocacheError as e:
+        print(f"error: {_first_cause(e)}", file=sys.stderr)
+        return 2
     fit = ", ".join(
         f"{k.split('/')[1]} {v:.3f}" for k, v in res.fit.items() if k in ("fit/cos", "fit/cos_shuf")
     )
