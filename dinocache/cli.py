@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dinocache: unknown command '{cmd}'{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")  # never let Ultralytics pip-install on our behalf
-    from dinocache.core.logs import quiet_ultralytics
+    from dinocache.core.logs import plain_output, quiet_ultralytics
 
+    plain_output()
     quiet_ultralytics()
     if cmd == "cache" and rest[:1] == ["repair"]:
         # recomputing rows needs the teacher: precompute's floor, above the cache package

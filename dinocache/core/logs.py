@@ -16,6 +16,8 @@ import sys
 from collections.abc import Iterator
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# every CSI escape sequence: colours, and the `\r ESC[K` line clears of Ultralytics' progress bars
+ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def colour_wanted(stream: object = None) -> bool:
@@ -46,6 +48,31 @@ class QuietLog(logging.Filter):
         if not self.colour and "\x1b[" in msg:
             record.msg, record.args = ANSI.sub("", msg), ()
         return True
+
+
+class PlainText:
+    """A text stream that drops ANSI escape sequences on the way to `stream` (everything else, `isatty` and
+    `fileno` included, is the stream's own)."""
+
+    def __init__(self, stream: object) -> None:
+        self._stream = stream
+
+    def write(self, s: str) -> int:
+        self._stream.write(ESCAPES.sub("", s))
+        return len(s)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+def plain_output() -> None:
+    """stdout and stderr without escape sequences where colour is not wanted (not a terminal, or NO_COLOR):
+    Ultralytics colours its progress bars' and log lines' prefixes whatever the stream. Installed before
+    Ultralytics is imported, so its log handler and progress bars write through it."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, PlainText) and not colour_wanted(stream):
+            setattr(sys, name, PlainText(stream))
 
 
 def quiet_ultralytics() -> QuietLog:

@@ -45,12 +45,14 @@ def test_command_output_to_a_file_has_no_colour_codes(tmp_path) -> None:
 
     env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
     env["YOLO_VERBOSE"] = "True"
+    # what dinocache.cli.main does first, then a coloured log line and a progress bar with a coloured prefix
     code = (
-        "import sys; from dinocache.core.logs import quiet_ultralytics; quiet_ultralytics(); "
-        "from ultralytics.utils import LOGGER, colorstr; LOGGER.info(colorstr('bold', 'hello') + ' world')"
+        "from dinocache.core.logs import plain_output, quiet_ultralytics; plain_output(); quiet_ultralytics(); "
+        "from ultralytics.utils import LOGGER, TQDM, colorstr; LOGGER.info(colorstr('bold', 'hello') + ' world'); "
+        "[i for i in TQDM(range(3), desc=colorstr('train: '))]"
     )
     out = tmp_path / "log.txt"
     with open(out, "w") as f:
         subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.STDOUT, env=env, check=True)
     text = out.read_text()
-    assert "hello world" in text and "\x1b[" not in text
+    assert "hello world" in text and "train: " in text and "\x1b[" not in text
