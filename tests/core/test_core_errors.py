@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pkgutil
+from pathlib import Path
 
 from dinocache.core.errors import DinocacheError
 
@@ -46,3 +48,34 @@ def test_cli_turns_the_base_into_exit_2(tmp_path, capsys):
     assert main(["info", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no feature cache there" in err
+
+
+def test_every_cli_refusal_catches_the_base() -> None:
+    """An `except` that ends a command with exit 2 names DinocacheError (alone or beside a parser's own error),
+    so a new error class reaches every command line tool without editing a tuple."""
+    import ast
+
+    root = Path(dinocache_root())
+    stray = []
+    # followlinks: in a checkout the stage packages are links inside dinocache/
+    files = [Path(d, f) for d, _, fs in os.walk(root, followlinks=True) for f in fs if f.endswith(".py")]
+    assert len(files) > 50, len(files)  # every package, not only dinocache/*.py
+    for path in sorted(files):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ExceptHandler) or node.type is None:
+                continue
+            exits_2 = any(
+                isinstance(n, ast.Return) and isinstance(n.value, ast.Constant) and n.value.value == 2
+                for n in ast.walk(node)
+            )
+            if exits_2 and "DinocacheError" not in ast.unparse(node.type):
+                stray.append(f"{path.relative_to(root)}:{node.lineno} except {ast.unparse(node.type)}")
+    assert not stray, stray
+
+
+def dinocache_root() -> str:
+    """The folder of the installed `dinocache` package (its subpackages included, by links or the editable map)."""
+    import dinocache
+
+    return str(Path(dinocache.__file__).parent)
