@@ -196,3 +196,48 @@ def test_sigkill_at_random_points_resumes_exactly(
     assert ok, out[-3000:]
     assert same, f"trial {trial}: resumed weights differ from the uninterrupted run: {out[-500:]}"
     assert killed, "no kill landed (the run finished first)"
+
+
+# -- the default mode: warped maps, mosaic on, with and without DataLoader workers ----------------------------
+def _equal_tensors(a: dict, b: dict) -> tuple[int, int]:
+    n = same = 0
+    for part in ("model", "ema"):
+        for k in a[part]:
+            n += 1
+            same += int(torch.equal(a[part][k], b[part][k]))
+    return same, n
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_crash_in_the_default_mode(
+    workers, tmp_path, demo_data, tiny_teacher_dir, tiny_train, fault_cache, kills
+):
+    """distill_geometric_aug=warp (mosaic, affine and flips on, maps warped), crash in epoch 2, resume.
+
+    workers=0: exact (every RNG stream and Mosaic's buffer are in resume.pt). workers=2: each DataLoader worker
+    keeps its own Mosaic buffer and RNG across epochs (Ultralytics' loader reuses its workers), which no
+    checkpoint holds, so a resumed run draws other mosaics from epoch 2 on: recorded as measured, not exact."""
+    from dinocache.train.run import train
+
+    v = values(
+        tiny_train,
+        tmp_path,
+        demo_data,
+        fault_cache,
+        tiny_teacher_dir,
+        distill_geometric_aug="warp",
+        workers=workers,
+    )
+    ref = final_state(train(build(TrainConfig, {**v, "name": "ref"})).save_dir)
+    with pytest.raises(Crash):
+        train(build(TrainConfig, v), callbacks={"on_train_batch_end": [CrashAt(1, 1)]})
+    got = final_state(train(build(TrainConfig, {**v, "resume": True})).save_dir)
+    same, n = _equal_tensors(got, ref)
+    run = f"in-process crash, warp + mosaic, workers={workers}"
+    kills(run, "B (epoch 2, after batch 2)", same == n, f"{same}/{n} tensors equal")
+    print(f"default mode, workers={workers}: {same}/{n} tensors equal after crash + resume")
+    if workers == 0:
+        assert same == n, f"{same}/{n} tensors equal"
+    elif same < n:
+        pytest.xfail(f"workers={workers}: {same}/{n} tensors equal (worker-side Mosaic buffers and RNG)")

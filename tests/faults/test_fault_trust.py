@@ -285,7 +285,7 @@ def _epochs(run: Path) -> list[int]:
 
 
 def test_ctrl_c_in_epoch_2_exits_130_with_the_resume_command(
-    work, tmp_path, tiny_teacher_dir, monkeypatch, faults
+    work, tmp_path, tiny_teacher_dir, tiny_train, monkeypatch, faults
 ) -> None:
     from dinocache.train.cli import main
     from dinocache.train.model import DistillOBBModel
@@ -304,7 +304,7 @@ def test_ctrl_c_in_epoch_2_exits_130_with_the_resume_command(
         return loss(self, batch, preds)
 
     monkeypatch.setattr(DistillOBBModel, "loss", interrupted)
-    cfg = write_cfg(tmp_path, data, store, tiny_teacher_dir)
+    cfg = write_cfg(tiny_train, tmp_path, data, store, tiny_teacher_dir)
     r = faults.expect_clear(
         "train", "Ctrl-C in epoch 2", main, ["--config", str(cfg)], ["interrupted", "resume=true name=x"]
     )
@@ -323,7 +323,7 @@ def test_ctrl_c_in_epoch_2_exits_130_with_the_resume_command(
 
 
 def test_full_disk_at_a_checkpoint_keeps_the_last_one(
-    work, tmp_path, tiny_teacher_dir, monkeypatch, faults
+    work, tmp_path, tiny_teacher_dir, tiny_train, monkeypatch, faults
 ) -> None:
     """ENOSPC while writing epoch 2's resume.pt: a clear error, no .tmp left, epoch 1's checkpoint kept, and
     after the resume results.csv holds each epoch once (epoch 2's row, written before the failed save, goes)."""
@@ -345,7 +345,7 @@ def test_full_disk_at_a_checkpoint_keeps_the_last_one(
         return save(obj, f, *a, **k)
 
     monkeypatch.setattr(torch, "save", full_disk)
-    cfg = write_cfg(tmp_path, data, store, tiny_teacher_dir)
+    cfg = write_cfg(tiny_train, tmp_path, data, store, tiny_teacher_dir)
     run = tmp_path.joinpath(*RUN)
     r = faults.expect_clear(
         "train",
