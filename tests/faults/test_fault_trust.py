@@ -433,3 +433,37 @@ def test_online_refuses_an_imgsz_the_teacher_cannot_split(work, tmp_path, faults
     argv = [*t_cfg(tmp_path, data, store, teacher), "teacher_source=online", "cache="]
     r = faults.expect_clear("train", "online: patch-14 teacher at imgsz 128", main, argv, ["imgsz", "14"])
     assert r.rc == 2
+
+
+def test_verify_with_an_unreachable_endpoint_is_named(work, monkeypatch, faults) -> None:
+    import socket
+
+    from dinocache.cache.cli import main
+
+    data, _ = work
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    for k, v in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_MAX_ATTEMPTS": "1",
+        "AWS_RETRY_MODE": "standard",
+    }.items():
+        monkeypatch.setenv(k, v)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        faults.expect_clear(
+            "cache verify",
+            "unreachable S3 endpoint",
+            main,
+            ["verify", "s3://nowhere/c.zarr", "--data", str(data)],
+            ["s3://nowhere/c.zarr", "cannot reach"],
+        )
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
