@@ -1,4 +1,4 @@
-"""Label rows Ultralytics would drop, refused before the first step.
+"""Label rows Ultralytics would drop, and label caches that would run code, refused before the first step.
 
 Ultralytics' label check (`verify_image_label`) drops a whole image, with one warning line among many, for
 a row whose class id is out of range, negative or fractional, a value that is not a finite number, or a
@@ -56,6 +56,47 @@ def bad_rows(images: list[Path], nc: int) -> list[str]:
     return out
 
 
+# What Ultralytics' label cache (np.save of a dict of lists, strings and arrays) may reference when unpickled
+_CACHE_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),
+}
+
+
+def check_label_cache(path: Path) -> None:
+    """Ultralytics reads `labels/<split>.cache` with `np.load(allow_pickle=True)`, so a received one could run
+    code. Unpickle it here with an allow-list of numpy's array globals first (nothing else is ever called)
+    and refuse, naming the file, one that references anything more; a corrupt one is Ultralytics' to rebuild."""
+    import pickle
+
+    from numpy.lib import format as npf
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str):  # noqa: ANN202 - pickle's hook
+            if (module, name) not in _CACHE_GLOBALS:
+                raise pickle.UnpicklingError(f"references {module}.{name}")
+            return super().find_class(module, name)
+
+    try:
+        with open(path, "rb") as f:
+            ver = npf.read_magic(f)
+            _, _, dtype = npf.read_array_header_1_0(f) if ver == (1, 0) else npf.read_array_header_2_0(f)
+            if dtype.hasobject:
+                Restricted(f).load()
+    except pickle.UnpicklingError as e:
+        raise TrainError(
+            f"{path}: Ultralytics' label cache {e}, so loading it could run code; delete it (Ultralytics "
+            "rebuilds it from the label files) and only train on label caches you made"
+        ) from None
+    except (OSError, ValueError, EOFError):
+        return  # not a readable cache: Ultralytics rebuilds it
+
+
 def check_label_rows(data_yaml: str | Path) -> None:
     """TrainError listing (up to SHOWN) `file:line` rows of the train/val labels that Ultralytics would drop."""
     from dinocache.core.data import load_data_yaml, split_images
@@ -65,7 +106,12 @@ def check_label_rows(data_yaml: str | Path) -> None:
     rows: list[str] = []
     for split in ("train", "val"):
         if info.get(split):
-            rows += bad_rows(split_images(info, split), nc)
+            images = split_images(info, split)
+            if images:
+                cache = label_file(images[0]).parent.with_suffix(".cache")  # Ultralytics' cache_path
+                if cache.is_file():
+                    check_label_cache(cache)
+            rows += bad_rows(images, nc)
     if rows:
         shown = "\n  ".join(rows[:SHOWN]) + (
             f"\n  ... and {len(rows) - SHOWN} more" if len(rows) > SHOWN else ""

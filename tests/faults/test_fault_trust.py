@@ -467,3 +467,30 @@ def test_verify_with_an_unreachable_endpoint_is_named(work, monkeypatch, faults)
         )
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_hostile_label_cache_refused_and_a_real_one_accepted(
+    work, tmp_path, tiny_teacher_dir, faults
+) -> None:
+    """labels/train.cache is unpickled by Ultralytics' loader: one that would run code is refused by name
+    before training; the cache Ultralytics itself writes passes the same check."""
+    import numpy as np
+    from dinocache.train.cli import main
+    from dinocache.train.label_rows import check_label_cache
+
+    data, store = work
+    real = tmp_path / "real.npy"  # Ultralytics' layout: np.save of a dict of lists, strings and arrays
+    np.save(str(real), {"labels": [{"cls": np.zeros((1, 1), np.float32)}], "hash": "h", "version": "1.0.3"})
+    check_label_cache(real)
+    marker = tmp_path / "ran"
+    cache = data.parent / "labels" / "train.cache"
+    with open(cache, "wb") as f:
+        np.save(f, np.array(RunsCode(marker), dtype=object), allow_pickle=True)
+    r = faults.expect_clear(
+        "train",
+        "label cache that runs code",
+        main,
+        t_cfg(tmp_path, data, store, tiny_teacher_dir),
+        ["train.cache", "delete it"],
+    )
+    assert r.rc == 2 and not marker.exists()
