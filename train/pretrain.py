@@ -54,8 +54,10 @@ class PretrainConfig:
     channels: int = 32
     # projector per layer: linear (1x1 conv), conv (3x3 conv) or mlp (1x1 conv -> GELU -> 1x1 conv)
     projector: Literal["linear", "conv", "mlp"] = "linear"
-    # per-cell distance: cosine (1 - cos) or mse (per-channel standardised MSE, as PKD)
-    loss: Literal["cosine", "mse"] = "cosine"
+    # per-cell distance: mse (per-channel standardised MSE, as PKD: each image's channels standardised over its
+    # cells, so the map every image shares (background) cannot be the whole fit) or cosine (1 - cos); mse is
+    # the default because cosine fitted only the shared background of oracle maps (BENCHMARKS.md pretrain.fit)
+    loss: Literal["cosine", "mse"] = "mse"
     # where the teacher maps come from: cache (read and warped with each augmented image) or online (the
     # teacher runs on every augmented batch: the A/B and cost reference)
     teacher_source: Literal["cache", "online"] = "cache"
