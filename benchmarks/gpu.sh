@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Issue 13's GPU benchmark, prepared for a CUDA machine. Installs nothing; runs in < 8 minutes on one GPU.
+# Issue 13's GPU benchmark, prepared for a CUDA machine. Installs nothing; runs in < 11 minutes on one GPU.
 #
 #   bash benchmarks/gpu.sh            # on a CUDA machine, from the repository root (its .venv or the active python)
 #   bash benchmarks/gpu.sh --dry-run  # anywhere: every step at toy sizes on the CPU, results to a temp folder
 #
 # Measures none / cache / online epoch time and torch.cuda.max_memory_allocated with ViT-S- and ViT-L-shaped
 # random teachers at 640 px with 8 dataloader workers, plus the dataloader CPU ratio (plain vs cache), and
-# writes benchmarks/results/latest.json + BENCHMARKS.md (sections gpu_epoch, gpu_loader).
+# writes benchmarks/results/latest.json + BENCHMARKS.md (sections gpu_epoch, gpu_loader, gpu_pretrain_loader,
+# gpu_reads, gpu_startup: loader with the mapped reader vs tensorstore, pretraining loader, one-image reads vs
+# memmap, time to the first step with the real workers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-}"
@@ -21,4 +23,4 @@ missing = [m for m in ("torch", "ultralytics", "transformers", "zarr", "tensorst
 if missing:
     sys.exit(f"error: missing {missing}; this script installs nothing (pip install -e . first)")
 PYEOF
-exec timeout 480 "$PY" -m benchmarks.gpu_run "$@"
+exec timeout 660 "$PY" -m benchmarks.gpu_run "$@"

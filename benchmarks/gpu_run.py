@@ -1,12 +1,16 @@
-"""The GPU benchmark (epoch time, memory, loader and precompute throughput on one GPU), driven by benchmarks/gpu.sh (installs nothing; < 8 min on one GPU).
+"""The GPU benchmark (epoch time, memory, loader and precompute throughput on one GPU), driven by benchmarks/gpu.sh (installs nothing; < 11 min on one GPU).
 
     python -m benchmarks.gpu_run [--dry-run] [--images 128] [--imgsz 640] [--workers 8] [--out DIR]
 
 On a CUDA machine: a synthetic 640 px OBB dataset, ViT-S- and ViT-L-shaped random teachers, one cache per
 teacher (precompute on the GPU), then epoch time (median of the epochs after the first) and
 torch.cuda.max_memory_allocated of none / cache / online training runs with 8 dataloader workers, each in
-a fresh process (benchmarks/scenarios/train_epoch.py), plus the loader CPU ratio (benchmarks/loader.py).
-Figures go to benchmarks/results/latest.json and BENCHMARKS.md (sections `gpu_epoch`, `gpu_loader`).
+a fresh process (benchmarks/scenarios/train_epoch.py), plus the loader CPU ratio (benchmarks/loader.py: plain vs
+cache through the memory-mapped reader vs cache through tensorstore), the pretraining loader vs plain image
+loading, one-image reads (mapped reader vs tensorstore vs memmap) and the time to the first step with the
+ViT-L-shaped teacher present and the real dataloader workers (cache vs none). Figures go to
+benchmarks/results/latest.json and BENCHMARKS.md (sections `gpu_epoch`, `gpu_loader`, `gpu_pretrain_loader`,
+`gpu_reads`, `gpu_startup`).
 
 `--dry-run` runs every step at toy sizes on the CPU (tiny teacher, 128 px, 1 worker) and writes to a
 temporary folder instead, so the script itself is checked where no GPU is lent.
@@ -118,10 +122,95 @@ def main(argv: list[str] | None = None) -> int:
         ld = L.make_linked_dataset(base / "loader", d_unique, copies, a.imgsz)
         lc = base / "loader.zarr"
         L.precompute(ld, base / f"teacher_{a.teachers.split(',')[0]}", lc, a.imgsz)
-        res.add(section, **L.measure(str(ld), str(lc), a.imgsz, block=16 if a.dry_run else 64, rounds=3))
+        res.add(
+            section,
+            **L.measure(
+                str(ld), str(lc), a.imgsz, block=16 if a.dry_run else 64, rounds=3 if a.dry_run else 5,
+                tensorstore_arm=True,
+            ),
+        )  # fmt: skip
+        section = "gpu_pretrain_loader"
+        res.note(
+            section,
+            "The pretraining loader (UnlabeledDistillDataset, maps warped along) vs plain image loading with the "
+            "same augmentation, CPU ms per sample on this machine's CPU (benchmarks/loader.measure_pretrain).",
+        )
+        res.add(
+            section,
+            **L.measure_pretrain(str(ld), str(lc), a.imgsz, block=16 if a.dry_run else 64, rounds=3),
+        )
+        section = "gpu_reads"
+        res.note(
+            section,
+            "One image per call, random rows of the loader's cache, CPU us per read (median of 3 alternated "
+            "rounds): the memory-mapped shard reader (crc32c checked), tensorstore, and a numpy memmap of the same "
+            "bytes (no checksum).",
+        )
+        res.add(section, **_reads(str(lc), 64 if a.dry_run else 512))
+        section = "gpu_startup"
+        res.note(
+            section,
+            f"Time to the first training step (benchmarks/scenarios/startup.py), {a.workers} dataloader workers, "
+            f"the {a.teachers.split(',')[-1]}-shaped teacher present, none vs cache, one fresh process per run, "
+            "alternated, median of 3; tree CPU = main process + live workers.",
+        )
+        big = a.teachers.split(",")[-1]
+        su: dict[str, list[dict]] = {"none": [], "cache": []}
+        for _ in range(1 if a.dry_run else 3):
+            for mode in su:
+                args = ["--mode", mode, "--data", str(data), "--imgsz", str(a.imgsz), "--batch", str(a.batch)]
+                args += [
+                    "--cache",
+                    str(base / f"cache_{big}.zarr"),
+                    "--dino-root",
+                    str(base / f"teacher_{big}"),
+                ]
+                args += ["--workers", str(a.workers), "--device", device]
+                su[mode].append(run_scenario("benchmarks.scenarios.startup", args, timeout=300))
+        keys = ("first_step_s", "first_step_cpu_s", "first_step_tree_cpu_s")
+        med = {m: {k: sorted(float(r[k]) for r in rs)[len(rs) // 2] for k in keys} for m, rs in su.items()}
+        for mode in su:
+            res.add(section, mode=mode, teacher=big, workers=a.workers, **med[mode])
+        res.add(section, mode="cache/none", **{k: round(med["cache"][k] / med["none"][k], 3) for k in keys})
     res.write()
     print(json.dumps({"results": str(out), "seconds": round(time.perf_counter() - t_start, 1)}))
     return 0
+
+
+def _reads(cache: str, count: int) -> dict:
+    """CPU us per one-image read: mapped reader, tensorstore, numpy memmap of the same rows."""
+    import numpy as np
+
+    from dinocache import cache as cache_mod
+
+    fast, ts = cache_mod.open(cache), cache_mod.open(cache, read_path="tensorstore")
+    with tempfile.TemporaryDirectory() as td:
+        rows_all = fast.read(np.arange(fast.n))
+        mm = np.memmap(Path(td) / "m.npy", np.float16, "w+", shape=rows_all.shape)
+        mm[:] = rows_all
+        figs: dict[str, list[float]] = {"mapped": [], "tensorstore": [], "memmap": []}
+        read = {
+            "mapped": lambda r: fast.read([r]),
+            "tensorstore": lambda r: ts.read([r]),
+            "memmap": lambda r: np.array(mm[r]),
+        }
+        rng = np.random.default_rng(0)
+        for _ in range(3):
+            rows = [int(r) for r in rng.integers(0, fast.n, count)]
+            for kind, fn in read.items():
+                fn(rows[0])
+                c0 = time.process_time()
+                for r in rows:
+                    fn(r)
+                figs[kind].append(1e6 * (time.process_time() - c0) / count)
+        med = {k: sorted(v)[1] for k, v in figs.items()}
+    return {
+        "cache_k": fast.k,
+        "grid": list(fast.grid),
+        **{f"{k}_us": round(v, 1) for k, v in med.items()},
+        "mapped_vs_memmap": round(med["memmap"] / med["mapped"], 3),
+        "tensorstore_vs_memmap": round(med["memmap"] / med["tensorstore"], 3),
+    }
 
 
 if __name__ == "__main__":
