@@ -315,7 +315,7 @@ def _is_override(a: str) -> bool:
 
 
 def _exists(path: str, so: dict[str, Any] | None) -> bool:
-    from dinocache.cache.store import check_reachable, exists
+    from dinocache.cache.locations import check_reachable, exists
 
     check_reachable(path, so)  # an object store: endpoint, credentials and bucket, named by URL
     return exists(path, so)
