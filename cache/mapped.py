@@ -213,13 +213,16 @@ class MappedArray:
             raise ChecksumMismatch(f"{what}: stored and computed crc32c checksum do not match")
 
     # -- reads
-    def read_one(self, row: int, d: int) -> np.ndarray:
-        """float16 (d, h, w): the first d channels of row `row` (a new array)."""
+    def read_one(self, row: int, d: int, out: np.ndarray | None = None) -> np.ndarray:
+        """float16 (d, h, w): the first d channels of row `row`, in a new array or copied into `out`."""
         shard, local = divmod(row, self.shard_size)
         entry = self._shard(shard)
         offset = _ABSENT_INT if entry is None else entry.offsets[local]
         if offset == _ABSENT_INT:
-            return np.full((d, *self.shape[2:]), self.fill, np.float16)
+            if out is None:
+                return np.full((d, *self.shape[2:]), self.fill, np.float16)
+            out.fill(self.fill)
+            return out
         if self.chunk_crc:
             end = offset + self.chunk_bytes - 4
             if self._crc(entry.u8[offset:end]) != int.from_bytes(entry.map[end : end + 4], "little"):
@@ -227,18 +230,22 @@ class MappedArray:
                     f"shard file {self.shard_file(shard)}, image {row}: stored and computed crc32c checksum do not match"
                 )
         if offset & 1:  # zarr's writer packs chunks of even size from an even start; another may not
-            out = np.frombuffer(entry.map, np.float16, count=d * self.cell_values, offset=offset).copy()
+            values = np.frombuffer(entry.map, np.float16, count=d * self.cell_values, offset=offset)
         else:
             start = offset >> 1
-            out = np.array(entry.f16[start : start + d * self.cell_values])
-        out.shape = (d, *self.shape[2:])
-        return out
+            values = entry.f16[start : start + d * self.cell_values]
+        if out is not None:  # a batch: straight into its row, no array per image
+            out.reshape(-1)[:] = values
+            return out
+        one = np.array(values)
+        one.shape = (d, *self.shape[2:])
+        return one
 
     def read(self, rows: np.ndarray, d: int) -> np.ndarray:
         """(B,) rows -> float16 (B, d, h, w): the first d channels of each row."""
         out = np.empty((len(rows), d, *self.shape[2:]), np.float16)
         for j, r in enumerate(rows):
-            out[j] = self.read_one(int(r), d)
+            self.read_one(int(r), d, out[j])
         return out
 
     def close(self) -> None:

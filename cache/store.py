@@ -287,8 +287,9 @@ class FeatureCache(_Store):
         """(B,) rows -> float16 (B, D, h, w) with D = channels (the first D components) or K.
 
         `flipped`: the maps of the horizontally flipped images (`features_flip`; only when `flips`).
-        Rows never written read as NaN. Duplicates and any order are fine: unique rows are read sorted,
-        in one tensorstore index-array read (local and s3:// stores), then put back in the asked order.
+        Rows never written read as NaN. Duplicates and any order are fine: the mapped reader copies each row
+        straight into its place; tensorstore and zarr-python read the unique rows sorted (tensorstore: one
+        index-array read), then put them back in the asked order.
         """
         if flipped and not self.spec.flips:
             raise CacheError(
@@ -309,15 +310,14 @@ class FeatureCache(_Store):
         bad = idx[(idx < 0) | (idx >= self.n)]
         if bad.size:
             raise IndexError(f"row {int(bad[0])} out of range for cache {self.path} with {self.n} rows")
+        if mapped is not None:  # each row copied straight into its place: no sorting, no reordering copy
+            return mapped.read(idx, d)
         if idx.size == 1:
             uniq, inverse = idx, None
         else:
             uniq, inverse = np.unique(idx, return_inverse=True)
             if inverse.size == uniq.size:  # no duplicates: identity order if already sorted
                 inverse = None if (np.diff(idx) > 0).all() else inverse
-        if mapped is not None:
-            block = mapped.read(uniq, d)
-            return block if inverse is None else block[inverse]
         t = self._ts_features(name)
         if t is not None:
             block = (
