@@ -32,9 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # connected component). The check fails on any circle not listed here, and on an entry that no longer
 # matches a circle exactly (shrink or drop it then), so this list can only get shorter.
 ALLOWED_CYCLES: list[set[str]] = [
-    # run builds the DinoOBBTrainer and takes the Ultralytics arguments and augmentation policy from trainer.py;
-    # DinoOBBTrainer(TrainConfig(...)) calls run.prepare. Goes when the pre-flight checks and the Ultralytics
-    # arguments/augmentation policy leave run.py/trainer.py for modules of their own.
+    # run.train() builds the DinoOBBTrainer, and DinoOBBTrainer(TrainConfig(...)) calls run.prepare. Goes when
+    # the pre-flight checks and prepare leave run.py for a module of their own that trainer.py imports.
     {"dinocache.train.trainer", "dinocache.train.run"},
 ]
 

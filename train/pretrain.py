@@ -324,15 +324,14 @@ class Pretrain:
     def prepare(self) -> tuple[Any, dict[str, Any], Any, dict | None, Path]:
         """Run folder (new or resumed), held-out split, checks, Ultralytics arguments; refuses before training.
         Returns (TrainConfig, overrides, teacher context, resume state, run folder)."""
+        from dinocache.train.overrides import apply_augmentation_policy, ultralytics_overrides
         from dinocache.train.run import (
             TrainError,
             _open_cache,
-            apply_augmentation_policy,
             check_cache,
             model_layers,
             preflight,
         )
-        from dinocache.train.trainer import ultralytics_overrides
 
         from dinocache.core.device import ultralytics_device
 

@@ -1,5 +1,6 @@
 """Everything before and around `DinoOBBTrainer.train()`: checks that refuse a bad run before the first
-step, the run folder, resume, and the Ultralytics arguments."""
+step, the run folder, resume, and `prepare` (which takes the Ultralytics arguments and augmentation policy
+from train/overrides.py)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,8 @@ import numpy as np
 import torch
 from dinocache.train.config import TrainConfig
 from dinocache.train.context import DINO_ARGS_FILE, RESUME_FILE, TeacherContext, TrainError
-from dinocache.train.trainer import (
-    OFFLINE_VIEW_DEFAULTS,
-    DinoOBBTrainer,
-    add_callbacks,
-    augmentation_summary,
-    geometric_off,
-    offline_views,
-    ultralytics_overrides,
-    warp_blends_off,
-)
+from dinocache.train.overrides import apply_augmentation_policy, ultralytics_overrides
+from dinocache.train.trainer import DinoOBBTrainer, add_callbacks
 from ultralytics.utils import LOGGER, colorstr
 
 from dinocache.core.config import ConfigError, build, to_dict
@@ -457,47 +450,6 @@ def claim_run(cfg: TrainConfig) -> tuple[TrainConfig, Path]:
         _HELD[save_dir] = lock
         return dataclasses.replace(cfg, name=run_id), save_dir
     raise TrainError(f"no free run folder for {stamp} under {runs_root(cfg)}")  # pragma: no cover
-
-
-def apply_augmentation_policy(cfg: TrainConfig, ov: dict[str, Any]) -> str:
-    """Set the run's augmentation in `ov` (in place) and log it; returns the log line.
-
-    `distill_geometric_aug=warp` (the default) keeps mosaic, affine and flips for `cache` AND `online`: the
-    cache warps each stored map with its image, the online teacher runs on the augmented batch itself
-    (preprocess_batch). Both switch off what a cached map cannot follow (blends, multi_scale), so none /
-    cache / online differ only in where the teacher map comes from (the fair A/B of `dinocache compare`).
-    `off` switches pixel-moving augmentation off for both.
-    """
-    src = cfg.teacher_source
-    if src == "none":
-        msg = "teacher_source=none: Ultralytics' augmentation as configured"
-    elif cfg.distill_geometric_aug == "warp":
-        was_on = warp_blends_off(ov)
-        how = (
-            "warp each cached teacher map with its image"
-            if src == "cache"
-            else "the teacher runs on each augmented batch (same augmentation as cache mode)"
-        )
-        msg = f"teacher_source={src}, distill_geometric_aug=warp: {how}" + (
-            f"; {', '.join(was_on)} switched off (a cached map cannot follow a blend)" if was_on else ""
-        )
-    else:
-        was_on = geometric_off(ov)
-        msg = (
-            f"teacher_source={src}, distill_geometric_aug=off: geometric augmentation off "
-            f"({', '.join(was_on) or 'none was on'} -> 0) so each teacher cell stays under its pixels; "
-            "photometric augmentation and flips (which flip the teacher map too) stay on"
-        )
-    if offline_views(cfg.data_yaml):
-        kept = [k for k in OFFLINE_VIEW_DEFAULTS if k not in cfg.extra]
-        if kept:
-            msg += (
-                f"; {', '.join(kept)} off by default (the data are `dinocache augment` views, already "
-                "rotated and scaled)"
-            )
-    msg += f"\n    augmentation {augmentation_summary(ov)}"
-    LOGGER.info(f"{colorstr('dinocache:')} {msg}")
-    return msg
 
 
 def prepare(

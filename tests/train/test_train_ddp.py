@@ -103,8 +103,9 @@ def small_cfg(tiny_train, root: Path, demo_data: Path, teacher: Path, cache: Pat
 
 
 def make_trainer(cfg: TrainConfig, resume_state: dict | None = None):
+    from dinocache.train.overrides import geometric_off, ultralytics_overrides
     from dinocache.train.run import preflight, run_dir
-    from dinocache.train.trainer import DinoOBBTrainer, geometric_off, ultralytics_overrides
+    from dinocache.train.trainer import DinoOBBTrainer
 
     ctx = preflight(cfg)
     ov = ultralytics_overrides(cfg, run_dir(cfg, cfg.name), "cpu")

@@ -157,8 +157,7 @@ def test_config_defaults_and_overrides(tmp_path) -> None:
 @pytest.mark.parametrize("source", ["cache", "online"])
 def test_online_keeps_the_same_augmentation_as_cache(source: str) -> None:
     """Fair A/B: with distill_geometric_aug=warp, cache and online runs get identical Ultralytics arguments."""
-    from dinocache.train.run import apply_augmentation_policy
-    from dinocache.train.trainer import ultralytics_overrides
+    from dinocache.train.overrides import apply_augmentation_policy, ultralytics_overrides
 
     def ov_for(src: str, aug: str) -> dict:
         cfg = TrainConfig(teacher_source=src, distill_geometric_aug=aug, extra={"mixup": 0.2, "mosaic": 1.0})

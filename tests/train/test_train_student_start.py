@@ -108,8 +108,7 @@ def test_results_png_gets_a_distill_panel(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_offline_views_turn_online_scale_and_rotation_off(tmp_path: Path) -> None:
-    from dinocache.train.run import apply_augmentation_policy
-    from dinocache.train.trainer import ultralytics_overrides
+    from dinocache.train.overrides import apply_augmentation_policy, ultralytics_overrides
 
     (tmp_path / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [a]\n")
     plain = ultralytics_overrides(TrainConfig(data=str(tmp_path / "data.yaml")), tmp_path / "r", "cpu")
