@@ -1,0 +1,470 @@
+"""Pretraining on unlabeled images from the cache, then fine-tuning on few labels: does it beat scratch?
+
+    python -m benchmarks.signal_pretrain --work DIR [--quick] [--seeds N] [--arms a,b,...] [--report]
+
+Data (demo-data at 128 px, objects 0.16-0.6 of the side, the distribution the demo teacher learnt on its own
+seed 1000):
+- L labelled training images: demo seed 1 (the signal benchmark's students' data), and its val split of
+  `n_val` >= 200 images: the reporting set, never tuned on;
+- U unlabeled images: demo seed 4, copied into a folder without labels (what pretraining reads: a folder of
+  images); their label files stay in the generator's folder and only the oracle cache reads them.
+
+Caches of U (`dinocache precompute`, PCA to 32 channels): the knowledgeable teacher's (`make-demo-teacher`),
+the random teacher's (the same ViT before training: `demo_teacher.random_base`), and the oracle's (the
+teacher cache with every row replaced by the image's class coverage from U's hidden labels,
+precompute/oracle.py; the upper bound of what the pipe can carry).
+
+Arms, each followed by the SAME fine-tuning on L (teacher_source none, `dinocache compare`'s run and scores):
+- scratch: no pretraining (the model yaml);
+- teacher: `dinocache pretrain` from the knowledgeable teacher's cache;
+- oracle: pretrain from the oracle cache;
+- random: pretrain from the random teacher's cache (control);
+- shuffled: pretrain from the teacher cache, each image learning another image's map (control);
+- online: pretrain with the teacher run on every augmented batch (parity with the cache, and its cost).
+
+Pretraining runs once per (arm, pretrain seed); with `pretrain_per_seed` false (the CPU setting) one
+pretraining per arm (seed 0) is fine-tuned with every seed, so the paired CIs hold the fine-tuning's seed
+variance, not the pretraining's. Runs go seed by seed, arms alternating. Scores are the last epoch's on the
+reporting set (Ultralytics mAP50 / mAP50-95, the project's grade of last.pt). Outputs in DIR:
+signal_pretrain.json (settings, pretraining fits and costs, fine-tuning runs) and ft/compare.json +
+val_map.png (compare's outputs over the arms), rewritten after every run. The pytest wrapper
+(benchmarks/test_signal.py) and `--report` put it into latest.json / BENCHMARKS.md (`signal.pretrain.*`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import signal_ab
+
+IMGSZ = signal_ab.IMGSZ
+SIZES = signal_ab.SIZES
+N_CLS = 5  # demo-data classes
+U_SEED = 4  # demo-data seed of the unlabeled images (students 1, tuning 3, teacher 1000, probe 2000)
+ARMS = ["scratch", "teacher", "oracle", "random", "shuffled", "online"]
+METRICS = ("map50", "map50_95", "grade")
+
+
+def settings(quick: bool) -> dict[str, Any]:
+    if quick:  # plumbing only: every arm, one seed, a few images and epochs
+        return {
+            "n_label": 8,
+            "n_val": 20,
+            "n_unlabeled": 48,
+            "pretrain_epochs": 1,
+            "pretrain_batch": 16,
+            "finetune_epochs": 2,
+            "val_every": 1,
+            "seeds": 1,
+            "pretrain_per_seed": False,
+            "arms": ARMS,
+        }
+    # sized for the shared 2-core CPU (see BENCHMARKS.md signal.pretrain for what was run and what it cost)
+    return {
+        "n_label": 32,
+        "n_val": 200,
+        "n_unlabeled": 2000,
+        "pretrain_epochs": 3,
+        "pretrain_batch": 32,
+        "finetune_epochs": 30,
+        "val_every": 10,
+        "seeds": 5,
+        "pretrain_per_seed": False,
+        "arms": ARMS,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def _precompute(work: Path, data: Path, cache: Path, teacher_dir: Path) -> Path:
+    from dinocache.precompute.run import main as precompute
+
+    if (cache / "zarr.json").exists():
+        return cache
+    (work / "empty.json").write_text("{}")
+    rc = precompute(
+        ["--config", str(work / "empty.json"), f"data={data}", f"cache={cache}", f"dino_root={teacher_dir}",
+         f"imgsz={IMGSZ}", "channels=32", "device=auto", "batch=32", "workers=0", "overwrite=true"]
+    )  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"precompute of {cache} failed (exit {rc})")
+    return cache
+
+
+def prepare(work: Path, s: dict[str, Any], teacher_dir: Path, random_dir: Path, arms: list[str]) -> dict:
+    """Labelled data, the unlabeled folder and its caches under `work` (reused when present)."""
+    from dinocache.datatools.demo_data import make_demo_dataset
+
+    work.mkdir(parents=True, exist_ok=True)
+    lab = work / f"labelled-{s['n_label']}-{s['n_val']}"
+    if not (lab / "data.yaml").is_file():
+        make_demo_dataset(
+            lab, n_train=s["n_label"], n_val=s["n_val"], imgsz=IMGSZ, seed=1, overwrite=True, **SIZES
+        )
+    gen = work / f"unlabeled-gen-{s['n_unlabeled']}"
+    if not (gen / "data.yaml").is_file():
+        make_demo_dataset(
+            gen, n_train=s["n_unlabeled"], n_val=1, imgsz=IMGSZ, seed=U_SEED, overwrite=True, **SIZES
+        )
+    # the images alone, in a folder with no labels anywhere: pretraining never sees one
+    u = work / f"unlabeled-{s['n_unlabeled']}"
+    if not u.is_dir():
+        tmp = u.with_name(u.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for f in sorted((gen / "images" / "train").iterdir()):
+            os.link(f, tmp / f.name)
+        tmp.rename(u)
+    paths = {"labelled": str(lab / "data.yaml"), "unlabeled": str(u)}
+    if {"teacher", "oracle", "shuffled", "online"} & set(arms):
+        paths["teacher_cache"] = str(_precompute(work, u, work / f"u-teacher-{s['n_unlabeled']}.zarr", teacher_dir))
+    if "random" in arms:
+        paths["random_cache"] = str(_precompute(work, u, work / f"u-random-{s['n_unlabeled']}.zarr", random_dir))
+    if "oracle" in arms:
+        paths["oracle_cache"] = str(oracle_cache(Path(paths["teacher_cache"]), work / f"u-oracle-{s['n_unlabeled']}.zarr", gen))
+    return paths
+
+
+def oracle_cache(plain: Path, out: Path, gen: Path) -> Path:
+    """A copy of the teacher cache of U whose rows are each image's class coverage from U's hidden labels."""
+    from dinocache.precompute.oracle import write_oracle_features
+
+    if (out / "zarr.json").exists():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(plain, tmp)
+    labels = gen / "labels" / "train"
+    write_oracle_features(tmp, "", N_CLS, label_of=lambda key: labels / Path(key).with_suffix(".txt").name)
+    tmp.rename(out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- arms
+
+
+def pretrain_values(arm: str, paths: dict, s: dict, teacher_dir: Path, random_dir: Path) -> dict[str, Any]:
+    """The PretrainConfig values of a pretraining arm (only the maps' source differs)."""
+    v: dict[str, Any] = {
+        "data": paths["unlabeled"],
+        "model": "yolo26n-obb.yaml",
+        "dino_root": str(teacher_dir),
+        "cache": paths.get("teacher_cache", ""),
+        "epochs": s["pretrain_epochs"],
+        "imgsz": IMGSZ,
+        "batch": s["pretrain_batch"],
+        "nbs": s["pretrain_batch"],
+        "workers": 0,
+        "device": "auto",
+        "fit_images": 64 if s["n_unlabeled"] >= 320 else max(2, s["n_unlabeled"] // 5),
+        "extra": {"plots": False},
+    }
+    if arm == "oracle":
+        v["cache"] = paths["oracle_cache"]
+    elif arm == "random":
+        v.update(cache=paths["random_cache"], dino_root=str(random_dir))
+    elif arm == "shuffled":
+        v["shuffle"] = True
+    elif arm == "online":
+        v["teacher_source"] = "online"
+    return v
+
+
+def pretrain(work: Path, arm: str, seed: int, values: dict[str, Any]) -> dict[str, Any]:
+    """One `dinocache pretrain` run (reused when its record exists): checkpoint, held-out fit, cost."""
+    from dinocache.train.pretrain import Pretrain, PretrainConfig
+
+    from dinocache.core.config import build
+
+    rec = work / "pretrain" / f"{arm}-s{seed}.json"
+    if rec.is_file():
+        return json.loads(rec.read_text())
+    root = work / "pretrain" / "runs"
+    shutil.rmtree(root / Path(values["model"]).stem / "pretrain" / f"{arm}-s{seed}", ignore_errors=True)
+    cfg = build(
+        PretrainConfig, {**values, "seed": seed, "name": f"{arm}-s{seed}", "artifacts_root": str(root)}, arm
+    )
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    res = Pretrain(cfg).run()
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    out = {
+        "arm": arm,
+        "seed": seed,
+        "best": str(res.best),
+        "last": str(res.last),
+        "save_dir": str(res.save_dir),
+        "fit": res.fit,
+        "epochs": cfg.epochs,
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        # per pretraining epoch over U (training + the held-out fit), CPU time of this process (all threads)
+        "cpu_s_per_epoch": round(cpu / cfg.epochs, 2),
+        "wall_s_per_epoch": round(wall / cfg.epochs, 2),
+    }
+    rec.parent.mkdir(parents=True, exist_ok=True)
+    rec.write_text(json.dumps(out, indent=2, default=str))
+    return out
+
+
+def finetune_values(paths: dict, s: dict, teacher_dir: Path, model: str) -> dict[str, Any]:
+    """The fine-tuning every arm shares (only the starting weights differ): no distillation, the signal
+    benchmark's student settings."""
+    return {
+        "data": paths["labelled"],
+        "dino_root": str(teacher_dir),
+        "model": model,
+        "imgsz": IMGSZ,
+        "epochs": s["finetune_epochs"],
+        "batch": 4,
+        "nbs": 4,  # an optimizer step per batch (32 images: 8 steps an epoch)
+        "workers": 0,
+        "device": "auto",
+        "warmup_epochs": 1,
+        "teacher_source": "none",
+        "eval_enabled": False,  # the run grades last.pt itself, once
+        "dino_viz_enabled": False,
+        "wandb_enabled": False,
+        "extra": {"plots": False},
+    }
+
+
+def finetune(work: Path, arm: str, seed: int, values: dict[str, Any], s: dict) -> dict[str, Any]:
+    """One fine-tuning run on L, through `dinocache compare`'s run and scores (mode none)."""
+    from dinocache.compare import CompareConfig, run_config, train_one
+
+    from dinocache.core.config import build
+
+    out = work / "ft" / arm
+    shutil.rmtree(out / "runs" / Path(values["model"]).stem / "runs" / f"none-s{seed}", ignore_errors=True)
+    ccfg = build(CompareConfig, {"modes": ["none"], "seeds": 1, "seed0": seed, "val_every": s["val_every"],
+                                 "out": str(out)}, f"signal.pretrain {arm}")  # fmt: skip
+    tcfg = run_config(values, "none", seed, ccfg, out)
+    return train_one(tcfg, grade=True, val_every=s["val_every"])
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def paired(runs: dict[str, list[dict]], arm: str, metric: str, base: str = "scratch") -> dict[str, Any]:
+    """Paired difference arm - base over the seeds both have: mean, std, n and the t-based 95 % CI."""
+    from scipy import stats
+
+    b = {r["seed"]: r.get(metric) for r in runs.get(base, [])}
+    d = [r[metric] - b[r["seed"]] for r in runs.get(arm, []) if r["seed"] in b and r.get(metric) is not None]
+    d = [x for x in d if not math.isnan(x)]
+    n = len(d)
+    if n == 0:
+        return {"n": 0}
+    m = statistics.fmean(d)
+    if n < 2:
+        return {"n": n, "mean": m}
+    sd = statistics.stdev(d)
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return {"n": n, "mean": m, "std": sd, "ci95": [m - half, m + half]}
+
+
+def _ms(xs: list[float]) -> str:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    if not xs:
+        return "n/a"
+    return f"{statistics.fmean(xs):.4f} ± {(statistics.stdev(xs) if len(xs) > 1 else 0.0):.4f}"
+
+
+def _ci(p: dict[str, Any]) -> str:
+    if p.get("n", 0) < 2:
+        return "n/a" if not p.get("n") else f"{p['mean']:+.4f} (n=1)"
+    lo, hi = p["ci95"]
+    return f"{p['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
+# -------------------------------------------------------------------------------------------------- run
+
+
+def teachers(quick: bool) -> tuple[Path, Path]:
+    """(knowledgeable demo teacher, its random base of the same shape)."""
+    from dinocache.finetune.demo_teacher import INFO_FILE, DemoTeacherConfig, cache_home, random_base
+
+    from dinocache.core.config import build
+
+    tdir = signal_ab.teacher(quick)
+    st = json.loads((tdir / INFO_FILE).read_text())["settings"]
+    cfg = build(DemoTeacherConfig, st, "demo teacher settings")
+    rdir = cache_home() / "teachers" / f"random-{cfg.key()}"
+    if not (rdir / "config.json").is_file():
+        tmp = rdir.with_name(rdir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        random_base(tmp, cfg)
+        tmp.rename(rdir)
+    return tdir, rdir
+
+
+def run(work: Path, quick: bool, **over: Any) -> dict[str, Any]:
+    from dinocache.compare import write_outputs
+
+    s = {**settings(quick), **{k: v for k, v in over.items() if v is not None}}
+    arms = [a for a in ARMS if a in s["arms"]]
+    tdir, rdir = teachers(quick)
+    t0 = time.perf_counter()
+    paths = prepare(work, s, tdir, rdir, arms)
+    prep_s = time.perf_counter() - t0
+    doc: dict[str, Any] = {"settings": s, "teacher": str(tdir), "random_teacher": str(rdir), "paths": paths,
+                           "prepare_wall_s": round(prep_s, 1), "pretrain": {}, "runs": {a: [] for a in arms}}  # fmt: skip
+    meta = {"modes": arms, "seeds": [], "epochs": s["finetune_epochs"], "imgsz": IMGSZ,
+            "data": paths["labelled"], "train_images": s["n_label"], "started": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    (work / "ft").mkdir(parents=True, exist_ok=True)
+    for seed in range(s.get("seed0", 0), s.get("seed0", 0) + s["seeds"]):
+        for arm in arms:
+            model = "yolo26n-obb.yaml"
+            if arm != "scratch":
+                pseed = seed if s["pretrain_per_seed"] else 0
+                pre = pretrain(work, arm, pseed, pretrain_values(arm, paths, s, tdir, rdir))
+                doc["pretrain"][f"{arm}-s{pseed}"] = pre
+                model = pre["best"]
+            print(f"\n==> signal.pretrain: fine-tune {arm}, seed {seed}", flush=True)
+            row = finetune(work, arm, seed, finetune_values(paths, s, tdir, model), s)
+            doc["runs"][arm].append(row)
+            meta["seeds"] = sorted({r["seed"] for rs in doc["runs"].values() for r in rs})
+            write_outputs(work / "ft", doc["runs"], meta)
+            (work / "signal_pretrain.json").write_text(json.dumps(doc, indent=2, default=str))
+            print(f"==> signal.pretrain: {arm} seed {seed}: mAP50 {row['map50']:.4f} mAP50-95 "
+                  f"{row['map50_95']:.4f} grade {row.get('grade', math.nan):.4f} ({row['wall_s']:.0f} s)", flush=True)  # fmt: skip
+    doc["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    (work / "signal_pretrain.json").write_text(json.dumps(doc, indent=2, default=str))
+    return doc
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def report(doc: dict[str, Any], results: Any, work: Path, prefix: str = "signal.pretrain", conclusion: str = "") -> None:
+    """The figures into the benchmark Results (latest.json `signal.pretrain.*`, BENCHMARKS.md, the plot)."""
+    from benchmarks.report import RESULTS, _slug
+    from dinocache.compare import plot
+
+    s, runs = doc["settings"], doc["runs"]
+    pre = doc["pretrain"]
+    for arm, rs in runs.items():
+        if not rs:
+            continue
+        row: dict[str, Any] = {"arm": arm, "n": len(rs)}
+        for m in METRICS:
+            row[m] = _ms([r.get(m, math.nan) for r in rs])
+        for m in METRICS:
+            row[f"d_{m}_vs_scratch [95% CI]"] = "" if arm == "scratch" else _ci(paired(runs, arm, m))
+        fits = [p["fit"] for k, p in pre.items() if p["arm"] == arm]
+        for k in ("fit/cos", "fit/cos_shuf", "fit/gap"):
+            vals = [f[k] for f in fits if k in f]
+            row[k.split("/")[1]] = round(statistics.fmean(vals), 4) if vals else ""
+        costs = [p["cpu_s_per_epoch"] for k, p in pre.items() if p["arm"] == arm]
+        row["pretrain_cpu_s_per_epoch"] = round(statistics.fmean(costs), 1) if costs else ""
+        row["finetune_cpu_s"] = round(statistics.fmean(r["cpu_s"] for r in rs), 1)
+        results.add(f"{prefix}.arms", **row)
+    seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
+    n_pre = sorted({p["seed"] for p in pre.values()})
+    results.note(
+        f"{prefix}.arms",
+        f"Pretraining on U = {s['n_unlabeled']} unlabeled demo images (seed {U_SEED}, a folder without labels; "
+        f"`dinocache pretrain`, YOLO26-n OBB backbone + neck, {s['pretrain_epochs']} epochs, batch "
+        f"{s['pretrain_batch']}, {IMGSZ} px, the head's inputs P3/P4/P5 distilled, fit on 64 held-out U images), "
+        f"then the SAME fine-tuning on L = {s['n_label']} labelled images (seed 1, {s['finetune_epochs']} epochs, "
+        f"batch 4, no distillation), scored at the last epoch on the held-out set of {s['n_val']} images "
+        f"(never tuned on). Fine-tuning seeds {seeds}; pretraining seeds {n_pre} "
+        + ("(one pretraining per arm, fine-tuned with every seed: the CI holds the fine-tuning's seed variance, "
+           "not the pretraining's). " if not s["pretrain_per_seed"] else "(one per fine-tuning seed). ")
+        + "Arms: scratch = the model yaml; teacher = the knowledgeable demo teacher's cache (signal.teacher_probe); "
+        "oracle = each cell's class coverage from U's hidden labels in the same cache (upper bound of the pipe); "
+        "random = the same ViT untrained; shuffled = the teacher cache, each image learning another's map; "
+        "online = the teacher run on every augmented batch. mean ± std over seeds; d_* = paired difference "
+        "against scratch over the same seeds, mean [t-based 95 % CI]. fit = held-out feature fit after "
+        "pretraining (mean cosine of the student's projection with its own image's map; cos_shuf: with another "
+        "image's; gap = cos - cos_shuf). CPU seconds on the shared 2-core machine (benchmarks/signal_pretrain.py)."
+        + (" " + conclusion if conclusion else ""),
+    )
+    for arm, rs in runs.items():
+        for r in rs:
+            results.add(
+                f"{prefix}.runs", arm=arm, seed=r["seed"], map50=signal_ab._r(r["map50"]),
+                map50_95=signal_ab._r(r["map50_95"]), grade=signal_ab._r(r.get("grade")),
+                val_cls_loss=signal_ab._r(r["val_cls_loss"]), wall_s=r["wall_s"], cpu_s=r["cpu_s"],
+            )  # fmt: skip
+    by_arm = {p["arm"]: p for p in pre.values()}
+    if "teacher" in by_arm:
+        base = by_arm["teacher"]
+        for arm in ("teacher", "shuffled", "random", "oracle", "online"):
+            if arm in by_arm:
+                p = by_arm[arm]
+                results.add(
+                    f"{prefix}.cost",
+                    arm=arm,
+                    teacher_source="online" if arm == "online" else "cache",
+                    images_per_epoch=s["n_unlabeled"] - 64 if s["n_unlabeled"] >= 320 else None,
+                    cpu_s_per_epoch=p["cpu_s_per_epoch"],
+                    wall_s_per_epoch=p["wall_s_per_epoch"],
+                    cpu_ratio_vs_cache=round(p["cpu_s_per_epoch"] / base["cpu_s_per_epoch"], 2),
+                )
+        results.note(
+            f"{prefix}.cost",
+            "Cost per pretraining epoch over U (training + the held-out fit), CPU time of the benchmark process "
+            "(all threads), the same epochs and student, runs alternated in one process; online = the teacher "
+            "(the demo ViT, 128-d x 4 blocks: a small teacher, so the ratio is a floor of what a ViT-B costs) "
+            "run on every augmented batch. LightlyTrain's distillation of the same student (the peer row of "
+            "`peers`) was NOT run: lightly-train (optional extra bench-peers, AGPL) is not installed here.",
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    try:
+        plot(runs, RESULTS / f"{_slug(prefix + '.arms')}.png")
+    except Exception as e:  # a plot failure must not lose the numbers
+        print(f"signal.pretrain: plot failed: {e}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.signal_pretrain --work DIR [--quick] [--seeds N] [--arms a,b] [--report]`"""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seeds", type=int)
+    ap.add_argument("--seed0", type=int)
+    ap.add_argument("--arms")
+    ap.add_argument("--n-unlabeled", type=int)
+    ap.add_argument("--n-label", type=int)
+    ap.add_argument("--pretrain-epochs", type=int)
+    ap.add_argument("--finetune-epochs", type=int)
+    ap.add_argument("--val-every", type=int)
+    ap.add_argument("--report", action="store_true", help="write WORK/signal_pretrain.json into latest.json")
+    ap.add_argument("--conclusion", default="", help="--report: what the figures show, appended to the note")
+    a = ap.parse_args(argv)
+    work = Path(a.work)
+    if a.report:
+        from benchmarks.report import Results
+
+        res = Results()
+        report(json.loads((work / "signal_pretrain.json").read_text()), res, work, conclusion=a.conclusion)
+        res.write()
+        return 0
+    run(
+        work,
+        a.quick,
+        seeds=a.seeds,
+        seed0=a.seed0,
+        arms=a.arms.split(",") if a.arms else None,
+        n_unlabeled=a.n_unlabeled,
+        n_label=a.n_label,
+        pretrain_epochs=a.pretrain_epochs,
+        finetune_epochs=a.finetune_epochs,
+        val_every=a.val_every,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
