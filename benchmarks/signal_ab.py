@@ -183,18 +183,33 @@ def merge(doc: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     return {**doc, "meta": meta, "runs": runs, "summary": summarise(runs), "merged": True}
 
 
-def probe(work: Path, tdir: Path) -> list[dict[str, Any]]:
-    """Linear probe of the knowledgeable teacher and of the random base it was fine-tuned from."""
-    from dinocache.finetune.demo_teacher import INFO_FILE
-    from dinocache.finetune.probe import probe_teacher
-    from dinocache.teacher.tiny import make_tiny_teacher
+def random_teacher(tdir: Path) -> Path:
+    """The random ViT the demo teacher `tdir` was trained from (same shape and seed): the untrained control,
+    built once under $DINOCACHE_HOME/teachers/random-<key>."""
+    import shutil
 
-    st = json.loads((tdir / INFO_FILE).read_text())["settings"]
-    base = work / f"random-base-{st['size']}-{st['seed']}"
-    if not (base / "config.json").is_file():
-        make_tiny_teacher(base, seed=st["seed"], size=st["size"], overwrite=True)
+    from dinocache.finetune.demo_teacher import INFO_FILE, DemoTeacherConfig, cache_home, random_base
+
+    from dinocache.core.config import build
+
+    cfg = build(
+        DemoTeacherConfig, json.loads((tdir / INFO_FILE).read_text())["settings"], str(tdir / INFO_FILE)
+    )
+    rdir = cache_home() / "teachers" / f"random-{cfg.key()}"
+    if not (rdir / "config.json").is_file():
+        tmp = rdir.with_name(rdir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        random_base(tmp, cfg)
+        tmp.rename(rdir)
+    return rdir
+
+
+def probe(work: Path, tdir: Path) -> list[dict[str, Any]]:
+    """Linear probe of the knowledgeable teacher and of the random base it was trained from."""
+    from dinocache.finetune.probe import probe_teacher
+
     rows = []
-    for name, t in (("knowledgeable (make-demo-teacher)", tdir), ("random base", base)):
+    for name, t in (("knowledgeable (make-demo-teacher)", tdir), ("random base", random_teacher(tdir))):
         r = probe_teacher(t, work / "probe", imgsz=IMGSZ, channels=32, images=200, **SIZES)
         rows.append({"teacher": name, **{k: v for k, v in r.items() if k != "teacher"}})
     return rows
@@ -255,8 +270,8 @@ def report(
         "How much the teacher knows: a class-balanced linear probe predicting each patch's class (background or one "
         "of 5 shapes) from its cached PCA features (32 channels, the trainer's D), fitted on 100 held-out demo "
         "images (seed 2000), scored on 100 others (finetune/probe.py). Knowledgeable = `dinocache "
-        "make-demo-teacher` (tiny DINOv3 fine-tuned with full-rank LoRA on 2000 demo images); random base = the "
-        "same model before fine-tuning.",
+        "make-demo-teacher` (a DINOv3 ViT, 128-d x 4 blocks, patch 16, trained on the class map of 2000 demo "
+        "images, seed 1000); random base = the same model before training.",
     )
     for row in doc["summary"]:
         results.add(

@@ -127,11 +127,17 @@ def prepare(work: Path, s: dict[str, Any], teacher_dir: Path, random_dir: Path, 
         tmp.rename(u)
     paths = {"labelled": str(lab / "data.yaml"), "unlabeled": str(u)}
     if {"teacher", "oracle", "shuffled", "online"} & set(arms):
-        paths["teacher_cache"] = str(_precompute(work, u, work / f"u-teacher-{s['n_unlabeled']}.zarr", teacher_dir))
+        paths["teacher_cache"] = str(
+            _precompute(work, u, work / f"u-teacher-{s['n_unlabeled']}.zarr", teacher_dir)
+        )
     if "random" in arms:
-        paths["random_cache"] = str(_precompute(work, u, work / f"u-random-{s['n_unlabeled']}.zarr", random_dir))
+        paths["random_cache"] = str(
+            _precompute(work, u, work / f"u-random-{s['n_unlabeled']}.zarr", random_dir)
+        )
     if "oracle" in arms:
-        paths["oracle_cache"] = str(oracle_cache(Path(paths["teacher_cache"]), work / f"u-oracle-{s['n_unlabeled']}.zarr", gen))
+        paths["oracle_cache"] = str(
+            oracle_cache(Path(paths["teacher_cache"]), work / f"u-oracle-{s['n_unlabeled']}.zarr", gen)
+        )
     return paths
 
 
@@ -241,7 +247,6 @@ def finetune_values(paths: dict, s: dict, teacher_dir: Path, model: str) -> dict
 def finetune(work: Path, arm: str, seed: int, values: dict[str, Any], s: dict) -> dict[str, Any]:
     """One fine-tuning run on L, through `dinocache compare`'s run and scores (mode none)."""
     from dinocache.compare import CompareConfig, run_config, train_one
-
     from dinocache.core.config import build
 
     out = work / "ft" / arm
@@ -291,21 +296,9 @@ def _ci(p: dict[str, Any]) -> str:
 
 
 def teachers(quick: bool) -> tuple[Path, Path]:
-    """(knowledgeable demo teacher, its random base of the same shape)."""
-    from dinocache.finetune.demo_teacher import INFO_FILE, DemoTeacherConfig, cache_home, random_base
-
-    from dinocache.core.config import build
-
+    """(knowledgeable demo teacher, its random base of the same shape: the random-teacher control)."""
     tdir = signal_ab.teacher(quick)
-    st = json.loads((tdir / INFO_FILE).read_text())["settings"]
-    cfg = build(DemoTeacherConfig, st, "demo teacher settings")
-    rdir = cache_home() / "teachers" / f"random-{cfg.key()}"
-    if not (rdir / "config.json").is_file():
-        tmp = rdir.with_name(rdir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        random_base(tmp, cfg)
-        tmp.rename(rdir)
-    return tdir, rdir
+    return tdir, signal_ab.random_teacher(tdir)
 
 
 def run(work: Path, quick: bool, **over: Any) -> dict[str, Any]:
@@ -346,7 +339,9 @@ def run(work: Path, quick: bool, **over: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- report
 
 
-def report(doc: dict[str, Any], results: Any, work: Path, prefix: str = "signal.pretrain", conclusion: str = "") -> None:
+def report(
+    doc: dict[str, Any], results: Any, work: Path, prefix: str = "signal.pretrain", conclusion: str = ""
+) -> None:
     """The figures into the benchmark Results (latest.json `signal.pretrain.*`, BENCHMARKS.md, the plot)."""
     from benchmarks.report import RESULTS, _slug
     from dinocache.compare import plot
@@ -379,8 +374,12 @@ def report(doc: dict[str, Any], results: Any, work: Path, prefix: str = "signal.
         f"then the SAME fine-tuning on L = {s['n_label']} labelled images (seed 1, {s['finetune_epochs']} epochs, "
         f"batch 4, no distillation), scored at the last epoch on the held-out set of {s['n_val']} images "
         f"(never tuned on). Fine-tuning seeds {seeds}; pretraining seeds {n_pre} "
-        + ("(one pretraining per arm, fine-tuned with every seed: the CI holds the fine-tuning's seed variance, "
-           "not the pretraining's). " if not s["pretrain_per_seed"] else "(one per fine-tuning seed). ")
+        + (
+            "(one pretraining per arm, fine-tuned with every seed: the CI holds the fine-tuning's seed variance, "
+            "not the pretraining's). "
+            if not s["pretrain_per_seed"]
+            else "(one per fine-tuning seed). "
+        )
         + "Arms: scratch = the model yaml; teacher = the knowledgeable demo teacher's cache (signal.teacher_probe); "
         "oracle = each cell's class coverage from U's hidden labels in the same cache (upper bound of the pipe); "
         "random = the same ViT untrained; shuffled = the teacher cache, each image learning another's map; "

@@ -49,6 +49,8 @@ from dinocache.core.errors import DinocacheError
 from dinocache.core.fsutil import publish_dir
 
 INFO_FILE = "demo_teacher.json"
+# settings that do not change the weights (not in the key)
+NOT_WEIGHTS = ("out", "rebuild", "probe_images")
 # the default build, shipped with the package (rebuilt by `dinocache make-demo-teacher --rebuild`)
 SHIPPED = Path(__file__).resolve().parent / "demo_teacher"
 
@@ -82,13 +84,15 @@ class DemoTeacherConfig:
     # pixels per patch side (the released DINOv3 ViTs use 16)
     patch_size: int = 16
     # training epochs over the n_train images
-    epochs: int = 30
+    epochs: int = 24
     # images per optimizer step
-    batch: int = 32
+    batch: int = 16
     # peak AdamW learning rate (random start: a from-scratch rate, not a fine-tuning one)
     lr: float = 2e-3
     # class weights of the class-map loss = (1 / patch share of the class) ** class_balance (0 = unweighted)
     class_balance: float = 0.5
+    # held-out demo images (seed 2000) of the linear probe recorded with the build (finetune/probe.py); 0 = none
+    probe_images: int = 200
     # build again even when the output folder (or the shipped one) holds these settings
     rebuild: bool = False
 
@@ -114,10 +118,11 @@ class DemoTeacherConfig:
         require(self.batch >= 1, "batch", "must be >= 1")
         require(self.lr > 0, "lr", "must be > 0")
         require(self.class_balance >= 0, "class_balance", "must be >= 0")
+        require(self.probe_images == 0 or self.probe_images >= 4, "probe_images", "must be 0 or >= 4")
 
     def key(self) -> str:
-        """Hash of everything that changes the weights (not `out`/`rebuild`)."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("out", "rebuild")}
+        """Hash of everything that changes the weights (not `out`/`rebuild`/`probe_images`)."""
+        d = {k: v for k, v in asdict(self).items() if k not in NOT_WEIGHTS}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def vit(self) -> dict[str, int]:
@@ -227,7 +232,9 @@ def _scores(logits: Any, target: Any) -> dict[str, float]:
     pred, true = logits.argmax(1), target.argmax(1)  # (B, g, g)
     m = target.max(1).values >= 0.5
     pred, true = pred[m], true[m]
-    recalls = [float((pred[true == c] == c).float().mean()) for c in range(target.shape[1]) if (true == c).any()]
+    recalls = [
+        float((pred[true == c] == c).float().mean()) for c in range(target.shape[1]) if (true == c).any()
+    ]
     obj = [float((pred[true > 0] > 0).float().mean()), float((pred[true == 0] == 0).float().mean())]
     return {
         "val_balanced_accuracy": sum(recalls) / max(1, len(recalls)),
@@ -321,7 +328,7 @@ def _build(cfg: DemoTeacherConfig, out: Path) -> Path:
         last = history[-1]
         info = {
             "key": cfg.key(),
-            "settings": {k: v for k, v in asdict(cfg).items() if k not in ("out", "rebuild")},
+            "settings": {k: v for k, v in asdict(cfg).items() if k not in NOT_WEIGHTS},
             "method": "full fine-tuning of a random DINOv3 ViT on the per-patch class map (class-balanced "
             "cross-entropy, 1x1 head dropped)",
             "val_balanced_accuracy": last["val_balanced_accuracy"],
@@ -331,6 +338,16 @@ def _build(cfg: DemoTeacherConfig, out: Path) -> Path:
             "build_cpu_s": round(time.process_time() - c0, 1),
             "torch_threads": torch.get_num_threads(),
         }
+        if cfg.probe_images:
+            from dinocache.finetune.probe import probe_teacher
+
+            info["probe"] = probe_teacher(
+                done, work / "probe", imgsz=cfg.imgsz, channels=32, images=cfg.probe_images,
+                min_size=cfg.min_size, max_size=cfg.max_size,
+            )  # fmt: skip
+            info["probe"].pop("teacher")
+            info["build_s"] = round(time.perf_counter() - t0, 1)
+            info["build_cpu_s"] = round(time.process_time() - c0, 1)
         (done / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
         (done / "README.md").write_text(
             "Knowledgeable small DINOv3 ViT made by `dinocache make-demo-teacher` (trained on generated demo-data,\n"
@@ -352,10 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     for key in (
         "imgsz", "n_train", "n_val", "data_seed", "seed", "hidden_size", "num_hidden_layers",
         "num_attention_heads", "intermediate_size", "patch_size", "epochs", "batch", "lr", "class_balance",
-        "min_size", "max_size",
+        "min_size", "max_size", "probe_images",
     ):  # fmt: skip
         ap.add_argument("--" + key.replace("_", "-"), dest=key, default=str(getattr(d, key)))
-    ap.add_argument("--rebuild", action="store_true", help="build again even when OUT (or the shipped) holds one")
+    ap.add_argument(
+        "--rebuild", action="store_true", help="build again even when OUT (or the shipped) holds one"
+    )
     args = vars(ap.parse_args(argv))
     try:
         cfg = build(DemoTeacherConfig, args, "command line")
@@ -364,9 +383,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     info = json.loads((out / INFO_FILE).read_text())
+    p = info.get("probe") or {}
     print(
-        f"make-demo-teacher: {out} (val balanced class accuracy {info.get('val_balanced_accuracy')}, objectness "
-        f"{info.get('val_objectness')}, built in {info.get('build_s')} s); use dino_root={out}"
+        f"make-demo-teacher: {out} (linear probe on held-out images: balanced class accuracy "
+        f"{p.get('balanced_accuracy', float('nan')):.3f}, objectness {p.get('objectness_balanced_accuracy', float('nan')):.3f}; "
+        f"built in {info.get('build_s')} s); use dino_root={out}"
     )
     print(str(out))
     return 0

@@ -1,5 +1,5 @@
-"""make-demo-teacher: our own tools (demo-data -> finetune-teacher -> merge-teacher) build a teacher that is
-a plain DINOv3 folder, cached by its settings; the probe reads the cached PCA features."""
+"""make-demo-teacher: demo-data -> a random DINOv3 ViT -> full training on the class map -> a plain DINOv3 folder,
+shipped for the default settings, cached by its settings otherwise; the probe reads the cached PCA features."""
 
 from __future__ import annotations
 
@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pytest
 
-SMALL = dict(n_train=16, n_val=4, epochs=1, batch=8)  # plumbing only: the real one is 2000 images, 10 epochs
+# plumbing only: the real one is 2000 images, 24 epochs (shipped in finetune/demo_teacher/)
+SMALL = dict(
+    n_train=16,
+    n_val=4,
+    epochs=1,
+    batch=8,
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    probe_images=8,
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +34,28 @@ def test_demo_teacher_is_a_plain_dinov3_and_reused(demo_teacher: Path, monkeypat
 
     t = load_teacher(demo_teacher, device="cpu")  # the real from_pretrained path
     info = json.loads((demo_teacher / dt.INFO_FILE).read_text())
-    assert info["method"].startswith("LoRA r=64") and info["settings"]["n_train"] == 16
-    assert t.fingerprint(128)["weights_sha256"] != ""
+    assert info["method"].startswith("full fine-tuning") and info["settings"]["n_train"] == 16
+    assert t.channels == 32 and t.fingerprint(128)["weights_sha256"] != ""
+    assert len(info["history"]) == 1 and 0.0 <= info["val_balanced_accuracy"] <= 1.0
+    assert info["probe"]["images_test"] == 4 and 0.0 <= info["probe"]["balanced_accuracy"] <= 1.0
     # same settings: returned at once, nothing rebuilt
     monkeypatch.setattr(dt, "_build", lambda *a, **k: pytest.fail("rebuilt a cached teacher"))
     assert dt.make_demo_teacher(out=str(demo_teacher), **SMALL) == demo_teacher
+
+
+def test_default_settings_return_the_shipped_teacher(tmp_path: Path, monkeypatch) -> None:
+    from dinocache.finetune import demo_teacher as dt
+    from dinocache.teacher.registry import load_teacher
+
+    monkeypatch.setenv("DINOCACHE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(dt, "_build", lambda *a, **k: pytest.fail("built instead of the shipped teacher"))
+    assert dt.make_demo_teacher() == dt.SHIPPED
+    info = json.loads((dt.SHIPPED / dt.INFO_FILE).read_text())
+    assert info["key"] == dt.DemoTeacherConfig().key()
+    t = load_teacher(dt.SHIPPED, device="cpu")
+    assert t.channels == dt.DemoTeacherConfig().hidden_size and t.patch_size == 16
+    out = dt.make_demo_teacher(out=str(tmp_path / "copy"))  # OUT given: a copy of the shipped folder
+    assert (out / "model.safetensors").read_bytes() == (dt.SHIPPED / "model.safetensors").read_bytes()
 
 
 def test_default_folder_is_keyed_by_settings(tmp_path: Path, monkeypatch) -> None:
@@ -45,6 +72,8 @@ def test_bad_settings_name_the_key(tmp_path: Path, capsys) -> None:
 
     assert main([str(tmp_path / "t"), "--imgsz", "100"]) == 2
     assert "imgsz" in capsys.readouterr().err
+    assert main([str(tmp_path / "t"), "--num-attention-heads", "3"]) == 2
+    assert "num_attention_heads" in capsys.readouterr().err
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x.txt").write_text("mine")
     assert main([str(tmp_path / "busy"), "--n-train", "16", "--epochs", "1"]) == 2
@@ -58,3 +87,16 @@ def test_probe_scores_cached_features(demo_teacher: Path, tmp_path: Path) -> Non
     assert r["images_fit"] == 4 and r["images_test"] == 4 and r["patches_test"] > 0
     for k in ("accuracy", "balanced_accuracy", "objectness_balanced_accuracy", "majority_baseline"):
         assert 0.0 <= r[k] <= 1.0
+
+
+@pytest.mark.slow
+def test_rebuild_reaches_the_shipped_probe(tmp_path: Path) -> None:
+    """`dinocache make-demo-teacher OUT --rebuild` (the default settings, ~10 CPU-minutes on one thread)
+    rebuilds the shipped teacher: the same probe figures within 0.02 (bit-identical on one CPU thread)."""
+    from dinocache.finetune import demo_teacher as dt
+
+    assert dt.main([str(tmp_path / "rebuilt"), "--rebuild"]) == 0
+    shipped = json.loads((dt.SHIPPED / dt.INFO_FILE).read_text())["probe"]
+    r = json.loads((tmp_path / "rebuilt" / dt.INFO_FILE).read_text())["probe"]  # the rebuild's own probe
+    assert abs(r["balanced_accuracy"] - shipped["balanced_accuracy"]) <= 0.02
+    assert abs(r["objectness_balanced_accuracy"] - shipped["objectness_balanced_accuracy"]) <= 0.02
