@@ -50,7 +50,7 @@ def teacher(quick: bool) -> Path:
     from dinocache.finetune.demo_teacher import make_demo_teacher
 
     if quick:  # a weaker teacher in seconds: the suite's plumbing, not its figures
-        return make_demo_teacher(n_train=200, n_val=32, epochs=2)
+        return make_demo_teacher(n_train=200, n_val=32, epochs=2, probe_images=0)
     return make_demo_teacher()
 
 
@@ -183,18 +183,17 @@ def merge(doc: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     return {**doc, "meta": meta, "runs": runs, "summary": summarise(runs), "merged": True}
 
 
-def random_teacher(tdir: Path) -> Path:
-    """The random ViT the demo teacher `tdir` was trained from (same shape and seed): the untrained control,
-    built once under $DINOCACHE_HOME/teachers/random-<key>."""
+def random_teacher(tdir: Path | None = None) -> Path:
+    """The random ViT the demo teacher `tdir` (default: the default build) was trained from (same shape and
+    seed): the untrained control, built once under $DINOCACHE_HOME/teachers/random-<key>."""
     import shutil
 
     from dinocache.finetune.demo_teacher import INFO_FILE, DemoTeacherConfig, cache_home, random_base
 
     from dinocache.core.config import build
 
-    cfg = build(
-        DemoTeacherConfig, json.loads((tdir / INFO_FILE).read_text())["settings"], str(tdir / INFO_FILE)
-    )
+    st = json.loads((tdir / INFO_FILE).read_text())["settings"] if tdir else {}
+    cfg = build(DemoTeacherConfig, st, str(tdir / INFO_FILE) if tdir else "default demo teacher")
     rdir = cache_home() / "teachers" / f"random-{cfg.key()}"
     if not (rdir / "config.json").is_file():
         tmp = rdir.with_name(rdir.name + ".tmp")
@@ -237,23 +236,9 @@ def _fill_distill(doc: dict[str, Any]) -> None:
                 row["distill_loss_last"] = statistics.fmean(r["distill_loss_last"] for r in rs)
 
 
-def report(
-    doc: dict[str, Any],
-    results: Any,
-    work: Path,
-    prefix: str = "signal",
-    probe: bool = True,
-    compare_dir: str = "compare",
-) -> None:
-    """Put one run's figures into the benchmark Results (latest.json `signal.*`, BENCHMARKS.md, the plot)."""
-    import shutil
-
-    _fill_distill(doc)
-    from benchmarks.report import RESULTS, _slug
-
-    st, meta = doc["settings"], doc["meta"]
-    done_seeds = sorted({r["seed"] for rs in doc["runs"].values() for r in rs})  # a stopped run has fewer
-    for p in doc["probe"] if probe else []:
+def report_probe(probes: list[dict[str, Any]], results: Any, prefix: str = "signal") -> None:
+    """The teacher probe rows (`probe`) into the benchmark Results (`{prefix}.teacher_probe`)."""
+    for p in probes:
         results.add(
             f"{prefix}.teacher_probe",
             teacher=p["teacher"],
@@ -273,6 +258,25 @@ def report(
         "make-demo-teacher` (a DINOv3 ViT, 128-d x 4 blocks, patch 16, trained on the class map of 2000 demo "
         "images, seed 1000); random base = the same model before training.",
     )
+
+
+def report(
+    doc: dict[str, Any],
+    results: Any,
+    work: Path,
+    prefix: str = "signal",
+    probe: bool = True,
+    compare_dir: str = "compare",
+) -> None:
+    """Put one run's figures into the benchmark Results (latest.json `signal.*`, BENCHMARKS.md, the plot)."""
+    import shutil
+
+    _fill_distill(doc)
+    from benchmarks.report import RESULTS, _slug
+
+    st, meta = doc["settings"], doc["meta"]
+    done_seeds = sorted({r["seed"] for rs in doc["runs"].values() for r in rs})  # a stopped run has fewer
+    report_probe(doc["probe"] if probe else [], results, prefix)
     for row in doc["summary"]:
         results.add(
             f"{prefix}.modes",
@@ -343,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--section", default="signal", help="--report: section prefix in latest.json")
     ap.add_argument("--no-probe", action="store_true", help="--report: leave the teacher probe out")
+    ap.add_argument(
+        "--probe-only",
+        action="store_true",
+        help="probe the demo teacher and its random base into latest.json",
+    )
     ap.add_argument("--conclusion", default="", help="--report: what the figures show, appended to the note")
     ap.add_argument(
         "--from-compare", action="store_true", help="--report: WORK/compare/compare.json (no probe)"
@@ -353,6 +362,13 @@ def main(argv: list[str] | None = None) -> int:
         help="write WORK/signal.json into latest.json/BENCHMARKS.md (no training)",
     )
     a = ap.parse_args(argv)
+    if a.probe_only:
+        from benchmarks.report import Results
+
+        res = Results()
+        report_probe(probe(Path(a.work), teacher(False)), res)
+        res.write()
+        return 0
     if a.report:
         from benchmarks.report import Results
 

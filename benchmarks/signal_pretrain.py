@@ -11,7 +11,7 @@ seed 1000):
 
 Caches of U (`dinocache precompute`, PCA to 32 channels): the knowledgeable teacher's (`make-demo-teacher`),
 the random teacher's (the same ViT before training: `demo_teacher.random_base`), and the oracle's (the
-teacher cache with every row replaced by the image's class coverage from U's hidden labels,
+random teacher's cache with every row replaced by the image's class coverage from U's hidden labels,
 precompute/oracle.py; the upper bound of what the pipe can carry).
 
 Arms, each followed by the SAME fine-tuning on L (teacher_source none, `dinocache compare`'s run and scores):
@@ -68,15 +68,18 @@ def settings(quick: bool) -> dict[str, Any]:
             "pretrain_per_seed": False,
             "arms": ARMS,
         }
-    # sized for the shared 2-core CPU (see BENCHMARKS.md signal.pretrain for what was run and what it cost)
+    # Sized for the shared 2-core CPU (~0.1 CPU s per image per training step of the student at 128 px, with
+    # ~10 other processes on the two cores): 500 unlabeled images x 4 epochs of pretraining, 12 fine-tuning
+    # epochs. The issue's sizes (U = 2,000, longer schedules) are `--n-unlabeled 2000 --pretrain-epochs N
+    # --finetune-epochs N` on a machine that has the time (BENCHMARKS.md signal.pretrain says what was run).
     return {
         "n_label": 32,
         "n_val": 200,
-        "n_unlabeled": 2000,
-        "pretrain_epochs": 3,
-        "pretrain_batch": 32,
-        "finetune_epochs": 30,
-        "val_every": 10,
+        "n_unlabeled": 500,
+        "pretrain_epochs": 4,
+        "pretrain_batch": 16,
+        "finetune_epochs": 12,
+        "val_every": 6,
         "seeds": 5,
         "pretrain_per_seed": False,
         "arms": ARMS,
@@ -101,7 +104,9 @@ def _precompute(work: Path, data: Path, cache: Path, teacher_dir: Path) -> Path:
     return cache
 
 
-def prepare(work: Path, s: dict[str, Any], teacher_dir: Path, random_dir: Path, arms: list[str]) -> dict:
+def prepare(
+    work: Path, s: dict[str, Any], teacher_dir: Path | None, random_dir: Path, arms: list[str]
+) -> dict:
     """Labelled data, the unlabeled folder and its caches under `work` (reused when present)."""
     from dinocache.datatools.demo_data import make_demo_dataset
 
@@ -126,23 +131,23 @@ def prepare(work: Path, s: dict[str, Any], teacher_dir: Path, random_dir: Path, 
             os.link(f, tmp / f.name)
         tmp.rename(u)
     paths = {"labelled": str(lab / "data.yaml"), "unlabeled": str(u)}
-    if {"teacher", "oracle", "shuffled", "online"} & set(arms):
+    if {"teacher", "shuffled", "online"} & set(arms):
         paths["teacher_cache"] = str(
             _precompute(work, u, work / f"u-teacher-{s['n_unlabeled']}.zarr", teacher_dir)
         )
-    if "random" in arms:
+    if {"random", "oracle"} & set(arms):
         paths["random_cache"] = str(
             _precompute(work, u, work / f"u-random-{s['n_unlabeled']}.zarr", random_dir)
         )
-    if "oracle" in arms:
+    if "oracle" in arms:  # every row is overwritten: the random teacher's cache is only its frame
         paths["oracle_cache"] = str(
-            oracle_cache(Path(paths["teacher_cache"]), work / f"u-oracle-{s['n_unlabeled']}.zarr", gen)
+            oracle_cache(Path(paths["random_cache"]), work / f"u-oracle-{s['n_unlabeled']}.zarr", gen)
         )
     return paths
 
 
 def oracle_cache(plain: Path, out: Path, gen: Path) -> Path:
-    """A copy of the teacher cache of U whose rows are each image's class coverage from U's hidden labels."""
+    """A copy of a cache of U whose rows are each image's class coverage from U's hidden labels."""
     from dinocache.precompute.oracle import write_oracle_features
 
     if (out / "zarr.json").exists():
@@ -172,11 +177,11 @@ def pretrain_values(arm: str, paths: dict, s: dict, teacher_dir: Path, random_di
         "nbs": s["pretrain_batch"],
         "workers": 0,
         "device": "auto",
-        "fit_images": 64 if s["n_unlabeled"] >= 320 else max(2, s["n_unlabeled"] // 5),
+        "fit_images": fit_images(s),
         "extra": {"plots": False},
     }
     if arm == "oracle":
-        v["cache"] = paths["oracle_cache"]
+        v.update(cache=paths["oracle_cache"], dino_root=str(random_dir))
     elif arm == "random":
         v.update(cache=paths["random_cache"], dino_root=str(random_dir))
     elif arm == "shuffled":
@@ -184,6 +189,25 @@ def pretrain_values(arm: str, paths: dict, s: dict, teacher_dir: Path, random_di
     elif arm == "online":
         v["teacher_source"] = "online"
     return v
+
+
+# (process CPU s, wall s) of each training epoch of the running pretraining (the epoch callbacks below)
+_EPOCHS: list[tuple[float, float]] = []
+_EPOCH_START: list[tuple[float, float]] = []
+
+
+def _epoch_start(trainer: Any) -> None:
+    _EPOCH_START[:] = [(time.process_time(), time.perf_counter())]
+
+
+def _epoch_end(trainer: Any) -> None:
+    c0, w0 = _EPOCH_START[0]
+    _EPOCHS.append((time.process_time() - c0, time.perf_counter() - w0))
+
+
+def fit_images(s: dict[str, Any]) -> int:
+    """Held-out U images of the pretraining's feature fit (pretrain's default 64, at most a fifth of U)."""
+    return min(64, max(2, s["n_unlabeled"] // 5))
 
 
 def pretrain(work: Path, arm: str, seed: int, values: dict[str, Any]) -> dict[str, Any]:
@@ -201,8 +225,10 @@ def pretrain(work: Path, arm: str, seed: int, values: dict[str, Any]) -> dict[st
         PretrainConfig, {**values, "seed": seed, "name": f"{arm}-s{seed}", "artifacts_root": str(root)}, arm
     )
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    res = Pretrain(cfg).run()
+    _EPOCHS.clear()
+    res = Pretrain(cfg).run({"on_train_epoch_start": [_epoch_start], "on_train_epoch_end": [_epoch_end]})
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    epochs = list(_EPOCHS)
     out = {
         "arm": arm,
         "seed": seed,
@@ -213,9 +239,11 @@ def pretrain(work: Path, arm: str, seed: int, values: dict[str, Any]) -> dict[st
         "epochs": cfg.epochs,
         "wall_s": round(wall, 1),
         "cpu_s": round(cpu, 1),
-        # per pretraining epoch over U (training + the held-out fit), CPU time of this process (all threads)
-        "cpu_s_per_epoch": round(cpu / cfg.epochs, 2),
-        "wall_s_per_epoch": round(wall / cfg.epochs, 2),
+        # one training epoch over U (from Ultralytics' epoch start to its end: no start-up, no held-out fit),
+        # median over the epochs; CPU time of this process (all threads)
+        "cpu_s_per_epoch": round(statistics.median(c for c, _ in epochs), 2) if epochs else None,
+        "wall_s_per_epoch": round(statistics.median(w for _, w in epochs), 2) if epochs else None,
+        "epoch_times": [[round(c, 2), round(w, 2)] for c, w in epochs],
     }
     rec.parent.mkdir(parents=True, exist_ok=True)
     rec.write_text(json.dumps(out, indent=2, default=str))
@@ -295,48 +323,99 @@ def _ci(p: dict[str, Any]) -> str:
 # -------------------------------------------------------------------------------------------------- run
 
 
-def teachers(quick: bool) -> tuple[Path, Path]:
-    """(knowledgeable demo teacher, its random base of the same shape: the random-teacher control)."""
-    tdir = signal_ab.teacher(quick)
-    return tdir, signal_ab.random_teacher(tdir)
+def teachers(quick: bool, arms: list[str]) -> tuple[Path | None, Path]:
+    """(knowledgeable demo teacher, or None when no arm uses it; its random base of the same shape: the
+    random-teacher control)."""
+    if quick or {"teacher", "shuffled", "online"} & set(arms):
+        tdir = signal_ab.teacher(quick)
+        return tdir, signal_ab.random_teacher(tdir)
+    return None, signal_ab.random_teacher()
 
 
 def run(work: Path, quick: bool, **over: Any) -> dict[str, Any]:
+    """Every (seed, arm) run not yet in WORK/signal_pretrain.json (same settings): a stopped or partial run
+    (`--arms` of a subset) is continued, the runs recorded are kept."""
     from dinocache.compare import write_outputs
 
     s = {**settings(quick), **{k: v for k, v in over.items() if v is not None}}
     arms = [a for a in ARMS if a in s["arms"]]
-    tdir, rdir = teachers(quick)
+    tdir, rdir = teachers(quick, arms)
     t0 = time.perf_counter()
     paths = prepare(work, s, tdir, rdir, arms)
-    prep_s = time.perf_counter() - t0
-    doc: dict[str, Any] = {"settings": s, "teacher": str(tdir), "random_teacher": str(rdir), "paths": paths,
-                           "prepare_wall_s": round(prep_s, 1), "pretrain": {}, "runs": {a: [] for a in arms}}  # fmt: skip
-    meta = {"modes": arms, "seeds": [], "epochs": s["finetune_epochs"], "imgsz": IMGSZ,
+    rec = work / "signal_pretrain.json"
+    same = ("n_label", "n_val", "n_unlabeled", "pretrain_epochs", "pretrain_batch", "finetune_epochs",
+            "val_every", "pretrain_per_seed")  # fmt: skip
+    doc: dict[str, Any] = json.loads(rec.read_text()) if rec.is_file() else {}
+    if not doc or any(doc["settings"].get(k) != s[k] for k in same):
+        doc = {"settings": s, "pretrain": {}, "runs": {}}
+    doc["settings"] = {**s, "arms": [a for a in ARMS if a in set(arms) | set(doc["runs"])]}
+    doc.update(random_teacher=str(rdir), paths={**doc.get("paths", {}), **paths})
+    if tdir is not None:
+        doc["teacher"] = str(tdir)
+    doc.setdefault("prepare_wall_s", {})[",".join(arms)] = round(time.perf_counter() - t0, 1)
+    doc["threads"] = {
+        "torch": __import__("torch").get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+    }
+    runs = doc["runs"]
+    meta = {"modes": list(runs), "seeds": [], "epochs": s["finetune_epochs"], "imgsz": IMGSZ,
             "data": paths["labelled"], "train_images": s["n_label"], "started": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
     (work / "ft").mkdir(parents=True, exist_ok=True)
-    for seed in range(s.get("seed0", 0), s.get("seed0", 0) + s["seeds"]):
+    seed0 = s.get("seed0") or 0
+    for seed in range(seed0, seed0 + s["seeds"]):
         for arm in arms:
+            if any(r["seed"] == seed for r in runs.get(arm, [])):
+                continue
             model = "yolo26n-obb.yaml"
             if arm != "scratch":
                 pseed = seed if s["pretrain_per_seed"] else 0
-                pre = pretrain(work, arm, pseed, pretrain_values(arm, paths, s, tdir, rdir))
+                pre = pretrain(work, arm, pseed, pretrain_values(arm, paths, s, tdir or rdir, rdir))
                 doc["pretrain"][f"{arm}-s{pseed}"] = pre
                 model = pre["best"]
             print(f"\n==> signal.pretrain: fine-tune {arm}, seed {seed}", flush=True)
-            row = finetune(work, arm, seed, finetune_values(paths, s, tdir, model), s)
-            doc["runs"][arm].append(row)
-            meta["seeds"] = sorted({r["seed"] for rs in doc["runs"].values() for r in rs})
-            write_outputs(work / "ft", doc["runs"], meta)
-            (work / "signal_pretrain.json").write_text(json.dumps(doc, indent=2, default=str))
+            row = finetune(work, arm, seed, finetune_values(paths, s, rdir, model), s)
+            runs.setdefault(arm, []).append(row)
+            meta.update(modes=list(runs), seeds=sorted({r["seed"] for rs in runs.values() for r in rs}))
+            write_outputs(work / "ft", runs, meta)
+            rec.write_text(json.dumps(doc, indent=2, default=str))
             print(f"==> signal.pretrain: {arm} seed {seed}: mAP50 {row['map50']:.4f} mAP50-95 "
                   f"{row['map50_95']:.4f} grade {row.get('grade', math.nan):.4f} ({row['wall_s']:.0f} s)", flush=True)  # fmt: skip
     doc["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    (work / "signal_pretrain.json").write_text(json.dumps(doc, indent=2, default=str))
+    rec.write_text(json.dumps(doc, indent=2, default=str))
     return doc
 
 
 # ----------------------------------------------------------------------------------------------- report
+
+
+def merge(doc: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """`doc` plus the arms of `other`, a run of other arms with the same settings in another work folder
+    (the same data: every input is generated from fixed seeds); refused when the settings differ."""
+    keys = (
+        "n_label",
+        "n_val",
+        "n_unlabeled",
+        "pretrain_epochs",
+        "pretrain_batch",
+        "finetune_epochs",
+        "val_every",
+    )
+    a, b = ({k: d["settings"].get(k) for k in keys} for d in (doc, other))
+    if a != b:
+        raise ValueError(f"cannot merge runs of different settings: {a} vs {b}")
+    runs = {m: list(rs) for m, rs in doc["runs"].items()}
+    for m, rs in other["runs"].items():
+        have = {r["seed"] for r in runs.setdefault(m, [])}
+        runs[m] += [r for r in rs if r["seed"] not in have]
+    order = [m for m in ARMS if m in runs]
+    out = {
+        **other,
+        **doc,
+        "runs": {m: runs[m] for m in order},
+        "pretrain": {**other["pretrain"], **doc["pretrain"]},
+    }
+    out["settings"] = {**doc["settings"], "arms": order}
+    return out
 
 
 def report(
@@ -370,7 +449,7 @@ def report(
         f"{prefix}.arms",
         f"Pretraining on U = {s['n_unlabeled']} unlabeled demo images (seed {U_SEED}, a folder without labels; "
         f"`dinocache pretrain`, YOLO26-n OBB backbone + neck, {s['pretrain_epochs']} epochs, batch "
-        f"{s['pretrain_batch']}, {IMGSZ} px, the head's inputs P3/P4/P5 distilled, fit on 64 held-out U images), "
+        f"{s['pretrain_batch']}, {IMGSZ} px, the head's inputs P3/P4/P5 distilled, fit on {fit_images(s)} held-out U images), "
         f"then the SAME fine-tuning on L = {s['n_label']} labelled images (seed 1, {s['finetune_epochs']} epochs, "
         f"batch 4, no distillation), scored at the last epoch on the held-out set of {s['n_val']} images "
         f"(never tuned on). Fine-tuning seeds {seeds}; pretraining seeds {n_pre} "
@@ -400,21 +479,22 @@ def report(
     if "teacher" in by_arm:
         base = by_arm["teacher"]
         for arm in ("teacher", "shuffled", "random", "oracle", "online"):
-            if arm in by_arm:
+            if arm in by_arm and by_arm[arm].get("epoch_times"):
                 p = by_arm[arm]
                 results.add(
                     f"{prefix}.cost",
                     arm=arm,
                     teacher_source="online" if arm == "online" else "cache",
-                    images_per_epoch=s["n_unlabeled"] - 64 if s["n_unlabeled"] >= 320 else None,
+                    images_per_epoch=s["n_unlabeled"] - fit_images(s),
                     cpu_s_per_epoch=p["cpu_s_per_epoch"],
                     wall_s_per_epoch=p["wall_s_per_epoch"],
                     cpu_ratio_vs_cache=round(p["cpu_s_per_epoch"] / base["cpu_s_per_epoch"], 2),
                 )
         results.note(
             f"{prefix}.cost",
-            "Cost per pretraining epoch over U (training + the held-out fit), CPU time of the benchmark process "
-            "(all threads), the same epochs and student, runs alternated in one process; online = the teacher "
+            "Cost of one pretraining epoch over U (Ultralytics' training epoch: no start-up, no held-out fit; median "
+            "over the epochs), CPU time of the benchmark process (all threads), the same student, images and "
+            "settings, the runs one after the other in one process; online = the teacher "
             "(the demo ViT, 128-d x 4 blocks: a small teacher, so the ratio is a floor of what a ViT-B costs) "
             "run on every augmented batch. LightlyTrain's distillation of the same student (the peer row of "
             "`peers`) was NOT run: lightly-train (optional extra bench-peers, AGPL) is not installed here.",
@@ -440,6 +520,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune-epochs", type=int)
     ap.add_argument("--val-every", type=int)
     ap.add_argument("--report", action="store_true", help="write WORK/signal_pretrain.json into latest.json")
+    ap.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        help="--report: merge OTHER/signal_pretrain.json (same settings)",
+    )
     ap.add_argument("--conclusion", default="", help="--report: what the figures show, appended to the note")
     a = ap.parse_args(argv)
     work = Path(a.work)
@@ -447,7 +533,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.report import Results
 
         res = Results()
-        report(json.loads((work / "signal_pretrain.json").read_text()), res, work, conclusion=a.conclusion)
+        doc = json.loads((work / "signal_pretrain.json").read_text())
+        for other in a.also:
+            doc = merge(doc, json.loads((Path(other) / "signal_pretrain.json").read_text()))
+        report(doc, res, work, conclusion=a.conclusion)
         res.write()
         return 0
     run(

@@ -15,3 +15,16 @@ def test_signal_gain(tmp_path_factory: pytest.TempPathFactory, quick: bool, resu
     doc = signal_ab.run(work, quick)
     signal_ab.report(doc, results, work)
     assert {r["mode"] for r in doc["summary"]} == set(signal_ab.settings(quick)["modes"])
+
+
+def test_signal_pretrain(tmp_path_factory: pytest.TempPathFactory, quick: bool, results) -> None:
+    """signal.pretrain (benchmarks/signal_pretrain.py): pretraining on unlabeled images from the cache (teacher,
+    oracle, random, shuffled, online) then the same fine-tuning on few labels, against scratch over seeds.
+    `--bench-quick`: every arm, one seed, a few images and epochs (plumbing only)."""
+    from benchmarks import signal_pretrain
+
+    work = tmp_path_factory.mktemp("signal_pretrain")
+    doc = signal_pretrain.run(work, quick)
+    signal_pretrain.report(doc, results, work)
+    assert set(doc["runs"]) == set(signal_pretrain.settings(quick)["arms"])
+    assert all(len(rs) == signal_pretrain.settings(quick)["seeds"] for rs in doc["runs"].values())

@@ -21,7 +21,7 @@ more epochs): telling a rectangle's inside from an ellipse's needs the object's 
 patches, and two 64-d blocks do not learn that from 2,000 images. The probe figures are in BENCHMARKS.md
 (`signal.teacher_probe`).
 
-The default build is shipped in the repository (`finetune/demo_teacher/`, ~2.5 MB): with the default settings
+The default build is shipped in the repository (`finetune/demo_teacher_weights/`, ~2.5 MB): with the default settings
 and no `--rebuild`, the shipped folder is returned (copied to OUT when OUT is given). Other settings are built
 and cached: with no OUT in `$DINOCACHE_HOME/teachers/demo-<key>` (default `~/.cache/dinocache`), key = hash of
 the settings; a later call with the same settings returns it at once. `--rebuild` builds the default again
@@ -52,7 +52,7 @@ INFO_FILE = "demo_teacher.json"
 # settings that do not change the weights (not in the key)
 NOT_WEIGHTS = ("out", "rebuild", "probe_images")
 # the default build, shipped with the package (rebuilt by `dinocache make-demo-teacher --rebuild`)
-SHIPPED = Path(__file__).resolve().parent / "demo_teacher"
+SHIPPED = Path(__file__).resolve().parent / "demo_teacher_weights"
 
 
 @dataclass
