@@ -1,6 +1,6 @@
 """A knowledgeable small DINOv3 teacher, made with the project's own tools, shipped and rebuildable.
 
-    dinocache make-demo-teacher [OUT] [--imgsz 128] [--n-train 2000] [--epochs 30] [--seed 0] [--rebuild]
+    dinocache make-demo-teacher [OUT] [--imgsz 128] [--n-train 2000] [--epochs 8] [--seed 0] [--rebuild]
 
 Real DINOv3 weights can't be downloaded everywhere, and a random teacher teaches nothing. This makes one whose
 patch features encode the demo's object classes:
@@ -84,7 +84,7 @@ class DemoTeacherConfig:
     # pixels per patch side (the released DINOv3 ViTs use 16)
     patch_size: int = 16
     # training epochs over the n_train images
-    epochs: int = 24
+    epochs: int = 8
     # images per optimizer step
     batch: int = 16
     # peak AdamW learning rate (random start: a from-scratch rate, not a fine-tuning one)
@@ -360,7 +360,7 @@ def _build(cfg: DemoTeacherConfig, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`dinocache make-demo-teacher [OUT] [--imgsz 128] [--n-train 2000] [--epochs 30] [--seed 0] [--rebuild]`"""
+    """`dinocache make-demo-teacher [OUT] [--imgsz 128] [--n-train 2000] [--epochs 8] [--seed 0] [--rebuild]`"""
     ap = argparse.ArgumentParser(prog="dinocache make-demo-teacher", description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "out", nargs="?", default="", help="output folder (default: the shipped or per-settings cache folder)"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-# plumbing only: the real one is 2000 images, 24 epochs (shipped in finetune/demo_teacher_weights/)
+# plumbing only: the real one is 2000 images, 8 epochs (shipped in finetune/demo_teacher_weights/)
 SMALL = dict(
     n_train=16,
     n_val=4,
