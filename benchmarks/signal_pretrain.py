@@ -264,6 +264,8 @@ def finetune_values(paths: dict, s: dict, teacher_dir: Path, model: str) -> dict
         "workers": 0,
         "device": "auto",
         "warmup_epochs": 1,
+        # every layer trains from epoch 1 in every arm (a .pt start would otherwise freeze layers 0-9 in stage A)
+        "stage_a_freeze": 0,
         "teacher_source": "none",
         "eval_enabled": False,  # the run grades last.pt itself, once
         "dino_viz_enabled": False,

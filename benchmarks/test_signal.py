@@ -1,7 +1,7 @@
 """Distillation-gain benchmark: none / cache / online / cache-off / cache-shuffled / cache-flips over
 seeds with the knowledgeable demo teacher, scored on a separate held-out set. `pytest benchmarks/ --benchmark -k
 signal` (6 modes x 3 seeds x 48 epochs: about 35 minutes on a 2-core CPU; `--bench-quick`: 4 modes x 1 seed x 2
-epochs, plumbing only)."""
+epochs, plumbing only), and the pretraining benchmark `signal.pretrain` (`-k signal_pretrain`)."""
 
 from __future__ import annotations
 
