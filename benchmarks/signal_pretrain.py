@@ -364,6 +364,12 @@ def run(work: Path, quick: bool, **over: Any) -> dict[str, Any]:
             "data": paths["labelled"], "train_images": s["n_label"], "started": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
     (work / "ft").mkdir(parents=True, exist_ok=True)
     seed0 = s.get("seed0") or 0
+    if s.get("pretrain_only"):  # the pretraining of each arm alone: its feature fit and cost, no fine-tuning
+        for arm in (a for a in arms if a != "scratch"):
+            pre = pretrain(work, arm, seed0, pretrain_values(arm, paths, s, tdir or rdir, rdir))
+            doc["pretrain"][f"{arm}-s{seed0}"] = pre
+            rec.write_text(json.dumps(doc, indent=2, default=str))
+        return doc
     for seed in range(seed0, seed0 + s["seeds"]):
         for arm in arms:
             if any(r["seed"] == seed for r in runs.get(arm, [])):
@@ -429,21 +435,23 @@ def report(
 
     s, runs = doc["settings"], doc["runs"]
     pre = doc["pretrain"]
-    for arm, rs in runs.items():
-        if not rs:
-            continue
+    pre_arms = {p["arm"] for p in pre.values()}
+    for arm in [a for a in ARMS if runs.get(a) or a in pre_arms]:
+        rs = runs.get(arm, [])
         row: dict[str, Any] = {"arm": arm, "n": len(rs)}
+        for m in METRICS:  # an arm only pretrained (no fine-tuning run) says so
+            row[m] = _ms([r.get(m, math.nan) for r in rs]) if rs else "not fine-tuned"
         for m in METRICS:
-            row[m] = _ms([r.get(m, math.nan) for r in rs])
-        for m in METRICS:
-            row[f"d_{m}_vs_scratch [95% CI]"] = "" if arm == "scratch" else _ci(paired(runs, arm, m))
+            row[f"d_{m}_vs_scratch [95% CI]"] = (
+                "" if arm == "scratch" or not rs else _ci(paired(runs, arm, m))
+            )
         fits = [p["fit"] for k, p in pre.items() if p["arm"] == arm]
         for k in ("fit/cos", "fit/cos_shuf", "fit/gap"):
             vals = [f[k] for f in fits if k in f]
             row[k.split("/")[1]] = round(statistics.fmean(vals), 4) if vals else ""
-        costs = [p["cpu_s_per_epoch"] for k, p in pre.items() if p["arm"] == arm]
+        costs = [p["cpu_s_per_epoch"] for k, p in pre.items() if p["arm"] == arm and p.get("cpu_s_per_epoch")]
         row["pretrain_cpu_s_per_epoch"] = round(statistics.fmean(costs), 1) if costs else ""
-        row["finetune_cpu_s"] = round(statistics.fmean(r["cpu_s"] for r in rs), 1)
+        row["finetune_cpu_s"] = round(statistics.fmean(r["cpu_s"] for r in rs), 1) if rs else ""
         results.add(f"{prefix}.arms", **row)
     seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
     n_pre = sorted({p["seed"] for p in pre.values()})
@@ -521,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrain-epochs", type=int)
     ap.add_argument("--finetune-epochs", type=int)
     ap.add_argument("--val-every", type=int)
+    ap.add_argument("--pretrain-only", action="store_true", help="pretrain the arms, no fine-tuning")
     ap.add_argument("--report", action="store_true", help="write WORK/signal_pretrain.json into latest.json")
     ap.add_argument(
         "--also",
@@ -552,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         pretrain_epochs=a.pretrain_epochs,
         finetune_epochs=a.finetune_epochs,
         val_every=a.val_every,
+        pretrain_only=a.pretrain_only or None,
     )
     return 0
 
