@@ -52,6 +52,8 @@ N_CLS = 5  # demo-data classes
 U_SEED = 4  # demo-data seed of the unlabeled images (students 1, tuning 3, teacher 1000, probe 2000)
 ARMS = ["scratch", "teacher", "oracle", "random", "shuffled", "online"]
 METRICS = ("map50", "map50_95", "grade")
+# the held-out validation losses (lower is better): they still separate students that detect nothing yet
+LOSSES = ("val_box_loss", "val_cls_loss")
 
 
 def settings(quick: bool) -> dict[str, Any]:
@@ -473,7 +475,8 @@ def report(
         "oracle = each cell's class coverage from U's hidden labels in the same cache (upper bound of the pipe); "
         "random = the same ViT untrained; shuffled = the teacher cache, each image learning another's map; "
         "online = the teacher run on every augmented batch. mean ± std over seeds; d_* = paired difference "
-        "against scratch over the same seeds, mean [t-based 95 % CI]. fit = held-out feature fit after "
+        "against scratch over the same seeds, mean [t-based 95 % CI]; val_box_loss / val_cls_loss = the last "
+        "validation's losses on the held-out set (lower is better; they separate students that detect nothing yet). fit = held-out feature fit after "
         "pretraining (mean cosine of the student's projection with its own image's map; cos_shuf: with another "
         "image's; gap = cos - cos_shuf). CPU seconds on the shared 2-core machine (benchmarks/signal_pretrain.py)."
         + (" " + conclusion if conclusion else ""),
@@ -483,7 +486,8 @@ def report(
             results.add(
                 f"{prefix}.runs", arm=arm, seed=r["seed"], map50=signal_ab._r(r["map50"]),
                 map50_95=signal_ab._r(r["map50_95"]), grade=signal_ab._r(r.get("grade")),
-                val_cls_loss=signal_ab._r(r["val_cls_loss"]), wall_s=r["wall_s"], cpu_s=r["cpu_s"],
+                val_box_loss=signal_ab._r(r["val_box_loss"]), val_cls_loss=signal_ab._r(r["val_cls_loss"]),
+                wall_s=r["wall_s"], cpu_s=r["cpu_s"],
             )  # fmt: skip
     by_arm = {p["arm"]: p for p in pre.values()}
     if "teacher" in by_arm:
