@@ -2,7 +2,7 @@
 
     dinocache demo-data dataset          # synthetic OBB dataset
     dinocache make-tiny-teacher dinov3   # tiny random DINOv3 saved with save_pretrained
-    dinocache make-demo-teacher [OUT]    # tiny DINOv3 fine-tuned on demo data (cached; prints its folder)
+    dinocache make-demo-teacher [OUT]    # small DINOv3 trained on demo data (shipped; prints its folder)
     dinocache precompute --config config.json [key=value ...]
     dinocache cache info PATH | dinocache cache verify PATH --data DATA | dinocache cache repair PATH --data DATA
     dinocache train --config config.json [key=value ...]

@@ -2,8 +2,9 @@
 
     dinocache demo --config config.json [--fresh] [--teacher demo|random] [--modes none,cache] [train.key=value ...]
 
-Steps: synthetic OBB dataset (`dataset/`) and a knowledgeable tiny DINOv3 (`dinov3/`, copied from
-`dinocache make-demo-teacher`'s per-machine cache; `--teacher random` for random weights) when missing, offline
+Steps: synthetic OBB dataset (`dataset/`) and a knowledgeable small DINOv3 (`dinov3/`, copied from
+`dinocache make-demo-teacher`'s shipped build, or its per-machine cache at another imgsz; `--teacher random` for
+random weights) when missing, offline
 augmentation (`dataset/augmented/`), precompute into the Zarr cache, verify the cache, then train the
 student twice side by side (teacher_source=none and =cache, same settings) and print a table (mAP50, grade,
 time) and the three files to open first.
@@ -48,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         "--teacher",
         choices=["demo", "random"],
         default="demo",
-        help="demo: a tiny DINOv3 fine-tuned on generated data (dinocache make-demo-teacher, built once per "
-        "machine, a few minutes); random: make-tiny-teacher's random weights (instant, teaches nothing)",
+        help="demo: a small DINOv3 trained on generated data (dinocache make-demo-teacher: shipped at imgsz 128, "
+        "else built once per machine, a few minutes); random: make-tiny-teacher's random weights (instant, "
+        "teaches nothing)",
     )
     ap.add_argument(
         "--modes",
@@ -125,13 +127,13 @@ def main(argv: list[str] | None = None) -> int:
             _step("tiny teacher", tiny_main, ["make-tiny-teacher", str(teacher)])
         else:
             print(
-                f"\n==> teacher: a knowledgeable tiny DINOv3 (dinocache make-demo-teacher --imgsz {imgsz})",
+                f"\n==> teacher: a knowledgeable small DINOv3 (dinocache make-demo-teacher --imgsz {imgsz})",
                 flush=True,
             )
             t0 = time.perf_counter()
             built = make_demo_teacher(
                 imgsz=int(imgsz)
-            )  # cached under $DINOCACHE_HOME: built once per machine
+            )  # shipped at imgsz 128, else cached under $DINOCACHE_HOME: built once per machine
             shutil.copytree(built, teacher)
             print(f"==> teacher: {built} -> {teacher} in {time.perf_counter() - t0:.1f}s", flush=True)
     if args.only:
