@@ -43,6 +43,7 @@ def values(tiny_train, root: Path, data: Path, store: Path, teacher: Path, **kw)
         dino_viz_enabled=False,
         wandb_enabled=False,
         distill_geometric_aug="off",
+        keep_resume=True,  # the final resume.pt holds the live weights and EMA the runs are compared by
     )
     v.update(kw)
     return v
