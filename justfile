@@ -58,8 +58,8 @@ demo-pretrain *ARGS:
     dinocache demo --config {{config}} --only teacher
     d=artifacts/demo-pretrain
     sizes=$(python -c "from dinocache.finetune.demo_teacher import DemoTeacherConfig as C; c = C(); print(f'min_size={c.min_size} max_size={c.max_size}')")
-    [ -f $d/labelled/data.yaml ] || dinocache demo-data $d/labelled --train 64 --val 200 --imgsz 128 --seed 11 $sizes
-    [ -f $d/unlabeled/data.yaml ] || dinocache demo-data $d/unlabeled --train 400 --val 1 --imgsz 128 --seed 12 $sizes
+    [ -f $d/labelled/data.yaml ] || dinocache demo-data $d/labelled $sizes --train 64 --val 200 --imgsz 128 --seed 11
+    [ -f $d/unlabeled/data.yaml ] || dinocache demo-data $d/unlabeled $sizes --train 400 --val 1 --imgsz 128 --seed 12
     dinocache precompute --config {{config}} data=$d/unlabeled/images/train cache=$d/unlabeled.zarr
     dinocache compare --config {{config}} modes=none,pretrain seeds=1 val_every=5 out=$d/compare-$(date +%Y%m%d-%H%M%S) \
         train.data=$d/labelled/data.yaml pretrain.data=$d/unlabeled/images/train pretrain.cache=$d/unlabeled.zarr \
