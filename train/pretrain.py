@@ -360,7 +360,7 @@ class Pretrain:
         self.cfg = cfg
         tc = cfg.train_config(data_yaml, layers)
         device = ultralytics_device(tc.device)
-        ctx = preflight(tc)
+        ctx = preflight(tc, labels=False)  # label files next to the images are never read
         if tc.teacher_source == "cache":  # the held-out images need their maps too
             from dinocache.core.data import image_key, list_split_images
 

@@ -222,8 +222,9 @@ def check_teacher_files(cfg: TrainConfig, fc: Any) -> None:
         )
 
 
-def preflight(cfg: TrainConfig) -> TeacherContext:
-    """Resolve the dataset, cache and teacher for `cfg`, refusing before anything is written."""
+def preflight(cfg: TrainConfig, labels: bool = True) -> TeacherContext:
+    """Resolve the dataset, cache and teacher for `cfg`, refusing before anything is written. `labels=False`
+    (pretraining, which reads no label file) skips the label-row check."""
     n_layers = model_layers(cfg.model)
     if cfg.freeze_layers > n_layers:
         raise TrainError(
@@ -233,7 +234,8 @@ def preflight(cfg: TrainConfig) -> TeacherContext:
     root, files = list_split_images(cfg.data_yaml, "train")
     from dinocache.train.label_rows import check_label_rows
 
-    check_label_rows(cfg.data_yaml)  # rows Ultralytics would drop: refused now, not noticed at the end
+    if labels:
+        check_label_rows(cfg.data_yaml)  # rows Ultralytics would drop: refused now, not noticed at the end
     ctx = TeacherContext(dataset_root=root)
     if cfg.teacher_source == "none":
         return ctx

@@ -283,3 +283,20 @@ def test_pretrain_through_the_ddp_launcher(
     rows = csv_rows(save_dir / "results.csv")
     assert len(rows) == 1 and rows[0]["train/distill"] > 0 and "fit/cos" in rows[0]
     assert (save_dir / "weights" / "best.pt").exists()
+
+
+def test_pretrain_folder_beside_labels_reads_no_label(
+    tmp_path: Path, demo_data: Path, tiny_teacher_dir: Path
+) -> None:
+    """`data` = a dataset's images/train folder: its labels/ (class ids the one-class run doesn't have) are
+    neither checked nor read; the keys are relative to the folder."""
+    from dinocache.precompute.run import main as precompute
+
+    images = tmp_path / "ds" / "images" / "train"
+    shutil.copytree(demo_data.parent, tmp_path / "ds")
+    store = tmp_path / "u.zarr"
+    args = [f"data={images}", f"cache={store}", f"dino_root={tiny_teacher_dir}", "imgsz=128", "channels=16"]
+    assert precompute([*args, "device=cpu", "batch=8", "workers=0"]) == 0
+    res = Pretrain(cfg(tmp_path, images, store, tiny_teacher_dir, epochs=1)).run()
+    rows = csv_rows(res.save_dir / "results.csv")
+    assert len(rows) == 1 and "fit/cos_obj" not in rows[0]  # a folder: no labels, all cells alike
