@@ -365,7 +365,7 @@ def write_outputs(
 
 def preflight_all(train_values: dict[str, Any], cfg: CompareConfig, out: Path) -> list[Any]:
     """Build and preflight one config per mode before any training: a bad cache fails in seconds."""
-    from dinocache.train.run import preflight
+    from dinocache.train.preflight import preflight
 
     cfgs = []
     for mode in cfg.modes:

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_folder(trn: dict, name: str) -> Path:
-    """artifacts/{model_key}/runs/{name}/train, as train.run.run_dir lays it out."""
+    """artifacts/{model_key}/runs/{name}/train, as train.preflight.run_dir lays it out."""
     return (
         Path(trn.get("artifacts_root", "artifacts"))
         / Path(trn.get("model", "yolo26n-obb.yaml")).stem

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load(TrainConfig, args.config, "train", args.overrides)
         if cfg.resume:
-            from dinocache.train.run import resume_ignores
+            from dinocache.train.preflight import resume_ignores
 
             from dinocache.core.config import parse_overrides
 

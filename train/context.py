@@ -22,7 +22,7 @@ class TrainError(DinocacheError, RuntimeError):
 
 
 class TeacherContext:
-    """What the trainer needs from the cache/teacher, resolved once before training (see train.run.preflight)."""
+    """What the trainer needs from the cache/teacher, resolved once before training (see train.preflight.preflight)."""
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """The Ultralytics side of a run: its training arguments (`ultralytics_overrides`) and the augmentation policy
 that keeps the teacher map in step with the image (`apply_augmentation_policy`: warp or off mode, blends off,
-offline views). `train.run.prepare` calls both; the trainer only receives the result."""
+offline views). `train.preflight.prepare` calls both; the trainer only receives the result."""
 
 from __future__ import annotations
 

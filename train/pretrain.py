@@ -325,7 +325,7 @@ class Pretrain:
         """Run folder (new or resumed), held-out split, checks, Ultralytics arguments; refuses before training.
         Returns (TrainConfig, overrides, teacher context, resume state, run folder)."""
         from dinocache.train.overrides import apply_augmentation_policy, ultralytics_overrides
-        from dinocache.train.run import (
+        from dinocache.train.preflight import (
             TrainError,
             _open_cache,
             check_cache,

@@ -169,7 +169,7 @@ class DinoOBBTrainer(OBBTrainer):
     """OBBTrainer with DINOv3 feature distillation from a cache (or online) and the two-stage curriculum.
 
     Python API: `DinoOBBTrainer(TrainConfig(...), device="cuda:0").train()` resolves the run like
-    `dinocache train` does (train.run.prepare). Ultralytics' own form (`cfg`, `overrides`) takes
+    `dinocache train` does (train.preflight.prepare). Ultralytics' own form (`cfg`, `overrides`) takes
     `dino`, the TrainConfig, and `ctx`, the resolved teacher context; `resume_state` is the dict loaded
     from weights/resume.pt when continuing a run. On a DDP rank all three come from the DDPHandoff inside
     `_callbacks` instead (Ultralytics rebuilds the trainer there without our arguments; train/ddp.py).
@@ -199,8 +199,8 @@ class DinoOBBTrainer(OBBTrainer):
         self._api: tuple[TrainConfig, str | None] | None = None
         if isinstance(cfg, TrainConfig):
             # the Python API: DinoOBBTrainer(TrainConfig(...), device="cuda:0").train(), the same run as
-            # `dinocache train` (run folder, preflight checks, augmentation policy: train.run.prepare)
-            from dinocache.train.run import prepare
+            # `dinocache train` (run folder, preflight checks, augmentation policy: train.preflight.prepare)
+            from dinocache.train.preflight import prepare
 
             dino, ov, ctx, resume_state = prepare(cfg, device)
             self._api = (dino, device)

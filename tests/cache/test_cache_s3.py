@@ -220,7 +220,8 @@ def test_missing_bucket_refused_nothing_written(
     assert f"{url}: bucket 'no-such-bucket' does not exist" in err
     assert "fitted" not in err  # refused before the PCA fit
     assert not s3["fs"].exists("no-such-bucket")  # never created on our behalf
-    from dinocache.train.run import TrainError, _open_cache
+    from dinocache.train.context import TrainError
+    from dinocache.train.preflight import _open_cache
 
     with pytest.raises(TrainError, match="s3://no-such-bucket/features.zarr"):
         _open_cache(url)

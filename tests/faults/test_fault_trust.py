@@ -73,7 +73,7 @@ def test_stale_maps_refused_by_default(name: str, work, tmp_path, tiny_teacher_d
 def test_touched_images_are_hashed_and_accepted(work, tmp_path, tiny_teacher_dir, capsys) -> None:
     """Every image gets a new mtime with the same bytes: the preflight hashes them and accepts the cache."""
     from dinocache.train.config import TrainConfig
-    from dinocache.train.run import preflight
+    from dinocache.train.preflight import preflight
 
     from dinocache.core.config import load
 
@@ -87,7 +87,7 @@ def test_touched_images_are_hashed_and_accepted(work, tmp_path, tiny_teacher_dir
 def test_cache_without_record_warns(work, tmp_path, tiny_teacher_dir) -> None:
     """A cache made before the record existed: trains as before (with a warning saying how to add it)."""
     from dinocache.train.config import TrainConfig
-    from dinocache.train.run import preflight
+    from dinocache.train.preflight import preflight
 
     from dinocache.core.config import load
 

@@ -137,7 +137,7 @@ def test_pretrain_resume_is_exact(
 def test_pretrain_refusals(
     tmp_path: Path, demo_data: Path, feature_cache: Path, tiny_teacher_dir: Path
 ) -> None:
-    from dinocache.train.run import TrainError
+    from dinocache.train.context import TrainError
 
     with pytest.raises(ConfigError, match="shuffle"):
         cfg(tmp_path, demo_data, feature_cache, tiny_teacher_dir, shuffle=True, teacher_source="online")

@@ -104,7 +104,7 @@ def small_cfg(tiny_train, root: Path, demo_data: Path, teacher: Path, cache: Pat
 
 def make_trainer(cfg: TrainConfig, resume_state: dict | None = None):
     from dinocache.train.overrides import geometric_off, ultralytics_overrides
-    from dinocache.train.run import preflight, run_dir
+    from dinocache.train.preflight import preflight, run_dir
     from dinocache.train.trainer import DinoOBBTrainer
 
     ctx = preflight(cfg)
@@ -232,7 +232,7 @@ def test_failed_rank_is_a_clear_error(
     tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch, tiny_train
 ) -> None:
     import ultralytics.engine.trainer as ut
-    from dinocache.train.run import TrainError
+    from dinocache.train.context import TrainError
 
     def rank_fails(cmd, check=True):
         raise subprocess.CalledProcessError(1, cmd)

@@ -169,7 +169,8 @@ def test_missing_teacher_and_rows_refused_by_name(multi_cache: dict, demo_data: 
     import shutil
 
     import zarr
-    from dinocache.train.run import TrainError, train
+    from dinocache.train.context import TrainError
+    from dinocache.train.run import train
 
     with pytest.raises(TrainError, match=r"no teacher 'sam' \(it holds \['conv', 'dino'\]\)"):
         train(_cfg(tmp_path, demo_data, multi_cache["cache"], [{"teacher": "dino"}, {"teacher": "sam"}]))

@@ -73,7 +73,8 @@ def test_pt_start_freezes_backbone_with_one_summary_line(tmp_path: Path, demo_da
 
 
 def test_stage_a_freeze_beyond_the_model_refused(tmp_path: Path, demo_data: Path) -> None:
-    from dinocache.train.run import TrainError, train
+    from dinocache.train.context import TrainError
+    from dinocache.train.run import train
 
     cfg = cfg_for(tmp_path, demo_data, stage_a_freeze=30)
     with pytest.raises(TrainError, match=r"stage_a_freeze=30 but yolo26n-obb.yaml has only 24 layers"):

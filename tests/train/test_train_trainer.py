@@ -404,7 +404,8 @@ def test_cache_mode_refuses_changed_weights_naming_the_file(
     import time
 
     from dinocache.teacher.digest import SIDECAR
-    from dinocache.train.run import TrainError, preflight
+    from dinocache.train.context import TrainError
+    from dinocache.train.preflight import preflight
 
     teacher = tmp_path / "teacher"
     shutil.copytree(tiny_teacher_dir, teacher)
@@ -433,7 +434,7 @@ def test_cache_mode_start_builds_no_teacher(tmp_path, demo_data, tiny_teacher_di
         import json, sys
         from dinocache.core.config import build
         from dinocache.train.config import TrainConfig
-        from dinocache.train.run import preflight
+        from dinocache.train.preflight import preflight
         import dinocache.teacher.model as tm
         tm.DinoV3Teacher.from_pretrained = None  # any call would raise TypeError
         ctx = preflight(build(TrainConfig, json.load(open({str(tmp_path / "cfg.json")!r}))))
