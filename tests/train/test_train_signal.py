@@ -52,14 +52,18 @@ def oracle_cache(tmp_path_factory, demo_data: Path, feature_cache: Path) -> dict
 
 
 class Capture:
-    """Wraps DistillOBBModel.distill_loss: keeps the unweighted loss of every step and the first batches."""
+    """Wraps DistillOBBModel.distill_loss: keeps the unweighted loss of every step, the first batches and the
+    student's weights before its first step."""
 
     def __init__(self, orig, keep: int = 3) -> None:
         self.orig, self.keep = orig, keep
         self.losses: list[float] = []
         self.batches: list[dict] = []
+        self.initial: dict | None = None
 
     def __call__(self, model, feats, batch):
+        if self.initial is None:
+            self.initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
         loss = self.orig(model, feats, batch)
         self.losses.append(float(loss.detach()))
         if len(self.batches) < self.keep:
@@ -111,23 +115,33 @@ def true_map_loss(model, batches: list[dict], distill_loss) -> float:
 
 
 def test_oracle_cache_teaches_and_shuffled_does_not(oracle_runs) -> None:
-    """The cache run's distill loss goes down; against the true maps its student ends clearly closer than
-    the student trained on shuffled maps (whose own loss can drop too: it learns the maps' common part)."""
+    """Against the true oracle maps of the same batches, the cache run's student ends closer than it started
+    and clearly closer than the student trained on shuffled maps (whose own loss can drop too: it learns the
+    maps' common part).
+
+    The training loss itself is no yardstick here: 20 steps of a student from scratch under mosaic draw other
+    tiles with every change of the random stream, and its first-4 vs last-4 ratio measured 0.88-1.09 over
+    seeds 0-3 on the 2-core CPU, while the comparison below held at every seed (cache 1.08-1.20 vs shuffled
+    1.29-1.49, before training ~1.2-1.4)."""
+    import copy
+
     from dinocache.train.model import DistillOBBModel
 
     cache, shuf = oracle_runs["cache"], oracle_runs["shuffled"]
     c = np.array(cache.losses)
     assert len(c) == len(shuf.losses) == 20  # 5 epochs x 16 images / batch 4
     print(f"oracle distill loss (cache run): first 4 steps {c[:4].mean():.3f}, last 4 {c[-4:].mean():.3f}")
-    # measured on the 2-core CPU (deterministic runs): 1.448 -> 1.132 (x0.78) with the dataloader-side warp,
-    # 1.441 -> 1.204 (x0.84) with the device warp; vs the truth 1.247 / 1.413 (x0.88), then 1.225 / 1.384 (x0.89)
-    assert c[-4:].mean() < 0.9 * c[:4].mean()  # the student learns the cached maps
     truth = cache.batches  # batches of the cache run carry each sample's own (warped) oracle map
+    start = copy.deepcopy(cache.model)
+    start.load_state_dict(cache.initial)
+    l_start = true_map_loss(start, truth, DistillOBBModel.distill_loss)
     l_cache = true_map_loss(cache.model, truth, DistillOBBModel.distill_loss)
     l_shuf = true_map_loss(shuf.model, truth, DistillOBBModel.distill_loss)
     print(
-        f"oracle distill loss vs the true maps: trained on cache {l_cache:.3f}, on shuffled maps {l_shuf:.3f}"
+        f"oracle distill loss vs the true maps: before training {l_start:.3f}, trained on cache {l_cache:.3f}, "
+        f"on shuffled maps {l_shuf:.3f}"
     )
+    assert l_cache < l_start  # the student learns the cached maps
     assert l_cache < 0.93 * l_shuf
 
 
