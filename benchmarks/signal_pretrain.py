@@ -443,7 +443,9 @@ def report(
         row: dict[str, Any] = {"arm": arm, "n": len(rs)}
         for m in METRICS:  # an arm only pretrained (no fine-tuning run) says so
             row[m] = _ms([r.get(m, math.nan) for r in rs]) if rs else "not fine-tuned"
-        for m in METRICS:
+        for m in LOSSES:
+            row[m] = _ms([r.get(m, math.nan) for r in rs]) if rs else ""
+        for m in METRICS + LOSSES:
             row[f"d_{m}_vs_scratch [95% CI]"] = (
                 "" if arm == "scratch" or not rs else _ci(paired(runs, arm, m))
             )
