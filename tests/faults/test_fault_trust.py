@@ -124,7 +124,7 @@ def test_second_training_in_a_run_folder_refused(work, tmp_path, tiny_teacher_di
 
 
 def test_unnamed_runs_started_in_one_second_get_two_folders(tmp_path, monkeypatch) -> None:
-    from dinocache.train import run as R
+    from dinocache.train import preflight as R
     from dinocache.train.config import TrainConfig
 
     monkeypatch.setattr(R.time, "strftime", lambda fmt, *a: "20260101-120000")
