@@ -182,7 +182,8 @@ def test_ddp_resume_through_the_launcher(
     from dinocache.train.run import train
     from dinocache.train.trainer import DinoOBBTrainer
 
-    cfg = small_cfg(tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache)
+    # keep_resume: the finished run's resume.pt is read at the end (a resume takes the saved settings)
+    cfg = small_cfg(tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache, keep_resume=True)
     first = train(cfg, callbacks={"on_train_epoch_end": [_stop_after_first_epoch]})
     assert torch.load(first.wdir / "resume.pt", weights_only=True)["epoch"] == 0
     real_run = subprocess.run
@@ -198,8 +199,10 @@ def test_ddp_resume_through_the_launcher(
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
     monkeypatch.setattr(ut.subprocess, "run", launch)
-    second = DinoOBBTrainer(
-        small_cfg(tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache, resume=True)
+    second = DinoOBBTrainer(  # keep_resume: the finished run's resume.pt is read below
+        small_cfg(
+            tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache, resume=True, keep_resume=True
+        )
     )
     second.ddp, second.world_size = True, 2  # what device=0,1 sets in the parent
     second.train()
