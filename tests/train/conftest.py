@@ -22,6 +22,39 @@ def feature_cache(tmp_path_factory: pytest.TempPathFactory, demo_data: Path, tin
     return out
 
 
+@pytest.fixture
+def cfg_for():
+    """`cfg_for(tmp_path, demo_data, **kw)`: a tiny CPU run without a teacher, eval, viz or W&B (the trainer
+    API and student-start tests)."""
+    from dinocache.train.config import TrainConfig
+
+    from dinocache.core.config import build
+
+    def make(tmp_path: Path, demo_data: Path, **kw) -> TrainConfig:
+        values = {
+            "data": str(demo_data),
+            "teacher_source": "none",
+            "imgsz": 64,
+            "epochs": 2,
+            "stage_a_ratio": 0.5,
+            "batch": 8,
+            "nbs": 8,
+            "warmup_epochs": 0,
+            "workers": 0,
+            "device": "cpu",
+            "artifacts_root": str(tmp_path / "artifacts"),
+            "name": "run",
+            "eval_enabled": False,
+            "dino_viz_enabled": False,
+            "wandb_enabled": False,
+            "extra": {"val": False, "plots": False},
+            **kw,
+        }
+        return build(TrainConfig, values)
+
+    return make
+
+
 class Lines(logging.Handler):
     """Ultralytics' LOGGER does not propagate (caplog can't see it): collect its records directly."""
 

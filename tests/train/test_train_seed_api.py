@@ -9,36 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from dinocache.train.config import TrainConfig
 from dinocache.train.trainer import add_callbacks
 
-from dinocache.core.config import build
-
 SEEN: list[tuple[str, int]] = []
-
-
-def cfg_for(tmp_path: Path, demo_data: Path, **kw) -> TrainConfig:
-    """A tiny CPU run without a teacher, eval, viz or W&B."""
-    values = {
-        "data": str(demo_data),
-        "teacher_source": "none",
-        "imgsz": 64,
-        "epochs": 2,
-        "stage_a_ratio": 0.5,
-        "batch": 8,
-        "nbs": 8,
-        "warmup_epochs": 0,
-        "workers": 0,
-        "device": "cpu",
-        "artifacts_root": str(tmp_path / "artifacts"),
-        "name": "run",
-        "eval_enabled": False,
-        "dino_viz_enabled": False,
-        "wandb_enabled": False,
-        "extra": {"val": False, "plots": False},
-        **kw,
-    }
-    return build(TrainConfig, values)
 
 
 def eval_callback(trainer) -> None:  # the seed's bare function: runs after each epoch's validation
@@ -53,7 +26,7 @@ def on_train_end(trainer) -> None:  # named after an Ultralytics event: runs at 
     SEEN.append(("on_train_end", int(trainer.epoch)))
 
 
-def test_seed_keyword_form_and_train_overrides(tmp_path: Path, demo_data: Path) -> None:
+def test_seed_keyword_form_and_train_overrides(tmp_path: Path, demo_data: Path, cfg_for) -> None:
     from dinocache import DinoOBBTrainer
 
     SEEN.clear()
@@ -79,7 +52,7 @@ def test_seed_keyword_form_and_train_overrides(tmp_path: Path, demo_data: Path) 
 
 
 def test_positional_form_still_works_and_config_given_twice_is_refused(
-    tmp_path: Path, demo_data: Path
+    tmp_path: Path, demo_data: Path, cfg_for
 ) -> None:
     from dinocache import DinoOBBTrainer
 
@@ -126,7 +99,9 @@ SEED_METRICS = (
 )
 
 
-def test_seed_metric_names_beside_ultralytics_and_logger_keys(tmp_path: Path, demo_data: Path) -> None:
+def test_seed_metric_names_beside_ultralytics_and_logger_keys(
+    tmp_path: Path, demo_data: Path, cfg_for
+) -> None:
     """The seed's dashboard names reach TensorBoard and W&B next to Ultralytics' own; results.csv keeps
     Ultralytics' columns; wandb_entity / wandb_mode / tensorboard_enabled are keys of their own."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -202,7 +177,7 @@ def log_records():
 
 
 def test_stage_a_freeze_of_a_random_student_is_one_warning(
-    tmp_path: Path, demo_data: Path, log_records
+    tmp_path: Path, demo_data: Path, log_records, cfg_for
 ) -> None:
     """The seed's config (stage_a_freeze: 10) with the random default student: one warning says what is
     frozen and why it protects nothing."""
@@ -229,7 +204,9 @@ def _fake_hub_cache(cache: Path, repo: str, files: dict[str, Path]) -> None:
         shutil.copy2(src, snap / name)
 
 
-def test_hub_student_offline_error_then_cached_start(tmp_path: Path, demo_data: Path, monkeypatch) -> None:
+def test_hub_student_offline_error_then_cached_start(
+    tmp_path: Path, demo_data: Path, monkeypatch, cfg_for
+) -> None:
     import huggingface_hub.constants as hc
     from dinocache.train.hub import HubModelError
     from dinocache.train.run import train
@@ -271,7 +248,7 @@ def _keep_proj(trainer) -> None:  # on_train_start: the projections as initialis
 
 
 def test_one_teacher_distilled_from_two_student_layers(
-    tmp_path: Path, demo_data: Path, tiny_teacher_dir: Path, feature_cache: Path
+    tmp_path: Path, demo_data: Path, tiny_teacher_dir: Path, feature_cache: Path, cfg_for
 ) -> None:
     """The seed's `dino_distill_layers: [a, b]`: both layers are hooked, each gets its own 1x1 projection to the
     teacher's D channels, the term is their mean, and both projections learn."""

@@ -13,31 +13,6 @@ import pytest
 import torch
 from dinocache.train.config import TrainConfig
 
-from dinocache.core.config import build
-
-
-def cfg_for(tmp_path: Path, demo_data: Path, **kw) -> TrainConfig:
-    values = {
-        "data": str(demo_data),
-        "teacher_source": "none",
-        "imgsz": 64,
-        "epochs": 2,
-        "stage_a_ratio": 0.5,
-        "batch": 8,
-        "nbs": 8,
-        "warmup_epochs": 0,
-        "workers": 0,
-        "device": "cpu",
-        "artifacts_root": str(tmp_path / "artifacts"),
-        "name": "run",
-        "eval_enabled": False,
-        "dino_viz_enabled": False,
-        "wandb_enabled": False,
-        "extra": {"val": False, "plots": False},
-    }
-    values.update(kw)
-    return build(TrainConfig, values)
-
 
 def pretrained_pt(path: Path) -> Path:
     """A checkpoint laid out like Ultralytics' own (random weights stand in for pretrained ones)."""
@@ -48,7 +23,7 @@ def pretrained_pt(path: Path) -> Path:
     return path
 
 
-def test_yaml_start_does_not_freeze_and_says_why(tmp_path: Path, demo_data: Path, log_lines) -> None:
+def test_yaml_start_does_not_freeze_and_says_why(tmp_path: Path, demo_data: Path, log_lines, cfg_for) -> None:
     from dinocache.train.run import train
 
     t = train(cfg_for(tmp_path, demo_data, batch=-1))  # AutoBatch (on CPU: Ultralytics' default 16)
@@ -61,7 +36,9 @@ def test_yaml_start_does_not_freeze_and_says_why(tmp_path: Path, demo_data: Path
     assert any("img/s)" in m and "epoch 1/2: trained on" in m for m in log_lines)
 
 
-def test_pt_start_freezes_backbone_with_one_summary_line(tmp_path: Path, demo_data: Path, log_lines) -> None:
+def test_pt_start_freezes_backbone_with_one_summary_line(
+    tmp_path: Path, demo_data: Path, log_lines, cfg_for
+) -> None:
     from dinocache.train.run import train
 
     pt = pretrained_pt(tmp_path / "yolo26n-obb-pre.pt")
@@ -72,7 +49,7 @@ def test_pt_start_freezes_backbone_with_one_summary_line(tmp_path: Path, demo_da
     assert not any(m.startswith("Freezing layer") for m in log_lines)
 
 
-def test_stage_a_freeze_beyond_the_model_refused(tmp_path: Path, demo_data: Path) -> None:
+def test_stage_a_freeze_beyond_the_model_refused(tmp_path: Path, demo_data: Path, cfg_for) -> None:
     from dinocache.train.context import TrainError
     from dinocache.train.run import train
 
