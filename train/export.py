@@ -44,12 +44,25 @@ def export_clean(model: nn.Module) -> DetectionModel:
     return clean.to(device=param.device, dtype=param.dtype).train(model.training)
 
 
+# dinocache's own classes a run's in-training model pickles (the distillation model and its layer hooks): the
+# only globals beyond Ultralytics' allow-list that clean_checkpoint accepts in a file
+def _own_classes() -> list[type]:
+    from dinocache.train.model import DistillOBBModel, FeatHook
+
+    return [DistillOBBModel, FeatHook]
+
+
 def clean_checkpoint(path: str | Path, out: str | Path | None = None) -> Path:
-    """Rewrite an Ultralytics checkpoint so its model objects are plain OBBModels (in place when out=None)."""
-    from ultralytics.utils.patches import torch_load
+    """Rewrite an Ultralytics checkpoint so its model objects are plain OBBModels (in place when out=None).
+
+    The file is loaded with `weights_only=True` against Ultralytics' allow-list of model classes plus the
+    distillation model's own classes, never fully unpickled: a file referencing anything else (code) is
+    refused naming it (UnsafeFile) before any of it runs."""
+    from dinocache.core.safeload import load_ultralytics_checkpoint
 
     path = Path(path)
-    ckpt = torch_load(path, map_location="cpu")
+    with torch.serialization.safe_globals(_own_classes()):
+        ckpt = load_ultralytics_checkpoint(path)
     for k in ("model", "ema"):
         if isinstance(ckpt.get(k), nn.Module):
             m = ckpt[k]
