@@ -36,8 +36,9 @@ def test_clean_checkpoint_makes_a_plain_model(tmp_path: Path) -> None:
 
 
 def test_clean_checkpoint_refuses_a_code_carrying_file(tmp_path: Path) -> None:
-    from dinocache.core.safeload import UnsafeFile
     from dinocache.train.export import clean_checkpoint
+
+    from dinocache.core.safeload import UnsafeFile
 
     marker = tmp_path / "ran"
     pt = tmp_path / "evil.pt"
