@@ -18,13 +18,14 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import cv2
 import numpy as np
 import yaml
+from pydantic import Field
 
-from dinocache.core.config import load, require, save, to_dict
+from dinocache.core.config import load, rule, save, to_dict
 from dinocache.core.data import DataError, as_dataset_yaml
 from dinocache.core.errors import DinocacheError
 
@@ -41,11 +42,11 @@ class AugmentConfig:
     # folder of images (no dataset yaml in it) or a .txt list, augmented as a train split without labels
     data: str = "dataset/data.yaml"
     # output dataset folder (gets its own data.yaml, manifest.jsonl, augment.yaml)
-    out: str = "dataset/augmented"
+    out: Annotated[str, rule(bool, "must not be empty")] = "dataset/augmented"
     # side of the square views; precompute and train must use the same imgsz
-    imgsz: int = 512
+    imgsz: Annotated[int, Field(ge=32, multiple_of=32)] = 512
     # K: views written per training image
-    views: int = 4
+    views: Annotated[int, Field(ge=1)] = 4
     # base seed; each view draws from RNG(seed, image index, view)
     seed: int = 0
     # object characteristics, e.g. ["rotation_invariant", "small_objects"] (see datatools.registry)
@@ -55,7 +56,7 @@ class AugmentConfig:
     # how strong the chosen augmentations are
     intensity: Literal["low", "medium", "high"] = "medium"
     # a box cut by the border is kept only if at least this fraction of its area stays visible
-    min_visible: float = 0.5
+    min_visible: Annotated[float, Field(gt=0, le=1)] = 0.5
     # view 0 of each training image is the plain letterbox (no geometric/photometric change)
     include_original: bool = False
     # replace an existing output folder
@@ -65,18 +66,7 @@ class AugmentConfig:
     # file type of the views (jpg: quality 95, png: lossless)
     image_format: Literal["jpg", "png"] = "jpg"
     # threads for decoding/warping/encoding (0: up to 8, by CPU count)
-    workers: int = 0
-
-    def validate(self) -> None:
-        require(
-            self.imgsz >= 32 and self.imgsz % 32 == 0,
-            "imgsz",
-            f"must be a multiple of 32 >= 32, got {self.imgsz}",
-        )
-        require(self.views >= 1, "views", f"must be >= 1, got {self.views}")
-        require(0.0 < self.min_visible <= 1.0, "min_visible", f"must be in (0, 1], got {self.min_visible}")
-        require(self.workers >= 0, "workers", "must be >= 0")
-        require(bool(self.out), "out", "must not be empty")
+    workers: Annotated[int, Field(ge=0)] = 0
 
 
 @dataclass

@@ -18,8 +18,10 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
 
 from dinocache.core.config import ConfigError, build, require, save
 from dinocache.core.errors import DinocacheError
@@ -35,34 +37,28 @@ class DemoDataConfig:
     # output folder (refused when it exists and is not empty, unless overwrite)
     out: Path = Path("dataset")
     # number of training images
-    n_train: int = 64
+    n_train: Annotated[int, Field(ge=1)] = 64
     # number of validation images
-    n_val: int = 16
+    n_val: Annotated[int, Field(ge=1)] = 16
     # image side in pixels (square images)
-    imgsz: int = 256
+    imgsz: Annotated[int, Field(ge=32, le=8192)] = 256
     # RNG seed: same seed -> byte-identical dataset
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0)] = 0
     # fewest / most objects in a non-empty image
-    min_objects: int = 1
-    max_objects: int = 6
+    min_objects: Annotated[int, Field(ge=0)] = 1
+    max_objects: Annotated[int, Field(le=50)] = 6
     # fraction of images with no object at all (pure background, empty label file)
-    empty_frac: float = 0.05
+    empty_frac: Annotated[float, Field(ge=0, le=1)] = 0.05
     # object long side as a fraction of imgsz, drawn log-uniformly in [min_size, max_size]
-    min_size: float = 0.08
-    max_size: float = 0.40
+    min_size: Annotated[float, Field(ge=0.02)] = 0.08
+    # (at most 0.7 so shapes fit inside)
+    max_size: Annotated[float, Field(le=0.7)] = 0.40
     # replace a non-empty `out`
     overwrite: bool = False
 
     def validate(self) -> None:
-        require(self.n_train >= 1, "n_train", f"must be >= 1, got {self.n_train}")
-        require(self.n_val >= 1, "n_val", f"must be >= 1, got {self.n_val}")
-        require(32 <= self.imgsz <= 8192, "imgsz", f"must be in [32, 8192], got {self.imgsz}")
-        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
-        require(0 <= self.min_objects <= self.max_objects, "min_objects", "must be in [0, max_objects]")
-        require(self.max_objects <= 50, "max_objects", f"must be <= 50, got {self.max_objects}")
-        require(0.0 <= self.empty_frac <= 1.0, "empty_frac", f"must be in [0, 1], got {self.empty_frac}")
-        require(0.02 <= self.min_size <= self.max_size, "min_size", "must be in [0.02, max_size]")
-        require(self.max_size <= 0.7, "max_size", f"must be <= 0.7 so shapes fit inside, got {self.max_size}")
+        require(self.min_objects <= self.max_objects, "min_objects", "must be in [0, max_objects]")
+        require(self.min_size <= self.max_size, "min_size", "must be in [0.02, max_size]")
 
 
 # ---------------------------------------------------------------------------------------------- shapes
@@ -273,10 +269,10 @@ def write_dataset(cfg: DemoDataConfig) -> Path:
 
 def make_demo_dataset(
     root: str | Path,
-    n_train: int = 64,
-    n_val: int = 16,
-    imgsz: int = 256,
-    seed: int = 0,
+    n_train: Annotated[int, Field(ge=1)] = 64,
+    n_val: Annotated[int, Field(ge=1)] = 16,
+    imgsz: Annotated[int, Field(ge=32, le=8192)] = 256,
+    seed: Annotated[int, Field(ge=0)] = 0,
     overwrite: bool = False,
     **options: object,
 ) -> Path:
@@ -340,7 +336,7 @@ def make_demo_coco(
     out: str | Path,
     n: int = 12,
     imgsz: int = 128,
-    seed: int = 0,
+    seed: Annotated[int, Field(ge=0)] = 0,
     masks: bool = True,
     name: str = "annotations",
 ) -> Path:

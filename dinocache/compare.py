@@ -40,9 +40,20 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from dinocache.core.config import ConfigError, build, parse_overrides, read_section, require, to_dict
+from pydantic import Field
+
+from dinocache.core.config import (
+    ConfigError,
+    build,
+    check_fields,
+    distinct,
+    parse_overrides,
+    read_section,
+    rule,
+    to_dict,
+)
 from dinocache.core.errors import DinocacheError
 
 # mode -> TrainConfig values that make it
@@ -69,18 +80,26 @@ SCORES = ("map50", "map50_95", "grade", "val_box_loss", "val_cls_loss")
 @dataclass
 class CompareConfig:
     # modes to train, in this order within each seed (see the module doc)
-    modes: list[str] = field(default_factory=lambda: ["none", "cache", "online"])
+    modes: Annotated[
+        list[str],
+        rule(bool, "name at least one mode"),
+        rule(
+            lambda ms: all(m in MODES for m in ms),
+            lambda ms: f"{[m for m in ms if m not in MODES]} are not modes; choose from {list(MODES)}",
+        ),
+        distinct("modes"),
+    ] = field(default_factory=lambda: ["none", "cache", "online"])
     # number of seeds per mode (seed0, seed0+1, ...)
-    seeds: int = 3
+    seeds: Annotated[int, Field(ge=1)] = 3
     # first seed
-    seed0: int = 0
+    seed0: Annotated[int, Field(ge=0)] = 0
     # epochs per run; 0 = the train section's
-    epochs: int = 0
+    epochs: Annotated[int, Field(ge=0)] = 0
     # output folder; empty = {artifacts_root}/compare/{timestamp}
     out: str = ""
     # validate every N epochs (and always the last); the curves have a point per validation. Ultralytics'
     # per-epoch validation of a small student on a >= 200-image set costs more than its training epoch
-    val_every: int = 1
+    val_every: Annotated[int, Field(ge=1)] = 1
     # also grade last.pt of each run with the project's geometric grade (eval_* keys of the train section)
     grade: bool = True
     # cache-flips mode: a cache of the same images made with `precompute ... cache_flips=true`; empty = the
@@ -91,17 +110,7 @@ class CompareConfig:
     pretrain: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.validate()  # every construction path validates, not only the config loader
-
-    def validate(self) -> None:
-        require(bool(self.modes), "modes", "name at least one mode")
-        bad = [m for m in self.modes if m not in MODES]
-        require(not bad, "modes", f"{bad} are not modes; choose from {list(MODES)}")
-        require(len(set(self.modes)) == len(self.modes), "modes", f"duplicate modes in {self.modes}")
-        require(self.seeds >= 1, "seeds", f"must be >= 1, got {self.seeds}")
-        require(self.seed0 >= 0, "seed0", f"must be >= 0, got {self.seed0}")
-        require(self.epochs >= 0, "epochs", f"must be >= 0, got {self.epochs}")
-        require(self.val_every >= 1, "val_every", f"must be >= 1, got {self.val_every}")
+        check_fields(self)  # every construction path checks, not only the config loader
 
 
 def pretrain_config(train_values: dict[str, Any], mode: str, seed: int, cfg: CompareConfig, out: Path) -> Any:

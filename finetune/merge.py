@@ -19,11 +19,11 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from dinocache.finetune import FinetuneError
 
-from dinocache.core.config import build, require
+from dinocache.core.config import build, rule
 from dinocache.core.errors import DinocacheError
 from dinocache.core.fsutil import publish_dir
 
@@ -33,17 +33,13 @@ PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 @dataclass
 class MergeConfig:
     # folder with adapter_config.json + adapter_model.safetensors (a run folder, best/ or last/)
-    adapter: str = ""
+    adapter: Annotated[str, rule(bool, "give the adapter folder (--adapter DIR)")] = ""
     # output folder for the merged DINOv3 (refused when non-empty, unless overwrite)
-    out: str = ""
+    out: Annotated[str, rule(bool, "give the output folder (--out DIR)")] = ""
     # base model folder or hub id; empty = adapter_config.json's base_model_name_or_path
     base: str = ""
     # replace a non-empty `out`
     overwrite: bool = False
-
-    def validate(self) -> None:
-        require(bool(self.adapter), "adapter", "give the adapter folder (--adapter DIR)")
-        require(bool(self.out), "out", "give the output folder (--out DIR)")
 
 
 def _read_adapter(adapter: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:

@@ -16,9 +16,11 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from dinocache.core.config import ConfigError, build, require
+from pydantic import Field
+
+from dinocache.core.config import ConfigError, build, rule
 from dinocache.core.data import DataError
 from dinocache.core.errors import DinocacheError
 from dinocache.core.logs import logs_to_stderr
@@ -29,38 +31,27 @@ DEFAULT_IMGSZ = 640
 @dataclass
 class GradeConfig:
     # checkpoint to grade (.pt written by Ultralytics or dinocache train)
-    weights: str = ""
+    weights: Annotated[str, rule(bool, "give the checkpoint to grade (--weights W)")] = ""
     # YOLO-OBB data.yaml (absolute or relative to the working directory)
-    data: str = ""
+    data: Annotated[str, rule(bool, "give the dataset (--data DATA)")] = ""
     # keep predictions with confidence >= conf
-    conf: float = 0.9
+    conf: Annotated[float, Field(ge=0, le=1)] = 0.9
     # a prediction matches a ground-truth box of its class when their polygon IoU >= iou
-    iou: float = 0.75
+    iou: Annotated[float, Field(gt=0, le=1)] = 0.75
     # inference size; 0 = the checkpoint's training imgsz (else 640)
-    imgsz: int = 0
+    imgsz: Annotated[
+        int, rule(lambda v: v == 0 or (v >= 32 and v % 32 == 0), "must be 0 or a multiple of 32, got {value}")
+    ] = 0
     # "auto" (first CUDA GPU, else CPU), "cpu", "0", "cuda:0", ...
     device: str = "auto"
     # images per predictor batch
-    batch: int = 8
+    batch: Annotated[int, Field(ge=1)] = 8
     # split of data.yaml to grade
     split: str = "val"
     # folder for eval overlays; empty = none
     viz: str = ""
     # at most this many images drawn into `viz`
-    viz_max_samples: int = 16
-
-    def validate(self) -> None:
-        require(bool(self.weights), "weights", "give the checkpoint to grade (--weights W)")
-        require(bool(self.data), "data", "give the dataset (--data DATA)")
-        require(0 <= self.conf <= 1, "conf", f"must be in [0, 1], got {self.conf}")
-        require(0 < self.iou <= 1, "iou", f"must be in (0, 1], got {self.iou}")
-        require(
-            self.imgsz == 0 or (self.imgsz >= 32 and self.imgsz % 32 == 0),
-            "imgsz",
-            f"must be 0 or a multiple of 32, got {self.imgsz}",
-        )
-        require(self.batch >= 1, "batch", f"must be >= 1, got {self.batch}")
-        require(self.viz_max_samples >= 0, "viz_max_samples", "must be >= 0")
+    viz_max_samples: Annotated[int, Field(ge=0)] = 16
 
 
 class WeightsError(DinocacheError, ValueError):

@@ -18,8 +18,9 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from dinocache.core.config import ConfigError, build, require
+from dinocache.core.config import ConfigError, build, require, rule
 from dinocache.core.errors import DinocacheError
 from dinocache.core.fsutil import publish_dir
 
@@ -51,9 +52,11 @@ FAMILY_SIZES: dict[str, tuple[str, ...]] = {
 @dataclass
 class TinyTeacherConfig:
     # output folder (refused when it exists and is not empty, unless overwrite)
-    out: Path = Path("dinov3")
+    out: Annotated[Path, rule(lambda p: str(p) != "", "must be a folder path")] = Path("dinov3")
     # teacher family (see teacher/registry.py FAMILIES)
-    family: str = "dinov3_vit"
+    family: Annotated[
+        str, rule(lambda f: f in FAMILY_SIZES, "{value!r} is not one of " + str(list(FAMILY_SIZES)))
+    ] = "dinov3_vit"
     # model shape: tiny, or "base" = shaped like the family's released model (dinov3_vit: vits/vitb/vitl)
     size: str = "tiny"
     # seed of the random weights (same seed -> same weights -> same fingerprint)
@@ -62,10 +65,8 @@ class TinyTeacherConfig:
     overwrite: bool = False
 
     def validate(self) -> None:
-        require(self.family in FAMILY_SIZES, "family", f"{self.family!r} is not one of {list(FAMILY_SIZES)}")
         sizes = FAMILY_SIZES[self.family]
         require(self.size in sizes, "size", f"{self.size!r} is not one of {list(sizes)} for {self.family}")
-        require(str(self.out) != "", "out", "must be a folder path")
 
 
 def _preprocessor_config() -> dict:

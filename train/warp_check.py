@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import cv2
 import numpy as np
@@ -41,8 +41,9 @@ from dinocache.train.warp import (
     WarpPerspective,
     cos_per_cell,
 )
+from pydantic import Field
 
-from dinocache.core.config import ConfigError, load, require, save, to_dict
+from dinocache.core.config import ConfigError, load, rule, save, to_dict
 from dinocache.core.data import list_split_images, load_data_yaml
 from dinocache.core.errors import DinocacheError
 
@@ -52,15 +53,17 @@ AVGPOOL = "avgpool"
 @dataclass
 class WarpCheckConfig:
     # DINOv3 folder (save_pretrained layout) or hub id; "avgpool" = the exactly equivariant 16x16 mean pool
-    teacher: str = "dinov3"
+    teacher: Annotated[str, rule(bool, "give a DINOv3 folder/hub id or 'avgpool'")] = "dinov3"
     # data.yaml of the dataset whose images are used
-    data: str = ""
+    data: Annotated[str, rule(bool, "give the dataset's data.yaml (--data)")] = ""
     # split the images come from
     split: str = "train"
     # square canvas size in pixels (multiple of the teacher patch)
-    imgsz: int = 256
+    imgsz: Annotated[
+        int, rule(lambda v: v >= 32 and v % 16 == 0, "{value} must be a multiple of 16, >= 32")
+    ] = 256
     # number of images (the first K of the split)
-    n_images: int = 8
+    n_images: Annotated[int, Field(ge=1)] = 8
     # output folder (warp_check.json/.csv/.png, args.yaml)
     out: Path = Path("artifacts/warp_check")
     # teacher layer: -1 = last_hidden_state, i >= 0 = hidden_states[i]
@@ -72,32 +75,18 @@ class WarpCheckConfig:
     # translations in pixels (applied to x and y)
     translate_px: list[float] = field(default_factory=lambda: [4.0, 8.0, 16.0, 32.0])
     # scale factors (about the image centre)
-    scales: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.25, 1.5])
+    scales: list[Annotated[float, Field(gt=0)]] = field(default_factory=lambda: [0.5, 0.75, 1.25, 1.5])
     # rotation angles in degrees (about the image centre)
     degrees: list[float] = field(default_factory=lambda: [5.0, 15.0, 30.0, 45.0])
     # random mosaic layouts per image (0 = no mosaic rows)
-    mosaic_draws: int = 2
+    mosaic_draws: Annotated[int, Field(ge=0)] = 2
     # share of a cell's pixels from one source image for the cell to count (as in training)
-    valid_threshold: float = 0.5
+    valid_threshold: Annotated[float, Field(gt=0, le=1)] = 0.5
     # also the cache_flips rows: flip_view (a horizontal flip reading the teacher's map of the flipped image,
     # as the trainer does when the cache holds flipped views) and mosaic+flip with and without those views
     flip_views: bool = True
     # mosaic samples drawn in warp_check_viz.png (image | teacher(image) | warped cached map | valid); 0 = none
-    viz: int = 3
-
-    def validate(self) -> None:
-        require(bool(self.teacher), "teacher", "give a DINOv3 folder/hub id or 'avgpool'")
-        require(bool(self.data), "data", "give the dataset's data.yaml (--data)")
-        require(
-            self.imgsz >= 32 and self.imgsz % 16 == 0,
-            "imgsz",
-            f"{self.imgsz} must be a multiple of 16, >= 32",
-        )
-        require(self.n_images >= 1, "n_images", "must be >= 1")
-        require(self.mosaic_draws >= 0, "mosaic_draws", "must be >= 0")
-        require(all(s > 0 for s in self.scales), "scales", "scale factors must be > 0")
-        require(0 < self.valid_threshold <= 1, "valid_threshold", "must be in (0, 1]")
-        require(self.viz >= 0, "viz", "must be >= 0")
+    viz: Annotated[int, Field(ge=0)] = 3
 
 
 class _FixedAffine(WarpPerspective):

@@ -4,9 +4,11 @@ Each entry point owns one dataclass whose fields are its options. The values com
 precedence, from `key=value` command-line arguments, the entry point's section of `config.json`, the
 shared top-level keys of `config.json` (SHARED_KEYS), and the dataclass defaults. Command-line strings
 are read as YAML (`[16, 19]`, `{close_mosaic: 0}`), types are checked by pydantic against the field
-annotations, unknown keys are refused with the closest known name, and `validate()` checks ranges. A
-class may take another tool's keys into one dict field (TrainConfig: every Ultralytics train argument
-goes into `extra`). The resolved config is saved beside the outputs.
+annotations, unknown keys are refused with the closest known name. A field's range is part of its
+annotation (`Annotated[int, Field(ge=1)]`, `Literal[...]`, `rule(...)` for a one-field test pydantic has no
+keyword for), checked by `check_fields` on every construction path; a class's `validate()` holds only the
+rules that relate several fields. A class may take another tool's keys into one dict field (TrainConfig:
+every Ultralytics train argument goes into `extra`). The resolved config is saved beside the outputs.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -114,8 +118,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     try:
         return _adapter(tp).validate_python(value)
     except ValidationError as e:
-        err = e.errors()[0]
-        raise ConfigError(f"{key}: {err['msg']} (got {_shown(key, value)})") from None
+        raise ConfigError(_explain(key, e, tp)) from None
 
 
 def _shown(key: str, value: Any) -> str:
@@ -130,6 +133,147 @@ def _numeric(tp: Any) -> bool:
     read `true` as 1 there, so a bool is refused instead."""
     parts = [p for p in _parts(tp) if p is not type(None) and typing.get_origin(p) is not typing.Literal]
     return bool(parts) and all(p in (int, float) for p in parts)
+
+
+# -- declared constraints ----------------------------------------------------------------------------------
+def rule(test: Callable[[Any], Any], message: str | Callable[[Any], str]) -> Any:
+    """A one-field test pydantic has no keyword for, as annotation metadata:
+    `Annotated[int | float, rule(lambda b: ..., "must be ..., got {value}")]`. `message` may name the value
+    as `{value}` / `{value!r}`, or be a function of the value; the error reads `key: message`."""
+    from pydantic import AfterValidator
+
+    def check(v: Any) -> Any:
+        if not test(v):
+            raise ValueError(message(v) if callable(message) else message.format(value=v))
+        return v
+
+    return AfterValidator(check)
+
+
+def distinct(what: str) -> Any:
+    """A list field's rule: no entry twice (`duplicate layers in [19, 19]`)."""
+    return rule(lambda v: len(set(v)) == len(v), f"duplicate {what} in {{value}}")
+
+
+def _declares(tp: Any) -> bool:
+    """Whether a field's annotation declares something beyond its plain type: a range or rule (Annotated),
+    a set of allowed values (Literal) or a typed record (a dataclass), anywhere inside it."""
+    if typing.get_origin(tp) is typing.Annotated or typing.get_origin(tp) is typing.Literal:
+        return True
+    if dataclasses.is_dataclass(tp):
+        return True
+    return any(_declares(a) for a in typing.get_args(tp) if not isinstance(a, (str, int, float, bool)))
+
+
+def _hints(cls: type, extras: bool = True) -> dict[str, Any]:
+    """A class's field annotations, with (`Annotated[int, Field(ge=1)]`) or without (`int`) their metadata."""
+    if (cls, extras) not in _HINTS:
+        _HINTS[cls, extras] = typing.get_type_hints(cls, include_extras=extras)
+    return _HINTS[cls, extras]
+
+
+_HINTS: dict[tuple[type, bool], dict[str, Any]] = {}
+
+
+def check_fields(obj: Any) -> None:
+    """Check every field whose annotation declares a range, rule, choice or record (pydantic, lax mode) and
+    keep pydantic's value (a `teachers` entry becomes its dataclass); a ConfigError names the key. Config
+    classes call this in `__post_init__` (so `Cls(...)` by hand and `dataclasses.replace` check too) and
+    `build` calls it for every class."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        tp = hints.get(f.name)
+        if tp is None or not _declares(tp):
+            continue
+        value = getattr(obj, f.name)
+        if isinstance(value, bool) and _numeric(_hints(type(obj), extras=False)[f.name]):
+            raise ConfigError(f"{f.name}: expected a number, got {value!r}")
+        object.__setattr__(obj, f.name, _coerce(value, tp, f.name))
+
+
+# pydantic's union-member tags in an error location (`int`, `function-after[...]`), not keys of ours
+_TAG = re.compile(r"^(int|float|str|bool|none|[a-z_-]+\[.*\]|[a-z]+-[a-z-]+)$")
+
+
+def _where(key: str, loc: tuple[Any, ...]) -> str:
+    """`teachers`, (0, 'layers', 1) -> `teachers[0].layers[1]`."""
+    out = key
+    for p in loc:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif not _TAG.match(str(p)):
+            out += f".{p}"
+    return out
+
+
+def _bounds(tp: Any) -> tuple[tuple[str, Any] | None, tuple[str, Any] | None]:
+    """The lower and upper bound an annotation declares: (('>=', 0), ('<=', 1)), None where there is none."""
+    lo = hi = None
+    meta: list[Any] = []
+    for m in typing.get_args(tp)[1:] if typing.get_origin(tp) is typing.Annotated else ():
+        meta.extend(getattr(m, "metadata", [m]))
+    for m in meta:
+        for attr, op in (("ge", ">="), ("gt", ">")):
+            if getattr(m, attr, None) is not None:
+                lo = (op, getattr(m, attr))
+        for attr, op in (("le", "<="), ("lt", "<")):
+            if getattr(m, attr, None) is not None:
+                hi = (op, getattr(m, attr))
+    return lo, hi
+
+
+def _field_type(tp: Any) -> Any:
+    """`Annotated[...] | None` -> the Annotated part (where a field's own bounds are declared)."""
+    for p in _parts(tp):
+        if typing.get_origin(p) is typing.Annotated:
+            return p
+    return tp
+
+
+def _explain(key: str, e: Any, tp: Any) -> str:
+    """A pydantic ValidationError as `key: message`: ranges as `must be >= 1, got 0` / `must be in (0, 1],
+    got 2`, a rule's own message, unknown keys of a record with the closest known one."""
+    errs = e.errors()
+    extra = [x for x in errs if x["type"] in ("extra_forbidden", "unexpected_keyword_argument")]
+    if extra:
+        parent = extra[0]["loc"][:-1]
+        names = sorted(str(x["loc"][-1]) for x in extra if x["loc"][:-1] == parent)
+        known = _record_keys(tp)
+        hint = _suggest(names[0], known) if known else ""
+        listed = f"; known: {known}" if known else ""
+        return f"{_where(key, parent)}: unknown key(s) {names}{hint}{listed}"
+    err = min(errs, key=lambda x: x["type"] in ("int_type", "float_type", "int_parsing", "float_parsing"))
+    where = _where(key, err["loc"])
+    value = err.get("input")
+    shown = _shown(key, value)
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        lo, hi = _bounds(_field_type(tp)) if where == key else (None, None)
+        if lo and hi:
+            return f"{where}: must be in {'[' if lo[0] == '>=' else '('}{lo[1]}, {hi[1]}{']' if hi[0] == '<=' else ')'}, got {shown}"
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[
+            kind
+        ]
+        return f"{where}: must be {op} {next(iter(ctx.values()), '?')}, got {shown}"
+    if kind == "multiple_of":
+        return f"{where}: must be a multiple of {ctx.get('multiple_of')}, got {shown}"
+    if kind == "too_short" and isinstance(value, (list, tuple, str)):
+        return f"{where}: must not be empty" if ctx.get("min_length") == 1 else f"{where}: {err['msg']}"
+    if kind == "value_error":
+        return f"{where}: {str(err['msg']).removeprefix('Value error, ')}"
+    if kind == "missing":
+        return f"{where}: is required"
+    return f"{where}: {err['msg']} (got {shown})"
+
+
+def _record_keys(tp: Any) -> list[str]:
+    """The field names of the first dataclass inside a type (`list[TeacherSpec]` -> TeacherSpec's fields)."""
+    if dataclasses.is_dataclass(tp):
+        return field_names(tp)  # type: ignore[arg-type]
+    for a in typing.get_args(tp):
+        if not isinstance(a, (str, int, float, bool)) and (names := _record_keys(a)):
+            return names
+    return []
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:
@@ -165,7 +309,7 @@ def check_keys(cls: type, values: dict[str, Any], source: str) -> None:
 def build(cls: type[T], values: dict[str, Any], source: str = "", cli: dict[str, str] | None = None) -> T:
     """Construct `cls` from `values` (JSON/YAML values) updated by `cli` (key=value strings): unknown keys
     refused, pass-through keys gathered into their dict field, types checked by pydantic, then validate()."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls, extras=False)
     known = field_names(cls)
     pfield, pkeys = _passthrough(cls)
     check_keys(cls, values, source)
@@ -175,8 +319,8 @@ def build(cls: type[T], values: dict[str, Any], source: str = "", cli: dict[str,
     check_keys(cls, cli or {}, "command line")
 
     def where_of(e: ConfigError) -> str:
-        # the key an error names (`key: ...`) came from the command line or from the file: say which one
-        key = str(e).split(":", 1)[0].strip()
+        # the key an error names (`key: ...`, `key[0].sub: ...`) came from the command line or from the file
+        key = re.split(r"[\[.]", str(e).split(":", 1)[0].strip(), maxsplit=1)[0]
         if cli and key in cli:
             return " (given on the command line)"
         if file_source and key in values:
@@ -197,19 +341,23 @@ def build(cls: type[T], values: dict[str, Any], source: str = "", cli: dict[str,
                 merged[k] = v
     if pfield and passed:
         merged[pfield] = {**merged.get(pfield, {}), **passed}
-    kwargs = {k: _coerce(v, hints[k], k) for k, v in merged.items()}
     try:
-        obj = cls(**kwargs)  # a config whose __post_init__ validates raises here
+        kwargs = {k: _coerce(v, hints[k], k) for k, v in merged.items()}
+    except ConfigError as e:
+        raise ConfigError(f"{e}{where_of(e)}") from None
+    try:
+        obj = cls(**kwargs)  # a config whose __post_init__ checks its fields raises here
     except TypeError as e:  # pragma: no cover - dataclass signature mismatch
         raise ConfigError(f"{source}: {e}") from None
     except ConfigError as e:
         raise ConfigError(f"{e}{where_of(e)}") from None
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        try:
+    try:
+        check_fields(obj)
+        validate = getattr(obj, "validate", None)
+        if validate is not None:
             validate()
-        except ConfigError as e:
-            raise ConfigError(f"{e}{where_of(e)}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{e}{where_of(e)}") from None
     return obj
 
 
@@ -269,6 +417,13 @@ def load(cls: type[T], config_path: str | Path | None, section: str, overrides: 
 
 def to_dict(obj: Any) -> dict[str, Any]:
     def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            # a typed record (a `teachers` entry): its keys as given; unset (None) keys stay unset
+            return {
+                f.name: conv(getattr(v, f.name))
+                for f in dataclasses.fields(v)
+                if getattr(v, f.name) is not None
+            }
         if isinstance(v, Path):
             return str(v)
         if isinstance(v, tuple):
@@ -291,6 +446,7 @@ def save(obj: Any, path: str | Path) -> Path:
 
 
 def require(cond: bool, key: str, msg: str) -> None:
-    """`validate()` helper: raise ConfigError naming `key` unless `cond`."""
+    """`validate()` helper for a rule that relates several fields: raise ConfigError naming `key` unless
+    `cond`. A one-field range belongs in the field's annotation instead."""
     if not cond:
         raise ConfigError(f"{key}: {msg}")
