@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 from pydantic import Field
 
-from dinocache.core.config import load, rule, save, to_dict
+from dinocache.core.config import Config, load, rule, save, to_dict
 from dinocache.core.data import DataError, as_dataset_yaml
 from dinocache.core.errors import DinocacheError
 
@@ -37,7 +37,7 @@ MANIFEST_VERSION = 1
 
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(Config):
     # input YOLO-OBB data.yaml (its train split is augmented, val/test letterboxed), or unlabeled images: a
     # folder of images (no dataset yaml in it) or a .txt list, augmented as a train split without labels
     data: str = "dataset/data.yaml"

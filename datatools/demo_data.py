@@ -23,7 +23,7 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field
 
-from dinocache.core.config import ConfigError, build, require, save
+from dinocache.core.config import Config, ConfigError, build, require, save
 from dinocache.core.errors import DinocacheError
 from dinocache.core.fsutil import publish_dir
 
@@ -33,7 +33,7 @@ SPLITS = {"train": 0, "val": 1}  # split -> RNG stream id
 
 
 @dataclass
-class DemoDataConfig:
+class DemoDataConfig(Config):
     # output folder (refused when it exists and is not empty, unless overwrite)
     out: Path = Path("dataset")
     # number of training images

@@ -45,6 +45,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from dinocache.core.config import (
+    Config,
     ConfigError,
     build,
     check_fields,
@@ -78,7 +79,7 @@ SCORES = ("map50", "map50_95", "grade", "val_box_loss", "val_cls_loss")
 
 
 @dataclass
-class CompareConfig:
+class CompareConfig(Config):
     # modes to train, in this order within each seed (see the module doc)
     modes: Annotated[
         list[str],

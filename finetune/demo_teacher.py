@@ -42,9 +42,11 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from dinocache.core.config import ConfigError, build, require
+from pydantic import Field
+
+from dinocache.core.config import Config, ConfigError, build, require, rule
 from dinocache.core.errors import DinocacheError
 from dinocache.core.fsutil import publish_dir
 
@@ -56,17 +58,19 @@ SHIPPED = Path(__file__).resolve().parent / "demo_teacher_weights"
 
 
 @dataclass
-class DemoTeacherConfig:
+class DemoTeacherConfig(Config):
     # output folder; empty = the shipped folder (default settings) or $DINOCACHE_HOME/teachers/demo-<key>
     out: str = ""
     # square image size the teacher is trained at (use the size you precompute at; multiple of patch_size)
     imgsz: int = 128
     # generated labelled training images
-    n_train: int = 2000
+    n_train: Annotated[int, Field(ge=8)] = 2000
     # generated validation images (the fine-tuning's mIoU and balanced patch accuracy)
-    n_val: int = 200
+    n_val: Annotated[int, Field(ge=1)] = 200
     # demo-data seed of the teacher's images (the students' data use other seeds)
-    data_seed: int = 1000
+    data_seed: Annotated[
+        int, rule(lambda v: v >= 100, "must be >= 100 (0..99 are the students' data seeds)")
+    ] = 1000
     # object long side as a fraction of imgsz (demo-data's min_size/max_size); at 128 px twice demo-data's
     # defaults, so objects span as many 16-px patches as the default demo's do at 256 px
     min_size: float = 0.16
@@ -74,51 +78,39 @@ class DemoTeacherConfig:
     # seed of the random initial weights, the shuffling and the flips
     seed: int = 0
     # ViT width (DINOv3ViTConfig.hidden_size)
-    hidden_size: int = 128
+    hidden_size: Annotated[int, Field(ge=8)] = 128
     # transformer blocks
-    num_hidden_layers: int = 4
+    num_hidden_layers: Annotated[int, Field(ge=1)] = 4
     # attention heads per block
-    num_attention_heads: int = 4
+    num_attention_heads: Annotated[int, Field(ge=1)] = 4
     # MLP width of each block
-    intermediate_size: int = 256
+    intermediate_size: Annotated[int, Field(ge=1)] = 256
     # pixels per patch side (the released DINOv3 ViTs use 16)
-    patch_size: int = 16
+    patch_size: Annotated[int, rule(lambda v: v in (8, 14, 16), "must be 8, 14 or 16, got {value}")] = 16
     # training epochs over the n_train images
-    epochs: int = 8
+    epochs: Annotated[int, Field(ge=1)] = 8
     # images per optimizer step
-    batch: int = 16
+    batch: Annotated[int, Field(ge=1)] = 16
     # peak AdamW learning rate (random start: a from-scratch rate, not a fine-tuning one)
-    lr: float = 2e-3
+    lr: Annotated[float, Field(gt=0)] = 2e-3
     # class weights of the class-map loss = (1 / patch share of the class) ** class_balance (0 = unweighted)
-    class_balance: float = 0.5
+    class_balance: Annotated[float, Field(ge=0)] = 0.5
     # held-out demo images (seed 2000) of the linear probe recorded with the build (finetune/probe.py); 0 = none
-    probe_images: int = 200
+    probe_images: Annotated[int, rule(lambda v: v == 0 or v >= 4, "must be 0 or >= 4")] = 200
     # build again even when the output folder (or the shipped one) holds these settings
     rebuild: bool = False
 
     def validate(self) -> None:
-        require(self.patch_size in (8, 14, 16), "patch_size", f"must be 8, 14 or 16, got {self.patch_size}")
         require(
             self.imgsz >= 32 and self.imgsz % self.patch_size == 0,
             "imgsz",
             f"must be >= 32 and a multiple of patch_size {self.patch_size}, got {self.imgsz}",
         )
-        require(self.n_train >= 8, "n_train", f"must be >= 8, got {self.n_train}")
-        require(self.n_val >= 1, "n_val", f"must be >= 1, got {self.n_val}")
-        require(self.data_seed >= 100, "data_seed", "must be >= 100 (0..99 are the students' data seeds)")
-        require(self.hidden_size >= 8, "hidden_size", f"must be >= 8, got {self.hidden_size}")
         require(
-            self.num_attention_heads >= 1 and self.hidden_size % self.num_attention_heads == 0,
+            self.hidden_size % self.num_attention_heads == 0,
             "num_attention_heads",
             f"must divide hidden_size {self.hidden_size}, got {self.num_attention_heads}",
         )
-        require(self.num_hidden_layers >= 1, "num_hidden_layers", "must be >= 1")
-        require(self.intermediate_size >= 1, "intermediate_size", "must be >= 1")
-        require(self.epochs >= 1, "epochs", "must be >= 1")
-        require(self.batch >= 1, "batch", "must be >= 1")
-        require(self.lr > 0, "lr", "must be > 0")
-        require(self.class_balance >= 0, "class_balance", "must be >= 0")
-        require(self.probe_images == 0 or self.probe_images >= 4, "probe_images", "must be 0 or >= 4")
 
     def key(self) -> str:
         """Hash of everything that changes the weights (not `out`/`rebuild`/`probe_images`)."""

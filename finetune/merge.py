@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 from dinocache.finetune import FinetuneError
 
-from dinocache.core.config import build, rule
+from dinocache.core.config import Config, build, rule
 from dinocache.core.errors import DinocacheError
 from dinocache.core.fsutil import publish_dir
 
@@ -31,7 +31,7 @@ PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 @dataclass
-class MergeConfig:
+class MergeConfig(Config):
     # folder with adapter_config.json + adapter_model.safetensors (a run folder, best/ or last/)
     adapter: Annotated[str, rule(bool, "give the adapter folder (--adapter DIR)")] = ""
     # output folder for the merged DINOv3 (refused when non-empty, unless overwrite)

@@ -41,13 +41,14 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
 from dinocache.finetune import FinetuneError
+from pydantic import Field
 
-from dinocache.core.config import ConfigError, load, require, to_dict
+from dinocache.core.config import Config, ConfigError, load, rule, to_dict
 from dinocache.core.data import DataError
 from dinocache.core.errors import DinocacheError
 
@@ -68,15 +69,22 @@ MAX_PROMPTS = 16  # box prompts per image for SAM (the rest are sampled away)
 
 
 @dataclass
-class TaskFinetuneConfig:
+class TaskFinetuneConfig(Config):
     # COCO instances JSON for training (bbox and/or segmentation)
-    coco_train: str = ""
+    coco_train: Annotated[str, rule(bool, "give the training COCO JSON")] = ""
     # COCO instances JSON for validation (same categories by name)
-    coco_val: str = ""
+    coco_val: Annotated[str, rule(bool, "give the validation COCO JSON")] = ""
     # folder the COCO file_names are relative to; empty = each JSON's own folder
     coco_images: str = ""
     # which teachers: [auto] (boxes -> grounding_dino, masks -> sam) or names from grounding_dino, sam, dinov3
-    teachers: list[str] = field(default_factory=lambda: ["auto"])
+    teachers: Annotated[
+        list[str],
+        rule(
+            lambda ts: all(t in KNOWN for t in ts),
+            lambda ts: f"{[t for t in ts if t not in KNOWN]} are not among {list(KNOWN)}",
+        ),
+        rule(bool, "name at least one teacher (or auto)"),
+    ] = field(default_factory=lambda: ["auto"])
     # Grounding DINO checkpoint folder (save_pretrained layout with its processor) or hub id
     grounding_dino_root: str = "grounding_dino"
     # SAM checkpoint folder (save_pretrained layout with its processor) or hub id
@@ -86,18 +94,20 @@ class TaskFinetuneConfig:
     # outputs go to {project}/{name}/
     project: str = "experiments"
     # experiment name
-    name: str = "exp"
+    name: Annotated[str, rule(lambda n: bool(n) and "/" not in n, "must be a plain folder name")] = "exp"
     # square input side of the DINOv3 dense run (when dinov3 is listed)
-    imgsz: int = 640
+    imgsz: Annotated[int, rule(lambda v: v >= 64 and v % 32 == 0, "must be a multiple of 32, >= 64")] = 640
     # Grounding DINO's shortest input edge; its longest edge is at most shortest * 1333 / 800, aspect kept, as
     # its image processor does. 0 = the checkpoint processor's own size (800 / 1333 for the released model)
-    gd_shortest_edge: int = 0
+    gd_shortest_edge: Annotated[
+        int, rule(lambda v: v == 0 or v >= 32, "must be 0 (the processor's size) or >= 32")
+    ] = 0
     # The next keys, left unset, come per teacher from configs/defaults/teacher_<family>_lora.yaml
     # (Grounding DINO 50 epochs, SAM 100, batch 8); a value given here applies to every teacher.
     # epochs per teacher
-    epochs: int | None = None
+    epochs: Annotated[int, Field(ge=1)] | None = None
     # images per optimizer step
-    batch: int | None = None
+    batch: Annotated[int, Field(ge=1)] | None = None
     # peak AdamW learning rate
     lr: float | None = None
     # AdamW weight decay
@@ -105,15 +115,15 @@ class TaskFinetuneConfig:
     # max global grad norm (0 = no clipping)
     grad_clip: float | None = None
     # LoRA rank
-    lora_r: int | None = None
+    lora_r: Annotated[int, Field(ge=1)] | None = None
     # LoRA scaling numerator
     lora_alpha: int | None = None
     # dropout on the LoRA input
-    lora_dropout: float | None = None
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
     # where adapters go: encoder+decoder (default: changes the features the student distils) or decoder (the seed)
-    lora_targets: str = "encoder+decoder"
+    lora_targets: Literal["encoder+decoder", "decoder"] = "encoder+decoder"
     # stop after this many epochs without a lower val loss (0 = never)
-    patience: int | None = None
+    patience: Annotated[int, Field(ge=0)] | None = None
     # auto, cpu, cuda, cuda:N
     device: str = "auto"
     # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
@@ -135,36 +145,7 @@ class TaskFinetuneConfig:
     # scene settings for the registry, e.g. {lighting: variable, camera: fixed}
     environment: dict[str, str] = field(default_factory=dict)
     # augmentation intensity: low, medium or high
-    augment_intensity: str = "medium"
-
-    def validate(self) -> None:
-        require(bool(self.coco_train), "coco_train", "give the training COCO JSON")
-        require(bool(self.coco_val), "coco_val", "give the validation COCO JSON")
-        bad = [t for t in self.teachers if t not in KNOWN]
-        require(not bad, "teachers", f"{bad} are not among {list(KNOWN)}")
-        require(bool(self.teachers), "teachers", "name at least one teacher (or auto)")
-        require(self.imgsz >= 64 and self.imgsz % 32 == 0, "imgsz", "must be a multiple of 32, >= 64")
-        require(
-            self.gd_shortest_edge == 0 or self.gd_shortest_edge >= 32,
-            "gd_shortest_edge",
-            "must be 0 (the processor's size) or >= 32",
-        )
-        require(self.epochs is None or self.epochs >= 1, "epochs", "must be >= 1")
-        require(self.batch is None or self.batch >= 1, "batch", "must be >= 1")
-        require(self.lora_r is None or self.lora_r >= 1, "lora_r", "must be >= 1")
-        require(self.lora_dropout is None or 0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
-        require(
-            self.augment_intensity in ("low", "medium", "high"),
-            "augment_intensity",
-            f"must be low, medium or high, got {self.augment_intensity!r}",
-        )
-        require(
-            self.lora_targets in ("encoder+decoder", "decoder"),
-            "lora_targets",
-            f"must be encoder+decoder or decoder, got {self.lora_targets!r}",
-        )
-        require(self.patience is None or self.patience >= 0, "patience", "must be >= 0")
-        require(bool(self.name) and "/" not in self.name, "name", "must be a plain folder name")
+    augment_intensity: Literal["low", "medium", "high"] = "medium"
 
     @property
     def root(self) -> Path:

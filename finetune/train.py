@@ -22,12 +22,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from dinocache.finetune import FinetuneError
+from pydantic import Field
 
-from dinocache.core.config import ConfigError, load, require, save, to_dict
+from dinocache.core.config import Config, ConfigError, load, require, rule, save, to_dict
 from dinocache.core.data import DataError
 from dinocache.core.errors import DinocacheError
 
@@ -49,7 +50,7 @@ TOP_FILES = ("adapter_config.json", "adapter_model.safetensors", "head.safetenso
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(Config):
     # YOLO data.yaml (OBB / detect / segment labels); leave empty to use coco_train + coco_val instead
     data: str = ""
     # COCO instances JSON for training (bbox and/or segmentation), used when `data` is empty
@@ -65,43 +66,45 @@ class FinetuneConfig:
     # outputs go to {project}/{name}/teachers/dinov3_lora/
     project: str = "experiments"
     # experiment name
-    name: str = "exp"
+    name: Annotated[str, rule(lambda n: bool(n) and "/" not in n, "must be a plain folder name")] = "exp"
     # class names; empty = filled from the data (a given list must equal the data's names)
     classes: list[str] = field(default_factory=list)
     # square input size (multiple of the patch size); use the size you will precompute at
-    imgsz: int = 640
+    imgsz: Annotated[int, Field(ge=16)] = 640
     # epochs to train (on resume: the new total)
-    epochs: int = 10
+    epochs: Annotated[int, Field(ge=1)] = 10
     # images per micro-batch
-    batch: int = 8
+    batch: Annotated[int, Field(ge=1)] = 8
     # micro-batches per optimizer step (effective batch = batch * accumulate)
-    accumulate: int = 1
+    accumulate: Annotated[int, Field(ge=1)] = 1
     # peak AdamW learning rate (LoRA tolerates larger rates than full fine-tuning)
-    lr: float = 2e-4
+    lr: Annotated[float, Field(ge=0)] = 2e-4
     # AdamW weight decay
     weight_decay: float = 0.01
     # linear warmup length in epochs, then cosine decay to 0
-    warmup_epochs: float = 1.0
+    warmup_epochs: Annotated[float, Field(ge=0)] = 1.0
     # max global grad norm (0 = no clipping)
     grad_clip: float = 1.0
     # LoRA rank
-    lora_r: int = 8
+    lora_r: Annotated[int, Field(ge=1)] = 8
     # LoRA scaling numerator (scale = lora_alpha / lora_r)
     lora_alpha: int = 16
     # dropout on the LoRA input
-    lora_dropout: float = 0.05
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
     # module names that get adapters (DINOv3 attention: q_proj k_proj v_proj o_proj)
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    lora_target_modules: Annotated[list[str], rule(bool, "must name at least one module")] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
     # weight of the box class-map term (when the data has boxes)
     box_weight: float = 1.0
     # weight of the mask coverage term (when the data has masks)
     mask_weight: float = 1.0
     # probability of a horizontal flip of a training image (and its targets)
-    fliplr: float = 0.5
+    fliplr: Annotated[float, Field(ge=0, le=1)] = 0.5
     # what picks best/: val_loss (lower is better) or miou (higher is better)
-    best_metric: str = "val_loss"
+    best_metric: Literal["val_loss", "miou"] = "val_loss"
     # stop after this many epochs without improvement of best_metric (0 = never)
-    patience: int = 5
+    patience: Annotated[int, Field(ge=0)] = 5
     # smallest change that counts as an improvement
     min_delta: float = 0.0
     # auto, cpu, cuda, cuda:N
@@ -109,7 +112,7 @@ class FinetuneConfig:
     # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
     amp: bool = True
     # DataLoader worker processes
-    workers: int = 0
+    workers: Annotated[int, Field(ge=0)] = 0
     # seed for weights init, shuffling and flips
     seed: int = 0
     # continue from {out}/last/ (epochs = new total)
@@ -126,20 +129,6 @@ class FinetuneConfig:
             "set exactly one source: data=<data.yaml> or coco_train=<json> (+ coco_val)",
         )
         require(not self.coco_train or bool(self.coco_val), "coco_val", "needed with coco_train")
-        require(self.imgsz >= 16, "imgsz", "must be >= 16")
-        require(self.epochs >= 1, "epochs", "must be >= 1")
-        require(self.batch >= 1, "batch", "must be >= 1")
-        require(self.accumulate >= 1, "accumulate", "must be >= 1")
-        require(self.lr >= 0, "lr", "must be >= 0")
-        require(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
-        require(self.lora_r >= 1, "lora_r", "must be >= 1")
-        require(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
-        require(bool(self.lora_target_modules), "lora_target_modules", "must name at least one module")
-        require(0 <= self.fliplr <= 1, "fliplr", "must be in [0, 1]")
-        require(self.best_metric in ("val_loss", "miou"), "best_metric", "must be val_loss or miou")
-        require(self.patience >= 0, "patience", "must be >= 0")
-        require(self.workers >= 0, "workers", "must be >= 0")
-        require(bool(self.name) and "/" not in self.name, "name", "must be a plain folder name")
         require(not (self.resume and self.exist_ok), "exist_ok", "cannot be combined with resume=true")
 
     @property

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from dinocache.core.config import ConfigError, build, rule
+from dinocache.core.config import Config, ConfigError, build, rule
 from dinocache.core.data import DataError
 from dinocache.core.errors import DinocacheError
 from dinocache.core.logs import logs_to_stderr
@@ -29,7 +29,7 @@ DEFAULT_IMGSZ = 640
 
 
 @dataclass
-class GradeConfig:
+class GradeConfig(Config):
     # checkpoint to grade (.pt written by Ultralytics or dinocache train)
     weights: Annotated[str, rule(bool, "give the checkpoint to grade (--weights W)")] = ""
     # YOLO-OBB data.yaml (absolute or relative to the working directory)

@@ -32,13 +32,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dinocache.core.config import ConfigError, load, require, to_dict
+from dinocache.core.config import Config, ConfigError, load, require, to_dict
 from dinocache.core.errors import DinocacheError
 from dinocache.core.secrets import scrub
 
 
 @dataclass
-class PrecomputeConfig:
+class PrecomputeConfig(Config):
     # images to cache: a data.yaml (or its folder) of the (augmented) dataset, whose `split` is cached, or
     # unlabeled images: a folder of images (no dataset yaml in it) or a .txt list of images
     data: str = "dataset/augmented/data.yaml"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from dinocache.core.config import ConfigError, build, require, rule
+from dinocache.core.config import Config, ConfigError, build, require, rule
 from dinocache.core.errors import DinocacheError
 from dinocache.core.fsutil import publish_dir
 
@@ -50,7 +50,7 @@ FAMILY_SIZES: dict[str, tuple[str, ...]] = {
 
 
 @dataclass
-class TinyTeacherConfig:
+class TinyTeacherConfig(Config):
     # output folder (refused when it exists and is not empty, unless overwrite)
     out: Annotated[Path, rule(lambda p: str(p) != "", "must be a folder path")] = Path("dinov3")
     # teacher family (see teacher/registry.py FAMILIES)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dinocache.core.config import ConfigError, require
+from dinocache.core.config import Config, ConfigError, require
 
 # Ultralytics augmentation arguments that move pixels: with them the cached teacher map (computed once on the
 # un-augmented image) no longer lies under the pixels the student sees, so cache/online runs switch them off.
@@ -30,7 +30,7 @@ RESERVED_EXTRA = {"model", "data", "project", "name", "exist_ok", "resume", "tas
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     # number of training epochs (Stage A + Stage B)
     epochs: int = 128
     # square training image size in pixels; must equal the cache's imgsz (and be a multiple of 32)

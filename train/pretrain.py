@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dinocache.core.config import ConfigError, build, require, to_dict
+from dinocache.core.config import Config, ConfigError, build, require, to_dict
 
 PRETRAIN_ARGS_FILE = "pretrain_args.yaml"
 # a pretrain run folder's lock file: one pretraining writes there at a time
@@ -31,7 +31,7 @@ RUN_LOCK = ".lock"
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(Config):
     # unlabeled images, as `dinocache precompute` cached them: a folder of images, a .txt list of images, or
     # a dataset yaml (its `split`; labels are ignored)
     data: str = "dataset/augmented/data.yaml"

@@ -43,7 +43,7 @@ from dinocache.train.warp import (
 )
 from pydantic import Field
 
-from dinocache.core.config import ConfigError, load, rule, save, to_dict
+from dinocache.core.config import Config, ConfigError, load, rule, save, to_dict
 from dinocache.core.data import list_split_images, load_data_yaml
 from dinocache.core.errors import DinocacheError
 
@@ -51,7 +51,7 @@ AVGPOOL = "avgpool"
 
 
 @dataclass
-class WarpCheckConfig:
+class WarpCheckConfig(Config):
     # DINOv3 folder (save_pretrained layout) or hub id; "avgpool" = the exactly equivariant 16x16 mean pool
     teacher: Annotated[str, rule(bool, "give a DINOv3 folder/hub id or 'avgpool'")] = "dinov3"
     # data.yaml of the dataset whose images are used

@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import json
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -135,6 +136,16 @@ def _numeric(tp: Any) -> bool:
     return bool(parts) and all(p in (int, float) for p in parts)
 
 
+class Config:
+    """Base of every entry point's options class (a dataclass whose fields are the options). Each field has a
+    comment above it and declares its range in its annotation; `build` refuses unknown keys, checks types and
+    `check_fields`, then calls `validate()`. A class that must also check when built by hand calls
+    `check_fields(self)` and `self.validate()` from `__post_init__`."""
+
+    def validate(self) -> None:
+        """Rules that relate several fields (`require(...)`); none by default."""
+
+
 # -- declared constraints ----------------------------------------------------------------------------------
 def rule(test: Callable[[Any], Any], message: str | Callable[[Any], str]) -> Any:
     """A one-field test pydantic has no keyword for, as annotation metadata:
@@ -168,7 +179,9 @@ def _declares(tp: Any) -> bool:
 def _hints(cls: type, extras: bool = True) -> dict[str, Any]:
     """A class's field annotations, with (`Annotated[int, Field(ge=1)]`) or without (`int`) their metadata."""
     if (cls, extras) not in _HINTS:
-        _HINTS[cls, extras] = typing.get_type_hints(cls, include_extras=extras)
+        # the module's namespace as globals, so a `rule(lambda ...)` in an annotation sees the module's names
+        module = vars(sys.modules[cls.__module__])
+        _HINTS[cls, extras] = typing.get_type_hints(cls, globalns=module, include_extras=extras)
     return _HINTS[cls, extras]
 
 
