@@ -494,3 +494,38 @@ def test_hostile_label_cache_refused_and_a_real_one_accepted(
         ["train.cache", "delete it"],
     )
     assert r.rc == 2 and not marker.exists()
+
+
+def test_multi_teacher_stale_maps_refused_for_every_teacher(
+    demo_data, tmp_path, tiny_teacher_dir, faults
+) -> None:
+    """A `teachers=[...]` run checks every teacher's maps against the images: the first teacher recomputed after
+    an edit (fresh), the second left as it was (stale) is refused naming the second teacher and the image."""
+    import shutil
+
+    from dinocache.precompute.run import main as precompute
+    from dinocache.train.cli import main
+
+    from tests.faults.conftest import precompute_args
+
+    shutil.copytree(demo_data.parent, tmp_path / "ds")
+    data, store = tmp_path / "ds" / "data.yaml", tmp_path / "multi.zarr"
+    (tmp_path / "empty.json").write_text("{}")
+
+    def cache_teacher(name: str) -> int:
+        argv = precompute_args(data, tiny_teacher_dir, store, f"teacher_name={name}")
+        return precompute(["--config", str(tmp_path / "empty.json"), *argv])
+
+    assert cache_teacher("first") == 0 and cache_teacher("second") == 0
+    image, _ = reaugmented(data)
+    assert cache_teacher("first") == 0  # recomputes the edited image's row of this teacher only
+    terms = [{"teacher": "first", "channels": 8}, {"teacher": "second", "channels": 8}]
+    r = faults.expect_clear(
+        "train",
+        "multi-teacher: the second teacher's maps stale",
+        main,
+        t_cfg(tmp_path, data, store, tiny_teacher_dir, teachers=terms),
+        ["teachers/second", image, "cache repair"],
+    )
+    assert r.rc == 2
+    assert not list((tmp_path / "artifacts").rglob("train")), "a refused run left a run folder"
