@@ -7,6 +7,7 @@ Ultralytics' own `check_det_dataset` and `BaseDataset.get_img_files`, so we see 
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import os
@@ -282,40 +283,76 @@ def _holds_dataset_yaml(folder: Path) -> bool:
     return any(q.suffix in (".yaml", ".yml") and is_dataset_yaml(q) for q in folder.iterdir())
 
 
+def _within(path: str, base: str) -> str | None:
+    """`path` relative to `base` (both absolute, normalised) as a POSIX key, or None when it lies outside."""
+    prefix = base.rstrip(os.sep) + os.sep
+    if not path.startswith(prefix) or len(path) == len(prefix):
+        return None
+    return path[len(prefix) :].replace(os.sep, "/")
+
+
+@functools.lru_cache(maxsize=8)
+def _linked_folders(root: str) -> tuple[tuple[str, str], ...]:
+    """(resolved target, path relative to `root`) of every folder link below the resolved `root`, deepest
+    target first. Ultralytics resolves a split's folder (`images/train` a link to a store elsewhere: DVC,
+    git-annex, a mounted disk) and lists the files under the target; this maps them back to the path the
+    dataset shows. Read once per root (again after a miss), and only when an image lies outside it."""
+    out: list[tuple[str, str]] = []
+    todo = [root]
+    while todo:
+        folder = todo.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if e.is_symlink():
+                    if os.path.isdir(e.path):
+                        out.append((os.path.realpath(e.path), os.path.relpath(e.path, root)))
+                elif e.is_dir(follow_symlinks=False):
+                    todo.append(e.path)
+            except OSError:
+                continue
+    return tuple(sorted(out, key=lambda t: -len(t[0])))
+
+
 def image_key(image: str | Path, root: str | Path) -> str:
-    """Cache key of an image: its path relative to the dataset root, POSIX separators. A file that is a link
-    to outside the root (git-annex, DVC: each image a link into an object store) keys by the path as listed."""
-    p = Path(image).resolve()
-    base = Path(root).resolve()
-    try:
-        return p.relative_to(base).as_posix()
-    except ValueError:
-        pass
-    listed = Path(os.path.realpath(Path(image).parent)) / Path(image).name
-    try:
-        return listed.relative_to(base).as_posix()
-    except ValueError:
-        raise DataError(f"image {image} is not inside the dataset root {root}") from None
+    """Cache key of an image: its path relative to the dataset root as listed (POSIX separators), never the
+    target of a link. A file that is a link (git-annex, DVC: each image a link into an object store) keys by
+    its own path; an image under a linked folder that Ultralytics lists by the folder's target keys by the
+    link's path inside the root."""
+    listed = os.path.abspath(image)
+    for base in (os.path.abspath(root), os.path.realpath(root)):
+        key = _within(listed, base)
+        if key is not None:
+            return key
+    base = os.path.realpath(root)
+    # listed through another path to the root (a linked parent folder): the folders resolved, not the file
+    key = _within(os.path.join(os.path.realpath(os.path.dirname(listed)), os.path.basename(listed)), base)
+    if key is not None:
+        return key
+    for fresh in (False, True):  # a miss reads the links again: one made since the last read counts
+        if fresh:
+            _linked_folders.cache_clear()
+        for target, rel in _linked_folders(base):
+            inner = _within(listed, target)
+            if inner is not None:
+                return f"{Path(rel).as_posix()}/{inner}"
+    raise DataError(f"image {image} is not inside the dataset root {root}")
 
 
 def image_keys(images: Sequence[str | Path], root: str | Path) -> list[str]:
-    """`image_key` of many images at once, same strings: each folder is resolved once, each file costs one lstat
-    (a file that is itself a link, or any image outside the root, goes through `image_key`)."""
-    base = os.path.realpath(root)
-    prefix = base.rstrip("/") + "/"
-    folders: dict[str, str] = {}
+    """`image_key` of many images at once, same strings: no system call for an image listed inside the root
+    (any other goes through `image_key`)."""
+    bases = (os.path.abspath(root), os.path.realpath(root))
     out = []
     for image in images:
-        s = os.fspath(image)
-        folder, name = os.path.split(s)
-        real = folders.get(folder)
-        if real is None:
-            real = folders[folder] = os.path.realpath(folder or ".")
-        full = f"{real.rstrip('/')}/{name}"
-        if name in ("", ".", "..") or not full.startswith(prefix) or os.path.islink(s):
-            out.append(image_key(image, root))
-        else:
-            out.append(full[len(prefix) :])
+        listed = os.path.abspath(image)
+        key = _within(listed, bases[0])
+        if key is None:
+            key = _within(listed, bases[1])
+        out.append(key if key is not None else image_key(image, root))
     return out
 
 

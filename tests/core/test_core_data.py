@@ -74,6 +74,14 @@ def test_image_keys_match_image_key(tmp_path) -> None:
         image_keys([tmp_path / "out" / "b.png"], r)
     # a per-file link to outside the root (git-annex, DVC) keys by the path as listed, as Ultralytics reads it
     assert image_keys([r / "images" / "outside.png"], r) == ["images/outside.png"]
+    # so does a link to another file inside the root (git-annex's objects under the dataset's .git)
+    assert image_keys([r / "images" / "link.png"], r) == ["images/link.png"]
+    # a linked folder whose target is outside the root: Ultralytics lists the files under the target (it
+    # resolves a split's folder); they key by the link's path inside the root, as do the files listed through it
+    os.symlink(tmp_path / "out", r / "images" / "ext")
+    for root in (r, tmp_path / "rootlink"):
+        for f in (tmp_path / "out" / "b.png", r / "images" / "ext" / "b.png"):
+            assert image_keys([f], root) == [image_key(f, root)] == ["images/ext/b.png"]
     cwd = os.getcwd()
     try:
         os.chdir(r)

@@ -422,6 +422,37 @@ def test_per_file_symlinks_outside_the_root_are_accepted(
     assert cache_main(["verify", str(store), "--data", str(data)]) == 0
 
 
+@pytest.mark.slow
+def test_linked_image_folders_are_accepted(work, tmp_path, tiny_teacher_dir, precompute_argv) -> None:
+    """The split folders are links to a store outside the dataset (a mounted disk, a DVC/annex checkout):
+    Ultralytics lists the files under the links' targets and trains them. The keys are the paths the dataset
+    shows (images/train/...), so the cache made before the move still trains, and precompute and
+    `cache verify` agree on them."""
+    from dinocache.cache.cli import main as cache_main
+    from dinocache.precompute.run import main as precompute
+    from dinocache.train.cli import main as train
+
+    from dinocache import cache
+    from dinocache.core.data import image_keys, list_split_images
+
+    data, store = work
+    store_dir = tmp_path / "store"
+    for kind in ("images", "labels"):
+        (store_dir / kind).mkdir(parents=True)
+        src = data.parent / kind / "train"
+        src.rename(store_dir / kind / "train")  # rename keeps size and mtime: the cache's record still holds
+        src.symlink_to(store_dir / kind / "train", target_is_directory=True)
+    root, files = list_split_images(data, "train")
+    keys = image_keys(files, root)
+    assert keys == sorted(cache.open(str(store)).keys)
+    assert keys[0] == "images/train/000000.png"
+    assert train(t_cfg(tmp_path, data, store, tiny_teacher_dir)) == 0
+    linked = tmp_path / "linked.zarr"
+    assert precompute([*precompute_argv(linked), f"data={data}"]) == 0
+    assert sorted(cache.open(str(linked)).keys) == keys
+    assert cache_main(["verify", str(linked), "--data", str(data)]) == 0
+
+
 def test_online_refuses_an_imgsz_the_teacher_cannot_split(work, tmp_path, faults, monkeypatch) -> None:
     """A patch-14 DINOv3 at imgsz 128: precompute refuses it, and so does online distillation."""
     from dinocache.teacher import tiny
