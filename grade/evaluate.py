@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from dinocache.datatools.formats import LabelLineError, parse_yolo_line
+from dinocache.datatools.formats import LabelLineError, image_size, parse_yolo_line
 from dinocache.grade.metrics import Boxes, ImageResult, grade
 
 from dinocache.core.data import DataError, load_data_yaml, split_images
@@ -33,7 +33,7 @@ class Sample:
     image: Path
     label: Path
     gt: Boxes
-    shape: tuple[int, int]  # (h, w) of the stored image
+    shape: tuple[int, int]  # (h, w) of the displayed image (EXIF orientation applied)
 
     @property
     def stem(self) -> str:
@@ -86,7 +86,6 @@ def load_split(data: str | Path, split: str = "val") -> list[Sample]:
 
     An empty split is a DataError: a grade over no images would be a meaningless 0.
     """
-    from PIL import Image
     from ultralytics.data.utils import img2label_paths
 
     info = load_data_yaml(data)
@@ -96,11 +95,12 @@ def load_split(data: str | Path, split: str = "val") -> list[Sample]:
     labels = img2label_paths([str(p) for p in images])
     samples = []
     for img, lab in zip(images, labels):
-        try:
-            with Image.open(img) as im:  # header only; raw size, as cv2.imread (no EXIF rotation) sees it
-                w, h = im.size
-        except Exception as e:
-            raise DataError(f"{img}: cannot read image ({e})") from None
+        # header only; the displayed frame (EXIF orientation applied), the one the labels and the predictor's
+        # cv2.imread pixels are in
+        size = image_size(img, decode=False)
+        if size is None:
+            raise DataError(f"{img}: cannot read image")
+        w, h = size
         samples.append(Sample(img, Path(lab), read_obb_labels(Path(lab), (h, w), nc), (h, w)))
     return samples
 

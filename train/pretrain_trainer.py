@@ -37,11 +37,12 @@ class NoLabels:
 
     def get_labels(self) -> list[dict[str, Any]]:
         from PIL import Image
+        from ultralytics.data.utils import exif_size
 
         out = []
         for f in self.im_files:
             with Image.open(f) as im:
-                w, h = im.size
+                w, h = exif_size(im)  # the displayed frame, as Ultralytics' loader decodes the pixels
             out.append(
                 {
                     "im_file": f,
