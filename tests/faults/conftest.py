@@ -36,9 +36,17 @@ class Tally:
         for c in self.cases:
             by_cmd.setdefault(c["command"], Counter())[c["outcome"]] += 1
         total = Counter(c["outcome"] for c in self.cases)
+        secret = [c for c in self.cases if "secret_leaked" in c]
+        intact = [c for c in self.cases if "data_lost" in c]
         return {
             "bad_inputs_tried": len(self.cases),
             **{o: total.get(o, 0) for o in OUTCOMES},
+            # cases that carried a credential, and those whose output (stdout, stderr, traceback) showed it
+            "secrets_checked": len(secret),
+            "secrets_leaked": sum(1 for c in secret if c["secret_leaked"]),
+            # cases whose files were checked after the refusal (nothing half-written, earlier results kept)
+            "data_checked": len(intact),
+            "data_lost": sum(1 for c in intact if c["data_lost"]),
             "by_command": {k: {o: v.get(o, 0) for o in OUTCOMES} for k, v in sorted(by_cmd.items())},
             "kills": len(self.kills),
             "kills_survived": sum(1 for k in self.kills if k["survived"]),
@@ -72,8 +80,12 @@ class Faults:
         argv: Sequence[str],
         must_name: Sequence[str] = (),
         ok: bool = False,
+        secret: str | None = None,
+        intact: Callable[[], bool] | None = None,
     ) -> Result:
-        """Call `main(argv)`; classify; record. `ok=True`: the input is fine (exit 0 is right, e.g. a clip)."""
+        """Call `main(argv)`; classify; record. `ok=True`: the input is fine (exit 0 is right, e.g. a clip).
+        `secret`: a credential the input carries, which no output may show (recorded, and a leak is not
+        `clear`). `intact`: called after the run, True when nothing was lost or half-written (recorded)."""
         self.capsys.readouterr()
         exc = None
         try:
@@ -95,12 +107,20 @@ class Faults:
             outcome = "clear"
         else:
             outcome = "vague"
-        TALLY.cases.append({"command": command, "case": case, "outcome": outcome, "rc": rc})
+        record = {"command": command, "case": case, "outcome": outcome, "rc": rc}
+        if secret is not None:
+            record["secret_leaked"] = secret in err
+            if record["secret_leaked"] and outcome == "clear":
+                outcome = record["outcome"] = "vague"  # an error that prints a credential is not a good one
+        if intact is not None:
+            record["data_lost"] = not intact()
+        TALLY.cases.append(record)
         return Result(rc, err, outcome, exc)
 
     def expect_clear(self, *a, **k) -> Result:
         r = self.run(*a, **k)
         assert r.outcome == "clear", f"{a[0]} / {a[1]}: {r.outcome} (rc={r.rc})\n{r.err[-3000:]}"
+        assert not TALLY.cases[-1].get("data_lost"), f"{a[0]} / {a[1]}: lost or half-wrote data"
         return r
 
 
@@ -119,7 +139,8 @@ def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest 
     s = TALLY.summary()
     terminalreporter.write_line(
         f"faults: {s['bad_inputs_tried']} bad inputs: {s['clear']} clear error, {s['vague']} vague, "
-        f"{s['traceback']} traceback, {s['silent']} silently accepted; kills survived "
+        f"{s['traceback']} traceback, {s['silent']} silently accepted; secrets leaked {s['secrets_leaked']}/"
+        f"{s['secrets_checked']}; data lost {s['data_lost']}/{s['data_checked']}; kills survived "
         f"{s['kills_survived']}/{s['kills']}"
     )
     target = os.environ.get("DINOCACHE_FAULTS_SUMMARY")
@@ -134,6 +155,10 @@ def render_markdown(s: dict) -> str:
     lines = [
         f"- bad inputs tried: **{s['bad_inputs_tried']}**: {s['clear']} clear errors, {s['vague']} errors not "
         f"naming what they must, {s['traceback']} tracebacks, {s['silent']} silently accepted",
+        f"- secrets leaked: **{s['secrets_leaked']}** of {s['secrets_checked']} cases carrying a credential (every "
+        "printed line and traceback searched for it)",
+        f"- data lost or half-written: **{s['data_lost']}** of {s['data_checked']} cases whose files were checked "
+        "after the refusal",
         f"- kills / crashes survived: **{s['kills_survived']}/{s['kills']}** (resumed final weights identical "
         "to an uninterrupted run's, torch.equal on every tensor)",
         "",
@@ -152,6 +177,11 @@ def render_markdown(s: dict) -> str:
 
 
 # -- shared material ----------------------------------------------------------------------------------------
+def no_run_folder(tmp: Path) -> Callable[[], bool]:
+    """`intact` check of a refused training: it left no run folder under tmp/artifacts."""
+    return lambda: not list((tmp / "artifacts").rglob("train"))
+
+
 def precompute_args(data: Path, teacher: Path, store: Path, *extra: str) -> list[str]:
     return [
         f"data={data}",

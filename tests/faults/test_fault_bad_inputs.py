@@ -12,6 +12,8 @@ import cv2
 import pytest
 import yaml
 
+from tests.faults.conftest import no_run_folder
+
 Case = Callable[
     [Path, Path, Path], tuple[list[str], list[str]]
 ]  # (data.yaml, cache, tmp) -> (argv, must name)
@@ -325,9 +327,8 @@ def test_train_bad_inputs(name: str, work, tmp_path, tiny_teacher_dir, faults) -
 
     data, store = work
     extra, must = TRAIN[name]
-    r = faults.expect_clear(
-        "train", name, main, [*t_cfg(tmp_path, data, store, tiny_teacher_dir), *extra], must
-    )
+    argv = [*t_cfg(tmp_path, data, store, tiny_teacher_dir), *extra]
+    r = faults.expect_clear("train", name, main, argv, must, intact=no_run_folder(tmp_path))
     assert r.rc == 2
     assert not list((tmp_path / "artifacts").rglob("train")), "a refused run left a run folder"
 
@@ -352,7 +353,8 @@ def test_train_bad_config_files(name: str, work, tmp_path, tiny_teacher_dir, fau
 
     data, store = work
     make, must = TRAIN_FILES[name]
-    r = faults.expect_clear("train", name, main, make(data, store, tmp_path, tiny_teacher_dir), must)
+    argv = make(data, store, tmp_path, tiny_teacher_dir)
+    r = faults.expect_clear("train", name, main, argv, must, intact=no_run_folder(tmp_path))
     assert r.rc == 2
     assert not list((tmp_path / "artifacts").rglob("train")), "a refused run left a run folder"
 

@@ -65,6 +65,9 @@ def test_nan_loss_in_epoch_2_keeps_epoch_1(
         train_main,
         ["--config", str(cfg)],
         ["epoch 2/3", "last.pt", "resume=true"],
+        intact=lambda: (
+            torch.load(tmp_path.joinpath(*RUN, "weights", "resume.pt"), weights_only=True)["epoch"] == 0
+        ),
     )
     assert r.rc == 1
     run = tmp_path.joinpath(*RUN)
@@ -87,6 +90,7 @@ def test_nan_loss_before_first_checkpoint_leaves_no_run(
         train_main,
         ["--config", str(cfg)],
         ["epoch 1/3", "no checkpoint had been saved yet"],
+        intact=lambda: not tmp_path.joinpath(*RUN[:-1]).exists(),
     )
     assert r.rc == 1
     assert not tmp_path.joinpath(*RUN).exists() and not tmp_path.joinpath(*RUN[:-1]).exists()

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.faults.conftest import no_run_folder
 from tests.faults.test_fault_bad_inputs import _img, t_cfg
 
 
@@ -65,7 +66,8 @@ def test_stale_maps_refused_by_default(name: str, work, tmp_path, tiny_teacher_d
     image, hint = STALE[name](data)
     # the repair command names this dataset, not the path of the machine the (copied) cache was built on
     must = [image, hint] + ([f"--data {data}"] if hint == "cache repair" else [])
-    r = faults.expect_clear("train", name, main, t_cfg(tmp_path, data, store, tiny_teacher_dir), must)
+    argv = t_cfg(tmp_path, data, store, tiny_teacher_dir)
+    r = faults.expect_clear("train", name, main, argv, must, intact=no_run_folder(tmp_path))
     assert r.rc == 2
     assert not list((tmp_path / "artifacts").rglob("train")), "a refused run left a run folder"
 
@@ -116,6 +118,7 @@ def test_second_training_in_a_run_folder_refused(work, tmp_path, tiny_teacher_di
             main,
             t_cfg(tmp_path, data, store, tiny_teacher_dir),
             [str(run / "train"), "in use by another process"],
+            intact=lambda: sorted(p.name for p in run.iterdir()) == [".lock"],
         )
         assert r.rc == 2
         assert sorted(p.name for p in run.iterdir()) == [".lock"]
@@ -156,6 +159,7 @@ def test_second_precompute_writer_refused(
             main,
             precompute_argv(store),
             [str(store), "in use by another process"],
+            intact=lambda: not store.exists(),
         )
     finally:
         release(lock)
@@ -272,6 +276,7 @@ def test_dropped_label_rows_refused_before_training(name, work, tmp_path, tiny_t
         main,
         t_cfg(tmp_path, data, store, tiny_teacher_dir),
         ["labels/train/000001.txt:1", "drop"],
+        intact=no_run_folder(tmp_path),
     )
     assert r.rc == 2
     assert not list((tmp_path / "artifacts").rglob("train")), "a refused run left a run folder"
@@ -353,6 +358,10 @@ def test_full_disk_at_a_checkpoint_keeps_the_last_one(
         main,
         ["--config", str(cfg)],
         ["resume.pt", "disk", "epoch 1"],
+        intact=lambda: (
+            not list(run.rglob("*.tmp"))
+            and torch.load(run / "weights" / "resume.pt", weights_only=True)["epoch"] == 0
+        ),
     )
     assert r.rc == 2
     assert not list(run.rglob("*.tmp"))
@@ -557,6 +566,106 @@ def test_multi_teacher_stale_maps_refused_for_every_teacher(
         main,
         t_cfg(tmp_path, data, store, tiny_teacher_dir, teachers=terms),
         ["teachers/second", image, "cache repair"],
+        intact=no_run_folder(tmp_path),
     )
     assert r.rc == 2
     assert not list((tmp_path / "artifacts").rglob("train")), "a refused run left a run folder"
+
+
+# -- credentials are never printed ----------------------------------------------------------------------------------
+SECRET = "hunter2-xyz-do-not-print"
+
+
+def test_precompute_storage_options_typo_never_echoes_the_secret(
+    work, tmp_path, tiny_teacher_dir, faults
+) -> None:
+    from dinocache.precompute.run import main
+
+    from tests.faults.conftest import precompute_args
+
+    data, _ = work
+    store = tmp_path / "new.zarr"
+    (tmp_path / "empty.json").write_text("{}")
+    typo = f'storage_options={{"key": "AKIDEXAMPLE", "secret": "{SECRET}", oops'
+    faults.expect_clear(
+        "precompute",
+        "--storage-options JSON typo holding a secret",
+        main,
+        ["--config", str(tmp_path / "empty.json"), *precompute_args(data, tiny_teacher_dir, store), typo],
+        ["storage_options"],
+        secret=SECRET,
+        intact=lambda: not store.exists(),
+    )
+
+
+def test_verify_storage_options_typo_never_echoes_the_secret(work, faults) -> None:
+    from dinocache.cache.cli import main
+
+    data, store = work
+    faults.expect_clear(
+        "cache verify",
+        "--storage-options JSON typo holding a secret",
+        main,
+        ["verify", str(store), "--data", str(data), "--storage-options", f'{{"secret": "{SECRET}", oops'],
+        ["--storage-options"],
+        secret=SECRET,
+    )
+
+
+def test_unreachable_endpoint_with_credentials_never_echoes_them(work, tmp_path, monkeypatch, faults) -> None:
+    """Credentials given in storage_options for an S3 cache whose endpoint does not answer: the error names
+    the cache and the endpoint problem, never the key or the secret."""
+    import socket
+
+    import s3fs
+    from dinocache.cache.cli import main
+
+    data, _ = work
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    for k, v in {
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_MAX_ATTEMPTS": "1",
+        "AWS_RETRY_MODE": "standard",
+    }.items():
+        monkeypatch.setenv(k, v)
+    so = {
+        "key": "AKIDEXAMPLE",
+        "secret": SECRET,
+        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"},
+    }
+    import json
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        faults.expect_clear(
+            "cache verify",
+            "unreachable S3 endpoint, credentials in --storage-options",
+            main,
+            ["verify", "s3://nowhere/c.zarr", "--data", str(data), "--storage-options", json.dumps(so)],
+            ["s3://nowhere/c.zarr"],
+            secret=SECRET,
+        )
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+# -- a 0-byte image is named as such by every command that reads images ---------------------------------------------
+def test_empty_image_named_by_precompute_and_validate(work, tmp_path, tiny_teacher_dir, faults) -> None:
+    from dinocache.datatools.cli import main as datatools
+    from dinocache.precompute.run import main as precompute
+
+    from tests.faults.conftest import precompute_args
+
+    data, _ = work
+    _img(data, 5).write_bytes(b"")
+    store = tmp_path / "new.zarr"
+    (tmp_path / "empty.json").write_text("{}")
+    argv = ["--config", str(tmp_path / "empty.json"), *precompute_args(data, tiny_teacher_dir, store)]
+    r = faults.expect_clear("precompute", "0-byte image", precompute, argv, ["000005.png"])
+    assert "pi_heif" not in r.err
+    r = faults.expect_clear(
+        "dataset validate", "0-byte image", datatools, ["validate", str(data)], ["000005.png"]
+    )
+    assert "pi_heif" not in r.err
