@@ -76,6 +76,9 @@ class TrainConfig(Config):
     # per-cell distance of the distillation term: cosine (1 - cos over channels) or mse (per-channel
     # standardised MSE, as PKD)
     dino_distill_loss: Literal["cosine", "mse"] = "cosine"
+    # validation images on which the feature fit is logged each validation (results.csv fit/cos, fit/cos_shuf,
+    # fit/gap, ...: the student's projection against each image's teacher map and another image's); 0 = off
+    dino_fit_images: int = 32
     # weight of the mean cosine distance over cells that overlap a ground-truth box
     dino_distill_object_weight: float = 1.15
     # weight of the mean cosine distance over the other cells
@@ -201,6 +204,7 @@ class TrainConfig(Config):
             f"must be an integer >= 1, -1 (AutoBatch) or a CUDA memory fraction in (0, 1), got {self.batch}",
         )
         require(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
+        require(self.dino_fit_images >= 0, "dino_fit_images", f"must be >= 0, got {self.dino_fit_images}")
         if "," in self.device:
             parts = [p.strip() for p in self.device.split(",")]
             require(

@@ -8,12 +8,28 @@ shares) scores both alike. Objects and background are scored apart where the hel
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from dinocache.train.losses import align_to_grid, obb_cell_mask
+from dinocache.train.losses import align_to_grid, normalise_teacher, obb_cell_mask
+from ultralytics.utils import LOGGER, colorstr
+
+from dinocache.core.errors import DinocacheError
+
+# the fit columns the detector run adds to results.csv at each validation: a fixed set (NaN until measured or
+# where it cannot be), so every row of results.csv has the same columns
+TRAIN_FIT_KEYS = (
+    "fit/cos",
+    "fit/cos_shuf",
+    "fit/gap",
+    "fit/pcc",
+    "fit/pcc_shuf",
+    "fit/cos_obj",
+    "fit/cos_bg",
+)
 
 
 def _standardise(x: torch.Tensor) -> torch.Tensor:
@@ -88,3 +104,86 @@ def feature_fit(
         out["fit/cos_obj"] = float(own[mask].mean())
         out["fit/cos_bg"] = float(own[~mask].mean()) if bool((~mask).any()) else float("nan")
     return {**out, **per_layer}
+
+
+class HeldOutFit:
+    """The detector run's feature fit (TrainConfig.dino_fit_images): `feature_fit` of the EMA student on the
+    first `n` validation images (whole val batches, so at least n), logged with each validation.
+
+    The teacher maps of these images are gathered once, at the first validation, and kept on the CPU: the
+    cache's maps when it holds every one of them, else the teacher run once on them (the cache's PCA and
+    channel statistics, so the targets equal the cache's) and released again in cache mode; in online mode
+    the run's own teacher. The val loader has no augmentation, so the images are the same every epoch.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = int(n)
+        self._batches: list[dict[str, Any]] | None = None
+
+    def __call__(self, trainer: Any) -> dict[str, float]:
+        if self._batches is None:
+            self._batches = self._collect(trainer)
+        out = dict.fromkeys(TRAIN_FIT_KEYS, math.nan)
+        if self._batches:
+            res = feature_fit(
+                trainer.ema.ema, self._batches, lambda b: b["fit_teacher"].to(trainer.device), trainer.device
+            )
+            out.update({k: float(res[k]) for k in TRAIN_FIT_KEYS if k in res})
+        return out
+
+    def _collect(self, trainer: Any) -> list[dict[str, Any]]:
+        ctx = trainer.ctx
+        if getattr(ctx, "multi", None):
+            LOGGER.info(f"{colorstr('dinocache:')} feature fit (fit/*): single-teacher runs only; not logged")
+            return []
+        batches, seen = [], 0
+        for b in trainer.test_loader:
+            batches.append({k: b[k] for k in ("img", "im_file", "bboxes", "batch_idx") if k in b})
+            seen += len(b["im_file"])
+            if seen >= self.n:
+                break
+        if seen < 2:  # the shuffled score needs another image's map
+            return []
+        try:
+            maps = self._teacher_maps(trainer, batches)
+        except (DinocacheError, OSError) as e:
+            LOGGER.warning(
+                f"{colorstr('dinocache:')} feature fit (fit/*) not logged: no teacher map of the validation "
+                f"images ({e})"
+            )
+            return []
+        for b, m in zip(batches, maps):
+            b["fit_teacher"] = m  # (B, D, h, w) standardised, CPU
+        return batches
+
+    @staticmethod
+    def _teacher_maps(trainer: Any, batches: list[dict[str, Any]]) -> list[torch.Tensor]:
+        """(B, D, h, w) standardised teacher maps per batch, on the CPU."""
+        import numpy as np
+
+        from dinocache.core.data import image_keys
+
+        ctx, d = trainer.ctx, trainer.dino.dino_distill_channels
+        if trainer.dino.teacher_source == "cache":
+            from dinocache.train.dataset import TeacherLookup
+
+            lookup = TeacherLookup(ctx.cache_path, ctx.dataset_root, d)
+            files = [f for b in batches for f in b["im_file"]]
+            if set(image_keys(files, ctx.dataset_root)) <= set(lookup.fc.keys):
+                return [
+                    normalise_teacher(
+                        torch.from_numpy(np.stack([np.asarray(lookup(f), np.float32) for f in b["im_file"]])),
+                        ctx.channel_mean,
+                        ctx.channel_std,
+                        d,
+                    )
+                    for b in batches
+                ]
+        try:
+            return [
+                trainer.online_teacher_features(b["img"].to(trainer.device).float() / 255).float().cpu()
+                for b in batches
+            ]
+        finally:
+            if trainer.dino.teacher_source == "cache":  # the student-only run holds no teacher past this
+                trainer.release_teacher()

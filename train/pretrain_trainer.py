@@ -5,7 +5,7 @@ results.csv/results.png, last/best checkpoints and our exact resume are the ones
 changes, and where:
 - `distill_only` / `dataset_class`: the model's loss is the distillation alone (forward stops at the last
   distilled layer, train/model.py) and the images' labels are never read (`NoLabels`);
-- `validate`: the feature fit on the held-out images (train/fit.py) in place of mAP; best.pt = best fit;
+- `validate`: the feature fit on the held-out images (train/fit.py) in place of mAP; best.pt = best fit/gap;
 - `save_model`/`final_eval`: the clean Ultralytics model (export_clean) and resume.pt, without the detector
   run's grading and viz; the detection head stays as built (frozen: `freeze` names it, prepared in
   train/pretrain.py), so fine-tuning starts it fresh.
@@ -119,12 +119,14 @@ class PretrainTrainer(DinoOBBTrainer):
 
     # -- feature fit in place of mAP ---------------------------------------------------------------------------
     def validate(self) -> tuple[dict[str, float] | None, float | None]:
-        """The feature fit of the EMA student on the held-out images (train/fit.py); fitness = fit/cos."""
+        """The feature fit of the EMA student on the held-out images (train/fit.py); fitness = fit/gap, what the
+        student learnt of each image beyond the maps' shared average (fit/cos alone peaks early under the mse
+        loss, on the shared background, and then falls as the student trades it for each image's content)."""
         if RANK not in {-1, 0}:
             return self.metrics, self.fitness
         model = self.ema.ema
         metrics = feature_fit(model, self.test_loader, self._fit_teacher, self.device)
-        fitness = metrics.get("fit/cos", 0.0)
+        fitness = metrics.get("fit/gap", 0.0)
         if self.best_fitness is None or self.best_fitness < fitness:
             self.best_fitness = fitness
         return metrics, fitness

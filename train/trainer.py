@@ -30,6 +30,7 @@ from dinocache.train.dataset import (
     uses_cache_flips,
 )
 from dinocache.train.export import export_clean
+from dinocache.train.fit import TRAIN_FIT_KEYS, HeldOutFit
 from dinocache.train.losses import distill_weight, normalise_teacher, stage_of, term_weights
 from dinocache.train.model import DistillOBBModel
 from dinocache.train.results_plot import plot_columns
@@ -225,6 +226,12 @@ class DinoOBBTrainer(OBBTrainer):
         # resumed run: training seconds before the resume (results.csv `time` goes on from there)
         self._time_offset = 0.0
         self._quiet = quiet_ultralytics()
+        # the feature fit logged with each validation (pretraining scores its own fit in place of mAP)
+        self._fit = (
+            HeldOutFit(self.dino.dino_fit_images)
+            if self.dino.distills and self.dino.dino_fit_images > 0 and not self.distill_only
+            else None
+        )
         # Ultralytics deletes results.csv unless its own resume is used; ours continues it
         csv = Path((overrides or {}).get("save_dir") or ".") / "results.csv"
         kept = csv.read_bytes() if resume_state is not None and csv.is_file() else None
@@ -249,6 +256,9 @@ class DinoOBBTrainer(OBBTrainer):
     def _setup_train(self) -> None:
         self._quiet.frozen = 0
         super()._setup_train()
+        if self._fit is not None and isinstance(self.metrics, dict):
+            # results.csv's columns come from its first row: the fit's are there before the first validation
+            self.metrics = {**self.metrics, **dict.fromkeys(TRAIN_FIT_KEYS, math.nan)}
         self._log_freeze()
         if RANK in {-1, 0} and not self.args.time:
             self._log_planned_steps()
@@ -565,6 +575,19 @@ class DinoOBBTrainer(OBBTrainer):
             if ctx is not None and ctx.channel_mean is not None:
                 return normalise_teacher(feat, ctx.channel_mean, ctx.channel_std, d)
             return feat[:, :d].float()
+
+    def validate(self) -> tuple[dict[str, Any] | None, float | None]:
+        """Ultralytics' validation (mAP, the fitness), plus the feature fit on held-out images (train/fit.py)."""
+        metrics, fitness = super().validate()
+        if self._fit is not None and RANK in {-1, 0} and isinstance(metrics, dict):
+            # under the saved RNG state: gathering the maps (a loader pass, the teacher built once) draws from
+            # the random streams, and the training stream (and an exact resume) must not depend on it
+            state = rng_state(None)
+            try:
+                metrics = {**metrics, **self._fit(self)}
+            finally:
+                set_rng_state(state, None)
+        return metrics, fitness
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def save_model(self) -> bool:
