@@ -64,23 +64,25 @@ def settings(quick: bool) -> dict[str, Any]:
             "n_unlabeled": 48,
             "pretrain_epochs": 1,
             "pretrain_batch": 16,
+            "pretrain_loss": "mse",
             "finetune_epochs": 2,
             "val_every": 1,
             "seeds": 1,
             "pretrain_per_seed": False,
             "arms": ARMS,
         }
-    # Sized for the shared 2-core CPU (~0.1 CPU s per image per training step of the student at 128 px, with
-    # ~10 other processes on the two cores): 500 unlabeled images x 4 epochs of pretraining, 12 fine-tuning
-    # epochs. The issue's sizes (U = 2,000, longer schedules) are `--n-unlabeled 2000 --pretrain-epochs N
-    # --finetune-epochs N` on a machine that has the time (BENCHMARKS.md signal.pretrain says what was run).
+    # Sized for the shared 2-core CPU (a pretraining epoch ~0.021 CPU s per image of U, a fine-tuning epoch on
+    # 32 images ~3.3 CPU s, one torch thread per process): U = 2,000 unlabeled images x 4 epochs of
+    # pretraining with the mse loss (484 optimizer steps), 24 fine-tuning epochs (the fewest at which scratch
+    # detects: 0.000 mAP50 at 12 epochs, 0.033 at 24 on one seed), validation every 6 epochs.
     return {
         "n_label": 32,
         "n_val": 200,
-        "n_unlabeled": 500,
+        "n_unlabeled": 2000,
         "pretrain_epochs": 4,
         "pretrain_batch": 16,
-        "finetune_epochs": 12,
+        "pretrain_loss": "mse",
+        "finetune_epochs": 24,
         "val_every": 6,
         "seeds": 5,
         "pretrain_per_seed": False,
@@ -180,6 +182,7 @@ def pretrain_values(arm: str, paths: dict, s: dict, teacher_dir: Path, random_di
         "workers": 0,
         "device": "auto",
         "fit_images": fit_images(s),
+        "loss": s.get("pretrain_loss", "mse"),
         "extra": {"plots": False},
     }
     if arm == "oracle":
@@ -428,6 +431,18 @@ def merge(doc: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _column(pre: dict[str, Any], key: str) -> list[float]:
+    """A column of a pretraining run's results.csv (one value per epoch; empty when the run folder is gone)."""
+    import csv
+
+    path = Path(pre["save_dir"]) / "results.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k.strip(): v.strip() for k, v in r.items()} for r in csv.DictReader(f)]
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
 def report(
     doc: dict[str, Any], results: Any, work: Path, prefix: str = "signal.pretrain", conclusion: str = ""
 ) -> None:
@@ -450,9 +465,12 @@ def report(
                 "" if arm == "scratch" or not rs else _ci(paired(runs, arm, m))
             )
         fits = [p["fit"] for k, p in pre.items() if p["arm"] == arm]
-        for k in ("fit/cos", "fit/cos_shuf", "fit/gap"):
+        for k in ("fit/cos", "fit/cos_shuf", "fit/gap", "fit/pcc", "fit/pcc_shuf"):
             vals = [f[k] for f in fits if k in f]
             row[k.split("/")[1]] = round(statistics.fmean(vals), 4) if vals else ""
+        row["gap_per_epoch"] = " ".join(
+            " ".join(f"{g:.3f}" for g in _column(p, "fit/gap")) for p in pre.values() if p["arm"] == arm
+        )
         costs = [p["cpu_s_per_epoch"] for k, p in pre.items() if p["arm"] == arm and p.get("cpu_s_per_epoch")]
         row["pretrain_cpu_s_per_epoch"] = round(statistics.fmean(costs), 1) if costs else ""
         row["finetune_cpu_s"] = round(statistics.fmean(r["cpu_s"] for r in rs), 1) if rs else ""
@@ -463,9 +481,11 @@ def report(
         f"{prefix}.arms",
         f"Pretraining on U = {s['n_unlabeled']} unlabeled demo images (seed {U_SEED}, a folder without labels; "
         f"`dinocache pretrain`, YOLO26-n OBB backbone + neck, {s['pretrain_epochs']} epochs, batch "
-        f"{s['pretrain_batch']}, {IMGSZ} px, the head's inputs P3/P4/P5 distilled, fit on {fit_images(s)} held-out U images), "
+        f"{s['pretrain_batch']}, {IMGSZ} px, loss {s.get('pretrain_loss', 'cosine')}, linear projectors, the head's "
+        f"inputs P3/P4/P5 distilled, fit on {fit_images(s)} held-out U images, best.pt = best held-out fit/gap), "
         f"then the SAME fine-tuning on L = {s['n_label']} labelled images (seed 1, {s['finetune_epochs']} epochs, "
-        f"batch 4, no distillation), scored at the last epoch on the held-out set of {s['n_val']} images "
+        f"batch 4, every layer trained from epoch 1, no distillation, validation every {s['val_every']} epochs), "
+        f"scored at the last epoch on the held-out set of {s['n_val']} images "
         f"(never tuned on). Fine-tuning seeds {seeds}; pretraining seeds {n_pre} "
         + (
             "(one pretraining per arm, fine-tuned with every seed: the CI holds the fine-tuning's seed variance, "
@@ -480,7 +500,8 @@ def report(
         "against scratch over the same seeds, mean [t-based 95 % CI]; val_box_loss / val_cls_loss = the last "
         "validation's losses on the held-out set (lower is better; they separate students that detect nothing yet). fit = held-out feature fit after "
         "pretraining (mean cosine of the student's projection with its own image's map; cos_shuf: with another "
-        "image's; gap = cos - cos_shuf). CPU seconds on the shared 2-core machine (benchmarks/signal_pretrain.py)."
+        "image's; gap = cos - cos_shuf; pcc = mean per-channel correlation over each image's cells, what the mse "
+        "loss fits). CPU seconds on the shared 2-core machine (benchmarks/signal_pretrain.py)."
         + (" " + conclusion if conclusion else ""),
     )
     for arm, rs in runs.items():
@@ -509,8 +530,9 @@ def report(
         results.note(
             f"{prefix}.cost",
             "Cost of one pretraining epoch over U (Ultralytics' training epoch: no start-up, no held-out fit; median "
-            "over the epochs), CPU time of the benchmark process (all threads), the same student, images and "
-            "settings, the runs one after the other in one process; online = the teacher "
+            "over the epochs), CPU time of the process that ran it (process_time, one torch thread), the same "
+            "student, images and settings (arms may run in concurrent processes: CPU time, not wall time, is the "
+            "cost compared); online = the teacher "
             "(the demo ViT, 128-d x 4 blocks: a small teacher, so the ratio is a floor of what a ViT-B costs) "
             "run on every augmented batch. LightlyTrain's distillation of the same student (the peer row of "
             "`peers`) was NOT run: lightly-train (optional extra bench-peers, AGPL) is not installed here.",
