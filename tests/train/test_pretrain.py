@@ -306,3 +306,18 @@ def test_pretrain_folder_beside_labels_reads_no_label(
     res = Pretrain(cfg(tmp_path, images, store, tiny_teacher_dir, epochs=1)).run()
     rows = csv_rows(res.save_dir / "results.csv")
     assert len(rows) == 1 and "fit/cos_obj" not in rows[0]  # a folder: no labels, all cells alike
+
+
+def test_best_checkpoint_follows_the_fit_gap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """best.pt is the epoch with the best held-out fit/gap, not fit/cos: under the mse loss fit/cos peaks early on
+    the background every map shares, then falls while the student learns each image (the gap rises)."""
+    from types import SimpleNamespace
+
+    from dinocache.train import pretrain_trainer
+
+    t = object.__new__(pretrain_trainer.PretrainTrainer)
+    t.ema, t.test_loader, t.device, t.best_fitness = SimpleNamespace(ema=None), [], "cpu", None
+    fits = iter([{"fit/cos": 0.65, "fit/gap": 0.02}, {"fit/cos": 0.30, "fit/gap": 0.25}])
+    monkeypatch.setattr(pretrain_trainer, "feature_fit", lambda *a, **k: next(fits))
+    assert t.validate()[1] == 0.02
+    assert t.validate()[1] == 0.25 and t.best_fitness == 0.25
