@@ -186,7 +186,12 @@ def pretrain_values(arm: str, paths: dict, s: dict, teacher_dir: Path, random_di
         "extra": {"plots": False},
     }
     if arm == "oracle":
-        v.update(cache=paths["oracle_cache"], dino_root=str(random_dir))
+        # the oracle map has 1 + N_CLS channels (the rest of the cache's rows are 0): only those are distilled
+        # and scored. The constant channels carry nothing: under the mse loss each costs ~1 with ~0 gradient,
+        # and in the fit they dilute pcc (a mean over channels) and the cosine (the student's free outputs on
+        # them); with all 32, after one epoch: loss 1.06, held-out gap 0.014 (BENCHMARKS.md pretrain.fit_oracle
+        # distils the same 6 channels)
+        v.update(cache=paths["oracle_cache"], dino_root=str(random_dir), channels=1 + N_CLS)
     elif arm == "random":
         v.update(cache=paths["random_cache"], dino_root=str(random_dir))
     elif arm == "shuffled":
