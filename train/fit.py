@@ -169,7 +169,11 @@ class HeldOutFit:
 
             lookup = TeacherLookup(ctx.cache_path, ctx.dataset_root, d)
             files = [f for b in batches for f in b["im_file"]]
-            if set(image_keys(files, ctx.dataset_root)) <= set(lookup.fc.keys):
+            try:
+                keys = set(image_keys(files, ctx.dataset_root))
+            except DinocacheError:  # validation images outside the dataset root: none is in the cache
+                keys = None
+            if keys is not None and keys <= set(lookup.fc.keys):
                 return [
                     normalise_teacher(
                         torch.from_numpy(np.stack([np.asarray(lookup(f), np.float32) for f in b["im_file"]])),

@@ -584,9 +584,13 @@ class DinoOBBTrainer(OBBTrainer):
             # the random streams, and the training stream (and an exact resume) must not depend on it
             state = rng_state(None)
             try:
-                metrics = {**metrics, **self._fit(self)}
+                merged = {**metrics, **self._fit(self)}
             finally:
                 set_rng_state(state, None)
+            # in the order of results.csv's header (made from the first row, which may precede any validation):
+            # Ultralytics writes a row's values in its dict's order
+            first = [k for k in (self.metrics or {}) if k in merged]
+            metrics = {k: merged[k] for k in first + [k for k in merged if k not in first]}
         return metrics, fitness
 
     # -- checkpoints -------------------------------------------------------------------------------------------

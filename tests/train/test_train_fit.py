@@ -18,7 +18,7 @@ def _rows(run_dir: Path) -> list[dict[str, str]]:
         return [{k.strip(): v.strip() for k, v in r.items()} for r in csv.DictReader(f)]
 
 
-def _run(tiny_train, tmp_path: Path, demo_data: Path, teacher: Path, cache: Path, **kw):
+def _run(tiny_train, tmp_path: Path, demo_data: Path, teacher: Path, cache: Path, callbacks=None, **kw):
     from dinocache.train.run import train
 
     values = tiny_train(
@@ -35,7 +35,7 @@ def _run(tiny_train, tmp_path: Path, demo_data: Path, teacher: Path, cache: Path
         extra={"plots": False, "mosaic": 0.0},
     )
     values.update(kw)
-    return train(build(TrainConfig, values))
+    return train(build(TrainConfig, values), callbacks=callbacks)
 
 
 def test_cache_run_logs_the_fit_each_epoch(tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache):
@@ -53,6 +53,26 @@ def test_cache_run_logs_the_fit_each_epoch(tiny_train, tmp_path, demo_data, tiny
     # the maps were gathered once and the teacher released: the cache-mode run holds no teacher afterwards
     assert trainer._teacher is None
     assert trainer._fit._batches and all("fit_teacher" in b for b in trainer._fit._batches)
+
+
+def test_fit_columns_stay_aligned_when_the_first_epoch_skips_validation(
+    tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache
+):
+    """`dinocache compare val_every=N` validates only some epochs: results.csv's header then comes from a row
+    without validation, and the validated rows must put each value under its own column."""
+
+    def validate_last_only(trainer) -> None:  # on_train_epoch_end, as compare's val_every does it
+        trainer.args.val = trainer.epoch + 1 == trainer.epochs
+
+    trainer = _run(
+        tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache,
+        callbacks={"on_train_epoch_end": [validate_last_only]},
+    )  # fmt: skip
+    first, last = _rows(Path(trainer.save_dir))
+    assert first["fit/cos"] == "nan"
+    cos, shuf, gap = (float(last[k]) for k in ("fit/cos", "fit/cos_shuf", "fit/gap"))
+    assert -1.0 <= cos <= 1.0 and -1.0 <= shuf <= 1.0 and math.isclose(gap, cos - shuf, abs_tol=2e-5)
+    assert float(last["val/box_loss"]) > 0 and float(last["metrics/mAP50(B)"]) >= 0
 
 
 def test_fit_logging_off(tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache):
