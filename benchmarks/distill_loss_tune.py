@@ -21,10 +21,11 @@ from typing import Any
 
 from benchmarks import signal_ab
 
+VAL_EVERY = 6  # validation every 6 epochs (and at the last)
 FIT = ("fit/cos", "fit/cos_shuf", "fit/gap", "fit/pcc", "fit/pcc_shuf", "fit/cos_obj", "fit/cos_bg")
 
 
-def run_one(work: Path, loss: str, epochs: int, val_every: int = 6) -> dict[str, Any]:
+def run_one(work: Path, loss: str, epochs: int, val_every: int = VAL_EVERY) -> dict[str, Any]:
     """One student distilled with `loss` (seed 0); its row and the validated epochs' fit, kept in a json."""
     paths, base = signal_ab.tuning_values(work, epochs)
     out = work / f"loss-{loss}-e{epochs}"
@@ -52,8 +53,12 @@ def report(work: Path, losses: list[str], epochs: int, results: Any) -> None:
             map50=signal_ab._r(run["map50"]),
             map50_95=signal_ab._r(run["map50_95"]),
             **{k.split("/")[1]: signal_ab._r(float(last[k])) for k in FIT if k in last},
+            # w * L_distill of the last epoch: mse's distance is larger than cosine's at the same weights
+            distill_last=signal_ab._r(float(last["train/distill"])),
             gap_per_validation=" ".join(
-                f"{float(r['fit/gap']):.3f}" for r in rec["rows"] if r.get("fit/gap", "nan") != "nan"
+                f"{r['epoch']}:{float(r['fit/gap']):.3f}"
+                for i, r in enumerate(rec["rows"])
+                if int(r["epoch"]) % VAL_EVERY == 0 or i == len(rec["rows"]) - 1
             ),
         )
     results.note(
@@ -65,7 +70,9 @@ def report(work: Path, losses: list[str], epochs: int, results: Any) -> None:
         "`dinocache train` logs (train/fit.py) on the first 32 validation images at the last validation: cos = "
         "mean cosine of the student's projection with its own image's teacher map, cos_shuf = with another "
         "image's, gap = cos - cos_shuf, pcc = mean per-channel correlation over each image's cells, obj/bg = "
-        "object/background cells (benchmarks/distill_loss_tune.py).",
+        "object/background cells; distill_last = w * L_distill of the last epoch (at the same weights mse's term "
+        "is about twice cosine's, part of what differs); gap_per_validation = epoch:gap "
+        "(benchmarks/distill_loss_tune.py).",
     )
 
 
