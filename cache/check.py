@@ -8,6 +8,7 @@ and the file, and every error names the repair command.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,8 @@ from dinocache.cache import format as fmt
 from dinocache.cache.errors import CacheCorrupt, CacheError, damage_reason, repair_hint
 from dinocache.cache.locations import folder_names
 from dinocache.cache.store import decode_keys
+
+_scratch = threading.local()  # all_finite's per-thread buffer
 
 
 @dataclass
@@ -111,20 +114,28 @@ def scan(fc: Any) -> tuple[list[BadRow], np.ndarray, list[str]]:
 
 def all_finite(x: np.ndarray) -> bool:
     """Whether every value of `x` is finite. float16 on its bits in one pass: a value is NaN or inf exactly when its
-    5 exponent bits are all ones, i.e. when its bits shifted left by one (dropping the sign) are >= 0xF800;
-    np.isfinite on float16 converts each value and costs ~20x more on a map."""
+    5 exponent bits are all ones, i.e. when its bits without the sign are >= 0x7C00; np.isfinite on float16
+    converts each value and costs ~20x more on a map. The masked bits go to a per-thread scratch buffer: a new
+    temporary per map would cost fresh pages (page faults) on every read."""
     if x.dtype == np.float16 and x.size:
-        bits = np.ascontiguousarray(x).view(np.uint16)
-        return bool(np.left_shift(bits, 1).max() < 0xF800)
+        bits = np.ascontiguousarray(x).view(np.uint16).reshape(-1)
+        buf = getattr(_scratch, "bits", None)
+        if buf is None or buf.size < bits.size:
+            buf = _scratch.bits = np.empty(max(bits.size, 1 << 16), np.uint16)
+        masked = buf[: bits.size]
+        np.bitwise_and(bits, 0x7FFF, out=masked)
+        return bool(masked.max() < 0x7C00)
     return bool(np.isfinite(x).all())
 
 
-def checked_map(fc: Any, key: str, channels: int | None = None, flipped: bool = False) -> np.ndarray:
+def checked_map(
+    fc: Any, key: str, channels: int | None = None, flipped: bool = False, view: bool = False
+) -> np.ndarray:
     """(D, h, w) float16 map of image `key` (`flipped`: of the mirrored image), or CacheCorrupt naming key, row,
     shard file and the repair command: a checksum failure, a missing shard (reads as NaN fill) or NaN/inf never
-    reaches a loss."""
+    reaches a loss. `view`: a read-only view of the memory-mapped shard may come back instead of a copy."""
     try:
-        x = np.asarray(fc.get(key, channels=channels, flipped=flipped))
+        x = np.asarray(fc.get(key, channels=channels, flipped=flipped, **({"view": True} if view else {})))
     except CacheError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever backend reads it, a stored-bytes failure is damage

@@ -18,9 +18,15 @@ How a `features` array of this format sits on disk (Zarr v3 `sharding_indexed` c
 None, declining, for any other layout: a compressor (Blosc), a transpose, a big-endian or non-float16 dtype,
 another chunk grid or key encoding, storage transformers. `FeatureCache` then reads through tensorstore as before.
 
-Fork safety: nothing is opened until the first read, and the shard maps are per process (keyed by pid), so a
+Fork safety: nothing is opened until the first read, and the shard maps are per process (a fork bumps a
+module-level generation in the child, `os.register_at_fork`, so a read needs no `getpid` system call), so a
 DataLoader worker forked after the main process read maps its own files. A handle keeps a shard file mapped once
 it has read it: a shard rewritten later (precompute writes a new file and renames it) is seen by a new handle.
+
+`view_one` returns the image's values as a read-only view of the map itself, checksum checked, with nothing
+copied or allocated: the training dataset keeps such views while their image is in Mosaic's buffer and copies
+each tile once, into the collated batch. A view stays valid while anything references it, even after the handle
+is closed or the shard file replaced by a rename (the map keeps the old file's pages).
 """
 
 from __future__ import annotations
@@ -38,6 +44,18 @@ from dinocache.core.errors import DinocacheError
 # an absent inner chunk in the shard index: offset and nbytes both 2**64 - 1
 _ABSENT = np.uint64(2**64 - 1)
 _ABSENT_INT = 2**64 - 1
+
+# bumped in every forked child: a handle whose maps were made in another generation drops them (per-process maps)
+_generation = 0
+
+
+def _forked() -> None:
+    global _generation
+    _generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 class ChecksumMismatch(DinocacheError, ValueError):
@@ -113,7 +131,7 @@ class MappedArray:
         self.chunk_bytes = 2 * self.values + (4 if chunk_crc else 0)
         self.index_bytes = 16 * shard_size + (4 if index_crc else 0)
         self._tail = "".join(f"{separator}0" for _ in shape[1:])
-        self._pid: int | None = None
+        self._gen: int | None = None  # the process generation (_generation) the maps below belong to
         # shard -> _Shard, None for a shard file that does not exist
         self._shards: dict[int, _Shard | None] = {}
         self._crc: Any = _crc32c()
@@ -168,9 +186,8 @@ class MappedArray:
         return self.folder / f"c{self.separator}{shard}{self._tail}"
 
     def _shard(self, shard: int) -> _Shard | None:
-        pid = os.getpid()
-        if self._pid != pid:  # a forked child: the parent's maps are not this process's to use
-            self._shards, self._pid = {}, pid
+        if self._gen != _generation:  # a forked child: the parent's maps are not this process's to use
+            self._shards, self._gen = {}, _generation
         try:
             return self._shards[shard]
         except KeyError:
@@ -213,16 +230,14 @@ class MappedArray:
             raise ChecksumMismatch(f"{what}: stored and computed crc32c checksum do not match")
 
     # -- reads
-    def read_one(self, row: int, d: int, out: np.ndarray | None = None) -> np.ndarray:
-        """float16 (d, h, w): the first d channels of row `row`, in a new array or copied into `out`."""
+    def _values(self, row: int, d: int) -> np.ndarray | None:
+        """The first d channels of row `row` as a flat read-only float16 view of its shard's map, checksum checked;
+        None for a chunk never written (it reads as the fill value)."""
         shard, local = divmod(row, self.shard_size)
         entry = self._shard(shard)
         offset = _ABSENT_INT if entry is None else entry.offsets[local]
         if offset == _ABSENT_INT:
-            if out is None:
-                return np.full((d, *self.shape[2:]), self.fill, np.float16)
-            out.fill(self.fill)
-            return out
+            return None
         if self.chunk_crc:
             end = offset + self.chunk_bytes - 4
             if self._crc(entry.u8[offset:end]) != int.from_bytes(entry.map[end : end + 4], "little"):
@@ -230,10 +245,26 @@ class MappedArray:
                     f"shard file {self.shard_file(shard)}, image {row}: stored and computed crc32c checksum do not match"
                 )
         if offset & 1:  # zarr's writer packs chunks of even size from an even start; another may not
-            values = np.frombuffer(entry.map, np.float16, count=d * self.cell_values, offset=offset)
-        else:
-            start = offset >> 1
-            values = entry.f16[start : start + d * self.cell_values]
+            return np.frombuffer(entry.map, np.float16, count=d * self.cell_values, offset=offset)
+        start = offset >> 1
+        return entry.f16[start : start + d * self.cell_values]
+
+    def view_one(self, row: int, d: int) -> np.ndarray:
+        """float16 (d, h, w), read-only: the first d channels of row `row` viewed in the map (nothing copied; a fill
+        array for a chunk never written)."""
+        values = self._values(row, d)
+        if values is None:
+            return np.full((d, *self.shape[2:]), self.fill, np.float16)
+        return values.reshape(d, *self.shape[2:])
+
+    def read_one(self, row: int, d: int, out: np.ndarray | None = None) -> np.ndarray:
+        """float16 (d, h, w): the first d channels of row `row`, in a new array or copied into `out`."""
+        values = self._values(row, d)
+        if values is None:
+            if out is None:
+                return np.full((d, *self.shape[2:]), self.fill, np.float16)
+            out.fill(self.fill)
+            return out
         if out is not None:  # a batch: straight into its row, no array per image
             out.reshape(-1)[:] = values
             return out
@@ -253,7 +284,7 @@ class MappedArray:
 
     def __getstate__(self) -> dict[str, Any]:
         # maps do not cross a pickle (spawned DataLoader workers): the other side maps its own
-        return {**self.__dict__, "_shards": {}, "_pid": None, "_crc": None}
+        return {**self.__dict__, "_shards": {}, "_gen": None, "_crc": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

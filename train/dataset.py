@@ -31,6 +31,10 @@ from ultralytics.data.dataset import YOLODataset
 
 from dinocache.core.data import image_key, image_keys
 
+# maps kept beyond Mosaic's buffer before the map buffer is pruned: pruning builds a set of the buffer's indexes,
+# so it runs once per this many new maps; the maps of the memory-mapped reader are views (no memory of their own)
+_PRUNE_SLACK = 32
+
 
 def uses_cache_flips(setting: str, fc: Any) -> bool:
     """distill_cache_flips resolved against the cache: auto = whether it holds flipped views."""
@@ -98,7 +102,7 @@ class TeacherLookup:
         return self._other.get(key, key)
 
     def __call__(self, im_file: str, flipped: bool = False) -> np.ndarray:
-        """(D, h, w) float16 (`flipped`: the cached map of the mirrored image); a checksum failure, a missing
+        """(D, h, w) float16, possibly read-only (`flipped`: the cached map of the mirrored image); a checksum failure, a missing
         shard or NaN/inf is a CacheCorrupt naming the image key, the shard file and the repair command: nothing
         damaged reaches the loss."""
         from dinocache.cache.check import checked_map
@@ -108,7 +112,8 @@ class TeacherLookup:
             key = self._keys[im_file] = image_key(im_file, self.root)
         if self.shuffle_seed is not None:
             key = self.other_key(key)
-        return checked_map(self.fc, key, channels=self.channels, flipped=flipped)
+        # a read-only view of the memory-mapped shard where the reader offers one: nothing is copied until collate
+        return checked_map(self.fc, key, channels=self.channels, flipped=flipped, view=True)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_fc": None}
@@ -198,7 +203,8 @@ class DistillDataset(YOLODataset):
             feat = self.teacher(im_file, True) if flipped else self.teacher(im_file)
             if self.geometric_aug == "warp" and index in self.buffer:
                 buf[index] = feat
-                if len(buf) > len(self.buffer):  # drop the images Mosaic's buffer has let go
+                # drop the maps of images Mosaic's buffer has let go, every _PRUNE_SLACK reads (not a set per read)
+                if len(buf) > len(self.buffer) + _PRUNE_SLACK:
                     keep = set(self.buffer)
                     for i in [i for i in buf if i not in keep]:
                         del buf[i]
@@ -224,7 +230,7 @@ class DistillDataset(YOLODataset):
         out = YOLODataset.collate_fn(batch)
         if all(f is not None for f in feats):
             # off mode: (D, h, w) x B -> (B, D, h, w) float16
-            out[TEACHER_KEY] = torch.stack([torch.from_numpy(np.ascontiguousarray(f)) for f in feats], 0)
+            out[TEACHER_KEY] = torch.from_numpy(np.stack(feats))  # one copy (the maps may be read-only views)
         if all(g is not None for g in geoms):
             # warp mode: tile maps (B, T, D, h, w) + geometry (B, T, GEOM_FIELDS); warped on the device
             out[SRC_KEY], out[GEOM_KEY] = collate_geometry(srcs, geoms)

@@ -13,7 +13,8 @@ geometry:
 Each transform left-multiplies the per-tile matrix `A` (source-image pixel -> current-frame pixel). Nothing
 is resampled in the dataloader: `AttachGeometry` (last, before `Format`) attaches each sample's
 
-- `labels["teacher_src"]`  (T, D, h, w): the cached map of each of its T source tiles (1, 4 or 9)
+- `labels["teacher_src"]`  T x (D, h, w): the cached map of each of its T source tiles (1, 4 or 9), as they were
+  read (a tuple; possibly read-only views of the memory-mapped cache, copied once, by the collate)
 - `labels["teacher_geom"]` (T, GEOM_FIELDS) float64: per tile the composed matrix A, the map offset, the
   tile's source rectangle (which source pixels the tile shows: a mosaic crop, else the whole image), the
   output size, the patch and a presence flag (a few hundred bytes)
@@ -87,7 +88,7 @@ TEACHER_KEY = "teacher_feat"  # in: (D, h, w) cached map of the loaded image; ou
 FLIP_KEY = "teacher_feat_flip"  # in (optional): () -> (D, h, w) map of the h-flipped image (cache_flips)
 VALID_KEY = "teacher_valid"  # out: (h, w) float32 in {0, 1}
 STATE_KEY = "_warp_state"  # WarpState while the pipeline runs; AttachGeometry pops it
-SRC_KEY = "teacher_src"  # (T, D, h, w) cached maps of a sample's tiles; collated (B, T, D, h, w)
+SRC_KEY = "teacher_src"  # T x (D, h, w) cached maps of a sample's tiles (a tuple); collated (B, T, D, h, w)
 GEOM_KEY = "teacher_geom"  # (T, GEOM_FIELDS) float64 per-tile geometry; collated (B, T, GEOM_FIELDS)
 PARAMS_KEY = "warp_params"  # per-sample record of every geometric transform (kept only when asked)
 
@@ -428,29 +429,33 @@ class AttachGeometry(BaseTransform):
                         if t.feat.shape[0] == d
                         else f"{t.key}: teacher map has {t.feat.shape[0]} channels, the sample's first tile {d}"
                     )
-            labels[SRC_KEY] = np.stack([np.ascontiguousarray(t.feat) for t in st.tiles])  # (T, D, h, w)
+            # T x (D, h, w), not stacked: the collate copies each map once, straight into the batch
+            labels[SRC_KEY] = tuple(t.feat for t in st.tiles)
             labels[GEOM_KEY] = geometry_rows(st, labels["img"].shape[:2])
             if self.keep_params:
                 labels[PARAMS_KEY] = st.params
         return labels
 
 
-def collate_geometry(srcs: list[np.ndarray], geoms: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """B x (T_i, D, h, w) maps and B x (T_i, GEOM_FIELDS) rows -> (B, T, D, h, w), (B, T, GEOM_FIELDS).
+def collate_geometry(srcs: list[Any], geoms: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """B x (T_i maps (D, h, w)) and B x (T_i, GEOM_FIELDS) rows -> (B, T, D, h, w), (B, T, GEOM_FIELDS).
 
-    T = max T_i; padding rows have present = 0 and zero maps (weight 0 on the device).
+    A sample's maps are a sequence of (D, h, w) arrays or one (T_i, D, h, w) array; each map is copied once,
+    into its place in the batch. T = max T_i; padding rows have present = 0 and zero maps (weight 0 on the device).
     """
     t = max(g.shape[0] for g in geoms)
-    src = torch.zeros((len(srcs), t, *srcs[0].shape[1:]), dtype=torch.from_numpy(srcs[0][:0]).dtype)
-    geom = torch.zeros((len(geoms), t, GEOM_FIELDS), dtype=torch.float64)
-    for i, (m, g) in enumerate(zip(srcs, geoms)):
-        if m.shape[1:] != srcs[0].shape[1:]:
-            raise WarpError(
-                f"sample {i}: teacher maps {m.shape[1:]} differ from sample 0's {srcs[0].shape[1:]}"
-            )
-        src[i, : m.shape[0]] = torch.from_numpy(np.ascontiguousarray(m))
-        geom[i, : g.shape[0]] = torch.from_numpy(g)
-    return src, geom
+    shape = srcs[0][0].shape
+    src = np.empty((len(srcs), t, *shape), srcs[0][0].dtype)
+    geom = np.zeros((len(geoms), t, GEOM_FIELDS), np.float64)
+    for i, (maps, g) in enumerate(zip(srcs, geoms)):
+        for j, m in enumerate(maps):
+            if m.shape != shape:
+                raise WarpError(f"sample {i}: teacher maps {m.shape} differ from sample 0's {shape}")
+            src[i, j] = m
+        if len(maps) < t:
+            src[i, len(maps) :] = 0
+        geom[i, : g.shape[0]] = g
+    return torch.from_numpy(src), torch.from_numpy(geom)
 
 
 def _apply_h(inv: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

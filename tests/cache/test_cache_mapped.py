@@ -4,7 +4,6 @@ declining the ones it does not, fork-safe, and no tensorstore import when it ser
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import zarr
 from dinocache.cache import format as fmt
+from dinocache.cache import mapped
 from dinocache.cache.mapped import MappedArray
 from dinocache.cache.store import CacheWriter
 
@@ -45,6 +45,10 @@ def _same_as_tensorstore(path: Path, flips: bool) -> None:
             for d in (None, 3):
                 a, b = fast.get(key, channels=d, flipped=flipped), ts.get(key, channels=d, flipped=flipped)
                 assert a.shape == b.shape and np.array_equal(_bits(a), _bits(b)), key
+                v = fast.get(key, channels=d, flipped=flipped, view=True)  # the training dataset's read
+                assert not v.flags.writeable and v.shape == b.shape and np.array_equal(_bits(v), _bits(b)), (
+                    key
+                )
 
 
 def test_precompute_cache_same_bits_as_tensorstore(reference_cache: Path) -> None:
@@ -188,7 +192,12 @@ def test_forked_workers_map_their_own(tmp_path: Path) -> None:
     q = ctx.Queue()
 
     def child() -> None:
-        q.put((reader._pid == os.getpid(), fc.read(np.arange(10)).tobytes()))
+        inherited = dict(reader._shards)
+        data = fc.read(np.arange(10)).tobytes()
+        own = reader._gen == mapped._generation and all(
+            reader._shards[k] is not inherited.get(k) for k in reader._shards
+        )
+        q.put((not own, data))
 
     proc = ctx.Process(target=child)
     proc.start()
@@ -220,3 +229,28 @@ def test_copied_store_reads_its_own_files(tmp_path: Path) -> None:
     w.write_shard(0, -x[:4], ["0" * 64] * 4, np.ones(4, np.uint8))
     assert np.array_equal(_bits(cache.open(q).read([0])), _bits(-x[:1]))
     assert np.array_equal(_bits(cache.open(p).read([0])), _bits(x[:1]))
+
+
+def test_views_read_only_checked_and_outlive_the_handle(tmp_path: Path) -> None:
+    """view_one: the mapped bytes themselves (no copy), checksum checked, fill for absent chunks, valid after the
+    handle is closed and after the shard file is replaced by a rename (precompute's way of rewriting)."""
+    p = tmp_path / "c.zarr"
+    x = _store(p, write=(0, 1, 2))
+    m = MappedArray.open(p / "features")
+    v = m.view_one(1, 2)
+    assert not v.flags.writeable and not v.flags.owndata
+    assert np.array_equal(_bits(v), _bits(x[1, :2]))
+    with pytest.raises(ValueError):
+        v[0, 0, 0] = 1.0
+    assert np.isnan(m.view_one(3, 4)).all()  # absent chunk: the fill value
+    m.close()
+    f = p / "features" / "c.0.0.0.0"
+    tmp = f.with_name("new")
+    tmp.write_bytes(f.read_bytes())
+    tmp.replace(f)
+    assert np.array_equal(_bits(v), _bits(x[1, :2]))
+    b = bytearray(f.read_bytes())
+    b[5] ^= 0x10  # row 0's data
+    f.write_bytes(bytes(b))
+    with pytest.raises(ValueError, match="checksum"):
+        MappedArray.open(p / "features").view_one(0, 4)
