@@ -67,14 +67,28 @@ def read_record(
     cache: str, storage_options: dict[str, Any] | None = None
 ) -> dict[str, list[tuple[int, int]]] | None:
     """key -> every recorded (size, mtime_ns) of it (several writers' records merged); None without a record."""
-    from dinocache.cache.locations import filesystem
+    from dinocache.cache.locations import filesystem, local_path
 
-    fs, root = filesystem(cache, storage_options)
-    root = root.rstrip("/")
-    try:
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
-    except (FileNotFoundError, OSError):
-        return None
+    lp = local_path(cache)
+    if lp is not None:  # a local folder: os calls, no fsspec import at start-up
+        try:
+            names = os.listdir(lp)
+        except OSError:
+            return None
+
+        def cat(name: str) -> bytes:
+            return (lp / name).read_bytes()
+    else:
+        fs, root = filesystem(cache, storage_options)
+        root = root.rstrip("/")
+        try:
+            names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+        except (FileNotFoundError, OSError):
+            return None
+
+        def cat(name: str) -> bytes:
+            return fs.cat(f"{root}/{name}")
+
     names = sorted(
         n for n in names if n == RECORD or (n.startswith("images.stat.shard") and n.endswith(".json"))
     )
@@ -83,7 +97,7 @@ def read_record(
     out: dict[str, list[tuple[int, int]]] = {}
     for n in names:
         try:
-            doc = json.loads(fs.cat(f"{root}/{n}").decode())
+            doc = json.loads(cat(n).decode())
         except (OSError, ValueError):
             continue  # an unreadable record only costs hashing: the images it would vouch for are hashed
         if not isinstance(doc, dict) or doc.get("format") != RECORD_FORMAT:

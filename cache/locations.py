@@ -67,6 +67,12 @@ def folder_names(
     path: str | Path, sub: str, storage_options: dict[str, Any] | None = None
 ) -> set[str] | None:
     """Names of the files in the folder `sub` of the store at `path`, None when it cannot be listed."""
+    lp = local_path(path)
+    if lp is not None:  # one directory listing, no fsspec import
+        try:
+            return set(os.listdir(lp / sub))
+        except OSError:
+            return None
     fs, root = filesystem(path, storage_options)
     try:
         return {

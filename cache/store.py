@@ -115,24 +115,51 @@ class _Store:
             self._arrays[name] = arr
         return arr
 
+    def _plain_folder(self) -> Path | None:
+        """The local folder whose metadata and small arrays cache/metadata.py may read without zarr (read-only
+        handles of local stores, unless zarr-python is asked for), else None."""
+        if not self._read_only or not getattr(self, "_plain_meta", False):
+            return None
+        return local_path(self.path)
+
     def _load_spec(self) -> fmt.Spec:
-        spec = fmt.Spec.from_attrs(dict(self._open_group().attrs), self.path)
+        from dinocache.cache import metadata
+
+        folder = self._plain_folder()
+        attrs = metadata.group_attrs(folder) if folder is not None else None
+        if attrs is None:  # not local, or not a plain group: zarr-python opens it (and words its errors)
+            folder = None
+            attrs = dict(self._open_group().attrs)
+        spec = fmt.Spec.from_attrs(attrs, self.path)
         if not spec.ready:
             raise CacheFormatError(
                 f"{self.path}: the cache was never finished being created (ready=false); "
                 "rerun `dinocache precompute` (shard 0 recreates it)"
             )
         for name, (shape, dtype) in _expected_arrays(spec).items():
-            arr = self._array(name)
-            if tuple(arr.shape) != shape or str(arr.dtype) != dtype:
+            got = metadata.shape_dtype(folder / name) if folder is not None else None
+            if got is None:
+                arr = self._array(name)
+                got = (tuple(arr.shape), str(arr.dtype))
+            if got != (shape, dtype):
                 raise CacheFormatError(
-                    f"{self.path}: array '{name}' is {tuple(arr.shape)} {arr.dtype}, the format says "
+                    f"{self.path}: array '{name}' is {got[0]} {got[1]}, the format says "
                     f"{shape} {dtype}; the cache is damaged"
                 )
         return spec
 
     def _whole(self, name: str) -> np.ndarray:
         """A whole small array; a chunk failing its checksum is a CacheCorrupt naming the chunk file."""
+        folder = self._plain_folder()
+        if folder is not None:  # json + numpy, no zarr import; declined or damaged: zarr-python below
+            from dinocache.cache import metadata
+
+            try:
+                x = metadata.read_array(folder / name)
+            except ValueError:  # a checksum mismatch: the path below names the chunk
+                x = None
+            if x is not None:
+                return x
         try:
             return np.asarray(self._array(name)[...])
         except Exception:  # noqa: BLE001 - find and name the bad chunk
@@ -193,6 +220,8 @@ class FeatureCache(_Store):
         if read_path not in READ_PATHS:
             raise ValueError(f"read_path={read_path!r}, expected one of {list(READ_PATHS)}")
         super().__init__(path, storage_options, read_only=True)
+        # metadata and small arrays of a local store read with json + numpy (cache/metadata.py), not zarr-python
+        self._plain_meta = read_path != "zarr"
         self.spec = self._load_spec()
         self._keys: list[str] | None = None
         self._row: dict[str, int] | None = None
@@ -402,8 +431,11 @@ class FeatureCache(_Store):
         for name in (fmt.FEATURES, fmt.FEATURES_FLIP) if self.spec.flips else (fmt.FEATURES,):
             self._mapped_reader(name)
 
-    def get(self, key: str, channels: int | None = None, flipped: bool = False) -> np.ndarray:
-        """float16 (D, h, w) of one image by key (`flipped`: the map of the mirrored image)."""
+    def get(
+        self, key: str, channels: int | None = None, flipped: bool = False, view: bool = False
+    ) -> np.ndarray:
+        """float16 (D, h, w) of one image by key (`flipped`: the map of the mirrored image). `view`: the memory-mapped
+        reader may return a read-only view of the shard's map instead of a copy (cache/mapped.py: `view_one`)."""
         row = self.row_of(key)
         mapped = self._mapped_reader(fmt.FEATURES_FLIP if flipped else fmt.FEATURES)
         if (
@@ -412,7 +444,8 @@ class FeatureCache(_Store):
             or not (channels is None or 1 <= channels <= self.k)
         ):
             return self.read([row], channels, flipped)[0]  # checks and messages of the general path
-        return mapped.read_one(row, self.k if channels is None else int(channels))
+        d = self.k if channels is None else int(channels)
+        return mapped.view_one(row, d) if view else mapped.read_one(row, d)
 
     def disk_bytes(self) -> int:
         """Bytes the `features` array takes in the store (chunks + shard indexes)."""
