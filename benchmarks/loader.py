@@ -115,12 +115,38 @@ class Counting:
         return self.inner(im_file, flipped)
 
 
-def time_block(ds: Any, collate: Any, idx: np.ndarray, batch: int) -> float:
-    """CPU ms per sample of ds[i] for i in idx plus the collate of each batch."""
+def time_block(ds: Any, collate: Any, idx: np.ndarray, batch: int, seed: int | None = None) -> float:
+    """CPU ms per sample of ds[i] for i in idx plus the collate of each batch. `seed`: Python's, numpy's and torch's
+    generators are seeded first (outside the timing), so every arm given the same seed and indexes draws the same
+    augmentation: the arms do the same image work and differ only by what the cache path adds."""
+    if seed is not None:
+        seed_all(seed)
     t0 = time.process_time()
     for b0 in range(0, len(idx), batch):
         collate([ds[int(i)] for i in idx[b0 : b0 + batch]])
     return 1000 * (time.process_time() - t0) / len(idx)
+
+
+def seed_all(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def same_images(arms: list[tuple[Any, Any]], idx: np.ndarray, seed: int) -> bool:
+    """Whether datasets in the same state (after the same seeded blocks), given the same seed and indexes, produce the
+    same augmented images: the arms are paired. arms: (dataset, collate) pairs, the first the reference."""
+    import torch
+
+    imgs = []
+    for ds, collate in arms:
+        seed_all(seed)
+        imgs.append(collate([ds[int(i)] for i in idx])["img"])
+    return all(bool(torch.equal(imgs[0], x)) for x in imgs[1:])
 
 
 def spread(values: list[float]) -> list[float]:
@@ -161,37 +187,43 @@ def measure(
     keys_ds = build(data, cache, imgsz, batch, lookup=KeysOnly((d, *fc.grid)))[1]
     n = len(plain)
     rng = np.random.default_rng(seed)
-    for x, coll in ((plain, YOLODataset.collate_fn), (ds, DistillDataset.collate_fn)):
-        time_block(x, coll, rng.integers(0, n, batch * 2), batch)  # warm the buffers and the reader
-    time_block(keys_ds, DistillDataset.collate_fn, rng.integers(0, n, batch * 2), batch)
-    if ts_ds is not None:
-        time_block(ts_ds, DistillDataset.collate_fn, rng.integers(0, n, batch * 2), batch)
     flips_ds = None
     if flips_cache:  # D: the same dataset on a cache with flipped views (cache_flips)
         _, flips_ds, freal = build(data, flips_cache, imgsz, batch, flips=True)
         fcount = Counting(freal)
         flips_ds.teacher = fcount
-        time_block(flips_ds, DistillDataset.collate_fn, rng.integers(0, n, batch * 2), batch)
-    a, b, c, f, e, reads, main_read, flip_reads = [], [], [], [], [], [], [], []
-    for _ in range(rounds):
+    dc = DistillDataset.collate_fn
+    arms: list[tuple[str, Any, Any]] = [("plain", plain, YOLODataset.collate_fn), ("cache", ds, dc)]
+    arms += [("keys", keys_ds, dc)]
+    arms += [("tensorstore", ts_ds, dc)] if ts_ds is not None else []
+    arms += [("flips", flips_ds, dc)] if flips_ds is not None else []
+    # warm-up: the same seeded block for every arm (readers opened, mosaic buffers filled alike), then a check that
+    # the arms are paired (the same augmented images from the same seed)
+    warm = rng.integers(0, n, 8 * batch)
+    for _, x, coll in arms:
+        time_block(x, coll, warm, batch, seed=seed)
+    paired = same_images([(x, coll) for _, x, coll in arms], rng.integers(0, n, batch), seed + 10**6)
+    figs: dict[str, list[float]] = {name: [] for name, _, _ in arms}
+    reads, main_read, flip_reads = [], [], []
+    for r in range(rounds):
         idx = rng.integers(0, n, block)
-        a.append(time_block(plain, YOLODataset.collate_fn, idx, batch))
-        before = counting.calls
-        b.append(time_block(ds, DistillDataset.collate_fn, idx, batch))
-        reads.append((counting.calls - before) / block)
-        c.append(time_block(keys_ds, DistillDataset.collate_fn, idx, batch))
-        if ts_ds is not None:
-            e.append(time_block(ts_ds, DistillDataset.collate_fn, idx, batch))
-        if flips_ds is not None:
-            before = fcount.flipped
-            f.append(time_block(flips_ds, DistillDataset.collate_fn, idx, batch))
-            flip_reads.append((fcount.flipped - before) / block)
+        s = seed + 1 + r  # every arm of a round: the same indexes and the same augmentation draws
+        for k in range(len(arms)):  # the arms' order rotates from round to round
+            name, x, coll = arms[(r + k) % len(arms)]
+            before, fbefore = counting.calls, fcount.flipped if flips_ds is not None else 0
+            figs[name].append(time_block(x, coll, idx, batch, seed=s))
+            if name == "cache":
+                reads.append((counting.calls - before) / block)
+            elif name == "flips":
+                flip_reads.append((fcount.flipped - fbefore) / block)
         # option B's main-process side: one batched read of every tile row of a batch (about 4 per sample)
         tiles = int(4 * batch)
         t0 = time.process_time()
         for _ in range(max(1, block // batch)):
             fc.read(rng.integers(0, fc.n, tiles), channels=d)
         main_read.append(1000 * (time.process_time() - t0) / block)
+    a, b, c = figs["plain"], figs["cache"], figs["keys"]
+    e, f = figs.get("tensorstore", []), figs.get("flips", [])
     pa, pb, pc = statistics.median(a), statistics.median(b), statistics.median(c)
     return {
         "imgsz": imgsz,
@@ -202,7 +234,10 @@ def measure(
         "cpu_ratio": round(pb / pa, 3),
         # per-round cache/plain ratios of the alternated blocks: [min, median, max]
         "cpu_ratio_spread": spread([y / x for x, y in zip(a, b)]),
+        # median of the per-round cache - plain differences: what the cache path adds per sample
+        "cache_extra_ms": round(statistics.median([y - x for x, y in zip(a, b)]), 3),
         "reads_per_sample": round(statistics.median(reads), 2),
+        "paired": paired,
         "keys_only_cpu_ms": round(pc, 2),
         "keys_only_ratio": round(pc / pa, 3),
         "keys_main_read_ms_per_sample": round(statistics.median(main_read), 3),
@@ -264,15 +299,22 @@ def measure_pretrain(
     ds.teacher = lookup
     n = len(plain)
     rng = np.random.default_rng(seed)
-    time_block(plain, YOLODataset.collate_fn, rng.integers(0, n, batch * 2), batch)
-    time_block(ds, DistillDataset.collate_fn, rng.integers(0, n, batch * 2), batch)
+    warm = rng.integers(0, n, 8 * batch)
+    time_block(plain, YOLODataset.collate_fn, warm, batch, seed=seed)
+    time_block(ds, DistillDataset.collate_fn, warm, batch, seed=seed)
+    arms = [(plain, YOLODataset.collate_fn), (ds, DistillDataset.collate_fn)]
+    paired = same_images(arms, rng.integers(0, n, batch), seed + 10**6)
     a, b, reads = [], [], []
-    for _ in range(rounds):
+    for r in range(rounds):
         idx = rng.integers(0, n, block)
-        a.append(time_block(plain, YOLODataset.collate_fn, idx, batch))
-        before = lookup.calls
-        b.append(time_block(ds, DistillDataset.collate_fn, idx, batch))
-        reads.append((lookup.calls - before) / block)
+        s = seed + 1 + r  # both arms: the same indexes and augmentation draws; which goes first alternates
+        for arm in (0, 1) if r % 2 == 0 else (1, 0):
+            if arm == 0:
+                a.append(time_block(plain, YOLODataset.collate_fn, idx, batch, seed=s))
+            else:
+                before = lookup.calls
+                b.append(time_block(ds, DistillDataset.collate_fn, idx, batch, seed=s))
+                reads.append((lookup.calls - before) / block)
     pa, pb = statistics.median(a), statistics.median(b)
     return {
         "imgsz": imgsz,
@@ -281,7 +323,9 @@ def measure_pretrain(
         "pretrain_cpu_ms": round(pb, 2),
         "cpu_ratio": round(pb / pa, 3),
         "cpu_ratio_spread": spread([y / x for x, y in zip(a, b)]),
+        "pretrain_extra_ms": round(statistics.median([y - x for x, y in zip(a, b)]), 3),
         "reads_per_sample": round(statistics.median(reads), 2),
+        "paired": paired,
         "rounds": rounds,
         "block": block,
         "batch": batch,

@@ -260,6 +260,7 @@ def test_startup_time_and_memory(startup_env: dict, results, quick: bool) -> Non
                 first_step_runs_s=[r["first_step_s"] for r in rs],
                 first_step_tree_cpu_runs_s=[r["first_step_tree_cpu_s"] for r in rs],
                 tensorstore_imported=any(r["tensorstore_imported"] for r in rs),
+                zarr_imported=any(r.get("zarr_imported", True) for r in rs),
                 transformers_model_code=any(r["transformers_model_code_imported"] for r in rs),
             )
         results.add(
@@ -269,6 +270,40 @@ def test_startup_time_and_memory(startup_env: dict, results, quick: bool) -> Non
             mode="cache/none",
             **{k: round(med["cache"][k] / med["none"][k], 3) for k in keys},
         )
+
+
+def test_stale_check_cost(loader_env: dict, results, quick: bool) -> None:
+    """The stale-map check a cache-mode training start runs (train.preflight.check_images_fresh: precompute's
+    size+mtime record read, one stat per image, no image hashed when every record matches), CPU per run and per
+    image, on the `loader` section's 256 px dataset; a row of the startup section."""
+    from dinocache.cache.freshness import read_record, stale_images
+
+    from dinocache import cache
+    from dinocache.core.data import image_key, list_split_images
+
+    data, path, _ = loader_env[256]
+    fc = cache.open(path)
+    known = {k: i for i, k in enumerate(fc.keys)}
+    stored = fc.sha256()
+    root, files = list_split_images(data, "train")
+    times, hashed = [], 0
+    for _ in range(3 if quick else 7):
+        t0 = time.process_time()
+        record = read_record(path)
+        keys = [image_key(f, root) for f in files]
+        stale, hashed = stale_images(files, keys, [stored[known[k]] for k in keys], record or {})
+        times.append(time.process_time() - t0)
+        assert not stale
+    med = statistics.median(times)
+    results.add(
+        "startup",
+        mode="stale_check",
+        images=len(files),
+        images_hashed=hashed,
+        stale_check_cpu_ms=round(1000 * med, 2),
+        stale_check_us_per_image=round(1e6 * med / max(1, len(files)), 2),
+        stale_check_runs_ms=[round(1000 * t, 2) for t in times],
+    )
 
 
 def _student_step_ms(batch: dict, nc: int, rounds: int) -> float:

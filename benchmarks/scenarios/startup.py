@@ -63,6 +63,7 @@ def _first_step(trainer) -> None:  # module-level: Ultralytics deep-copies callb
     res["first_step_tree_cpu_s"] = round(res["first_step_cpu_s"] + _children_cpu(), 3)
     res["workers"] = _OUT["workers"]
     res["tensorstore_imported"] = "tensorstore" in sys.modules
+    res["zarr_imported"] = "zarr" in sys.modules
     res["transformers_model_code_imported"] = any(m.startswith("transformers.models") for m in sys.modules)
     write(_OUT["path"], res)
     sys.stdout.flush()
