@@ -76,20 +76,31 @@ def shape_dtype(folder: Path) -> tuple[tuple[int, ...], str] | None:
         return None
 
 
+def plain(folder: Path) -> bool:
+    """Whether the array in `folder` has the layout `read_array` reads (its metadata only; no chunk is read)."""
+    meta = array_meta(folder)
+    try:
+        return meta is not None and _layout(meta) is not None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return False
+
+
 def read_array(folder: Path) -> np.ndarray | None:
     """The whole array in `folder`, read chunk file by chunk file; None when its layout is not the plain one."""
     meta = array_meta(folder)
     if meta is None:
         return None
     try:
-        return _read(folder, meta)
+        layout = _layout(meta)
+        return None if layout is None else _read(folder, *layout)
     except ChecksumMismatch:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, OSError):
         return None
 
 
-def _read(folder: Path, meta: dict[str, Any]) -> np.ndarray | None:
+def _layout(meta: dict[str, Any]) -> tuple | None:
+    """(dtype, shape, chunk shape, separator, crc, fill) of a plain array, None for any other layout."""
     dtype = _DTYPES.get(meta["data_type"])
     if dtype is None or meta.get("storage_transformers"):
         return None
@@ -110,9 +121,15 @@ def _read(folder: Path, meta: dict[str, Any]) -> np.ndarray | None:
         return None
     if isinstance(fill, bool) or not isinstance(fill, (int, float)):
         return None  # NaN/inf/hex fill values: zarr's reading of them is the reference
-    out = np.full(shape, fill, np.dtype(dtype))
+    return np.dtype(dtype), shape, chunks, separator, crc, fill
+
+
+def _read(
+    folder: Path, dtype: np.dtype, shape: tuple, chunks: tuple, separator: str, crc: bool, fill: float
+) -> np.ndarray | None:
+    out = np.full(shape, fill, dtype)
     check = _crc32c() if crc else None
-    per_chunk = int(np.prod(chunks)) * np.dtype(dtype).itemsize
+    per_chunk = int(np.prod(chunks)) * dtype.itemsize
     counts = [-(-s // c) for s, c in zip(shape, chunks)]
     for idx in itertools.product(*(range(n) for n in counts)):
         path = folder / ("c" + "".join(f"{separator}{i}" for i in idx))
@@ -122,12 +139,9 @@ def _read(folder: Path, meta: dict[str, Any]) -> np.ndarray | None:
             continue  # never written: the fill value
         if len(data) != per_chunk + (4 if crc else 0):
             return None  # not the plain layout (or damaged): zarr decides
-        if check is not None:
-            if check(data[:per_chunk]) != int.from_bytes(data[per_chunk:], "little"):
-                raise ChecksumMismatch(f"chunk file {path}: stored and computed crc32c checksum do not match")
-        block = np.frombuffer(data, np.dtype(dtype), count=per_chunk // np.dtype(dtype).itemsize).reshape(
-            chunks
-        )
+        if check is not None and check(data[:per_chunk]) != int.from_bytes(data[per_chunk:], "little"):
+            raise ChecksumMismatch(f"chunk file {path}: stored and computed crc32c checksum do not match")
+        block = np.frombuffer(data, dtype, count=per_chunk // dtype.itemsize).reshape(chunks)
         at = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, chunks, shape))
         out[at] = block[tuple(slice(0, a.stop - a.start) for a in at)]
-    return out.astype(np.dtype(dtype).newbyteorder("="), copy=False)
+    return out.astype(dtype.newbyteorder("="), copy=False)

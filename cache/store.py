@@ -122,6 +122,15 @@ class _Store:
             return None
         return local_path(self.path)
 
+    @staticmethod
+    def _plain_array(folder: Path, name: str) -> bool:
+        from dinocache.cache import metadata
+        from dinocache.cache.mapped import MappedArray
+
+        if name in (fmt.FEATURES, fmt.FEATURES_FLIP):
+            return MappedArray.open(folder / name) is not None
+        return metadata.plain(folder / name)
+
     def _load_spec(self) -> fmt.Spec:
         from dinocache.cache import metadata
 
@@ -137,7 +146,11 @@ class _Store:
                 "rerun `dinocache precompute` (shard 0 recreates it)"
             )
         for name, (shape, dtype) in _expected_arrays(spec).items():
-            got = metadata.shape_dtype(folder / name) if folder is not None else None
+            # json only where a zarr-free reader reads the array (the mapped reader for features, the plain
+            # small-array reader for the rest); any other codec is opened, and checked, by zarr-python
+            got = None
+            if folder is not None and self._plain_array(folder, name):
+                got = metadata.shape_dtype(folder / name)
             if got is None:
                 arr = self._array(name)
                 got = (tuple(arr.shape), str(arr.dtype))

@@ -437,6 +437,16 @@ class AttachGeometry(BaseTransform):
         return labels
 
 
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised CPU tensor for a collated batch; in a DataLoader worker allocated in shared memory, as
+    torch's default_collate does, so sending the batch to the main process copies nothing."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    numel = int(np.prod(shape))
+    elem = torch.empty(0, dtype=dtype)
+    return elem.new(elem._typed_storage()._new_shared(numel, device=elem.device)).resize_(shape)
+
+
 def collate_geometry(srcs: list[Any], geoms: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """B x (T_i maps (D, h, w)) and B x (T_i, GEOM_FIELDS) rows -> (B, T, D, h, w), (B, T, GEOM_FIELDS).
 
@@ -444,9 +454,12 @@ def collate_geometry(srcs: list[Any], geoms: list[np.ndarray]) -> tuple[torch.Te
     into its place in the batch. T = max T_i; padding rows have present = 0 and zero maps (weight 0 on the device).
     """
     t = max(g.shape[0] for g in geoms)
-    shape = srcs[0][0].shape
-    src = np.empty((len(srcs), t, *shape), srcs[0][0].dtype)
-    geom = np.zeros((len(geoms), t, GEOM_FIELDS), np.float64)
+    first = np.asarray(srcs[0][0])
+    shape = first.shape
+    src_t = _batch_tensor((len(srcs), t, *shape), torch.from_numpy(first[:0]).dtype)
+    geom_t = _batch_tensor((len(geoms), t, GEOM_FIELDS), torch.float64)
+    src, geom = src_t.numpy(), geom_t.numpy()  # views: filled in place
+    geom.fill(0.0)
     for i, (maps, g) in enumerate(zip(srcs, geoms)):
         for j, m in enumerate(maps):
             if m.shape != shape:
@@ -455,7 +468,7 @@ def collate_geometry(srcs: list[Any], geoms: list[np.ndarray]) -> tuple[torch.Te
         if len(maps) < t:
             src[i, len(maps) :] = 0
         geom[i, : g.shape[0]] = g
-    return torch.from_numpy(src), torch.from_numpy(geom)
+    return src_t, geom_t
 
 
 def _apply_h(inv: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

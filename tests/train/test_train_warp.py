@@ -431,3 +431,34 @@ def test_mosaic9_and_perspective_follow_the_image(dataset):
         want = pool_teacher(out["img"])
         if v.any():
             assert np.abs(out[TEACHER_KEY][:, v] - want[:, v]).mean() < 0.5 * want.std()
+
+
+class _GeomSamples(torch.utils.data.Dataset):
+    """Samples as AttachGeometry leaves them: T x (D, h, w) maps (T = 1 or 4) and (T, GEOM_FIELDS) rows."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int) -> dict:
+        t = 4 if i % 2 else 1
+        maps = tuple(np.full((3, 2, 2), i * 10 + j, np.float16) for j in range(t))
+        return {warp.SRC_KEY: maps, warp.GEOM_KEY: np.full((t, warp.GEOM_FIELDS), float(i))}
+
+
+def _collate(batch: list[dict]) -> tuple:
+    return warp.collate_geometry([b[warp.SRC_KEY] for b in batch], [b[warp.GEOM_KEY] for b in batch])
+
+
+def test_collate_geometry_same_in_workers() -> None:
+    """The batch a DataLoader worker collates (its tensors allocated in shared memory) equals the main process's:
+    each map in its place, padding tiles zero with present = 0."""
+    ds = _GeomSamples()
+    main = [_collate([ds[i] for i in range(b, b + 3)]) for b in (0, 3)]
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1, collate_fn=_collate)
+    got = list(loader)
+    for (s0, g0), (s1, g1) in zip(main, got):
+        assert s1.dtype == torch.float16 and s1.shape == (3, 4, 3, 2, 2)
+        assert torch.equal(s0, s1) and torch.equal(g0, g1)
+    src, geom = main[0]
+    assert src[0, 0].eq(0).all() and src[0, 1:].eq(0).all() and src[1, 3].eq(13).all()
+    assert geom[0, 1:].eq(0).all() and geom[1, :, 0].eq(1).all()
