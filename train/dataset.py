@@ -10,12 +10,13 @@ tensorstore), and a spawned worker reopens the cache from its path.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from dinocache.train.context import DistillTerm
 from dinocache.train.warp import (
     FLIP_KEY,
     GEOM_KEY,
@@ -126,12 +127,12 @@ class MultiTeacherLookup:
     Each teacher's first D_i channels are standardised with its own channel stats (float32), repeated
     `factor` times along both axes (nearest: exact, factor = its cell size / the finest teacher's), and
     stacked: (sum D_i, h_f, w_f) float16 on the finest grid. The model splits them back and average-pools
-    each to its own grid (train/model.py). `terms`: dicts name, path, channels, factor, mean, std.
+    each to its own grid (train/model.py). `terms`: the run's DistillTerms (store, channels, factor, stats).
     """
 
-    def __init__(self, terms: list[dict[str, Any]], root: str | Path) -> None:
-        self.terms = [dict(t) for t in terms]
-        self.lookups = [TeacherLookup(t["path"], root, int(t["channels"])) for t in self.terms]
+    def __init__(self, terms: Sequence[DistillTerm], root: str | Path) -> None:
+        self.terms = list(terms)
+        self.lookups = [TeacherLookup(t.cache_path, root, t.channels) for t in self.terms]
 
     def prepare(self, im_files: list[str]) -> None:
         for lk in self.lookups:
@@ -141,13 +142,12 @@ class MultiTeacherLookup:
         parts = []
         for t, lk in zip(self.terms, self.lookups):
             x = np.asarray(lk(im_file), dtype=np.float32)  # (D_i, h_i, w_i)
-            d = int(t["channels"])
-            mean = np.asarray(t["mean"], np.float32)[:d, None, None]
-            std = np.maximum(np.asarray(t["std"], np.float32)[:d, None, None], 1e-6)
+            d = t.channels
+            mean = np.asarray(t.mean, np.float32)[:d, None, None]
+            std = np.maximum(np.asarray(t.std, np.float32)[:d, None, None], 1e-6)
             x = (x - mean) / std
-            f = int(t["factor"])
-            if f > 1:  # (D, h, w) -> (D, h*f, w*f): every fine cell carries its coarse cell's vector
-                x = np.repeat(np.repeat(x, f, axis=1), f, axis=2)
+            if t.factor > 1:  # (D, h, w) -> (D, h*f, w*f): every fine cell carries its coarse cell's vector
+                x = np.repeat(np.repeat(x, t.factor, axis=1), t.factor, axis=2)
             parts.append(x)
         return np.concatenate(parts, 0).astype(np.float16)
 

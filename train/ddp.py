@@ -33,13 +33,14 @@ HANDOFF_EVENT = "on_pretrain_routine_start"  # any event works; this one runs on
 class DDPHandoff:
     """A no-op callback that carries our run configuration through Ultralytics' pickled DDP state.
 
-    `dino`: the resolved TrainConfig as a plain dict; `ctx`: TeacherContext fields without the teacher
-    (each rank loads its own in online mode); `resume_file`: weights/resume.pt when continuing a run
-    (each rank reads it; tensors only); `save_dir`: the run folder it belongs to.
+    `dino`: the resolved TrainConfig as a plain dict; `ctx`: the TeacherContext itself, whole (its terms
+    included) less the loaded teacher (each rank loads its own in online mode); `resume_file`:
+    weights/resume.pt when continuing a run (each rank reads it; tensors only); `save_dir`: the run folder it
+    belongs to.
     """
 
     def __init__(
-        self, dino: dict[str, Any], ctx: dict[str, Any] | None, resume_file: str | None, save_dir: str
+        self, dino: dict[str, Any], ctx: TeacherContext | None, resume_file: str | None, save_dir: str
     ) -> None:
         self.dino = dino
         self.ctx = ctx
@@ -57,20 +58,11 @@ def make_handoff(trainer: Any) -> DDPHandoff:
     """The handoff for `trainer` (a DinoOBBTrainer about to launch its DDP ranks)."""
     from dinocache.core.config import to_dict
 
-    ctx = trainer.ctx
-    ctx_fields = None
-    if ctx is not None:
-        ctx_fields = {
-            "dataset_root": str(ctx.dataset_root),
-            "cache_path": ctx.cache_path,
-            "channel_mean": ctx.channel_mean,
-            "channel_std": ctx.channel_std,
-            "pca": ctx.pca,
-        }
+    ctx = None if trainer.ctx is None else trainer.ctx.for_ranks()
     resume_file = None
     if trainer.resume_state is not None:
         resume_file = str(Path(trainer.wdir) / RESUME_FILE)
-    return DDPHandoff(to_dict(trainer.dino), ctx_fields, resume_file, str(trainer.save_dir))
+    return DDPHandoff(to_dict(trainer.dino), ctx, resume_file, str(trainer.save_dir))
 
 
 def find_handoff(callbacks: dict[str, list] | None) -> DDPHandoff | None:
@@ -94,15 +86,7 @@ def unpack_handoff(h: DDPHandoff) -> tuple[Any, Any, dict | None]:
     from dinocache.core.config import build
 
     cfg = build(TrainConfig, dict(h.dino), f"DDP handoff of {h.save_dir}")
-    ctx = None
-    if h.ctx is not None:
-        ctx = TeacherContext(
-            dataset_root=Path(h.ctx["dataset_root"]),
-            cache_path=h.ctx["cache_path"],
-            channel_mean=h.ctx["channel_mean"],
-            channel_std=h.ctx["channel_std"],
-            pca=h.ctx["pca"],
-        )
+    ctx = h.ctx
     state = None
     if h.resume_file is not None:
         state = torch.load(h.resume_file, map_location="cpu", weights_only=True)

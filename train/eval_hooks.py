@@ -27,10 +27,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from dinocache.grade.evaluate import EvalTracker, Sample, class_names, evaluate, load_split
 from dinocache.grade.featviz import feature_viz_dir, save_feature_viz
 from dinocache.grade.logging import RunLogger
 from dinocache.grade.overlays import eval_dir, write_overlays
+from dinocache.train.context import DistillTerm
+from dinocache.train.losses import align_to_grid, normalise_teacher
 
 from dinocache.core.errors import DinocacheError
 
@@ -210,90 +213,99 @@ class GeoEval:
             self._viz_samples = (with_obj or train)[:n]
         return self._viz_samples
 
-    def run_multi_feature_viz(self, trainer: Any, ema_model: torch.nn.Module, epoch: int) -> list[Path]:
-        return _multi_viz(self, trainer, ema_model, epoch)
-
     def run_feature_viz(self, trainer: Any, ema_model: torch.nn.Module, epoch: int) -> list[Path]:
+        """One set of panels per distillation term (a `teachers` list: files STEM_NAME_*), each against its
+        teacher's map on its own grid (the cache's, or the online teacher's), with the term's first hooked
+        layer and projection; then the epoch's first augmented training samples (warp mode)."""
         import cv2
-        from dinocache.train.losses import align_to_grid, normalise_teacher
 
         source = self.opt("teacher_source", "cache")
-        projs = getattr(ema_model, "distill_proj", None)
-        layers = getattr(ema_model, "distill_layers", None)
-        if source == "none" or not projs or not layers:
+        slots = getattr(ema_model, "distill_slots", None)
+        if source == "none" or not slots:
             return []
-        if getattr(ema_model, "distill_terms", None):
-            return self.run_multi_feature_viz(trainer, ema_model, epoch)
-        d = int(self.opt("dino_distill_channels", projs[0].out_channels))
-        ctx = getattr(trainer, "ctx", None)
-        lookup = None
-        if source == "cache":
-            from dinocache.train.dataset import TeacherLookup
-
-            lookup = TeacherLookup(ctx.cache_path, ctx.dataset_root, d)
         out_dir = feature_viz_dir(self.run_dir, epoch)
         param = next(ema_model.parameters())
-        written: list[Path] = []
-
-        def student_of(img: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-            feats: dict[str, torch.Tensor] = {}
-            handle = ema_model.model[layers[0]].register_forward_hook(
-                lambda m, a, o, feats=feats: feats.__setitem__("f", o)
-            )
-            was_training = ema_model.training
-            try:
-                ema_model.eval()
-                with torch.no_grad():
-                    ema_model.predict(img.to(param.device, param.dtype))
-                    # (1, C_s, h, w) -> (1, D, h_t, w_t)
-                    return align_to_grid(projs[0](feats["f"]), grid).float()
-            finally:
-                handle.remove()
-                ema_model.train(was_training)
-
-        for s in self.viz_samples():
-            bgr = cv2.imread(str(s.image), cv2.IMREAD_COLOR)
-            bgr = cv2.resize(bgr, (self.imgsz, self.imgsz), interpolation=cv2.INTER_LINEAR)
-            # (H, W, 3) BGR uint8 -> (1, 3, H, W) RGB in [0, 1], like Ultralytics' preprocess_batch
-            img = (
-                torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1].transpose(2, 0, 1))).float()[None] / 255
-            )
-            img = img.to(param.device)
-            if lookup is not None:
-                raw = torch.from_numpy(np.asarray(lookup(str(s.image)), dtype=np.float32))[None].to(
-                    param.device
-                )
-                teacher = normalise_teacher(raw, ctx.channel_mean, ctx.channel_std, d)  # (1, D, h, w)
-            else:
-                teacher = trainer.online_teacher_features(img)  # (1, D, h, w)
-            grid = (int(teacher.shape[-2]), int(teacher.shape[-1]))
-            student = student_of(img, grid)  # (1, D, h_t, w_t)
-            mask = _gt_cell_mask(s, grid)  # (h_t, w_t)
-            files = save_feature_viz(
-                out_dir, s.stem, img[0].cpu(), teacher[0].cpu(), student[0].cpu(), mask.cpu()
-            )
-            written += [out_dir / files[k] for k in ("teacher", "student", "diff")]
-        # Warp mode: the first training samples of this epoch as the student saw them (mosaic/affine
-        # applied) with their warped cached teacher maps; the mask picture shows the validity mask.
+        ctx = getattr(trainer, "ctx", None)
         aug = getattr(trainer, "aug_viz", None)
-        if aug is not None and aug["teacher"].shape[1] == d:
-            for i in range(aug["img"].shape[0]):
-                img = aug["img"][i : i + 1]
-                teacher = aug["teacher"][i : i + 1]
-                student = student_of(img, (int(teacher.shape[-2]), int(teacher.shape[-1])))
+        written: list[Path] = []
+        for term, slot in zip(ema_model.distill_terms, slots):
+            proj_i, hook_i = slot[0]
+            proj, layer = ema_model.distill_proj[proj_i], int(ema_model.distill_layers[hook_i])
+            d = term.channels
+            lookup = stats = None
+            if source == "cache":
+                from dinocache.train.dataset import TeacherLookup
+
+                lookup = TeacherLookup(term.cache_path or ctx.cache_path, ctx.dataset_root, d)
+                # (D,) standardisation of this term's channels: the trainer's (single teacher) or its own
+                stats = (ctx.channel_mean, ctx.channel_std) if not ctx.packed else _term_stats(term)
+            for s in self.viz_samples():
+                bgr = cv2.imread(str(s.image), cv2.IMREAD_COLOR)
+                bgr = cv2.resize(bgr, (self.imgsz, self.imgsz), interpolation=cv2.INTER_LINEAR)
+                # (H, W, 3) BGR uint8 -> (1, 3, H, W) RGB in [0, 1], like Ultralytics' preprocess_batch
+                img = (
+                    torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1].transpose(2, 0, 1))).float()[None]
+                    / 255
+                )
+                img = img.to(param.device)
+                if lookup is not None:
+                    raw = torch.from_numpy(np.asarray(lookup(str(s.image)), dtype=np.float32))[None].to(
+                        param.device
+                    )
+                    teacher = normalise_teacher(raw, *stats, d)  # (1, D, h, w) on this teacher's own grid
+                else:
+                    teacher = trainer.online_teacher_features(img)  # (1, D, h, w)
+                grid = (int(teacher.shape[-2]), int(teacher.shape[-1]))
+                student = _student_map(ema_model, layer, proj, img, grid)  # (1, D, h_t, w_t)
+                mask = _gt_cell_mask(s, grid)  # (h_t, w_t)
                 files = save_feature_viz(
-                    out_dir, f"augmented_{i}", img[0], teacher[0], student[0].cpu(), aug["valid"][i]
+                    out_dir,
+                    f"{s.stem}{term.suffix}",
+                    img[0].cpu(),
+                    teacher[0].cpu(),
+                    student[0].cpu(),
+                    mask.cpu(),
+                )
+                written += [out_dir / files[k] for k in ("teacher", "student", "diff")]
+            # Warp mode: the first training samples of this epoch as the student saw them (mosaic/affine
+            # applied) with their warped cached teacher maps (this term's slice of a packed map, pooled back
+            # to its grid); the mask picture shows the validity mask.
+            o, f = term.offset, term.factor
+            if (
+                aug is None
+                or aug["teacher"].shape[1] < o + d
+                or (not ctx.packed and aug["teacher"].shape[1] != d)
+            ):
+                continue
+            for i in range(aug["img"].shape[0]):
+                teacher = aug["teacher"][i : i + 1, o : o + d]
+                valid = aug["valid"][i : i + 1]
+                if f > 1:
+                    teacher = F.avg_pool2d(teacher, f)
+                    valid = F.avg_pool2d(valid[:, None], f)[:, 0]
+                grid = (int(teacher.shape[-2]), int(teacher.shape[-1]))
+                student = _student_map(ema_model, layer, proj, aug["img"][i : i + 1], grid)
+                files = save_feature_viz(
+                    out_dir,
+                    f"augmented_{i}{term.suffix}",
+                    aug["img"][i],
+                    teacher[0],
+                    student[0].cpu(),
+                    valid[0],
                 )
                 written += [out_dir / files[k] for k in ("teacher", "student", "diff")]
         return written
+
+
+def _term_stats(term: DistillTerm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(D,) mean and std of a term's channels, float32 (a `teachers` list: each term standardised alone)."""
+    return torch.tensor(term.mean, dtype=torch.float32), torch.tensor(term.std, dtype=torch.float32)
 
 
 def _student_map(
     ema_model: torch.nn.Module, layer: int, proj: torch.nn.Module, img: torch.Tensor, grid: tuple[int, int]
 ) -> torch.Tensor:
     """(1, 3, H, W) -> the projected student map of `layer` on the teacher grid (1, D, h_t, w_t), eval mode."""
-    from dinocache.train.losses import align_to_grid
-
     param = next(ema_model.parameters())
     feats: dict[str, torch.Tensor] = {}
     handle = ema_model.model[layer].register_forward_hook(
@@ -304,60 +316,11 @@ def _student_map(
         ema_model.eval()
         with torch.no_grad():
             ema_model.predict(img.to(param.device, param.dtype))
+            # (1, C_s, h, w) -> (1, D, h_t, w_t)
             return align_to_grid(proj(feats["f"]), grid).float()
     finally:
         handle.remove()
         ema_model.train(was_training)
-
-
-def _multi_viz(geo: GeoEval, trainer: Any, ema_model: torch.nn.Module, epoch: int) -> list[Path]:
-    """Multi-teacher runs: one set of panels per teacher term (files STEM_NAME_*), each against its own
-    cached map and grid, with the term's first hooked layer and projection."""
-    import cv2
-    import torch.nn.functional as F
-    from dinocache.train.dataset import TeacherLookup
-
-    ctx = trainer.ctx
-    info = {m["name"]: m for m in ctx.multi}
-    out_dir = feature_viz_dir(geo.run_dir, epoch)
-    param = next(ema_model.parameters())
-    written: list[Path] = []
-    aug = getattr(trainer, "aug_viz", None)
-    for t in ema_model.distill_terms:
-        m = info[t["name"]]
-        d = int(t["channels"])
-        lookup = TeacherLookup(m["path"], ctx.dataset_root, d)
-        mean = torch.tensor(m["mean"], dtype=torch.float32).view(1, d, 1, 1)
-        std = torch.tensor(m["std"], dtype=torch.float32).clamp_min(1e-6).view(1, d, 1, 1)
-        proj = ema_model.distill_proj[t["proj"][0]]
-        layer = int(t["layers"][0])
-        for s in geo.viz_samples():
-            bgr = cv2.resize(cv2.imread(str(s.image), cv2.IMREAD_COLOR), (geo.imgsz, geo.imgsz))
-            img = (
-                torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1].transpose(2, 0, 1))).float()[None] / 255
-            )
-            raw = torch.from_numpy(np.asarray(lookup(str(s.image)), dtype=np.float32))[None]
-            teacher = (raw - mean) / std  # (1, D, h, w) on this teacher's own grid
-            grid = (int(teacher.shape[-2]), int(teacher.shape[-1]))
-            student = _student_map(ema_model, layer, proj, img.to(param.device), grid).cpu()
-            mask = _gt_cell_mask(s, grid)
-            files = save_feature_viz(out_dir, f"{s.stem}_{t['name']}", img[0], teacher[0], student[0], mask)
-            written += [out_dir / files[k] for k in ("teacher", "student", "diff")]
-        if aug is not None:  # the packed warped map of the epoch's first samples: this term's slice
-            o, f = int(t["offset"]), int(t["factor"])
-            for i in range(aug["img"].shape[0]):
-                teacher = aug["teacher"][i : i + 1, o : o + d]
-                valid = aug["valid"][i : i + 1]
-                if f > 1:
-                    teacher = F.avg_pool2d(teacher, f)
-                    valid = F.avg_pool2d(valid[:, None], f)[:, 0]
-                grid = (int(teacher.shape[-2]), int(teacher.shape[-1]))
-                student = _student_map(ema_model, layer, proj, aug["img"][i : i + 1], grid).cpu()
-                files = save_feature_viz(
-                    out_dir, f"augmented_{i}_{t['name']}", aug["img"][i], teacher[0], student[0], valid[0]
-                )
-                written += [out_dir / files[k] for k in ("teacher", "student", "diff")]
-    return written
 
 
 def after_save_model(trainer: Any, ema_model: torch.nn.Module | None = None) -> dict[str, Any] | None:

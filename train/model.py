@@ -8,15 +8,15 @@ Ultralytics fixes the loss columns from the first batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from dinocache.train.context import DISTILL_KEY, DistillTerm
 from dinocache.train.losses import LOSS_KINDS, align_to_grid, masked_cosine_loss, obb_cell_mask
 from torch import nn
 from ultralytics.nn.tasks import OBBModel
-
-DISTILL_KEY = "distill"  # <= 10 characters: Ultralytics prints loss names with %11s
 
 # projector from a student layer's C_s channels to the teacher's D (TrainConfig.dino_distill_projector)
 PROJECTORS = ("linear", "conv", "mlp")
@@ -63,7 +63,9 @@ class FeatHook:
 
 
 class DistillOBBModel(OBBModel):
-    """OBBModel whose `loss()` adds `w * L_distill` from hooked layers projected to the teacher's D channels."""
+    """OBBModel whose `loss()` adds one weighted L_distill per distillation term (train/context.DistillTerm),
+    from hooked layers projected to the term's D channels. A single-teacher run is the one-term case (item
+    `distill`); a multi-teacher run emits one item per teacher (`d_NAME`)."""
 
     def __init__(
         self,
@@ -76,7 +78,7 @@ class DistillOBBModel(OBBModel):
         object_weight: float = 1.15,
         background_weight: float = 0.15,
         enabled: bool = True,
-        terms: list[dict[str, Any]] | None = None,
+        terms: Sequence[DistillTerm | dict[str, Any]] | None = None,
         projector: str = "linear",
         loss_kind: str = "cosine",
         distill_only: bool = False,
@@ -84,45 +86,52 @@ class DistillOBBModel(OBBModel):
         super().__init__(cfg=cfg, ch=ch, nc=nc, verbose=verbose)
         if loss_kind not in LOSS_KINDS:
             raise ValueError(f"dino_distill_loss {loss_kind!r}: expected one of {LOSS_KINDS}")
-        self.distill_loss_kind = loss_kind
         # pretraining on unlabeled images (train/pretrain.py): the forward stops at the last distilled layer
         # and the loss is the distillation alone, one column per layer (no labels, no detection head)
         self.distill_only = bool(distill_only)
         if self.distill_only:
             self.criterion = None  # Ultralytics' loop asks it for update() each epoch; no detection loss here
         n_layers = len(self.model)
-        # multi-teacher run: dicts name, loss_name, layers, channels, offset, factor, object/background_weight
-        self.distill_terms: list[dict[str, Any]] = [dict(t) for t in terms or []] if enabled else []
-        if self.distill_terms:  # hook the union of the terms' layers, once each
-            distill_layers = sorted({i for t in self.distill_terms for i in t["layers"]})
-        for i in distill_layers:
+        # without `terms`: the one term of a single-teacher run, from the keyword arguments
+        one = DistillTerm(
+            layers=tuple(distill_layers),
+            channels=int(distill_channels),
+            object_weight=float(object_weight),
+            background_weight=float(background_weight),
+            loss=loss_kind,
+        )
+        # disabled (teacher_source=none): the terms stay, so their items are emitted (as 0), nothing is hooked
+        self.distill_terms: list[DistillTerm] = [DistillTerm.of(t, loss=loss_kind) for t in terms or [one]]
+        for t in self.distill_terms:
+            if t.loss not in LOSS_KINDS:
+                raise ValueError(f"dino_distill_loss {t.loss!r}: expected one of {LOSS_KINDS}")
+        for i in dict.fromkeys(i for t in self.distill_terms for i in t.layers):
             if not 0 <= i < n_layers - 1:
                 raise ValueError(
                     f"dino_distill_layers: layer {i} is not a feature layer of this model (0..{n_layers - 2})"
                 )
-        self.distill_layers = list(distill_layers) if enabled else []
+        hooked = self.distill_terms if enabled else []
+        # the hooked layers: the union of the terms' layers, once each, in order of first use
+        self.distill_layers: list[int] = list(dict.fromkeys(i for t in hooked for i in t.layers))
         self.distill_channels = int(distill_channels)
-        self.distill_object_weight = float(object_weight)
-        self.distill_background_weight = float(background_weight)
-        # set every epoch by the trainer from train.losses.distill_weight
+        # set every epoch by the trainer from train.losses.distill_weight (the largest term weight with a
+        # `teachers` list); the weight of every term that has none in distill_term_weights
         self.distill_weight = 0.0
+        # set every epoch by the trainer from train.losses.term_weights (multi-teacher runs), by term name
+        self.distill_term_weights: dict[str, float] = {}
         self.distill_hooks: list[FeatHook] = []
         in_channels = self._layer_channels(self.distill_layers, ch) if self.distill_layers else []
-        # one 1x1 conv per hooked layer: (B, C_s, h, w) -> (B, D, h, w); a submodule so optimizer/EMA/checkpoints see it
-        self.distill_proj = nn.ModuleList(
-            make_projector(c, self.distill_channels, projector) for c in in_channels
-        )
-        # set every epoch by the trainer from train.losses.term_weights (multi-teacher runs)
-        self.distill_term_weights: dict[str, float] = {}
-        if self.distill_terms:
-            # one conv per (term, layer), in term order: (B, C_s, h, w) -> (B, D_term, h, w)
-            c_of = dict(zip(self.distill_layers, in_channels))
-            convs = []
-            for t in self.distill_terms:
-                t["proj"] = list(range(len(convs), len(convs) + len(t["layers"])))
-                t["hooks"] = [self.distill_layers.index(i) for i in t["layers"]]
-                convs += [make_projector(c_of[i], int(t["channels"]), projector) for i in t["layers"]]
-            self.distill_proj = nn.ModuleList(convs)
+        c_of = dict(zip(self.distill_layers, in_channels))
+        # one projection per (term, layer), in term order: (B, C_s, h, w) -> (B, D_term, h, w); a submodule so
+        # optimizer/EMA/checkpoints see it. distill_slots[k]: term k's (projection, hook) index pairs
+        convs: list[nn.Module] = []
+        self.distill_slots: list[list[tuple[int, int]]] = []
+        for t in hooked:
+            self.distill_slots.append(
+                [(len(convs) + j, self.distill_layers.index(i)) for j, i in enumerate(t.layers)]
+            )
+            convs += [make_projector(c_of[i], int(t.channels), projector) for i in t.layers]
+        self.distill_proj = nn.ModuleList(convs)
         for i in self.distill_layers:
             hook = FeatHook()
             self.model[i].register_forward_hook(hook)
@@ -146,36 +155,72 @@ class DistillOBBModel(OBBModel):
             self.train(was_training)
         return [out[i] for i in layers]
 
-    def distill_loss(self, feats: list[torch.Tensor], batch: dict) -> torch.Tensor:
-        """Unweighted L_distill averaged over the hooked layers (scalar, fp32)."""
-        return torch.stack(self.layer_losses(feats, batch)).mean()
+    # -- the distillation term ------------------------------------------------------------------------------
+    def term_target(
+        self, term: DistillTerm, batch: dict
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(teacher map (B, D, h, w), validity (B, h, w) or None, object-cell mask (B, h, w)) of `term`.
 
-    def layer_losses(self, feats: list[torch.Tensor], batch: dict) -> list[torch.Tensor]:
-        """Unweighted L_distill of each hooked layer (scalars, fp32). Distill-only models treat every cell
-        alike (background weight, no object mask): their images have no labels to trust."""
-        teacher = batch["teacher_feat"]  # (B, D, h_t, w_t), already normalised
+        batch["teacher_feat"] is (B, K, h_f, w_f), already standardised: a single teacher's D channels, or
+        the packed map of a `teachers` list on the finest teacher grid, each term's channels at its offset
+        (train/dataset.MultiTeacherLookup); a coarser teacher is pooled back to its own grid (factor x factor
+        average: exact when nothing moved, since its cells were repeated). Distill-only models treat every
+        cell alike (no object mask): their images have no labels to trust.
+        """
+        packed = batch["teacher_feat"]
+        o, d, f = term.offset, term.channels, term.factor
+        teacher = packed if (o, d) == (0, packed.shape[1]) else packed[:, o : o + d]  # (B, D, h_f, w_f)
+        valid = batch.get("teacher_valid")  # warp mode: (B, h_f, w_f) in [0, 1]; else None
+        if f > 1:
+            teacher = F.avg_pool2d(teacher.float(), f)  # (B, D, h_f/f, w_f/f) = the term's own grid
+            valid = None if valid is None else F.avg_pool2d(valid[:, None].float(), f)[:, 0]
         grid = (int(teacher.shape[-2]), int(teacher.shape[-1]))
         b = teacher.shape[0]
         if self.distill_only:
-            mask = torch.zeros(b, *grid, dtype=torch.bool, device=teacher.device)  # (B, h_t, w_t)
+            mask = torch.zeros(b, *grid, dtype=torch.bool, device=teacher.device)  # (B, h, w)
         else:
-            mask = obb_cell_mask(batch["bboxes"], batch["batch_idx"], b, grid)  # (B, h_t, w_t)
-        valid = batch.get("teacher_valid")  # warp mode: (B, h_t, w_t) in [0, 1]; else None
-        terms = []
-        for proj, f in zip(self.distill_proj, feats):
-            s = align_to_grid(proj(f), grid)  # (B, C_s, h, w) -> (B, D, h, w) -> (B, D, h_t, w_t)
-            terms.append(
+            mask = obb_cell_mask(batch["bboxes"], batch["batch_idx"], b, grid)  # (B, h, w)
+        return teacher, valid, mask
+
+    def pair_losses(
+        self, term: DistillTerm, pairs: Iterable[tuple[nn.Module, torch.Tensor]], batch: dict
+    ) -> list[torch.Tensor]:
+        """Unweighted L_distill of `term` for each (projection, hooked feature) pair (scalars, fp32)."""
+        teacher, valid, mask = self.term_target(term, batch)
+        grid = (int(teacher.shape[-2]), int(teacher.shape[-1]))
+        out = []
+        for proj, f in pairs:
+            s = align_to_grid(proj(f), grid)  # (B, C_s, h_s, w_s) -> (B, D, h_s, w_s) -> (B, D, h, w)
+            out.append(
                 masked_cosine_loss(
-                    s,
-                    teacher,
-                    mask,
-                    self.distill_object_weight,
-                    self.distill_background_weight,
-                    valid=valid,
-                    kind=self.distill_loss_kind,
+                    s, teacher, mask, term.object_weight, term.background_weight, valid=valid, kind=term.loss
                 )
             )
-        return terms
+        return out
+
+    def term_layer_losses(self, k: int, feats: list[torch.Tensor], batch: dict) -> list[torch.Tensor]:
+        """Unweighted L_distill of each layer of term k; `feats`: the hooks' outputs, in distill_layers order."""
+        pairs = [(self.distill_proj[p], feats[h]) for p, h in self.distill_slots[k]]
+        return self.pair_losses(self.distill_terms[k], pairs, batch)
+
+    def term_losses(self, feats: list[torch.Tensor], batch: dict) -> list[torch.Tensor]:
+        """Unweighted L_distill of each term (mean over its layers; scalars, fp32)."""
+        return [
+            torch.stack(self.term_layer_losses(k, feats, batch)).mean()
+            for k in range(len(self.distill_slots))
+        ]
+
+    def layer_losses(self, feats: list[torch.Tensor], batch: dict) -> list[torch.Tensor]:
+        """One-term model (single teacher, pretraining): unweighted L_distill of each hooked layer, pairing
+        `distill_proj` with `feats` in order (scalars, fp32)."""
+        return self.pair_losses(self.distill_terms[0], zip(self.distill_proj, feats), batch)
+
+    def distill_loss(self, feats: list[torch.Tensor], batch: dict) -> torch.Tensor:
+        """One-term model: unweighted L_distill averaged over the hooked layers (scalar, fp32)."""
+        return torch.stack(self.layer_losses(feats, batch)).mean()
+
+    def term_weight(self, term: DistillTerm) -> float:
+        return float(self.distill_term_weights.get(term.name, self.distill_weight))
 
     def distill_features(self, img: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of the distilled layers for images (B, 3, H, W): Ultralytics' layer loop (`_predict_once`),
@@ -220,79 +265,22 @@ class DistillOBBModel(OBBModel):
         items.update({self.layer_item(i): v.detach() for i, v in zip(self.distill_layers, per)})
         return d * n, items
 
-    def term_losses(self, feats: list[torch.Tensor], batch: dict) -> list[torch.Tensor]:
-        """Multi-teacher: unweighted L_distill of each term (scalars, fp32), from the packed teacher map.
-
-        batch["teacher_feat"] is (B, sum D_i, h_f, w_f) on the finest teacher grid, each term's channels at
-        its offset, already standardised (train/dataset.MultiTeacherLookup); a coarser teacher is pooled back
-        to its own grid (factor x factor average: exact when nothing moved, since its cells were repeated).
-        """
-        packed = batch["teacher_feat"]
-        valid_f = batch.get("teacher_valid")  # (B, h_f, w_f) or None
-        b = packed.shape[0]
-        out = []
-        for t in self.distill_terms:
-            o, d, f = int(t["offset"]), int(t["channels"]), int(t["factor"])
-            teacher = packed[:, o : o + d]  # (B, D, h_f, w_f)
-            valid = valid_f
-            if f > 1:
-                teacher = F.avg_pool2d(teacher.float(), f)  # (B, D, h_f/f, w_f/f) = the term's own grid
-                valid = None if valid_f is None else F.avg_pool2d(valid_f[:, None].float(), f)[:, 0]
-            grid = (int(teacher.shape[-2]), int(teacher.shape[-1]))
-            mask = obb_cell_mask(batch["bboxes"], batch["batch_idx"], b, grid)  # (B, h, w)
-            terms = []
-            for pi, hi in zip(t["proj"], t["hooks"]):
-                s = align_to_grid(
-                    self.distill_proj[pi](feats[hi]), grid
-                )  # (B, C_s, h_s, w_s) -> (B, D, h, w)
-                terms.append(
-                    masked_cosine_loss(
-                        s,
-                        teacher,
-                        mask,
-                        float(t["object_weight"]),
-                        float(t["background_weight"]),
-                        valid=valid,
-                    )
-                )
-            out.append(torch.stack(terms).mean())
-        return out
-
     def loss(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Ultralytics' OBB loss vector plus one weighted term per distillation term, each scaled by the batch
+        size like the stock terms, each its own always-emitted item (`distill`, or `d_NAME`)."""
         if self.distill_only:
             return self._distill_only_loss(batch)
-        if self.distill_terms:
-            return self._multi_loss(batch, preds)
         loss, items = super().loss(batch, preds)  # the forward runs here, so the hooks have fired
-        feats = [h.pop() for h in self.distill_hooks]
-        d = torch.zeros(1, device=loss.device)
-        teacher = batch.get("teacher_feat") if isinstance(batch, dict) else None
-        if (
-            self.training
-            and self.distill_weight > 0
-            and teacher is not None
-            and feats
-            and all(f is not None for f in feats)
-        ):
-            d = (self.distill_weight * self.distill_loss(feats, batch)).reshape(1)
-        items = dict(items)
-        items[DISTILL_KEY] = d.detach()[0]
-        # the stock terms come multiplied by the batch size; scale ours the same way
-        return torch.cat([loss, d.to(loss.dtype) * batch["img"].shape[0]]), items
-
-    def _multi_loss(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Stock OBB loss plus one weighted term per teacher, each its own always-emitted item d_NAME."""
-        loss, items = super().loss(batch, preds)
         feats = [h.pop() for h in self.distill_hooks]
         teacher = batch.get("teacher_feat") if isinstance(batch, dict) else None
         zero = torch.zeros(1, device=loss.device)
         ds = [zero] * len(self.distill_terms)
         if self.training and teacher is not None and feats and all(f is not None for f in feats):
-            ws = [float(self.distill_term_weights.get(t["name"], 0.0)) for t in self.distill_terms]
+            ws = [self.term_weight(t) for t in self.distill_terms]
             if any(w > 0 for w in ws):
                 ds = [(w * v).reshape(1) for w, v in zip(ws, self.term_losses(feats, batch))]
         items = dict(items)
         for t, d in zip(self.distill_terms, ds):
-            items[t["loss_name"]] = d.detach()[0]
+            items[t.loss_name] = d.detach()[0]
         n = batch["img"].shape[0]
         return torch.cat([loss, *(d.to(loss.dtype) * n for d in ds)]), items

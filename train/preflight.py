@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from dinocache.train.config import TrainConfig
-from dinocache.train.context import DINO_ARGS_FILE, RESUME_FILE, TeacherContext, TrainError
+from dinocache.train.context import DINO_ARGS_FILE, RESUME_FILE, DistillTerm, TeacherContext, TrainError
 from dinocache.train.overrides import apply_augmentation_policy, ultralytics_overrides
 from ultralytics.utils import LOGGER, colorstr
 
@@ -236,9 +236,8 @@ def preflight(cfg: TrainConfig, labels: bool = True) -> TeacherContext:
 
     if labels:
         check_label_rows(cfg.data_yaml)  # rows Ultralytics would drop: refused now, not noticed at the end
-    ctx = TeacherContext(dataset_root=root)
     if cfg.teacher_source == "none":
-        return ctx
+        return TeacherContext(dataset_root=root)
     teacher = None
     if cfg.teacher_source == "online":
         # cache mode never builds the teacher (nor imports transformers' model code): check_teacher_files
@@ -254,16 +253,16 @@ def preflight(cfg: TrainConfig, labels: bool = True) -> TeacherContext:
         bool(cache_path) and ("://" in cache_path or Path(cache_path).exists())
     )
     if cfg.teachers:
-        preflight_multi(cfg, ctx, image_keys(files, root))
-        return ctx
-    if use_cache:
-        fc = _open_cache(cache_path)
-        check_cache(cfg, fc, image_keys(files, root), teacher)
-        ctx.cache_path = cache_path
-        ctx.channel_mean = torch.as_tensor(np.asarray(fc.channel_mean, dtype=np.float32))
-        ctx.channel_std = torch.as_tensor(np.asarray(fc.channel_std, dtype=np.float32))
-        ctx.pca = fc.pca
-    else:
+        return preflight_multi(cfg, root, image_keys(files, root))
+    term = DistillTerm(
+        layers=tuple(cfg.dino_distill_layers),
+        channels=cfg.dino_distill_channels,
+        object_weight=cfg.dino_distill_object_weight,
+        background_weight=cfg.dino_distill_background_weight,
+        loss=cfg.dino_distill_loss,
+    )
+    online = teacher if cfg.teacher_source == "online" else None
+    if not use_cache:
         LOGGER.info(
             f"{colorstr('dinocache:')} no cache at {cache_path!r}: online targets are the first "
             f"{cfg.dino_distill_channels} raw teacher channels, not PCA components"
@@ -272,11 +271,35 @@ def preflight(cfg: TrainConfig, labels: bool = True) -> TeacherContext:
             raise TrainError(
                 f"dino_distill_channels={cfg.dino_distill_channels} exceeds the teacher's {teacher.channels} channels"
             )
-    ctx.teacher = teacher if cfg.teacher_source == "online" else None
-    return ctx
+        return TeacherContext(dataset_root=root, terms=(term,), teacher=online)
+    fc = _open_cache(cache_path)
+    check_cache(cfg, fc, image_keys(files, root), teacher)
+    mean = np.asarray(fc.channel_mean, dtype=np.float32)
+    std = np.asarray(fc.channel_std, dtype=np.float32)
+    term = dataclasses.replace(term, **_cache_fields(fc, cache_path, cfg.dino_distill_channels))
+    return TeacherContext(
+        dataset_root=root,
+        terms=(term,),
+        cache_path=cache_path,
+        channel_mean=torch.as_tensor(mean),
+        channel_std=torch.as_tensor(std),
+        pca=fc.pca,
+        teacher=online,
+    )
 
 
-def preflight_multi(cfg: TrainConfig, ctx: TeacherContext, keys: list[str]) -> None:
+def _cache_fields(fc: Any, path: str, channels: int) -> dict[str, Any]:
+    """A DistillTerm's fields read from its cache `fc` at `path`: store, cell, grid, its D channels' stats."""
+    return {
+        "cache_path": str(path),
+        "cell_px": int(fc.spec.patch_size),
+        "grid": tuple(int(g) for g in fc.grid),
+        "mean": tuple(np.asarray(fc.channel_mean, np.float32)[:channels].tolist()),
+        "std": tuple(np.asarray(fc.channel_std, np.float32)[:channels].tolist()),
+    }
+
+
+def preflight_multi(cfg: TrainConfig, root: Path, keys: list[str]) -> TeacherContext:
     """Multi-teacher run: each listed teacher must be in the cache, at imgsz, with its channels and every
     training row done (refusals name the teacher); cell sizes must nest so one packed map carries them all."""
 
@@ -285,17 +308,17 @@ def preflight_multi(cfg: TrainConfig, ctx: TeacherContext, keys: list[str]) -> N
 
     from dinocache import cache
 
-    infos: list[dict[str, Any]] = []
-    terms = teacher_terms(cfg)
+    terms: list[DistillTerm] = []
+    listed = teacher_terms(cfg)
     opened = []
-    for t in terms:  # every name first: a run naming a teacher the cache lacks fails before any other check
+    for t in listed:  # every name first: a run naming a teacher the cache lacks fails before any other check
         try:
             opened.append(multi.open_teacher(cfg.cache, t.teacher))
         except cache.CacheError as e:
             raise TrainError(f"teachers: {e}") from None
         except FileNotFoundError:
             raise TrainError(f"cache: {cfg.cache} does not exist; {FIX}") from None
-    for i, (t, fc) in enumerate(zip(terms, opened)):
+    for i, (t, fc) in enumerate(zip(listed, opened)):
         if t.channels > int(fc.k):
             raise TrainError(
                 f"teachers[{i}].channels={t.channels} but teacher '{t.teacher}' of cache {cfg.cache} stores only "
@@ -310,37 +333,39 @@ def preflight_multi(cfg: TrainConfig, ctx: TeacherContext, keys: list[str]) -> N
             teachers=[],
         )
         check_cache(sub, fc, keys)
-        infos.append(
-            {
-                "name": t.teacher,
-                "path": sub.cache,
-                "channels": t.channels,
-                "patch": int(fc.spec.patch_size),
-                "grid": [int(g) for g in fc.grid],
-                "mean": np.asarray(fc.channel_mean, np.float32)[: t.channels].tolist(),
-                "std": np.asarray(fc.channel_std, np.float32)[: t.channels].tolist(),
-            }
+        terms.append(
+            DistillTerm(
+                name=t.teacher,
+                loss_name=t.loss_name,
+                layers=tuple(t.layers),
+                channels=t.channels,
+                object_weight=t.object_weight,
+                background_weight=t.background_weight,
+                loss=cfg.dino_distill_loss,
+                **_cache_fields(fc, sub.cache, t.channels),
+            )
         )
-    fine = min(i["patch"] for i in infos)
+    fine = min(t.cell_px for t in terms)
     offset = 0
-    for i in infos:
-        if i["patch"] % fine or i["grid"][0] * i["patch"] != cfg.imgsz:
+    for i, t in enumerate(terms):
+        if t.cell_px % fine or t.grid[0] * t.cell_px != cfg.imgsz:
             raise TrainError(
-                f"teachers: teacher '{i['name']}' has {i['patch']}-px cells, the finest teacher {fine}-px ones; "
+                f"teachers: teacher '{t.name}' has {t.cell_px}-px cells, the finest teacher {fine}-px ones; "
                 "a multi-teacher run needs each cell size to be a multiple of the finest (powers of two: 4, 8, 16, 32)"
             )
-        i["factor"] = i["patch"] // fine
-        i["offset"] = offset
-        offset += i["channels"]
-    ctx.cache_path = cfg.cache
-    ctx.multi = infos
-    ctx.multi_patch = fine
+        terms[i] = dataclasses.replace(t, factor=t.cell_px // fine, offset=offset)
+        offset += t.channels
+    names = ", ".join(f"{t.name} ({t.channels} ch, {t.grid[0]}x{t.grid[1]})" for t in terms)
+    LOGGER.info(f"{colorstr('dinocache:')} distilling from {len(terms)} teachers of {cfg.cache}: {names}")
     # the packed map is standardised per teacher by the lookup: identity stats here
-    ctx.channel_mean = torch.zeros(offset)
-    ctx.channel_std = torch.ones(offset)
-    ctx.pca = None
-    names = ", ".join(f"{i['name']} ({i['channels']} ch, {i['grid'][0]}x{i['grid'][1]})" for i in infos)
-    LOGGER.info(f"{colorstr('dinocache:')} distilling from {len(infos)} teachers of {cfg.cache}: {names}")
+    return TeacherContext(
+        dataset_root=root,
+        terms=tuple(terms),
+        packed=True,
+        cache_path=cfg.cache,
+        channel_mean=torch.zeros(offset),
+        channel_std=torch.ones(offset),
+    )
 
 
 # what a resumed run takes from this call; every other option is the saved run's

@@ -70,7 +70,7 @@ def apply_curriculum(trainer: DinoOBBTrainer) -> None:
     trainer.epoch_t0 = time.perf_counter()
     trainer.epoch_steps = 0
     w = distill_weight(epoch, cfg)
-    if getattr(model, "distill_terms", None):
+    if cfg.teachers:  # each term its own weight; distill_weight is the largest
         model.distill_term_weights = term_weights(epoch, cfg)
         w = max(model.distill_term_weights.values(), default=0.0)
     model.distill_weight = w
@@ -346,7 +346,7 @@ class DinoOBBTrainer(OBBTrainer):
         handoff = ddp.make_handoff(self)
         self.callbacks[ddp.HANDOFF_EVENT].append(handoff)
         if self.ctx is not None:
-            self.ctx.teacher = None  # each rank loads its own online teacher on its own GPU
+            self.ctx = self.ctx.for_ranks()  # each rank loads its own online teacher on its own GPU
         # Ultralytics' generate_ddp_command deletes save_dir unless resuming; ours keeps resume.pt there
         was_resume = self.resume
         self.resume = self.resume or self.resume_state is not None
@@ -439,7 +439,7 @@ class DinoOBBTrainer(OBBTrainer):
             object_weight=d.dino_distill_object_weight,
             background_weight=d.dino_distill_background_weight,
             enabled=d.distills,
-            terms=self.model_terms(),
+            terms=self.ctx.terms if self.ctx is not None and self.ctx.terms else None,
             projector=d.dino_distill_projector,
             loss_kind=d.dino_distill_loss,
             distill_only=self.distill_only,
@@ -449,36 +449,15 @@ class DinoOBBTrainer(OBBTrainer):
             model.load(weights)
         return model
 
-    def model_terms(self) -> list[dict[str, Any]] | None:
-        """Multi-teacher runs: the model's distillation terms (layers, channels, weights, place in the packed map)."""
-        multi = getattr(self.ctx, "multi", None) if self.ctx is not None else None
-        if not multi:
-            return None
-        by_name = {t.teacher: t for t in teacher_terms(self.dino)}
-        return [
-            {
-                "name": m["name"],
-                "loss_name": by_name[m["name"]].loss_name,
-                "layers": by_name[m["name"]].layers,
-                "channels": m["channels"],
-                "offset": m["offset"],
-                "factor": m["factor"],
-                "object_weight": by_name[m["name"]].object_weight,
-                "background_weight": by_name[m["name"]].background_weight,
-            }
-            for m in multi
-        ]
-
     # -- data --------------------------------------------------------------------------------------------------
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
         if mode != "train" or self.dino.teacher_source != "cache":
             return super().build_dataset(img_path, mode, batch)
         gs = max(int(unwrap_model(self.model).stride.max()), 32)
         flips = False
-        if getattr(self.ctx, "multi", None):
+        if self.ctx.packed:
             # several teachers packed on the finest teacher grid: one flip/warp moves them all
-            lookup: Any = MultiTeacherLookup(self.ctx.multi, self.ctx.dataset_root)
-            patch = int(self.ctx.multi_patch)
+            lookup: Any = MultiTeacherLookup(self.ctx.terms, self.ctx.dataset_root)
         else:
             lookup = TeacherLookup(
                 self.ctx.cache_path,
@@ -486,7 +465,6 @@ class DinoOBBTrainer(OBBTrainer):
                 self.dino.dino_distill_channels,
                 shuffle_seed=self.dino.seed if self.dino.distill_shuffle_maps else None,
             )
-            patch = int((getattr(lookup.fc, "fingerprint", None) or {}).get("patch_size", 16))
             flips = uses_cache_flips(self.dino.distill_cache_flips, lookup.fc)
             if flips and RANK in {-1, 0}:
                 LOGGER.info(
@@ -513,7 +491,7 @@ class DinoOBBTrainer(OBBTrainer):
             fraction=self.args.fraction,
             teacher=lookup,
             geometric_aug=self.dino.distill_geometric_aug,
-            patch=patch,
+            patch=self.ctx.cell_px,
             valid_threshold=self.dino.distill_valid_threshold,
             cache_flips=flips,
         )
@@ -529,12 +507,8 @@ class DinoOBBTrainer(OBBTrainer):
             warp_batch(batch, self.dino.distill_valid_threshold)
         if self.dino.teacher_source == "cache" and TEACHER_KEY in batch:
             # (B, D, h, w) float16 from the cache -> standardised float32
-            # multi-teacher: the packed map is standardised already (identity stats of its sum-D channels)
-            d = (
-                int(ctx.channel_mean.numel())
-                if getattr(ctx, "multi", None)
-                else self.dino.dino_distill_channels
-            )
+            # packed (teachers list): standardised already by the lookup (identity stats of its sum-D channels)
+            d = int(ctx.channel_mean.numel()) if ctx.packed else self.dino.dino_distill_channels
             batch[TEACHER_KEY] = normalise_teacher(batch[TEACHER_KEY], ctx.channel_mean, ctx.channel_std, d)
             if VALID_KEY in batch and self._aug_viz_epoch != self.epoch and RANK in {-1, 0}:
                 self._aug_viz_epoch = self.epoch
@@ -552,7 +526,7 @@ class DinoOBBTrainer(OBBTrainer):
         if self._teacher is None:
             if self.ctx is not None and self.ctx.teacher is not None:
                 self._teacher = self.ctx.teacher.to(self.device)
-                self.ctx.teacher = None
+                self.ctx = self.ctx.for_ranks()  # held by the trainer only from here on
             else:
                 from dinocache.teacher.registry import load_teacher
 

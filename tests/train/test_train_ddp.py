@@ -154,7 +154,7 @@ def test_ultralytics_ddp_launcher_carries_our_config(
     trainer.train()
     h = seen["handoff"]
     assert isinstance(h, ddp.DDPHandoff) and h.dino == to_dict(cfg) and h.resume_file is None
-    assert h.ctx["cache_path"] == str(feature_cache) and h.ctx["channel_mean"] is not None
+    assert h.ctx.cache_path == str(feature_cache) and h.ctx.channel_mean is not None
     assert ddp.find_handoff(trainer.callbacks) is None  # removed again in the parent
     d = trainer.save_dir
     # written by the rebuilt trainer on "rank 0": our config, and a run that distilled from the cache
@@ -335,3 +335,61 @@ def test_cli_names_gpu_count(tmp_path, capsys, monkeypatch) -> None:
     rc = main(["--config", str(tmp_path / "c.json"), "device=0,1", "batch=4", f"artifacts_root={tmp_path}"])
     assert rc == 2
     assert "this machine has 0 CUDA GPUs" in capsys.readouterr().err
+
+
+def test_handoff_carries_every_context_field(tmp_path: Path) -> None:
+    """The DDP handoff round trip (cloudpickle, as Ultralytics' launcher state) gives a rank the parent's
+    TeacherContext field for field, multi-teacher terms included; only the loaded online teacher stays home."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import cloudpickle
+    from dinocache.train.context import DistillTerm, TeacherContext
+
+    terms = tuple(
+        DistillTerm(
+            name=n,
+            loss_name=f"d_{n}",
+            layers=layers,
+            channels=d,
+            object_weight=1.0,
+            background_weight=0.5,
+            loss="mse",
+            cache_path=f"/c.zarr/teachers/{n}",
+            cell_px=cell,
+            grid=(128 // cell, 128 // cell),
+            offset=off,
+            factor=cell // 16,
+            mean=tuple(float(i) for i in range(d)),
+            std=(1.5,) * d,
+        )
+        for n, layers, d, cell, off in (("dino", (19,), 3, 16, 0), ("conv", (16, 19), 2, 32, 3))
+    )
+    ctx = TeacherContext(
+        dataset_root=tmp_path,
+        terms=terms,
+        packed=True,
+        cache_path="/c.zarr",
+        channel_mean=torch.zeros(5),
+        channel_std=torch.ones(5),
+        pca={"components": torch.eye(5)},
+        teacher=object(),
+    )
+    parent = SimpleNamespace(
+        ctx=ctx, dino=TrainConfig(), resume_state=None, wdir=tmp_path / "weights", save_dir=tmp_path
+    )
+    h = cloudpickle.loads(cloudpickle.dumps(ddp.make_handoff(parent)))
+    cfg, got, state = ddp.unpack_handoff(h)
+    assert to_dict(cfg) == to_dict(TrainConfig()) and state is None
+    assert parent.ctx is ctx and ctx.teacher is not None  # the parent keeps its teacher
+    for f in dataclasses.fields(TeacherContext):
+        a, b = getattr(ctx, f.name), getattr(got, f.name)
+        if f.name == "teacher":
+            assert b is None  # each rank loads its own online teacher on its own GPU
+        elif isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), f.name
+        elif f.name == "pca":
+            assert torch.equal(a["components"], b["components"])
+        else:
+            assert a == b, f.name
+    assert got.terms[1].layers == (16, 19) and got.cell_px == 16

@@ -215,3 +215,90 @@ def test_teachers_config_errors_name_the_key() -> None:
     (t,) = teacher_terms(cfg)
     assert t.loss_name == "d_a" and len(t.loss_name) <= 10 and t.layers == cfg.dino_distill_layers
     assert np.isclose(t.stage_b_weight, cfg.stage_b_distill_weight)
+
+
+def _first_batch_items(trainer) -> dict[str, float]:
+    """The loss items of `trainer`'s first training batch (its model, dataset and curriculum at epoch 1)."""
+    from dinocache.train.trainer import apply_curriculum
+
+    torch.manual_seed(0)
+    trainer.model = trainer.get_model(cfg="yolo26n-obb.yaml", verbose=False)
+    trainer.set_model_attributes()  # nc, names, args: what Ultralytics' _setup_train gives the model
+    trainer.epoch = 0
+    apply_curriculum(trainer)
+    ds = trainer.build_dataset(trainer.data["train"], mode="train", batch=4)
+    np.random.seed(0)
+    import random
+
+    random.seed(0)
+    batch = trainer.preprocess_batch(ds.collate_fn([ds[i] for i in range(4)]))
+    trainer.model.train()
+    _, items = trainer.model.loss(batch)
+    return {k: float(v) for k, v in items.items()}
+
+
+def _ddp_trainer(cfg: TrainConfig):
+    from dinocache.train.overrides import geometric_off, ultralytics_overrides
+    from dinocache.train.preflight import preflight, run_dir
+    from dinocache.train.trainer import DinoOBBTrainer
+
+    ov = ultralytics_overrides(cfg, run_dir(cfg, cfg.name), "cpu")
+    geometric_off(ov)
+    return DinoOBBTrainer(overrides=ov, dino=cfg, ctx=preflight(cfg), resume_state=None)
+
+
+TWO_TERMS = [{"teacher": "dino", "channels": 8}, {"teacher": "conv", "channels": 4, "layers": [16, 19]}]
+
+
+def test_multi_teacher_rank_first_batch_through_ddp_handoff(
+    multi_cache: dict, demo_data: Path, tmp_path: Path
+) -> None:
+    """A `teachers=[...]` run handed to a DDP rank (Ultralytics' pickled launcher state): the rank rebuilds
+    its trainer from the handoff alone and its first batch gives the parent's d_NAME terms."""
+    import cloudpickle
+    from dinocache.train import ddp
+    from dinocache.train.trainer import DinoOBBTrainer
+    from ultralytics.utils import DEFAULT_CFG_DICT
+
+    parent = _ddp_trainer(_cfg(tmp_path, demo_data, multi_cache["cache"], TWO_TERMS))
+    parent.callbacks[ddp.HANDOFF_EVENT].append(ddp.make_handoff(parent))
+    state = cloudpickle.loads(cloudpickle.dumps({"args": vars(parent.args), "callbacks": parent.callbacks}))
+    rank = DinoOBBTrainer(
+        cfg={**DEFAULT_CFG_DICT, "save_dir": ""}, overrides=state["args"], _callbacks=state["callbacks"]
+    )
+    assert rank.ctx.packed and rank.ctx.terms == parent.ctx.terms
+    assert [t.loss_name for t in rank.ctx.terms] == ["d_dino", "d_conv"]
+    ours, theirs = _first_batch_items(parent), _first_batch_items(rank)
+    assert ours["d_dino"] > 0 and ours["d_conv"] > 0 and "distill" not in ours
+    assert theirs == pytest.approx(ours, rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.slow  # a training run inside Ultralytics' generated launcher: ~40 s on the shared 2-core machine
+def test_multi_teacher_run_through_the_ddp_launcher(
+    multi_cache: dict, demo_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """`teachers=[...]` with DDP on: Ultralytics' launcher (run as one CPU process instead of torchrun on
+    GPUs) rebuilds our trainer from its pickled state and trains both terms."""
+    import os
+    import subprocess
+    import sys
+
+    import ultralytics.engine.trainer as ut
+
+    repo = Path(__file__).resolve().parents[2]
+    real_run = subprocess.run
+
+    def launch(cmd, check=True):
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+        r = real_run([sys.executable, cmd[-1]], env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+    monkeypatch.setattr(ut.subprocess, "run", launch)
+    trainer = _ddp_trainer(
+        _cfg(tmp_path, demo_data, multi_cache["cache"], TWO_TERMS, dino_viz_enabled=False, batch=4, nbs=4)
+    )
+    trainer.ddp, trainer.world_size = True, 2  # what device=0,1 sets; the rank itself runs on the CPU
+    trainer.train()
+    with open(trainer.save_dir / "results.csv") as f:
+        row = {k.strip(): v for k, v in list(csv.DictReader(f))[-1].items()}
+    assert float(row["train/d_dino"]) > 0 and float(row["train/d_conv"]) > 0
