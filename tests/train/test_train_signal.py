@@ -52,8 +52,8 @@ def oracle_cache(tmp_path_factory, demo_data: Path, feature_cache: Path) -> dict
 
 
 class Capture:
-    """Wraps DistillOBBModel.distill_loss: keeps the unweighted loss of every step, the first batches and the
-    student's weights before its first step."""
+    """Wraps DistillOBBModel.term_losses: keeps the unweighted loss of every step (the run's one term), the first
+    batches and the student's weights before its first step."""
 
     def __init__(self, orig, keep: int = 3) -> None:
         self.orig, self.keep = orig, keep
@@ -65,7 +65,7 @@ class Capture:
         if self.initial is None:
             self.initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
         loss = self.orig(model, feats, batch)
-        self.losses.append(float(loss.detach()))
+        self.losses.append(float(loss[0].detach()))
         if len(self.batches) < self.keep:
             self.batches.append(
                 {k: batch[k].detach().cpu().clone() for k in ("img", "teacher_feat", "teacher_valid", "bboxes", "cls", "batch_idx")}
@@ -79,13 +79,13 @@ def oracle_runs(tmp_path_factory, demo_data, tiny_teacher_dir, oracle_cache) -> 
     from dinocache.train.run import train
 
     root = tmp_path_factory.mktemp("oracle_runs")
-    orig = DistillOBBModel.distill_loss
+    orig = DistillOBBModel.term_losses
     runs = {}
     mp = pytest.MonkeyPatch()
     try:
         for name, shuffle in (("cache", False), ("shuffled", True)):
             cap = Capture(orig)
-            mp.setattr(DistillOBBModel, "distill_loss", lambda self, f, b, _c=cap: _c(self, f, b))
+            mp.setattr(DistillOBBModel, "term_losses", lambda self, f, b, _c=cap: _c(self, f, b))
             cfg = make_cfg(
                 root, demo_data, tiny_teacher_dir, oracle_cache["path"], name=name, epochs=5, stage_a_ratio=0.0,
                 dino_distill_warmup_epochs=0, stage_b_distill_weight=1.0, lr0=0.01,
