@@ -44,12 +44,13 @@ def export_clean(model: nn.Module) -> DetectionModel:
     return clean.to(device=param.device, dtype=param.dtype).train(model.training)
 
 
-# dinocache's own classes a run's in-training model pickles (the distillation model and its layer hooks): the
-# only globals beyond Ultralytics' allow-list that clean_checkpoint accepts in a file
+# dinocache's own classes a run's in-training model pickles (the distillation model, its layer hooks and its
+# distillation terms): the only globals beyond Ultralytics' allow-list that clean_checkpoint accepts in a file
 def _own_classes() -> list[type]:
+    from dinocache.train.context import DistillTerm
     from dinocache.train.model import DistillOBBModel, FeatHook
 
-    return [DistillOBBModel, FeatHook]
+    return [DistillOBBModel, FeatHook, DistillTerm]
 
 
 def clean_checkpoint(path: str | Path, out: str | Path | None = None) -> Path:
