@@ -133,7 +133,7 @@ class HeldOutFit:
 
     def _collect(self, trainer: Any) -> list[dict[str, Any]]:
         ctx = trainer.ctx
-        if getattr(ctx, "multi", None):
+        if ctx is not None and ctx.packed:
             LOGGER.info(f"{colorstr('dinocache:')} feature fit (fit/*): single-teacher runs only; not logged")
             return []
         batches, seen = [], 0
