@@ -28,11 +28,12 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from dinocache.core.config import Config, ConfigError, load, require, to_dict
+from dinocache.core.config import Config, ConfigError, check_fields, load, require, rule, to_dict
 from dinocache.core.errors import DinocacheError
 from dinocache.core.secrets import scrub
 
@@ -45,7 +46,7 @@ class PrecomputeConfig(Config):
     # which split of data.yaml to cache (the trainer reads its training images from the cache)
     split: str = "train"
     # cache location: a local folder or an fsspec URL (e.g. s3://bucket/features.zarr)
-    cache: str = "artifacts/cache/features.zarr"
+    cache: Annotated[str, rule(bool, "must be a path or URL")] = "artifacts/cache/features.zarr"
     # fsspec storage options for a URL cache (credentials, endpoint...), passed through unchanged
     storage_options: dict[str, Any] = field(default_factory=dict)
     # teacher checkpoint folder (its library's save layout) or hub id; any family of teacher/registry.py
@@ -57,28 +58,36 @@ class PrecomputeConfig(Config):
     dino_layer: int = -1
     # multi-teacher cache: write this teacher as `cache`/teachers/NAME (1-8 of a-z0-9_), next to the cache's
     # other teachers (same images and imgsz); empty = `cache` is a single-teacher store (cache/multi.py)
-    teacher_name: str = ""
+    teacher_name: Annotated[
+        str,
+        rule(
+            lambda n: not n or re.fullmatch(r"[a-z0-9_]{1,8}", n) is not None,
+            "{value!r} must be 1-8 characters of a-z, 0-9 and _ (it names teachers/NAME and d_NAME)",
+        ),
+    ] = ""
     # image side in pixels; every image must already be imgsz x imgsz (the cache holds the pixels the trainer sees)
-    imgsz: int = 512
+    imgsz: Annotated[int, Field(gt=0)] = 512
     # K stored channels: top-K PCA components, or "full" to keep the teacher's raw C_t channels
-    channels: int | Literal["full"] = 128
+    channels: Annotated[
+        int | Literal["full"], rule(lambda c: c == "full" or c >= 1, "must be >= 1 or 'full'")
+    ] = 128
     # also store the teacher map of each horizontally flipped image (`features_flip`), so the trainer
     # distils a flipped sample against the teacher's real view of it instead of the mirrored map (a ViT is
     # not flip-equivariant, see docs/warp.md): twice the teacher time and twice the cache's size
     cache_flips: bool = False
     # images (evenly spaced over the split) whose features fit the PCA and the channel statistics
-    pca_fit_images: int = 256
+    pca_fit_images: Annotated[int, Field(ge=1)] = 256
     # images per teacher forward; part of the result's identity (see docs: resume uses the same batches)
-    batch: int = 16
+    batch: Annotated[int, Field(ge=1)] = 16
     # image-decoding threads
-    workers: int = 2
+    workers: Annotated[int, Field(ge=0)] = 2
     # auto, cpu, cuda, cuda:N or N
     device: str = "auto"
     # compression of the feature chunks: none (default: fp16 features barely compress, 6-15 %, and
     # decompressing costs read CPU in every dataloader worker), or Blosc zstd / lz4 (level 1, byte shuffle)
     codec: Literal["zstd", "lz4", "none"] = "none"
     # images per zarr shard (the unit of writing and of --shard ownership); 0 = auto (~16 MiB, <= 256)
-    shard_size: int = 0
+    shard_size: Annotated[int, Field(ge=0)] = 0
     # "i/N": this process writes the zarr shards k with k % N == i (process 0 creates the store); under
     # torchrun or SLURM it comes from RANK/WORLD_SIZE (SLURM_PROCID/SLURM_NTASKS), see precompute/launch.py
     shard: str = "0/1"
@@ -88,29 +97,17 @@ class PrecomputeConfig(Config):
     # delete an existing cache at `cache` and start over (single writer only)
     overwrite: bool = False
     # seconds a shard i > 0 waits for shard 0 to create the store
-    wait_timeout: float = 3600.0
+    wait_timeout: Annotated[float, Field(gt=0)] = 3600.0
     # repair an existing cache: every row `cache verify` finds bad (chunk checksum failure, shard file missing,
     # NaN/inf) has its shard reset to not done, then the usual pass recomputes those shards and the ones whose
     # images changed, with the same batch boundaries: the result equals a fresh cache bit for bit
     repair: bool = False
 
     def __post_init__(self) -> None:
-        self.validate()  # every construction path validates, not only the config loader
+        check_fields(self)  # every construction path checks, not only the config loader
+        self.validate()
 
     def validate(self) -> None:
-        require(self.imgsz > 0, "imgsz", f"must be positive, got {self.imgsz}")
-        require(
-            not self.teacher_name or bool(re.match(r"^[a-z0-9_]{1,8}$", self.teacher_name)),
-            "teacher_name",
-            f"{self.teacher_name!r} must be 1-8 characters of a-z, 0-9 and _ (it names teachers/NAME and d_NAME)",
-        )
-        require(self.channels == "full" or self.channels >= 1, "channels", "must be >= 1 or 'full'")
-        require(self.pca_fit_images >= 1, "pca_fit_images", "must be >= 1")
-        require(self.batch >= 1, "batch", "must be >= 1")
-        require(self.workers >= 0, "workers", "must be >= 0")
-        require(self.shard_size >= 0, "shard_size", "must be >= 0 (0 = auto)")
-        require(self.wait_timeout > 0, "wait_timeout", "must be positive")
-        require(bool(self.cache), "cache", "must be a path or URL")
         i, n = parse_shard(self.shard)
         require(not (self.repair and self.overwrite), "repair", "and overwrite exclude each other")
         require(

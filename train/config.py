@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from dinocache.core.config import Config, ConfigError, require
+from pydantic import Field, NonNegativeFloat, NonNegativeInt
+
+from dinocache.core.config import Config, ConfigError, check_fields, distinct, require, rule
 
 # Ultralytics augmentation arguments that move pixels: with them the cached teacher map (computed once on the
 # un-augmented image) no longer lies under the pixels the student sees, so cache/online runs switch them off.
@@ -32,29 +36,42 @@ RESERVED_EXTRA = {"model", "data", "project", "name", "exist_ok", "resume", "tas
 @dataclass
 class TrainConfig(Config):
     # number of training epochs (Stage A + Stage B)
-    epochs: int = 128
+    epochs: Annotated[int, Field(ge=1)] = 128
     # square training image size in pixels; must equal the cache's imgsz (and be a multiple of 32)
-    imgsz: int = 512
+    imgsz: Annotated[int, Field(ge=32, multiple_of=32)] = 512
     # images per batch; -1 = Ultralytics AutoBatch (about 60 % of CUDA memory; 16 on CPU), 0 < b < 1 = that
     # fraction of CUDA memory
-    batch: int | float = 16
+    batch: Annotated[
+        int | float,
+        rule(
+            lambda b: b >= 1 and b == int(b) or b == -1 or 0 < b < 1,
+            "must be an integer >= 1, -1 (AutoBatch) or a CUDA memory fraction in (0, 1), got {value}",
+        ),
+    ] = 16
     # dataloader workers (Ultralytics forces 0 on CPU)
-    workers: int = 8
+    workers: Annotated[int, Field(ge=0)] = 8
     # "auto" (first CUDA GPU, else CPU), "cpu", "0", "cuda:0", ...; "0,1" (or "0,1,2,3", ...) trains on
     # several GPUs with Ultralytics' DDP (batch is the total over the GPUs)
-    device: str = "auto"
+    device: Annotated[
+        str,
+        rule(
+            lambda d: all(p.isdigit() for p in gpu_list(d)),
+            "multi-GPU training takes GPU indices like 0,1; got {value!r}",
+        ),
+        rule(lambda d: len(set(gpu_list(d))) == len(gpu_list(d)), "lists a GPU twice: {value!r}"),
+    ] = "auto"
     # Ultralytics optimizer name (SGD, Adam, AdamW, MuSGD, auto, ...)
     optimizer: str = "AdamW"
     # initial learning rate
-    lr0: float = 0.0012
+    lr0: Annotated[float, Field(gt=0)] = 0.0012
     # final learning rate as a fraction of lr0
-    lrf: float = 0.01
+    lrf: Annotated[float, Field(gt=0, le=1)] = 0.01
     # optimizer weight decay
-    weight_decay: float = 0.0006
+    weight_decay: NonNegativeFloat = 0.0006
     # nominal batch size for gradient accumulation (accumulate = round(nbs / batch)); tests use nbs = batch
-    nbs: int = 64
+    nbs: Annotated[int, Field(ge=1)] = 64
     # learning-rate warmup epochs of Ultralytics (not the distillation warmup)
-    warmup_epochs: float = 3.0
+    warmup_epochs: NonNegativeFloat = 3.0
     # mixed precision on CUDA (CPU always runs fp32)
     amp: bool = True
 
@@ -63,13 +80,15 @@ class TrainConfig(Config):
     # teacher family: auto (from the checkpoint's config.json) or one of teacher/registry.py FAMILIES
     teacher_family: str = "auto"
     # teacher layer: -1 = last_hidden_state (final norm), i >= 0 = hidden_states[i]; must match the cache
-    dino_layer: int = -1
+    dino_layer: Annotated[int, Field(ge=-1)] = -1
     # epochs over which the distillation weight ramps linearly from 0 to its stage value
-    dino_distill_warmup_epochs: int = 5
+    dino_distill_warmup_epochs: Annotated[int, Field(ge=0)] = 5
     # student layers whose outputs are distilled (19 = stride-16 neck output of YOLO26-n)
-    dino_distill_layers: list[int] = field(default_factory=lambda: [19])
+    dino_distill_layers: Annotated[list[NonNegativeInt], Field(min_length=1), distinct("layers")] = field(
+        default_factory=lambda: [19]
+    )
     # D: teacher channels distilled (the first D PCA components of the cache); the student is projected to D
-    dino_distill_channels: int = 32
+    dino_distill_channels: Annotated[int, Field(ge=1)] = 32
     # projector from each distilled layer to the D teacher channels: linear (1x1 conv), conv (3x3 conv) or mlp
     # (1x1 conv -> GELU -> 1x1 conv); one per layer, dropped from the exported weights
     dino_distill_projector: Literal["linear", "conv", "mlp"] = "linear"
@@ -79,28 +98,28 @@ class TrainConfig(Config):
     dino_distill_loss: Literal["cosine", "mse"] = "mse"
     # validation images on which the feature fit is logged each validation (results.csv fit/cos, fit/cos_shuf,
     # fit/gap, ...: the student's projection against each image's teacher map and another image's); 0 = off
-    dino_fit_images: int = 32
+    dino_fit_images: NonNegativeInt = 32
     # weight of the mean distance over cells that overlap a ground-truth box
-    dino_distill_object_weight: float = 1.15
+    dino_distill_object_weight: NonNegativeFloat = 1.15
     # weight of the mean distance over the other cells
-    dino_distill_background_weight: float = 0.15
+    dino_distill_background_weight: NonNegativeFloat = 0.15
 
     # fraction of the epochs spent in Stage A (frozen backbone); int(epochs * ratio) epochs
-    stage_a_ratio: float = 0.3
+    stage_a_ratio: Annotated[float, Field(ge=0, le=1)] = 0.3
     # number of leading model layers frozen in Stage A (10 = YOLO26 backbone up to SPPF); unset = 10 when
     # `model` is a pretrained .pt, 0 for a .yaml (random weights: nothing worth protecting by freezing)
-    stage_a_freeze: int | None = None
+    stage_a_freeze: NonNegativeInt | None = None
     # distillation weight w in Stage A
-    stage_a_distill_weight: float = 0.25
+    stage_a_distill_weight: NonNegativeFloat = 0.25
     # distillation weight w in Stage B
-    stage_b_distill_weight: float = 0.08
+    stage_b_distill_weight: NonNegativeFloat = 0.08
 
     # save teacher/student feature pictures during training (implemented by the eval/viz issue)
     dino_viz_enabled: bool = True
     # every how many epochs to save them
-    dino_viz_every_n_epochs: int = 5
+    dino_viz_every_n_epochs: Annotated[int, Field(ge=1)] = 5
     # fixed training images shown in dino_viz/ (the first ones that hold objects)
-    dino_viz_samples: int = 4
+    dino_viz_samples: Annotated[int, Field(ge=1)] = 4
     # log to Weights & Biases (offline unless WANDB_API_KEY is set)
     wandb_enabled: bool = True
     # W&B project name (the seed's dashboards used "tea-ai-detector"; set it to log there)
@@ -116,13 +135,13 @@ class TrainConfig(Config):
     # periodic geometric evaluation during training (implemented by the eval issue)
     eval_enabled: bool = True
     # every how many epochs to evaluate
-    eval_interval_epochs: int = 2
+    eval_interval_epochs: Annotated[int, Field(ge=1)] = 2
     # val images drawn per evaluation in eval/epoch_NNN/viz/val/ (the first ones, the same every time)
-    eval_viz_max_samples: int = 16
+    eval_viz_max_samples: Annotated[int, Field(ge=1)] = 16
     # IoU threshold of the geometric grade
-    eval_iou_threshold: float = 0.75
+    eval_iou_threshold: Annotated[float, Field(ge=0, le=1)] = 0.75
     # confidence threshold of the geometric grade
-    eval_conf_threshold: float = 0.9
+    eval_conf_threshold: Annotated[float, Field(ge=0, le=1)] = 0.9
 
     # dataset root folder: when set (and `data` is left at its default), data = dataset_root/data.yaml; an
     # explicit `data` must then lie inside it
@@ -135,9 +154,22 @@ class TrainConfig(Config):
     artifacts_root: str = "artifacts"
     # student: Ultralytics model yaml (from scratch), .pt checkpoint (fine-tune), or a Hugging Face hub
     # checkpoint: owner/name (its only .pt) or hf://owner/name/file.pt, fetched into the hub cache
-    model: str = "yolo26n-obb.yaml"
+    model: Annotated[
+        str,
+        rule(bool, "must name a model yaml or .pt"),
+        rule(
+            lambda m: Path(m).suffix in (".yaml", ".yml", ".pt") or hub_parts(m) is not None,
+            "must be a .yaml or .pt file or a hub id (owner/name, hf://owner/name/file.pt), got {value!r}",
+        ),
+    ] = "yolo26n-obb.yaml"
     # run id; empty = a timestamp (YYYYmmdd-HHMMSS)
-    name: str = ""
+    name: Annotated[
+        str,
+        rule(
+            lambda n: "/" not in n and "\\" not in n and n not in (".", ".."),
+            "must be a plain folder name, got {value!r}",
+        ),
+    ] = ""
     # random seed
     seed: int = 42
     # where teacher features come from: "cache" (Zarr cache), "online" (teacher forward each step), "none"
@@ -149,7 +181,7 @@ class TrainConfig(Config):
     distill_geometric_aug: Literal["off", "warp"] = "warp"
     # warp mode: a teacher cell is distilled when at least this share of its pixels comes from one source
     # image (not mosaic/letterbox/affine-border padding)
-    distill_valid_threshold: float = 0.5
+    distill_valid_threshold: Annotated[float, Field(gt=0, le=1)] = 0.5
     # control experiment (cache mode): each training image gets ANOTHER image's cached map (a derangement of
     # the cache's keys seeded by `seed`); it must not help. `dinocache compare` mode cache-shuffled
     distill_shuffle_maps: bool = False
@@ -172,9 +204,10 @@ class TrainConfig(Config):
     extra: dict[str, Any] = field(default_factory=dict)
     # multi-teacher distillation from one multi-teacher cache (cache/multi.py): a list of
     # {"teacher": NAME, "layers": [19], "channels": 32, "object_weight": 1.15, "background_weight": 0.15,
-    #  "stage_a_weight": 0.25, "stage_b_weight": 0.08, "dino_root": DIR}; omitted keys take the dino_* /
-    # stage_* values above; each term is its own loss column d_NAME. Empty = the single teacher of `cache`.
-    teachers: list[dict[str, Any]] = field(default_factory=list)
+    #  "stage_a_weight": 0.25, "stage_b_weight": 0.08, "dino_root": DIR} (TeacherSpec); omitted keys take the
+    # dino_* / stage_* values above; each term is its own loss column d_NAME. Empty = the single teacher of
+    # `cache`.
+    teachers: list[TeacherSpec] = field(default_factory=list)
 
     # every Ultralytics argument dinocache does not set itself is a key too (gathered into `extra`)
     passthrough_field = "extra"
@@ -192,81 +225,18 @@ class TrainConfig(Config):
                 setattr(self, key, str(getattr(self, key)))
         if self.dataset_root and self.data in ("", DEFAULT_DATA):
             self.data = str(Path(self.dataset_root) / "data.yaml")
+        check_fields(self)
         self.validate()
 
     def validate(self) -> None:
-        require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        """The rules that relate several fields (each field's own range is its annotation)."""
+        gpus = gpu_list(self.device)
         require(
-            self.imgsz >= 32 and self.imgsz % 32 == 0, "imgsz", f"must be a multiple of 32, got {self.imgsz}"
-        )
-        require(
-            self.batch >= 1 and self.batch == int(self.batch) or self.batch == -1 or 0 < self.batch < 1,
+            len(gpus) < 2 or self.batch % len(gpus) == 0,
             "batch",
-            f"must be an integer >= 1, -1 (AutoBatch) or a CUDA memory fraction in (0, 1), got {self.batch}",
+            f"{self.batch} must be a multiple of the {len(gpus)} GPUs of device={self.device} "
+            "(batch is the total over the GPUs)",
         )
-        require(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
-        require(self.dino_fit_images >= 0, "dino_fit_images", f"must be >= 0, got {self.dino_fit_images}")
-        if "," in self.device:
-            parts = [p.strip() for p in self.device.split(",")]
-            require(
-                all(p.isdigit() for p in parts),
-                "device",
-                f"multi-GPU training takes GPU indices like 0,1; got {self.device!r}",
-            )
-            require(len(set(parts)) == len(parts), "device", f"lists a GPU twice: {self.device!r}")
-            require(
-                self.batch % len(parts) == 0,
-                "batch",
-                f"{self.batch} must be a multiple of the {len(parts)} GPUs of device={self.device} "
-                "(batch is the total over the GPUs)",
-            )
-        require(self.lr0 > 0, "lr0", f"must be > 0, got {self.lr0}")
-        require(0 < self.lrf <= 1, "lrf", f"must be in (0, 1], got {self.lrf}")
-        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        require(self.nbs >= 1, "nbs", f"must be >= 1, got {self.nbs}")
-        require(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
-        require(self.dino_layer >= -1, "dino_layer", f"must be -1 or a layer index, got {self.dino_layer}")
-        require(
-            self.dino_distill_warmup_epochs >= 0,
-            "dino_distill_warmup_epochs",
-            f"must be >= 0, got {self.dino_distill_warmup_epochs}",
-        )
-        require(len(self.dino_distill_layers) >= 1, "dino_distill_layers", "needs at least one layer index")
-        require(
-            all(i >= 0 for i in self.dino_distill_layers),
-            "dino_distill_layers",
-            f"layer indices must be >= 0, got {self.dino_distill_layers}",
-        )
-        require(
-            len(set(self.dino_distill_layers)) == len(self.dino_distill_layers),
-            "dino_distill_layers",
-            f"duplicate layers in {self.dino_distill_layers}",
-        )
-        require(self.dino_distill_channels >= 1, "dino_distill_channels", "must be >= 1")
-        for key in (
-            "dino_distill_object_weight",
-            "dino_distill_background_weight",
-            "stage_a_distill_weight",
-            "stage_b_distill_weight",
-        ):
-            require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
-        require(0 <= self.stage_a_ratio <= 1, "stage_a_ratio", f"must be in [0, 1], got {self.stage_a_ratio}")
-        require(
-            0 < self.distill_valid_threshold <= 1,
-            "distill_valid_threshold",
-            f"must be in (0, 1], got {self.distill_valid_threshold}",
-        )
-        require(
-            self.stage_a_freeze is None or self.stage_a_freeze >= 0,
-            "stage_a_freeze",
-            f"must be >= 0, got {self.stage_a_freeze}",
-        )
-        require(self.dino_viz_every_n_epochs >= 1, "dino_viz_every_n_epochs", "must be >= 1")
-        require(self.eval_interval_epochs >= 1, "eval_interval_epochs", "must be >= 1")
-        require(self.dino_viz_samples >= 1, "dino_viz_samples", "must be >= 1")
-        require(self.eval_viz_max_samples >= 1, "eval_viz_max_samples", "must be >= 1")
-        require(0 <= self.eval_iou_threshold <= 1, "eval_iou_threshold", "must be in [0, 1]")
-        require(0 <= self.eval_conf_threshold <= 1, "eval_conf_threshold", "must be in [0, 1]")
         require(bool(self.data or self.dataset_root), "data", "set data (a data.yaml) or dataset_root")
         if self.dataset_root:
             root = Path(self.dataset_root).expanduser().resolve()
@@ -275,31 +245,15 @@ class TrainConfig(Config):
                 "dataset_root",
                 f"data {self.data!r} is not inside dataset_root {self.dataset_root!r}; set one of them",
             )
-        require(bool(self.model), "model", "must name a model yaml or .pt")
-        require(
-            Path(self.model).suffix in (".yaml", ".yml", ".pt") or hub_parts(self.model) is not None,
-            "model",
-            f"must be a .yaml or .pt file or a hub id (owner/name, hf://owner/name/file.pt), got {self.model!r}",
-        )
         require(
             self.teacher_source != "cache" or bool(self.cache),
             "cache",
             "teacher_source=cache needs a cache path",
         )
         require(
-            "/" not in self.name and "\\" not in self.name and self.name not in (".", ".."),
-            "name",
-            f"must be a plain folder name, got {self.name!r}",
-        )
-        require(
             not self.distill_shuffle_maps or self.teacher_source == "cache",
             "distill_shuffle_maps",
             "shuffles cached maps: needs teacher_source=cache",
-        )
-        require(
-            self.distill_cache_flips in ("auto", "on", "off"),
-            "distill_cache_flips",
-            f"must be auto, on or off, got {self.distill_cache_flips!r}",
         )
         require(
             self.distill_cache_flips != "on" or self.teacher_source == "cache",
@@ -322,6 +276,7 @@ class TrainConfig(Config):
             "distill_shuffle_maps",
             "is a single-teacher control; it is not supported with a `teachers` list",
         )
+        # Ultralytics' arguments: checked against its own names and by its own check (errors name its key)
         bad = sorted(set(self.extra) & RESERVED_EXTRA)
         require(not bad, "extra", f"{bad} are set by dinocache itself; use the train options instead")
         from ultralytics.cfg import DEFAULT_CFG_DICT
@@ -376,16 +331,42 @@ class TrainConfig(Config):
         return self.teacher_source != "none"
 
 
-TERM_KEYS = (
-    "teacher",
-    "layers",
-    "channels",
-    "object_weight",
-    "background_weight",
-    "stage_a_weight",
-    "stage_b_weight",
-    "dino_root",
-)
+def teacher_name_ok(name: str) -> bool:
+    """A teacher's name in a multi-teacher cache (teachers/NAME) and its loss column (d_NAME)."""
+    return re.fullmatch(r"[a-z0-9_]{1,8}", name) is not None
+
+
+@dataclass
+class TeacherSpec:
+    """One entry of TrainConfig.teachers as given; a key left out (None) takes the dino_* / stage_* value."""
+
+    # pydantic refuses keys that are not fields (naming the closest one)
+    __pydantic_config__ = {"extra": "forbid"}
+
+    # teacher name in the multi-teacher cache (teachers/NAME); the loss column is d_NAME
+    teacher: Annotated[
+        str,
+        rule(
+            teacher_name_ok, "{value!r} must be 1-8 characters of a-z, 0-9 and _ (the cache's teachers/NAME)"
+        ),
+    ]
+    # student layers distilled against this teacher (default: dino_distill_layers)
+    layers: Annotated[list[NonNegativeInt], Field(min_length=1), distinct("layers")] | None = None
+    # first D PCA channels of this teacher (default: dino_distill_channels)
+    channels: Annotated[int, Field(ge=1)] | None = None
+    # weight of the object cells (default: dino_distill_object_weight)
+    object_weight: NonNegativeFloat | None = None
+    # weight of the other cells (default: dino_distill_background_weight)
+    background_weight: NonNegativeFloat | None = None
+    # distillation weight in Stage A (default: stage_a_distill_weight)
+    stage_a_weight: NonNegativeFloat | None = None
+    # distillation weight in Stage B (default: stage_b_distill_weight)
+    stage_b_weight: NonNegativeFloat | None = None
+    # the teacher's folder, checked against the cache's weight-file digest; unset = not checked
+    dino_root: str | None = None
+
+
+TERM_KEYS = tuple(f.name for f in dataclasses.fields(TeacherSpec))
 
 
 @dataclass
@@ -411,55 +392,39 @@ class TeacherTerm:
 
 
 def teacher_terms(cfg: TrainConfig) -> list[TeacherTerm]:
-    """The `teachers` list as TeacherTerms; a bad entry is a ConfigError naming teachers[i].key."""
-    import re
-
+    """The `teachers` list as TeacherTerms (unset keys from the dino_* / stage_* values); a teacher listed
+    twice is a ConfigError naming teachers[i].teacher."""
     out: list[TeacherTerm] = []
-    if not isinstance(cfg.teachers, list):
-        raise ConfigError(f"teachers: must be a list of {{teacher: NAME, ...}} entries, got {cfg.teachers!r}")
+
+    def pick(v: Any, default: Any) -> Any:
+        return default if v is None else v
+
     for i, e in enumerate(cfg.teachers):
-        where = f"teachers[{i}]"
-        if not isinstance(e, dict):
-            raise ConfigError(f"{where}: must be a mapping like {{teacher: dino, channels: 32}}, got {e!r}")
-        unknown = sorted(set(e) - set(TERM_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {list(TERM_KEYS)}")
-        name = str(e.get("teacher", ""))
-        if not re.match(r"^[a-z0-9_]{1,8}$", name):
-            raise ConfigError(
-                f"{where}.teacher: {name!r} must be 1-8 characters of a-z, 0-9 and _ (the cache's teachers/NAME)"
+        if any(o.teacher == e.teacher for o in out):
+            raise ConfigError(f"teachers[{i}].teacher: '{e.teacher}' is listed twice")
+        out.append(
+            TeacherTerm(
+                teacher=e.teacher,
+                layers=list(pick(e.layers, cfg.dino_distill_layers)),
+                channels=pick(e.channels, cfg.dino_distill_channels),
+                object_weight=float(pick(e.object_weight, cfg.dino_distill_object_weight)),
+                background_weight=float(pick(e.background_weight, cfg.dino_distill_background_weight)),
+                stage_a_weight=float(pick(e.stage_a_weight, cfg.stage_a_distill_weight)),
+                stage_b_weight=float(pick(e.stage_b_weight, cfg.stage_b_distill_weight)),
+                dino_root=e.dino_root or "",
             )
-        try:
-            t = TeacherTerm(
-                teacher=name,
-                layers=[int(v) for v in e.get("layers", cfg.dino_distill_layers)],
-                channels=int(e.get("channels", cfg.dino_distill_channels)),
-                object_weight=float(e.get("object_weight", cfg.dino_distill_object_weight)),
-                background_weight=float(e.get("background_weight", cfg.dino_distill_background_weight)),
-                stage_a_weight=float(e.get("stage_a_weight", cfg.stage_a_distill_weight)),
-                stage_b_weight=float(e.get("stage_b_weight", cfg.stage_b_distill_weight)),
-                dino_root=str(e.get("dino_root", "")),
-            )
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{where}: {err}") from None
-        if not t.layers or any(v < 0 for v in t.layers) or len(set(t.layers)) != len(t.layers):
-            raise ConfigError(f"{where}.layers: need distinct layer indices >= 0, got {t.layers}")
-        if t.channels < 1:
-            raise ConfigError(f"{where}.channels: must be >= 1, got {t.channels}")
-        for k in ("object_weight", "background_weight", "stage_a_weight", "stage_b_weight"):
-            if getattr(t, k) < 0:
-                raise ConfigError(f"{where}.{k}: must be >= 0, got {getattr(t, k)}")
-        if any(o.teacher == name for o in out):
-            raise ConfigError(f"{where}.teacher: '{name}' is listed twice")
-        out.append(t)
+        )
     return out
+
+
+def gpu_list(device: str) -> list[str]:
+    """`"0,1"` -> ["0", "1"]: the GPUs of a multi-GPU device; [] for a single device."""
+    return [p.strip() for p in device.split(",")] if "," in device else []
 
 
 def hub_parts(model: str) -> tuple[str, str | None] | None:
     """(repo id, file or None) when `model` names a Hugging Face hub checkpoint: `owner/name` (no file suffix,
     not an existing path) or `hf://owner/name[/path/file.pt]`; None for a local model file or yaml."""
-    import re
-
     m = re.fullmatch(r"hf://([\w.-]+/[\w.-]+)(?:/(.+\.pt))?", model)
     if m:
         return m.group(1), m.group(2)

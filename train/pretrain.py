@@ -19,11 +19,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field, NonNegativeInt
 
-from dinocache.core.config import Config, ConfigError, build, require, to_dict
+from dinocache.core.config import Config, ConfigError, build, check_fields, distinct, require, to_dict
 
 PRETRAIN_ARGS_FILE = "pretrain_args.yaml"
 # a pretrain run folder's lock file: one pretraining writes there at a time
@@ -49,9 +50,9 @@ class PretrainConfig(Config):
     model: str = "yolo26n-obb.yaml"
     # student layers distilled, each with its own projector; empty = the detection head's inputs (the neck's
     # P3/P4/P5 outputs: 16, 19, 22 for YOLO26)
-    layers: list[int] = field(default_factory=list)
+    layers: Annotated[list[NonNegativeInt], distinct("layers")] = field(default_factory=list)
     # D: teacher channels distilled (the first D PCA components of the cache)
-    channels: int = 32
+    channels: Annotated[int, Field(ge=1)] = 32
     # projector per layer: linear (1x1 conv), conv (3x3 conv) or mlp (1x1 conv -> GELU -> 1x1 conv)
     projector: Literal["linear", "conv", "mlp"] = "linear"
     # per-cell distance: mse (per-channel standardised MSE, as PKD: each image's channels standardised over its
@@ -65,7 +66,7 @@ class PretrainConfig(Config):
     shuffle: bool = False
     # images held out (evenly spaced over the list, never trained on) to measure the feature fit each epoch;
     # at most a fifth of the images
-    fit_images: int = 64
+    fit_images: Annotated[int, Field(ge=1)] = 64
     # pretraining epochs
     epochs: int = 100
     # square image side; must equal the cache's imgsz
@@ -119,16 +120,10 @@ class PretrainConfig(Config):
         for key in ("data", "cache", "dino_root", "model", "artifacts_root", "name"):
             if isinstance(getattr(self, key), Path):
                 setattr(self, key, str(getattr(self, key)))
+        check_fields(self)
         self.validate()
 
     def validate(self) -> None:
-        require(self.fit_images >= 1, "fit_images", f"must be >= 1, got {self.fit_images}")
-        require(self.channels >= 1, "channels", f"must be >= 1, got {self.channels}")
-        require(
-            len(set(self.layers)) == len(self.layers) and all(i >= 0 for i in self.layers),
-            "layers",
-            f"need distinct layer indices >= 0, got {self.layers}",
-        )
         require(
             not self.shuffle or self.teacher_source == "cache",
             "shuffle",

@@ -190,7 +190,8 @@ _HINTS: dict[tuple[type, bool], dict[str, Any]] = {}
 
 def check_fields(obj: Any) -> None:
     """Check every field whose annotation declares a range, rule, choice or record (pydantic, lax mode) and
-    keep pydantic's value (a `teachers` entry becomes its dataclass); a ConfigError names the key. Config
+    keep pydantic's value where it differs (a `teachers` entry given as a mapping becomes its dataclass); a
+    ConfigError names the key. Config
     classes call this in `__post_init__` (so `Cls(...)` by hand and `dataclasses.replace` check too) and
     `build` calls it for every class."""
     hints = _hints(type(obj))
@@ -201,7 +202,9 @@ def check_fields(obj: Any) -> None:
         value = getattr(obj, f.name)
         if isinstance(value, bool) and _numeric(_hints(type(obj), extras=False)[f.name]):
             raise ConfigError(f"{f.name}: expected a number, got {value!r}")
-        object.__setattr__(obj, f.name, _coerce(value, tp, f.name))
+        checked = _coerce(value, tp, f.name)
+        if checked != value:  # a record given as a mapping; an equal number (5 for 5.0) stays as given
+            object.__setattr__(obj, f.name, checked)
 
 
 # pydantic's union-member tags in an error location (`int`, `function-after[...]`), not keys of ours
