@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 from dinocache.cache import format as fmt
+from dinocache.cache.arrays import decode_keys
 from dinocache.cache.errors import CacheCorrupt, CacheError, damage_reason, repair_hint
 from dinocache.cache.locations import folder_names
-from dinocache.cache.store import decode_keys
 
 _scratch = threading.local()  # all_finite's per-thread buffer
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from dinocache.cache.errors import CacheError
-from dinocache.cache.store import FeatureCache
+from dinocache.cache.reader import FeatureCache
 
 from dinocache.core.errors import DinocacheError
 
@@ -144,7 +144,7 @@ def verify(
 
     if dino_root is not None:
         from dinocache.cache.errors import CacheMismatch
-        from dinocache.cache.store import check_fingerprint
+        from dinocache.cache.reader import check_fingerprint
         from dinocache.teacher.registry import load_teacher
 
         teacher = load_teacher(
@@ -166,7 +166,7 @@ def verify(
     for b in damaged:
         add("damaged row (row, key, file)", b.line())
     sha_raw, _ = fc.read_chunked(fmt.SHA256)
-    from dinocache.cache.store import bytes_to_hex
+    from dinocache.cache.arrays import bytes_to_hex
 
     stored = bytes_to_hex(sha_raw)
     row_of = {k: i for i, k in enumerate(keys)}

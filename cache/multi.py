@@ -84,7 +84,7 @@ def check_joinable(
             f"{cache} holds {m['n']} images per teacher ({sorted(others)}); teacher '{name}' lists "
             f"{len(keys)}: every teacher of one cache covers the same images (same data and split)"
         )
-    from dinocache.cache.store import FeatureCache
+    from dinocache.cache.reader import FeatureCache
 
     first = sorted(others)[0]
     stored = FeatureCache(teacher_path(cache, first), storage_options).keys
@@ -122,7 +122,7 @@ def register(cache: str, name: str, spec: fmt.Spec, storage_options: dict[str, A
 
 def open_teacher(cache: str, name: str, storage_options: dict[str, Any] | None = None) -> Any:
     """FeatureCache of teacher `name`; a cache without that teacher is refused naming the ones it holds."""
-    from dinocache.cache.store import FeatureCache
+    from dinocache.cache.reader import FeatureCache
 
     m = read_manifest(cache, storage_options)
     if m is None:

@@ -32,8 +32,9 @@ _LAZY = {
     "TrainConfig": "dinocache.train.config",
     "DinoOBBTrainer": "dinocache.train.trainer",
     "train": "dinocache.train.run",
-    "PrecomputeConfig": "dinocache.precompute.run",
+    "PrecomputeConfig": "dinocache.precompute.config",
     "Precompute": "dinocache.precompute.run",
+    "PrecomputeResult": "dinocache.precompute.run",
     "CompareConfig": "dinocache.compare",
     "Compare": "dinocache.compare",
     # the teacher-training guide's API (finetune/api.py)

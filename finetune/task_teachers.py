@@ -27,6 +27,11 @@ student distils the *encoder's* features, which a decoder-only adapter (the seed
 
 Then `dinocache merge-teacher --adapter .../grounding_dino_lora --out gd_merged` gives a plain checkpoint
 folder that precompute takes as dino_root (family read from its config.json).
+
+Why one file of ~900 lines: it is one job end to end (options, the teacher choice from the annotations, the
+two transformers task adapters, the per-teacher training loop, its resume state, the merge and the command
+line) with no part used elsewhere; the next split would be the two task classes (`GroundingDinoTask`,
+`SamTask`) into a module of their own.
 """
 
 from __future__ import annotations

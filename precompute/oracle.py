@@ -21,7 +21,7 @@ def write_oracle_features(
     maps. Returns the oracle's per-channel (mean, std) over the rows, to undo that standardisation.
     `label_of(key)`: the label file of a cache key, for a cache of unlabeled images whose labels are kept
     elsewhere (hidden from the pretraining, known to the oracle); default: `data`'s labels/ beside images/."""
-    from dinocache.cache.store import CacheWriter
+    from dinocache.cache.writer import CacheWriter
     from dinocache.datatools.oracle import oracle_map
 
     from dinocache import cache

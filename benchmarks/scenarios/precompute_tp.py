@@ -66,16 +66,15 @@ def main() -> None:
         ]
         cfg = build(PrecomputeConfig, parse_overrides(args), "benchmark")
         t0 = time.perf_counter()
-        p = Precompute(cfg)
-        rc = p.run()
+        res = Precompute(cfg).run()
         total = time.perf_counter() - t0
-        if rc != 0:
-            raise SystemExit(f"precompute failed with {rc}")
+        if res.exit_code != 0:
+            raise SystemExit(f"precompute failed with {res.exit_code}")
         # steady state: the compute loop (decode, teacher, PCA, fp16, background writes until the last
         # shard is on disk), without the one-off start-up (imports, listing + hashing, teacher load, PCA fit)
-        dt = p.compute_seconds
+        dt = res.compute_seconds
         # the PCA fit's rows were computed before the loop's clock: count only the loop's own rows
-        n_loop = getattr(p, "compute_rows", n)
+        n_loop = res.loop_rows
         write(
             a.out,
             {
