@@ -9,8 +9,7 @@ This package is the only one that imports zarr.
 
 from dinocache.cache.errors import CacheCorrupt, CacheError, CacheFormatError, CacheMismatch
 from dinocache.cache.format import FORMAT_NAME, FORMAT_VERSION
-from dinocache.cache.reader import FeatureCache, check_fingerprint, open  # noqa: A004
-from dinocache.cache.writer import CacheWriter
+from dinocache.cache.store import CacheWriter, FeatureCache, check_fingerprint, open  # noqa: A004
 
 __all__ = [
     "FORMAT_NAME",
