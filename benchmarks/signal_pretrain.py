@@ -469,6 +469,18 @@ def report(
             row[f"d_{m}_vs_scratch [95% CI]"] = (
                 "" if arm == "scratch" or not rs else _ci(paired(runs, arm, m))
             )
+        # does the teacher's knowledge add to what any pretrained start gives (the random teacher), and does the
+        # cache lose anything against the teacher run online (online - teacher)
+        row["d_map50_vs_random [95% CI]"] = (
+            _ci(paired(runs, arm, "map50", "random"))
+            if rs and arm not in ("scratch", "random") and runs.get("random")
+            else ""
+        )
+        row["d_map50_online_vs_cache [95% CI]"] = (
+            _ci(paired(runs, "online", "map50", "teacher"))
+            if arm == "online" and rs and runs.get("teacher")
+            else ""
+        )
         fits = [p["fit"] for k, p in pre.items() if p["arm"] == arm]
         for k in ("fit/cos", "fit/cos_shuf", "fit/gap", "fit/pcc", "fit/pcc_shuf"):
             vals = [f[k] for f in fits if k in f]
@@ -502,7 +514,8 @@ def report(
         "oracle = each cell's class coverage from U's hidden labels in the same cache (upper bound of the pipe); "
         "random = the same ViT untrained; shuffled = the teacher cache, each image learning another's map; "
         "online = the teacher run on every augmented batch. mean ± std over seeds; d_* = paired difference "
-        "against scratch over the same seeds, mean [t-based 95 % CI]; val_box_loss / val_cls_loss = the last "
+        "against scratch over the same seeds, mean [t-based 95 % CI] (d_map50_vs_random: against the random-teacher "
+        "arm; d_map50_online_vs_cache: online - teacher); val_box_loss / val_cls_loss = the last "
         "validation's losses on the held-out set (lower is better; they separate students that detect nothing yet). fit = held-out feature fit after "
         "pretraining (mean cosine of the student's projection with its own image's map; cos_shuf: with another "
         "image's; gap = cos - cos_shuf; pcc = mean per-channel correlation over each image's cells, what the mse "
