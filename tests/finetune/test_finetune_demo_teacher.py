@@ -80,6 +80,30 @@ def test_bad_settings_name_the_key(tmp_path: Path, capsys) -> None:
     assert "not empty" in capsys.readouterr().err and (tmp_path / "busy" / "x.txt").exists()
 
 
+def test_precompute_takes_the_shipped_teacher(tmp_path: Path) -> None:
+    """`dinocache precompute` with dino_root = the shipped folder at imgsz 128 (the real from_pretrained path,
+    default layer): the cache holds one 8x8 map per image (16-px cells)."""
+    from dinocache.datatools.demo_data import make_demo_dataset
+    from dinocache.finetune import demo_teacher as dt
+    from dinocache.precompute.run import main as precompute
+
+    from dinocache import cache
+
+    data = make_demo_dataset(tmp_path / "data", n_train=4, n_val=1, imgsz=128, seed=3)
+    (tmp_path / "empty.json").write_text("{}")
+    store = tmp_path / "features.zarr"
+    rc = precompute(
+        ["--config", str(tmp_path / "empty.json"), f"data={data / 'data.yaml'}", f"cache={store}",
+         f"dino_root={dt.SHIPPED}", "imgsz=128", "channels=16", "device=cpu", "batch=4", "workers=0"]
+    )  # fmt: skip
+    assert rc == 0
+    fc = cache.open(store)
+    keys = list(fc.keys)
+    assert len(keys) == 4
+    f = fc.get(keys[0], channels=16)
+    assert tuple(f.shape) == (16, 8, 8) and bool((abs(f) > 0).any())
+
+
 def test_probe_scores_cached_features(demo_teacher: Path, tmp_path: Path) -> None:
     from dinocache.finetune.probe import probe_teacher
 
