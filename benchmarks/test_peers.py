@@ -9,7 +9,9 @@ batch and epochs, and times the measured epochs (the first is a warm-up):
   * LightlyTrain `distillation` with a ViT-B/16-shaped DINOv3 teacher (random weights, offline);
     skipped when `lightly-train` (optional extra `bench-peers`, AGPL) is not installed;
   * dinocache `none`, `cache` and `online` with a ViT-B/16-shaped random DINOv3 teacher
-    (`benchmarks/scenarios/train_epoch.py`); skipped when that scenario or the precompute is missing.
+    (`benchmarks/scenarios/train_epoch.py`); skipped when that scenario or the precompute is missing;
+  * dinocache `pretrain` from the cache and online (`benchmarks/scenarios/pretrain_epoch.py`): the
+    label-free job LightlyTrain's row does, at the student's cost when the maps come from the cache.
 The last test writes the section "peers" with per-image time, peak memory and ratios to plain
 Ultralytics. What each run trains differs; see docs/peers.md (also the section note in BENCHMARKS.md).
 """
@@ -43,7 +45,9 @@ NOTE = (
     "labels follows in practice and is not timed here; "
     "*dinocache* trains the full detector on the labels plus DINOv3 feature distillation, the teacher "
     "either read from the precomputed cache (`cache`, teacher cost paid once, before training, not in "
-    "these figures) or run every step (`online`); `none` is dinocache's trainer without distillation. "
+    "these figures) or run every step (`online`); `none` is dinocache's trainer without distillation; "
+    "*dinocache pretrain* is the label-free job LightlyTrain does (backbone and neck against the teacher's "
+    "maps, no labels, no head), the maps read from the same cache or the teacher run every step. "
     "Teachers have random weights (the compute of real ones). On CPU, peak memory is the process's peak "
     "RSS, which includes each library's import footprint (`import_rss_mib`). See docs/peers.md."
 )
@@ -225,6 +229,29 @@ def test_dinocache_modes(peer_data: Path, size: dict, tmp_path: Path) -> None:
             timeout=TIMEOUT,
         )
         _row(f"dinocache {mode}", what, teacher_desc, res)
+    # label-free pretraining, the job LightlyTrain's row does: backbone and neck on the maps alone
+    for source in ("cache", "online"):
+        res = run_scenario(
+            "benchmarks.scenarios.pretrain_epoch",
+            [
+                "--source",
+                source,
+                "--data",
+                str(peer_data),
+                "--cache",
+                str(cache),
+                "--dino-root",
+                str(teacher),
+                *_common_args(size),
+            ],
+            timeout=TIMEOUT,
+        )
+        _row(
+            f"dinocache pretrain {source}",
+            "backbone + neck, no labels",
+            f"DINOv3 ViT-B/16 ({'cached' if source == 'cache' else 'online'})",
+            res,
+        )
 
 
 def test_write_peer_table(results) -> None:
