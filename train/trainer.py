@@ -1,25 +1,27 @@
 """DinoOBBTrainer: Ultralytics' OBB trainer fed with cached (or live) DINOv3 features.
 
 What it changes in Ultralytics' loop, and where:
-- `get_model`: a DistillOBBModel (hooks + 1x1 projection; the loss term lives in its `loss()`).
+- `get_model`: a DistillOBBModel (hooks + 1x1 projections; the distillation terms live in its `loss()`).
 - `build_dataset`: the training set attaches each image's cached teacher map; flips flip it too.
 - `preprocess_batch`: normalises the teacher map on the device, or computes it live (online mode).
-- `on_train_epoch_start` callback: the two-stage curriculum (unfreeze, distillation weight).
 - `save_model`: best.pt/last.pt hold a clean OBBModel; resume state goes to weights/resume.pt (tensors only).
-- `on_model_save` callback: the epoch's grade, best_geo.pt, overlays and DINO viz (train/eval_hooks.py).
 - `resume_training`: restores model, projection, EMA, optimizer and epoch from weights/resume.pt.
+- `optimizer_step`, `_handle_nan_recovery`: a NaN/inf stops the run before it reaches the weights.
+The callbacks it registers (curriculum, epoch speed, the per-epoch evaluation) are in train/callbacks.py;
+what resume.pt holds and the RNG streams of an exact resume in train/checkpoint.py; what refuses a run
+before it starts in train/preflight.py.
 """
 
 from __future__ import annotations
 
 import math
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from dinocache.train import ddp, eval_hooks
+from dinocache.train import checkpoint, ddp, eval_hooks
+from dinocache.train.callbacks import add_callbacks, apply_curriculum, evaluate_saved_epoch, log_epoch_speed
 from dinocache.train.config import TrainConfig, teacher_terms
 from dinocache.train.context import DINO_ARGS_FILE, RESUME_FILE, TeacherContext, TrainError
 from dinocache.train.dataset import (
@@ -44,41 +46,6 @@ from dinocache.core.config import to_dict
 from dinocache.core.errors import DinocacheError
 from dinocache.core.logs import quiet_ultralytics
 
-# the event of a bare callback function in `train(callbacks=[fn])`: each epoch, after validation
-DEFAULT_CALLBACK_EVENT = "on_fit_epoch_end"
-
-
-def apply_curriculum(trainer: DinoOBBTrainer) -> None:
-    """on_train_epoch_start: Stage B unfreezes (3 steps, see the notes) and sets this epoch's distill weight.
-
-    Runs before Ultralytics' `_model_train()`, which puts the BatchNorms named in `freeze_layer_names` in
-    eval mode; emptying that list (bar .dfl) is what restores BatchNorm training.
-    """
-    cfg = trainer.dino
-    epoch = trainer.epoch
-    model = unwrap_model(trainer.model)
-    stage = stage_of(epoch, cfg)
-    if stage == "B" and trainer.stage_frozen:
-        for name, p in model.named_parameters():
-            if ".dfl" not in name and p.dtype.is_floating_point:
-                p.requires_grad_(True)
-        trainer.freeze_layer_names = [".dfl"]
-        trainer.stage_frozen = False
-        if ddp.is_ddp(trainer.model):  # every rank runs this at the same epoch; see train/ddp.py
-            trainer.model = ddp.rewrap_ddp(trainer.model)
-        LOGGER.info(f"{colorstr('dinocache:')} epoch {epoch + 1}: Stage B, all layers unfrozen")
-    trainer.epoch_t0 = time.perf_counter()
-    trainer.epoch_steps = 0
-    w = distill_weight(epoch, cfg)
-    if cfg.teachers:  # each term its own weight; distill_weight is the largest
-        model.distill_term_weights = term_weights(epoch, cfg)
-        w = max(model.distill_term_weights.values(), default=0.0)
-    model.distill_weight = w
-    trainer.stage = stage
-    if w != trainer.last_logged_weight:
-        LOGGER.info(f"{colorstr('dinocache:')} epoch {epoch + 1}: Stage {stage}, distill weight w={w:.4g}")
-        trainer.last_logged_weight = w
-
 
 def _ranges(ids: list[int]) -> str:
     """[0, 1, 2, 5] -> '0-2, 5'"""
@@ -100,70 +67,6 @@ def snapshot(t: torch.Tensor, n: int) -> torch.Tensor:
 
 class NonFiniteLoss(DinocacheError, RuntimeError):
     """The training loss (or the validation fitness) became NaN/inf: the run stops, the last good checkpoint stays."""
-
-
-def log_epoch_speed(trainer: DinoOBBTrainer) -> None:
-    """on_train_epoch_end: the epoch's training throughput in images/s (Ultralytics' bar counts batches)."""
-    t0 = getattr(trainer, "epoch_t0", None)
-    if t0 is None or RANK not in {-1, 0}:
-        return
-    dt = max(time.perf_counter() - t0, 1e-9)
-    n = len(trainer.train_loader.dataset)
-    steps = getattr(trainer, "epoch_steps", 0)
-    LOGGER.info(
-        f"{colorstr('dinocache:')} epoch {trainer.epoch + 1}/{trainer.epochs}: trained on {n} images, "
-        f"{steps} optimizer step{'s' * (steps != 1)}, in {dt:.1f}s ({n / dt:.1f} img/s)"
-    )
-
-
-def add_callbacks(trainer: Any, callbacks: Any) -> None:
-    """Register user callbacks with Ultralytics' `add_callback(event, fn)`; `fn(trainer)` each.
-
-    Accepted forms: a dict {event: fn or [fn, ...]} (Ultralytics' own integration dicts, e.g.
-    `ultralytics.utils.callbacks.wb.callbacks`, are of this form); a list of such dicts, of (event, fn) pairs
-    and of bare functions. A bare function whose name is an Ultralytics event (`def on_train_end(trainer)`)
-    runs at that event; any other bare function (the seed's `callbacks=[eval_callback, wandb_callback]`)
-    runs at `on_fit_epoch_end`, after each epoch's validation, where Ultralytics' own loggers log."""
-    if not callbacks:
-        return
-    items = [callbacks] if isinstance(callbacks, dict) or callable(callbacks) else list(callbacks)
-    for item in items:
-        if isinstance(item, dict):
-            pairs = [
-                (ev, f)
-                for ev, fns in item.items()
-                for f in (fns if isinstance(fns, (list, tuple)) else [fns])
-            ]
-        elif isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str):
-            pairs = [(item[0], item[1])]
-        elif callable(item):
-            name = getattr(item, "__name__", "")
-            pairs = [(name if name in trainer.callbacks else DEFAULT_CALLBACK_EVENT, item)]
-        else:
-            raise TypeError(f"callbacks: {item!r} is not a function, an (event, function) pair or a dict")
-        for event, fn in pairs:
-            if event not in trainer.callbacks:
-                import difflib
-
-                close = difflib.get_close_matches(event, list(trainer.callbacks), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ValueError(f"callbacks: {event!r} is not an Ultralytics event{hint}")
-            if not callable(fn):
-                raise TypeError(f"callbacks[{event!r}]: {fn!r} is not callable")
-            if fn not in trainer.callbacks[event]:
-                trainer.add_callback(event, fn)
-
-
-def evaluate_saved_epoch(trainer: DinoOBBTrainer) -> None:
-    """on_model_save (rank 0, once per epoch, after validation and after last.pt and resume.pt are written;
-    not on_fit_epoch_end, which final_eval fires a second time): grade, best_geo.pt, overlays, DINO viz,
-    TensorBoard/W&B. Under the saved RNG state, so evaluating does not change the training stream a resume
-    continues."""
-    state = rng_state(None)
-    try:
-        eval_hooks.after_save_model(trainer, trainer.ema.ema)  # the training EMA (DistillOBBModel)
-    finally:
-        set_rng_state(state, None)
 
 
 class DinoOBBTrainer(OBBTrainer):
@@ -237,7 +140,7 @@ class DinoOBBTrainer(OBBTrainer):
         kept = csv.read_bytes() if resume_state is not None and csv.is_file() else None
         if kept is not None:
             # rows of epochs after the saved one (written before a checkpoint failed) are done again
-            kept = _rows_up_to(kept, int(resume_state["epoch"]) + 1)
+            kept = checkpoint.rows_up_to(kept, int(resume_state["epoch"]) + 1)
         super().__init__(cfg, overrides, _callbacks)
         if kept is not None and RANK in {-1, 0} and not self.csv.exists():
             self.csv.write_bytes(kept)
@@ -582,27 +485,7 @@ class DinoOBBTrainer(OBBTrainer):
         return saved
 
     def _save_resume_state(self, ema_model: torch.nn.Module) -> None:
-        state = {
-            "epoch": int(self.epoch),
-            "stage": self.stage,
-            "distill_weight": float(getattr(unwrap_model(self.model), "distill_weight", 0.0)),
-            "ema": {k: v.detach().cpu().clone() for k, v in ema_model.state_dict().items()},
-            "updates": int(self.ema.updates),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "best_fitness": None if self.best_fitness is None else float(self.best_fitness),
-            "stopper": {
-                "best_fitness": None
-                if self.stopper.best_fitness is None
-                else float(self.stopper.best_fitness),
-                "best_epoch": int(self.stopper.best_epoch),
-            },
-            "dinocache": to_dict(self.dino),
-            # the live weights and every RNG stream, so a resumed run continues the uninterrupted one exactly
-            # (Ultralytics continues from the EMA weights and reseeds; tests/faults/test_fault_kill_train.py)
-            "model": {k: v.detach().cpu().clone() for k, v in unwrap_model(self.model).state_dict().items()},
-            "rng": rng_state(getattr(self, "train_loader", None)),
-        }
+        state = checkpoint.resume_state(self, ema_model)
         tmp = self.wdir / (RESUME_FILE + ".tmp")
         try:
             torch.save(state, tmp)
@@ -641,15 +524,7 @@ class DinoOBBTrainer(OBBTrainer):
             )
         model = unwrap_model(self.model)
         model.load_state_dict(state["ema"], strict=True)
-        as_ckpt = {
-            "epoch": int(state["epoch"]),
-            "optimizer": state["optimizer"],
-            "scaler": state.get("scaler"),
-            "ema": model,  # Ultralytics reads ckpt["ema"].float().state_dict(): the EMA state just loaded
-            "updates": state["updates"],
-            "best_fitness": state.get("best_fitness"),
-            "stopper": state.get("stopper"),
-        }
+        as_ckpt = checkpoint.ultralytics_checkpoint(state, model)
         was_resume, self.resume = self.resume, True
         try:
             super().resume_training(as_ckpt)
@@ -660,8 +535,8 @@ class DinoOBBTrainer(OBBTrainer):
             model.load_state_dict(state["model"], strict=True)
         self._last_saved_epoch = start_epoch - 1
         if state.get("rng"):
-            set_rng_state(state["rng"], getattr(self, "train_loader", None))
-        self._time_offset = _last_time(self.csv)
+            checkpoint.set_rng_state(state["rng"], getattr(self, "train_loader", None))
+        self._time_offset = checkpoint.last_time(self.csv)
         LOGGER.info(
             f"{colorstr('dinocache:')} resuming {self.save_dir} at epoch {start_epoch + 1}/{self.epochs} "
             f"(Stage {stage_of(start_epoch, self.dino)}, w={distill_weight(start_epoch, self.dino):.4g})"
@@ -745,110 +620,6 @@ class DinoOBBTrainer(OBBTrainer):
 
     def release_teacher(self) -> None:
         self._teacher = None
-
-
-def rng_state(loader: Any) -> dict[str, Any]:
-    """Python, numpy and torch (CPU, CUDA) RNG states and the train loader's shuffle generator, as tensors and
-    plain values (resume.pt loads with weights_only=True)."""
-    import random
-
-    import numpy as np
-
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    out: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda"] = torch.cuda.get_rng_state_all()
-    gen = getattr(loader, "generator", None)
-    if gen is not None:
-        out["loader"] = gen.get_state()
-    buf = getattr(getattr(loader, "dataset", None), "buffer", None)
-    if isinstance(buf, list):
-        # Mosaic draws its other tiles from the images Ultralytics' dataset keeps in this buffer (in-process
-        # loading, workers=0): part of the stream a resume continues
-        out["mosaic_buffer"] = torch.tensor(buf, dtype=torch.int64)
-    return out
-
-
-def set_rng_state(state: dict[str, Any], loader: Any) -> None:
-    """Restore `rng_state`. The loader's persistent iterator is created first: creating it draws a worker seed
-    from the generator, which the uninterrupted run did once at its start, before the state was saved."""
-    import random
-
-    import numpy as np
-
-    if "python" in state:
-        v, internal, g = state["python"]
-        random.setstate((v, tuple(internal), g))
-    if "numpy" in state:
-        kind, keys, pos, has_gauss, gauss = state["numpy"]
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    ds = getattr(loader, "dataset", None)
-    if "mosaic_buffer" in state and isinstance(getattr(ds, "buffer", None), list):
-        restore_mosaic_buffer(ds, [int(i) for i in state["mosaic_buffer"].tolist()])
-    gen = getattr(loader, "generator", None)
-    if gen is not None and "loader" in state:
-        fresh = getattr(loader, "iterator", "absent") is None and getattr(loader, "num_workers", 1) == 0
-        if fresh:
-            loader.iterator = loader._get_iterator()
-        gen.set_state(state["loader"])
-        sampler = getattr(loader, "sampler", None)
-        if fresh and isinstance(sampler, torch.utils.data.RandomSampler) and not sampler.replacement:
-            # torch's RandomSampler ends each pass with one more randperm (sliced to the num_samples % n
-            # remainder). The uninterrupted run drew it at the start of this epoch, before this epoch's order,
-            # when its last batch was full (the batch sampler stops asking mid-pass) or dropped; a last partial
-            # batch asks the sampler to its end, so that draw already happened in the epoch before the save
-            n = len(sampler.data_source)
-            bs = getattr(loader, "batch_size", None) or 1
-            deferred = bool(getattr(loader, "drop_last", False)) or sampler.num_samples % bs == 0
-            if sampler.num_samples % n == 0 and deferred:
-                torch.randperm(n, generator=gen)
-
-
-def _rows_up_to(csv_bytes: bytes, epoch: int) -> bytes:
-    """results.csv (header + rows) without the rows of epochs after `epoch` (Ultralytics' 1-based column)."""
-    lines = csv_bytes.decode("utf-8").splitlines(keepends=True)
-    if not lines:
-        return csv_bytes
-    head = [c.strip() for c in lines[0].split(",")]
-    if "epoch" not in head:
-        return csv_bytes
-    i = head.index("epoch")
-    keep = [ln for ln in lines[1:] if ln.strip() and float(ln.split(",")[i]) <= epoch]
-    return "".join([lines[0], *keep]).encode("utf-8")
-
-
-def restore_mosaic_buffer(ds: Any, indices: list[int]) -> None:
-    """Refill Ultralytics' image buffer with `indices` (oldest first), their images loaded as the uninterrupted
-    run held them; the buffer is widened while loading so none of them is evicted on the way."""
-    keep = ds.max_buffer_length
-    ds.max_buffer_length = len(indices) + 2
-    try:
-        ds.buffer.clear()
-        for i in indices:
-            ds.load_image(i)
-    finally:
-        ds.max_buffer_length = keep
-    ds.buffer[:] = indices
-
-
-def _last_time(csv_path: Path) -> float:
-    """The `time` (seconds since the run started) of the last row of results.csv, 0 when there is none."""
-    import csv
-
-    try:
-        with open(csv_path, encoding="utf-8") as f:
-            rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
-        return float(rows[-1]["time"]) if rows else 0.0
-    except (OSError, KeyError, ValueError, TypeError):
-        return 0.0
 
 
 __all__ = [
