@@ -158,6 +158,8 @@ class Spec:
     k: int
     grid: list[int]
     imgsz: int
+    # image pixels per map cell at imgsz (imgsz // grid; Teacher.stride(imgsz)), whatever the teacher's own
+    # ViT patch (a DINOv2 cache, 14-px patches, says 16): the attribute keeps its name so every cache opens
     patch_size: int
     teacher_channels: int
     shard_size: int

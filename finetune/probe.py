@@ -101,7 +101,7 @@ def probe_teacher(
     )  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"probe: precompute of {teacher} failed (exit {rc})")
-    labels = _patch_labels(data / "data.yaml", imgsz, t.patch_size, purity)
+    labels = _patch_labels(data / "data.yaml", imgsz, t.stride(imgsz), purity)  # pixels per cell
     fc = cache.open(store)
     keys = sorted(labels)
     half = len(keys) // 2

@@ -173,7 +173,8 @@ class Teacher(Protocol):
         ...
 
     def stride(self, imgsz: int) -> int:
-        """Image pixels per cell (imgsz // grid), exact: warp mode and flips rely on it."""
+        """Image pixels per cell (imgsz // grid), exact: warp mode and flips rely on it; a cache stores it
+        as `patch_size`."""
         ...
 
     def input_size(self, imgsz: int) -> int:

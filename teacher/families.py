@@ -97,6 +97,8 @@ class FeatureTeacher(torch.nn.Module):
             )
 
     def stride_hint(self) -> int:
+        """Pixels per cell at a size this family is usually run at (SAM: at 512 px), for the imgsz refusal;
+        `stride(imgsz)` is the exact value at a given size."""
         return 32
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,11 +116,6 @@ class FeatureTeacher(torch.nn.Module):
     def stride(self, imgsz: int) -> int:
         self.check_imgsz(imgsz)
         return int(imgsz) // self.grid(imgsz)[0]
-
-    @property
-    def patch_size(self) -> int:
-        """Image pixels per cell at the default size this teacher is usually run at (see stride(imgsz))."""
-        return self.stride_hint()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return teacher_autocast(self.device, self.amp_request)

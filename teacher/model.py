@@ -57,6 +57,7 @@ class DinoV3Teacher(torch.nn.Module):
         super().__init__()
         cfg = model.config
         ps = cfg.patch_size
+        # the ViT's patch (its config's patch_size); one token per patch, so also the map's cell at any imgsz
         self.patch_size: int = int(ps[0] if isinstance(ps, (list, tuple)) else ps)
         self.channels: int = int(cfg.hidden_size)
         self.num_prefix: int = 1 + int(getattr(cfg, "num_register_tokens", 0) or 0)  # CLS + registers
