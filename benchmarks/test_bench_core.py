@@ -441,7 +441,7 @@ def _parallel_reads(path: str, n: int, k: int) -> float:
 
 
 def test_lora_vs_full_finetune(bench_env: dict, results, quick: bool) -> None:
-    """Issue 6: peak memory and step time of LoRA vs full fine-tuning of the same ViT on the same batch."""
+    """Peak memory and step time of LoRA vs full fine-tuning of the same ViT on the same batch."""
     from dinocache.finetune.bench import lora_vs_full
 
     section = "Teacher fine-tuning: LoRA vs full"

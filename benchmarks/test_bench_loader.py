@@ -1,4 +1,4 @@
-"""Issue 13: the CPU the cache path adds where users train. Run: `pytest benchmarks/test_bench_loader.py --benchmark`.
+"""The CPU the cache path adds where users train. Run: `pytest benchmarks/test_bench_loader.py --benchmark`.
 
 Sections (BENCHMARKS.md, benchmarks/results/latest.json):
 - `loader`: CPU ms per sample of the dataloader (`__getitem__` + collate), plain Ultralytics vs cache (warp

@@ -55,6 +55,10 @@ the cache never saw. All three are 0 in Ultralytics' defaults, so nothing is los
 Dataset protocol (see docs/warp.md): `dataset.get_image_and_label(i)` attaches `labels["teacher_feat"]`
 (D, h, w) for the image it loads, or the dataset provides `teacher_feat_for(index) -> (D, h, w)` (used for the
 extra images Mosaic loads when their labels carry no map).
+
+Why one file of ~730 lines: the transform wrappers write and `warp_batch` reads the same per-tile geometry
+record (`GEOM_FIELDS`, the matrix and rectangle conventions); kept together, a change to the record is made
+in one place and tests/train/test_train_warp.py checks both sides of it.
 """
 
 from __future__ import annotations

@@ -55,6 +55,23 @@ def cfg_for():
     return make
 
 
+@pytest.fixture(scope="session")
+def trainer_for():
+    """`trainer_for(cfg, resume_state=None)`: a DinoOBBTrainer of `cfg` on the CPU, built as `train()` builds it
+    (preflight's teacher context, Ultralytics' arguments) with the geometric augmentation off; nothing trained
+    (the DDP handoff tests)."""
+    from dinocache.train.overrides import geometric_off, ultralytics_overrides
+    from dinocache.train.preflight import preflight, run_dir
+    from dinocache.train.trainer import DinoOBBTrainer
+
+    def make(cfg, resume_state: dict | None = None):
+        ov = ultralytics_overrides(cfg, run_dir(cfg, cfg.name), "cpu")
+        geometric_off(ov)
+        return DinoOBBTrainer(overrides=ov, dino=cfg, ctx=preflight(cfg), resume_state=resume_state)
+
+    return make
+
+
 class Lines(logging.Handler):
     """Ultralytics' LOGGER does not propagate (caplog can't see it): collect its records directly."""
 

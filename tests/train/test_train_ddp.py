@@ -71,18 +71,6 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
 
 
 # -- the config reaches every rank through Ultralytics' own launcher -------------------------------------------
-@pytest.fixture(scope="module")
-def feature_cache(tmp_path_factory: pytest.TempPathFactory, demo_data: Path, tiny_teacher_dir: Path) -> Path:
-    from dinocache.precompute.run import main as precompute
-
-    d = tmp_path_factory.mktemp("cache")
-    (d / "empty.json").write_text("{}")
-    out = d / "features.zarr"
-    args = [f"data={demo_data}", f"cache={out}", f"dino_root={tiny_teacher_dir}", "imgsz=128", "channels=8"]
-    assert precompute(["--config", str(d / "empty.json"), *args, "device=cpu", "batch=8", "workers=0"]) == 0
-    return out
-
-
 def small_cfg(tiny_train, root: Path, demo_data: Path, teacher: Path, cache: Path, **kw) -> TrainConfig:
     values = tiny_train(
         root,
@@ -102,19 +90,8 @@ def small_cfg(tiny_train, root: Path, demo_data: Path, teacher: Path, cache: Pat
     return build(TrainConfig, values)
 
 
-def make_trainer(cfg: TrainConfig, resume_state: dict | None = None):
-    from dinocache.train.overrides import geometric_off, ultralytics_overrides
-    from dinocache.train.preflight import preflight, run_dir
-    from dinocache.train.trainer import DinoOBBTrainer
-
-    ctx = preflight(cfg)
-    ov = ultralytics_overrides(cfg, run_dir(cfg, cfg.name), "cpu")
-    geometric_off(ov)
-    return DinoOBBTrainer(overrides=ov, dino=cfg, ctx=ctx, resume_state=resume_state)
-
-
 def test_ultralytics_ddp_launcher_carries_our_config(
-    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch, tiny_train
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch, tiny_train, trainer_for
 ) -> None:
     """Our train() with ddp on: Ultralytics writes its launcher + pickled state; running that launcher
     (as one CPU process here instead of torchrun on GPUs) rebuilds our trainer with our TrainConfig and
@@ -131,7 +108,7 @@ def test_ultralytics_ddp_launcher_carries_our_config(
         stage_b_distill_weight=0.3,
         keep_resume=True,
     )
-    trainer = make_trainer(cfg)
+    trainer = trainer_for(cfg)
     trainer.ddp, trainer.world_size = True, 2  # what device=0,1 sets; the ranks themselves run on the CPU
     seen: dict = {}
     real_run = subprocess.run  # ut.subprocess is the subprocess module itself
@@ -214,14 +191,14 @@ def test_ddp_resume_through_the_launcher(
 
 
 def test_ddp_resume_keeps_run_folder(
-    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch, tiny_train
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch, tiny_train, trainer_for
 ) -> None:
     """Ultralytics deletes save_dir before launching unless resuming: ours must survive with resume.pt."""
     import ultralytics.engine.trainer as ut
     from dinocache.train.context import RESUME_FILE
 
     cfg = small_cfg(tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache)
-    trainer = make_trainer(cfg, resume_state={"epoch": 0})
+    trainer = trainer_for(cfg, resume_state={"epoch": 0})
     (trainer.wdir / RESUME_FILE).write_bytes(b"x")
     trainer.ddp, trainer.world_size = True, 2
     seen = {}
@@ -232,7 +209,7 @@ def test_ddp_resume_keeps_run_folder(
 
 
 def test_failed_rank_is_a_clear_error(
-    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch, tiny_train
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch, tiny_train, trainer_for
 ) -> None:
     import ultralytics.engine.trainer as ut
     from dinocache.train.context import TrainError
@@ -240,7 +217,7 @@ def test_failed_rank_is_a_clear_error(
     def rank_fails(cmd, check=True):
         raise subprocess.CalledProcessError(1, cmd)
 
-    trainer = make_trainer(small_cfg(tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache))
+    trainer = trainer_for(small_cfg(tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache))
     trainer.ddp, trainer.world_size = True, 2
     monkeypatch.setattr(ut.subprocess, "run", rank_fails)
     with pytest.raises(TrainError, match=r"a DDP rank exited with code 1 \(its error is printed above\)"):
@@ -248,14 +225,14 @@ def test_failed_rank_is_a_clear_error(
 
 
 def test_rank_handoff_roundtrip_and_callbacks_once(
-    tmp_path, demo_data, tiny_teacher_dir, feature_cache, tiny_train
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache, tiny_train, trainer_for
 ) -> None:
     """What a rank does with the pickled state: config and context back, our callback registered once."""
     import cloudpickle
     from dinocache.train.trainer import DinoOBBTrainer, apply_curriculum
 
     cfg = small_cfg(tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache)
-    parent = make_trainer(cfg)
+    parent = trainer_for(cfg)
     parent.callbacks[ddp.HANDOFF_EVENT].append(ddp.make_handoff(parent))
     state = cloudpickle.loads(cloudpickle.dumps({"args": vars(parent.args), "callbacks": parent.callbacks}))
     from ultralytics.utils import DEFAULT_CFG_DICT
@@ -273,7 +250,7 @@ def test_rank_handoff_roundtrip_and_callbacks_once(
 
 # -- rank-0 rules ---------------------------------------------------------------------------------------------
 def test_only_rank0_writes(
-    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch, tiny_train
+    tmp_path, demo_data, tiny_teacher_dir, feature_cache, monkeypatch, tiny_train, trainer_for
 ) -> None:
     import ultralytics.engine.trainer as ut
     import ultralytics.utils as uu
@@ -283,7 +260,7 @@ def test_only_rank0_writes(
     for mod in (ut, uu, tr):
         monkeypatch.setattr(mod, "RANK", 1)
     cfg = small_cfg(tiny_train, tmp_path, demo_data, tiny_teacher_dir, feature_cache)
-    t = make_trainer(cfg)
+    t = trainer_for(cfg)
     assert not (t.save_dir / "dinocache_args.yaml").exists() and not (t.save_dir / "args.yaml").exists()
     # grading, best_geo.pt, viz and logging: rank 0 only (returns before touching the trainer)
     assert eval_hooks.after_save_model(object()) is None

@@ -47,27 +47,23 @@ def multi_cache(tmp_path_factory: pytest.TempPathFactory, demo_data: Path, tiny_
     return {"dir": d, "cache": cache, "dino": tiny_teacher_dir, "conv": conv}
 
 
-def _cfg(root: Path, data: Path, cache: Path, teachers: list, **kw) -> TrainConfig:
-    values = {
-        "data": str(data),
-        "cache": str(cache),
-        "imgsz": 128,
-        "epochs": 1,
-        "batch": 8,
-        "workers": 0,
-        "device": "cpu",
-        "nbs": 8,
-        "warmup_epochs": 0,
-        "dino_distill_warmup_epochs": 0,
-        "stage_a_ratio": 0.0,
-        "artifacts_root": str(root / "artifacts"),
-        "name": "run",
-        "eval_enabled": False,
-        "wandb_enabled": False,
-        "dino_viz_every_n_epochs": 1,
-        "extra": {"plots": False, "val": False},
-        "teachers": teachers,
-    }
+def _cfg(tiny_train, root: Path, data: Path, cache: Path, teachers: list, **kw) -> TrainConfig:
+    """The shared tiny run (tests/conftest.py tiny_train) distilling from `teachers` of `cache`."""
+    values = tiny_train(
+        root,
+        data=str(data),
+        cache=str(cache),
+        epochs=1,
+        batch=8,
+        nbs=8,
+        dino_distill_warmup_epochs=0,
+        stage_a_ratio=0.0,
+        name="run",
+        eval_enabled=False,
+        wandb_enabled=False,
+        dino_viz_every_n_epochs=1,
+        teachers=teachers,
+    )
     values.update(kw)
     return build(TrainConfig, values)
 
@@ -90,10 +86,11 @@ def test_manifest_and_single_open_refused(multi_cache: dict) -> None:
         multi.open_teacher(str(multi_cache["cache"]), "sam")
 
 
-def test_two_teacher_run(multi_cache: dict, demo_data: Path, tmp_path: Path) -> None:
+def test_two_teacher_run(multi_cache: dict, demo_data: Path, tmp_path: Path, tiny_train) -> None:
     from dinocache.train.run import train
 
     cfg = _cfg(
+        tiny_train,
         tmp_path,
         demo_data,
         multi_cache["cache"],
@@ -165,7 +162,9 @@ def test_packed_terms_equal_direct_loss() -> None:
     assert torch.allclose(la, masked_cosine_loss(proj[0](feat), ta, mask8, 1.0, 0.5), atol=1e-6)
 
 
-def test_missing_teacher_and_rows_refused_by_name(multi_cache: dict, demo_data: Path, tmp_path: Path) -> None:
+def test_missing_teacher_and_rows_refused_by_name(
+    multi_cache: dict, demo_data: Path, tmp_path: Path, tiny_train
+) -> None:
     import shutil
 
     import zarr
@@ -173,7 +172,15 @@ def test_missing_teacher_and_rows_refused_by_name(multi_cache: dict, demo_data: 
     from dinocache.train.run import train
 
     with pytest.raises(TrainError, match=r"no teacher 'sam' \(it holds \['conv', 'dino'\]\)"):
-        train(_cfg(tmp_path, demo_data, multi_cache["cache"], [{"teacher": "dino"}, {"teacher": "sam"}]))
+        train(
+            _cfg(
+                tiny_train,
+                tmp_path,
+                demo_data,
+                multi_cache["cache"],
+                [{"teacher": "dino"}, {"teacher": "sam"}],
+            )
+        )
     assert not (tmp_path / "artifacts").exists() or not list((tmp_path / "artifacts").rglob("results.csv"))
     # a row of one teacher not done: refused naming that teacher's store and the image
     copy = tmp_path / "copy.zarr"
@@ -183,6 +190,7 @@ def test_missing_teacher_and_rows_refused_by_name(multi_cache: dict, demo_data: 
     with pytest.raises(TrainError, match=r"teachers/conv lacks teacher features for 1 of 16"):
         train(
             _cfg(
+                tiny_train,
                 tmp_path,
                 demo_data,
                 copy,
@@ -237,21 +245,11 @@ def _first_batch_items(trainer) -> dict[str, float]:
     return {k: float(v) for k, v in items.items()}
 
 
-def _ddp_trainer(cfg: TrainConfig):
-    from dinocache.train.overrides import geometric_off, ultralytics_overrides
-    from dinocache.train.preflight import preflight, run_dir
-    from dinocache.train.trainer import DinoOBBTrainer
-
-    ov = ultralytics_overrides(cfg, run_dir(cfg, cfg.name), "cpu")
-    geometric_off(ov)
-    return DinoOBBTrainer(overrides=ov, dino=cfg, ctx=preflight(cfg), resume_state=None)
-
-
 TWO_TERMS = [{"teacher": "dino", "channels": 8}, {"teacher": "conv", "channels": 4, "layers": [16, 19]}]
 
 
 def test_multi_teacher_rank_first_batch_through_ddp_handoff(
-    multi_cache: dict, demo_data: Path, tmp_path: Path
+    multi_cache: dict, demo_data: Path, tmp_path: Path, tiny_train, trainer_for
 ) -> None:
     """A `teachers=[...]` run handed to a DDP rank (Ultralytics' pickled launcher state): the rank rebuilds
     its trainer from the handoff alone and its first batch gives the parent's d_NAME terms."""
@@ -260,7 +258,7 @@ def test_multi_teacher_rank_first_batch_through_ddp_handoff(
     from dinocache.train.trainer import DinoOBBTrainer
     from ultralytics.utils import DEFAULT_CFG_DICT
 
-    parent = _ddp_trainer(_cfg(tmp_path, demo_data, multi_cache["cache"], TWO_TERMS))
+    parent = trainer_for(_cfg(tiny_train, tmp_path, demo_data, multi_cache["cache"], TWO_TERMS))
     parent.callbacks[ddp.HANDOFF_EVENT].append(ddp.make_handoff(parent))
     state = cloudpickle.loads(cloudpickle.dumps({"args": vars(parent.args), "callbacks": parent.callbacks}))
     rank = DinoOBBTrainer(
@@ -275,7 +273,7 @@ def test_multi_teacher_rank_first_batch_through_ddp_handoff(
 
 @pytest.mark.slow  # a training run inside Ultralytics' generated launcher: ~40 s on the shared 2-core machine
 def test_multi_teacher_run_through_the_ddp_launcher(
-    multi_cache: dict, demo_data: Path, tmp_path: Path, monkeypatch
+    multi_cache: dict, demo_data: Path, tmp_path: Path, monkeypatch, tiny_train, trainer_for
 ) -> None:
     """`teachers=[...]` with DDP on: Ultralytics' launcher (run as one CPU process instead of torchrun on
     GPUs) rebuilds our trainer from its pickled state and trains both terms."""
@@ -294,8 +292,17 @@ def test_multi_teacher_run_through_the_ddp_launcher(
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
     monkeypatch.setattr(ut.subprocess, "run", launch)
-    trainer = _ddp_trainer(
-        _cfg(tmp_path, demo_data, multi_cache["cache"], TWO_TERMS, dino_viz_enabled=False, batch=4, nbs=4)
+    trainer = trainer_for(
+        _cfg(
+            tiny_train,
+            tmp_path,
+            demo_data,
+            multi_cache["cache"],
+            TWO_TERMS,
+            dino_viz_enabled=False,
+            batch=4,
+            nbs=4,
+        )
     )
     trainer.ddp, trainer.world_size = True, 2  # what device=0,1 sets; the rank itself runs on the CPU
     trainer.train()
