@@ -11,6 +11,8 @@ draws one panel per column whose name holds `loss` or `metric`.
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 
 def plot_columns(
@@ -45,3 +47,34 @@ def plot_columns(
         out_header.append(name if "loss" in name or not is_loss else f"{name}_loss")
         cols.append([r[j] if j < len(r) else "" for r in rows])
     return out_header, [list(t) for t in zip(*cols)] if cols else []
+
+
+def write_results_png(results_csv: Path, cfg: Any, out: Path) -> None:
+    """results.png of a run (its TrainConfig `cfg`) at `out`, drawn by Ultralytics' plot_results from a copy of
+    results.csv made by `plot_columns`, with each epoch's distillation weight (train.losses)."""
+    import csv
+    import shutil
+    import tempfile
+
+    from dinocache.train.config import teacher_terms
+    from dinocache.train.losses import distill_weight, term_weights
+    from ultralytics.utils.plotting import plot_results
+
+    with open(results_csv, newline="") as f:
+        header, *rows = list(csv.reader(f))
+    epochs = [int(float(r[0])) - 1 for r in rows]  # results.csv counts epochs from 1
+    weights: dict[str, list[float]] = {}  # teacher_source=none: the all-zero distill columns drop out
+    if cfg.teacher_source != "none" and cfg.teachers:
+        weights = {
+            f"train/{t.loss_name}": [term_weights(e, cfg).get(t.teacher, 0.0) for e in epochs]
+            for t in teacher_terms(cfg)
+        }
+    elif cfg.teacher_source != "none":
+        weights = {"train/distill": [distill_weight(e, cfg) for e in epochs]}
+    weights = {k: v for k, v in weights.items() if k in {h.strip() for h in header}}
+    head, body = plot_columns(header, rows, weights)
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(Path(tmp) / "results.csv", "w", newline="") as f:
+            csv.writer(f).writerows([head, *body])
+        plot_results(file=Path(tmp) / "results.csv")
+        shutil.move(str(Path(tmp) / "results.png"), out)

@@ -9,7 +9,8 @@ What it changes in Ultralytics' loop, and where:
 - `optimizer_step`, `_handle_nan_recovery`: a NaN/inf stops the run before it reaches the weights.
 The callbacks it registers (curriculum, epoch speed, the per-epoch evaluation) are in train/callbacks.py;
 what resume.pt holds and the RNG streams of an exact resume in train/checkpoint.py; what refuses a run
-before it starts in train/preflight.py.
+before it starts in train/preflight.py. What stays (~600 lines) are the overrides of Ultralytics' trainer
+methods, one class sharing the trainer's state; the internals they touch are listed in docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from dinocache.train import checkpoint, ddp, eval_hooks
 from dinocache.train.callbacks import add_callbacks, apply_curriculum, evaluate_saved_epoch, log_epoch_speed
-from dinocache.train.config import TrainConfig, teacher_terms
+from dinocache.train.config import TrainConfig
 from dinocache.train.context import DINO_ARGS_FILE, RESUME_FILE, TeacherContext, TrainError
 from dinocache.train.dataset import (
     TEACHER_KEY,
@@ -33,9 +34,9 @@ from dinocache.train.dataset import (
 )
 from dinocache.train.export import export_clean
 from dinocache.train.fit import TRAIN_FIT_KEYS, HeldOutFit
-from dinocache.train.losses import distill_weight, normalise_teacher, stage_of, term_weights
+from dinocache.train.losses import distill_weight, normalise_teacher, stage_of
 from dinocache.train.model import DistillOBBModel
-from dinocache.train.results_plot import plot_columns
+from dinocache.train.results_plot import write_results_png
 from dinocache.train.steps import few_steps_warning, planned_steps
 from dinocache.train.warp import SRC_KEY, VALID_KEY, warp_batch
 from ultralytics.models.yolo.obb import OBBTrainer
@@ -294,31 +295,7 @@ class DinoOBBTrainer(OBBTrainer):
         """results.png from a copy of results.csv made for Ultralytics' plot_results (train/results_plot.py):
         the distillation loss unweighted with its weight w as a panel of its own, always-zero loss panels
         dropped."""
-        import csv
-        import shutil
-        import tempfile
-
-        from ultralytics.utils.plotting import plot_results
-
-        with open(self.csv, newline="") as f:
-            header, *rows = list(csv.reader(f))
-        epochs = [int(float(r[0])) - 1 for r in rows]  # results.csv counts epochs from 1
-        d = self.dino
-        weights: dict[str, list[float]] = {}  # teacher_source=none: the all-zero distill columns drop out
-        if d.teacher_source != "none" and d.teachers:
-            weights = {
-                f"train/{t.loss_name}": [term_weights(e, d).get(t.teacher, 0.0) for e in epochs]
-                for t in teacher_terms(d)
-            }
-        elif d.teacher_source != "none":
-            weights = {"train/distill": [distill_weight(e, d) for e in epochs]}
-        weights = {k: v for k, v in weights.items() if k in {h.strip() for h in header}}
-        head, body = plot_columns(header, rows, weights)
-        with tempfile.TemporaryDirectory() as tmp:
-            with open(Path(tmp) / "results.csv", "w", newline="") as f:
-                csv.writer(f).writerows([head, *body])
-            plot_results(file=Path(tmp) / "results.csv")
-            shutil.move(str(Path(tmp) / "results.png"), self.save_dir / "results.png")
+        write_results_png(Path(self.csv), self.dino, self.save_dir / "results.png")
         self.on_plot(self.save_dir / "results.png")
 
     # -- run folder ------------------------------------------------------------------------------------------
@@ -459,11 +436,11 @@ class DinoOBBTrainer(OBBTrainer):
         if self._fit is not None and RANK in {-1, 0} and isinstance(metrics, dict):
             # under the saved RNG state: gathering the maps (a loader pass, the teacher built once) draws from
             # the random streams, and the training stream (and an exact resume) must not depend on it
-            state = rng_state(None)
+            state = checkpoint.rng_state(None)
             try:
                 merged = {**metrics, **self._fit(self)}
             finally:
-                set_rng_state(state, None)
+                checkpoint.set_rng_state(state, None)
             # in the order of results.csv's header (made from the first row, which may precede any validation):
             # Ultralytics writes a row's values in its dict's order
             first = [k for k in (self.metrics or {}) if k in merged]
