@@ -114,7 +114,7 @@ class TrainConfig(Config):
     # distillation weight w in Stage B
     stage_b_distill_weight: NonNegativeFloat = 0.08
 
-    # save teacher/student feature pictures during training (implemented by the eval/viz issue)
+    # save teacher/student feature pictures during training (dino_viz/epoch_NNN/, train/eval_hooks.py)
     dino_viz_enabled: bool = True
     # every how many epochs to save them
     dino_viz_every_n_epochs: Annotated[int, Field(ge=1)] = 5
@@ -132,7 +132,7 @@ class TrainConfig(Config):
     wandb_system_metrics: bool = True
     # TensorBoard event files in the run folder's tensorboard/
     tensorboard_enabled: bool = True
-    # periodic geometric evaluation during training (implemented by the eval issue)
+    # periodic geometric evaluation during training (grade, best_geo.pt, eval overlays; train/eval_hooks.py)
     eval_enabled: bool = True
     # every how many epochs to evaluate
     eval_interval_epochs: Annotated[int, Field(ge=1)] = 2
