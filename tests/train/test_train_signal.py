@@ -24,19 +24,6 @@ def coverage(polys_px: list[np.ndarray], classes: list[int], size: int, patch: i
     return cell_coverage(polys_px, classes, size, N_CLS, patch)
 
 
-def make_cfg(root: Path, demo_data: Path, teacher: Path, cache: Path, **kw):
-    from dinocache.train.config import TrainConfig
-
-    from dinocache.core.config import build
-
-    values = {
-        "data": str(demo_data), "dino_root": str(teacher), "cache": str(cache), "imgsz": 128, "batch": 4,
-        "workers": 0, "device": "cpu", "nbs": 4, "warmup_epochs": 0, "artifacts_root": str(root / "artifacts"),
-    }  # fmt: skip
-    values.update(kw)
-    return build(TrainConfig, values, "test")
-
-
 @pytest.fixture(scope="module")
 def oracle_cache(tmp_path_factory, demo_data: Path, feature_cache: Path) -> dict:
     """A copy of the real precompute's cache of the fixture data (tests/train/conftest.py), features replaced
@@ -74,9 +61,12 @@ class Capture:
 
 
 @pytest.fixture(scope="module")
-def oracle_runs(tmp_path_factory, demo_data, tiny_teacher_dir, oracle_cache) -> dict:
+def oracle_runs(tmp_path_factory, demo_data, tiny_teacher_dir, oracle_cache, tiny_train) -> dict:
+    from dinocache.train.config import TrainConfig
     from dinocache.train.model import DistillOBBModel
     from dinocache.train.run import train
+
+    from dinocache.core.config import build
 
     root = tmp_path_factory.mktemp("oracle_runs")
     orig = DistillOBBModel.term_losses
@@ -86,13 +76,13 @@ def oracle_runs(tmp_path_factory, demo_data, tiny_teacher_dir, oracle_cache) -> 
         for name, shuffle in (("cache", False), ("shuffled", True)):
             cap = Capture(orig)
             mp.setattr(DistillOBBModel, "term_losses", lambda self, f, b, _c=cap: _c(self, f, b))
-            cfg = make_cfg(
-                root, demo_data, tiny_teacher_dir, oracle_cache["path"], name=name, epochs=5, stage_a_ratio=0.0,
-                dino_distill_warmup_epochs=0, stage_b_distill_weight=1.0, lr0=0.01,
-                dino_distill_channels=8, distill_shuffle_maps=shuffle, eval_enabled=False,
-                dino_viz_enabled=False, wandb_enabled=False,
-                extra={"plots": False, "val": False, "close_mosaic": 0},
+            values = tiny_train(
+                root, data=str(demo_data), dino_root=str(tiny_teacher_dir), cache=str(oracle_cache["path"]),
+                name=name, epochs=5, stage_a_ratio=0.0, dino_distill_warmup_epochs=0, stage_b_distill_weight=1.0,
+                lr0=0.01, distill_shuffle_maps=shuffle, eval_enabled=False, dino_viz_enabled=False,
+                wandb_enabled=False, extra={"plots": False, "val": False, "close_mosaic": 0},
             )  # fmt: skip
+            cfg = build(TrainConfig, values, "test")
             cap.model = train(cfg).model  # the trained student (DistillOBBModel, projection included)
             runs[name] = cap
     finally:
