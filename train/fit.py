@@ -102,7 +102,7 @@ def feature_fit(
     out["fit/pcc_shuf"] = sum(pcc_shuf) / len(pcc_shuf)
     if bool(mask.any()):
         out["fit/cos_obj"] = float(own[mask].mean())
-        out["fit/cos_bg"] = float(own[~mask].mean()) if bool((~mask).any()) else float("nan")
+        out["fit/cos_bg"] = float(own[~mask].mean()) if bool((~mask).any()) else 0.0
     return {**out, **per_layer}
 
 
@@ -123,7 +123,9 @@ class HeldOutFit:
     def __call__(self, trainer: Any) -> dict[str, float]:
         if self._batches is None:
             self._batches = self._collect(trainer)
-        out = dict.fromkeys(TRAIN_FIT_KEYS, math.nan)
+        # 0 where nothing is measured, as Ultralytics' own metrics read before their first validation: a NaN
+        # in results.csv would read as a diverged run
+        out = dict.fromkeys(TRAIN_FIT_KEYS, 0.0)
         if self._batches:
             res = feature_fit(
                 trainer.ema.ema, self._batches, lambda b: b["fit_teacher"].to(trainer.device), trainer.device

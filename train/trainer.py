@@ -161,8 +161,9 @@ class DinoOBBTrainer(OBBTrainer):
         self._quiet.frozen = 0
         super()._setup_train()
         if self._fit is not None and isinstance(self.metrics, dict):
-            # results.csv's columns come from its first row: the fit's are there before the first validation
-            self.metrics = {**self.metrics, **dict.fromkeys(TRAIN_FIT_KEYS, math.nan)}
+            # results.csv's columns come from its first row: the fit's are there before the first validation,
+            # 0 until it runs, as Ultralytics' own metrics
+            self.metrics = {**self.metrics, **dict.fromkeys(TRAIN_FIT_KEYS, 0.0)}
         self._log_freeze()
         if RANK in {-1, 0} and not self.args.time:
             self._log_planned_steps()

@@ -80,6 +80,9 @@ def oracle_runs(tmp_path_factory, demo_data, tiny_teacher_dir, oracle_cache, tin
                 root, data=str(demo_data), dino_root=str(tiny_teacher_dir), cache=str(oracle_cache["path"]),
                 name=name, epochs=5, stage_a_ratio=0.0, dino_distill_warmup_epochs=0, stage_b_distill_weight=1.0,
                 lr0=0.01, distill_shuffle_maps=shuffle, eval_enabled=False, dino_viz_enabled=False,
+                # the thresholds below were measured with the cosine distance: this is a test of the pipe (the
+                # maps reach the loss and are learned), run with the distance it was calibrated on
+                dino_distill_loss="cosine",
                 wandb_enabled=False, extra={"plots": False, "val": False, "close_mosaic": 0},
             )  # fmt: skip
             cfg = build(TrainConfig, values, "test")
