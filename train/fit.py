@@ -8,7 +8,6 @@ shares) scores both alike. Objects and background are scored apart where the hel
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
