@@ -29,6 +29,10 @@ reporting set (Ultralytics mAP50 / mAP50-95, the project's grade of last.pt). Ou
 signal_pretrain.json (settings, pretraining fits and costs, fine-tuning runs) and ft/compare.json +
 val_map.png (compare's outputs over the arms), rewritten after every run. The pytest wrapper
 (benchmarks/test_signal.py) and `--report` put it into latest.json / BENCHMARKS.md (`signal.pretrain.*`).
+
+Why one file of ~600 lines: data, arms, the runs and the report share one settings record and one work
+folder layout (signal_pretrain.json), and the pytest wrapper, the CLI and the merge of separate arm
+processes (--also) all go through it.
 """
 
 from __future__ import annotations

@@ -299,8 +299,9 @@ def test_cache_read_storage_and_scaling(bench_env: dict, results, quick: bool, t
     results.note(
         read_s,
         "Synthetic PCA-like fp16 rows in a real cache (Zarr v3, sharded, Blosc zstd1+shuffle), read in random "
-        "batches of 16 through `cache.open(...).read` (what the trainer does), in one and in two processes at "
-        "once, against a raw numpy memmap of the same rows (the disk's ceiling on a warm page cache) and "
+        "batches of 16 through `cache.open(...).read` (the tensorstore path, which the trainer takes for a "
+        "compressed or remote cache; a default cache, uncompressed and local, is read from its memory-mapped "
+        "shards instead: section `reads`), in one and in two processes at once, against a raw numpy memmap of the same rows (the disk's ceiling on a warm page cache) and "
         "against the trainer's demand (images/s it consumes in `cache` mode, scenario 1).",
     )
     n = 2000 if quick else 5000
