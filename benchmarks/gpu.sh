@@ -18,7 +18,7 @@ fi
 export YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0 WANDB_MODE=offline HF_HUB_OFFLINE=1
 # nothing is installed: refuse early if a dependency is missing instead of letting a tool fetch it
 "$PY" - <<'PYEOF'
-import importlib, sys
+import importlib.util, sys
 missing = [m for m in ("torch", "ultralytics", "transformers", "zarr", "tensorstore", "dinocache") if importlib.util.find_spec(m) is None]
 if missing:
     sys.exit(f"error: missing {missing}; this script installs nothing (pip install -e . first)")
