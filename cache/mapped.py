@@ -136,6 +136,7 @@ class MappedArray:
         self._shards: dict[int, _Shard | None] = {}
         self._crc: Any = _crc32c()
         self.cell_values = int(np.prod(shape[2:]))  # values of one channel
+        self._cell_shape = tuple(shape[2:])  # (h, w): one channel's shape
 
     @classmethod
     def open(cls, folder: str | Path) -> MappedArray | None:
@@ -255,7 +256,12 @@ class MappedArray:
         values = self._values(row, d)
         if values is None:
             return np.full((d, *self.shape[2:]), self.fill, np.float16)
-        return values.reshape(d, *self.shape[2:])
+        return values.reshape((d, *self._cell_shape))
+
+    def view_written(self, d: int, row: int) -> np.ndarray | None:
+        """`view_one` for a loader's hot path: None instead of a fill array for a chunk never written."""
+        values = self._values(row, d)
+        return None if values is None else values.reshape((d, *self._cell_shape))
 
     def read_one(self, row: int, d: int, out: np.ndarray | None = None) -> np.ndarray:
         """float16 (d, h, w): the first d channels of row `row`, in a new array or copied into `out`."""

@@ -7,8 +7,9 @@ main process and survive DataLoader fork/spawn. Feature reads go through the mem
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +263,19 @@ class FeatureCache(ZarrArrays):
             return self.read([row], channels, flipped)[0]  # checks and messages of the general path
         d = self.k if channels is None else int(channels)
         return mapped.view_one(row, d) if view else mapped.read_one(row, d)
+
+    def row_view(self, channels: int | None = None, flipped: bool = False) -> Callable[[int], Any] | None:
+        """For a loader that keeps its own image -> row index (the training dataset): row -> float16 (D, h, w), the
+        read-only view `get(key, channels, flipped, view=True)` returns, checksum checked, or None for a chunk never
+        written (a damaged chunk raises). None when the memory-mapped reader does not serve these reads: `get` then."""
+        mapped = self._mapped_reader(fmt.FEATURES_FLIP if flipped else fmt.FEATURES)
+        if (
+            mapped is None
+            or (flipped and not self.spec.flips)
+            or not (channels is None or 1 <= channels <= self.k)
+        ):
+            return None
+        return functools.partial(mapped.view_written, self.k if channels is None else int(channels))
 
     def disk_bytes(self) -> int:
         """Bytes the `features` array takes in the store (chunks + shard indexes)."""

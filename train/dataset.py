@@ -32,6 +32,8 @@ from ultralytics.data.dataset import YOLODataset
 
 from dinocache.core.data import image_key, image_keys
 
+_UNSET = object()  # TeacherLookup._views: not looked up yet in this process
+
 # maps kept beyond Mosaic's buffer before the map buffer is pruned: pruning builds a set of the buffer's indexes,
 # so it runs once per this many new maps; the maps of the memory-mapped reader are views (no memory of their own)
 _PRUNE_SLACK = 32
@@ -76,6 +78,11 @@ class TeacherLookup:
         self._fc: Any = None
         self._other: dict[str, str] | None = None
         self._keys: dict[str, str] = {}  # im_file -> key: resolving a path costs syscalls, done once per file
+        # the per-sample read path (prepare): im_file -> its map's cache row (shuffling applied), and per
+        # `flipped` the cache's row -> view function (fc.row_view; None where the memory-mapped reader declines)
+        self._rows: dict[str, int] = {}
+        self._views: dict[bool, Any] = {}
+        self._finite: Callable[[np.ndarray], bool] | None = None
 
     @property
     def fc(self) -> Any:
@@ -91,7 +98,14 @@ class TeacherLookup:
         forked later inherit them instead of each resolving every path and reopening the cache."""
         todo = [f for f in im_files if f not in self._keys]
         self._keys.update(zip(todo, image_keys(todo, self.root)))
-        self.fc.warm()
+        fc = self.fc
+        fc.warm()
+        for f in todo:
+            key = self._keys[f] if self.shuffle_seed is None else self.other_key(self._keys[f])
+            try:
+                self._rows[f] = fc.row_of(key)
+            except KeyError:
+                pass  # read through the general path, whose error names the image
 
     def other_key(self, key: str) -> str:
         """cache-shuffled: the key whose map `key` gets (never itself when the cache has >= 2 rows)."""
@@ -106,6 +120,31 @@ class TeacherLookup:
         """(D, h, w) float16, possibly read-only (`flipped`: the cached map of the mirrored image); a checksum failure, a missing
         shard or NaN/inf is a CacheCorrupt naming the image key, the shard file and the repair command: nothing
         damaged reaches the loss."""
+        # once per sample: a prepared image's row viewed straight in the memory-mapped shard (checksum checked), then
+        # the NaN/inf check; anything else (not prepared, another reader, damage) takes the general path below,
+        # which reads the map again and raises in its own words
+        row = self._rows.get(im_file)
+        if row is not None:
+            view = self._views.get(flipped, _UNSET)
+            if view is _UNSET:
+                view = self._row_view(flipped)
+            if view is not None:
+                try:
+                    x = view(row)
+                except Exception:  # noqa: BLE001 - damage: the general path raises it with the image's key
+                    x = None
+                if x is not None and self._finite(x):  # type: ignore[misc]
+                    return x
+        return self._read(im_file, flipped)
+
+    def _row_view(self, flipped: bool) -> Any:
+        from dinocache.cache.check import all_finite
+
+        self._finite = all_finite
+        view = self._views[flipped] = self.fc.row_view(self.channels, flipped)
+        return view
+
+    def _read(self, im_file: str, flipped: bool) -> np.ndarray:
         from dinocache.cache.check import checked_map
 
         key = self._keys.get(im_file)
@@ -117,7 +156,7 @@ class TeacherLookup:
         return checked_map(self.fc, key, channels=self.channels, flipped=flipped, view=True)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fc": None}
+        return {**self.__dict__, "_fc": None, "_views": {}}
 
 
 class MultiTeacherLookup:
@@ -188,7 +227,9 @@ class DistillDataset(YOLODataset):
     def get_image_and_label(self, index: int) -> dict[str, Any]:
         label = super().get_image_and_label(index)
         if self.teacher is not None and self.augment:
-            label[TEACHER_KEY] = self._teacher_map(index, label["im_file"])
+            # ~4 calls per mosaic sample, mostly for a map already in the buffer: looked up here, no call
+            feat = self._map_buffers[False].get(index)
+            label[TEACHER_KEY] = self._teacher_map(index, label["im_file"]) if feat is None else feat
             if self.cache_flips:  # read only if a horizontal flip happens (warp.WarpFlip)
                 label[FLIP_KEY] = self.teacher_flip_for(index)
         return label
@@ -201,11 +242,13 @@ class DistillDataset(YOLODataset):
         feat = buf.get(index)
         if feat is None:
             feat = self.teacher(im_file, True) if flipped else self.teacher(im_file)
-            if self.geometric_aug == "warp" and index in self.buffer:
+            # the image just loaded is usually the buffer's last entry: checked first, before a scan of the list
+            buffer = self.buffer
+            if self.geometric_aug == "warp" and ((buffer and buffer[-1] == index) or index in buffer):
                 buf[index] = feat
                 # drop the maps of images Mosaic's buffer has let go, every _PRUNE_SLACK reads (not a set per read)
-                if len(buf) > len(self.buffer) + _PRUNE_SLACK:
-                    keep = set(self.buffer)
+                if len(buf) > len(buffer) + _PRUNE_SLACK:
+                    keep = set(buffer)
                     for i in [i for i in buf if i not in keep]:
                         del buf[i]
         return feat

@@ -140,10 +140,12 @@ def test_bit_rot_count_is_exact(work, capsys) -> None:
 READ_TIME = [k for k in DAMAGE if "done" not in k and "sha256" not in k]  # those two: at the start of train
 
 
+@pytest.mark.parametrize("prepared", [False, True], ids=["unprepared", "prepared"])
 @pytest.mark.parametrize("name", READ_TIME)
-def test_reader_refuses_damaged_maps(name: str, work) -> None:
+def test_reader_refuses_damaged_maps(name: str, prepared: bool, work) -> None:
     """The trainer's per-image read (train.dataset.TeacherLookup) refuses every damaged row by key, shard file and
-    repair command, or the cache refuses to open; the healthy rows still read."""
+    repair command, or the cache refuses to open; the healthy rows still read. `prepared`: the dataset's lookup,
+    whose images' rows are indexed up front (its per-sample path views the memory-mapped shard directly)."""
     from dinocache.train.dataset import TeacherLookup
 
     from dinocache import cache
@@ -152,11 +154,16 @@ def test_reader_refuses_damaged_maps(name: str, work) -> None:
     must = DAMAGE[name](data, store)
     root = data.parent
     lookup = TeacherLookup(str(store), root, channels=8)
-    errors = []
-    for i in range(16):
-        f = root / "images" / "train" / f"{i:06d}.png"
+    files = [str(root / "images" / "train" / f"{i:06d}.png") for i in range(16)]
+    if prepared:
         try:
-            x = lookup(str(f))
+            lookup.prepare(files)
+        except cache.CacheError:
+            pass  # a cache that refuses to open: every read below refuses it too
+    errors = []
+    for f in files:
+        try:
+            x = lookup(f)
             assert np.isfinite(x).all()
         except cache.CacheError as e:
             errors.append(str(e))
@@ -166,6 +173,15 @@ def test_reader_refuses_damaged_maps(name: str, work) -> None:
         if s not in ("checksum", "NaN", "NaN/inf", "row 4", "row 5", "row 2", "row 8"):
             assert s in text, f"{name}: {s!r} not in {text[:2000]}"
     assert "dinocache cache repair" in text
+    if prepared:  # the same refusals, word for word, as the general path's
+        plain = TeacherLookup(str(store), root, channels=8)
+        again = []
+        for f in files:
+            try:
+                plain(f)
+            except cache.CacheError as e:
+                again.append(str(e))
+        assert errors == again
 
 
 # -- the real `dinocache train`: refused at start (missing shard), or at the first damaged read -----------------
