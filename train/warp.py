@@ -63,6 +63,7 @@ in one place and tests/train/test_train_warp.py checks both sides of it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,6 +113,8 @@ class WarpError(DinocacheError, ValueError):
 
 
 _EYE = np.eye(3, dtype=np.float64)
+_EYES: dict[int, np.ndarray] = {}  # n -> (n, 3, 3) identities: a mosaic's tile matrices start as one copy
+_AFFINE_ROW = np.array([0.0, 0.0, 1.0])
 
 
 def _eye() -> np.ndarray:
@@ -121,6 +124,27 @@ def _eye() -> np.ndarray:
 def _translate(tx: float, ty: float) -> np.ndarray:
     t = _eye()
     t[0, 2], t[1, 2] = tx, ty
+    return t
+
+
+def _identities(n: int) -> np.ndarray:
+    """(n, 3, 3) identity matrices, one new array (a mosaic's tile matrices: one copy per sample, not per tile)."""
+    eyes = _EYES.get(n)
+    if eyes is None:
+        eyes = _EYES[n] = np.broadcast_to(_EYE, (n, 3, 3)).copy()
+    return eyes.copy()
+
+
+@functools.lru_cache(maxsize=256)
+def _flip_matrix(vertical: bool, h: int, w: int) -> np.ndarray:
+    """The flip of an h x w frame (pixel centres at integers: x -> (w - 1) - x), read-only: shared by every sample
+    flipped at this size (WarpState.apply multiplies it, never writes it)."""
+    t = _eye()
+    if vertical:
+        t[1, 1], t[1, 2] = -1.0, h - 1.0
+    else:
+        t[0, 0], t[0, 2] = -1.0, w - 1.0
+    t.setflags(write=False)
     return t
 
 
@@ -236,8 +260,9 @@ class WarpMosaic(Mosaic):
         self._last_indexes = list(idx)  # for teacher_feat_for() when a loaded label carries no map
         return idx
 
-    def _tile_feat(self, i: int, patch_labels: dict[str, Any]) -> tuple[np.ndarray, Callable[[], Any] | None]:
-        key = str(patch_labels.get("im_file", ""))
+    def _tile_feat(
+        self, i: int, patch_labels: dict[str, Any], key: str
+    ) -> tuple[np.ndarray, Callable[[], Any] | None]:
         feat = patch_labels.pop(TEACHER_KEY, None)
         flip = patch_labels.pop(FLIP_KEY, None)
         if feat is None and i > 0 and hasattr(self.dataset, "teacher_feat_for"):
@@ -257,11 +282,12 @@ class WarpMosaic(Mosaic):
                 raise WarpError("Mosaic must be the first geometric transform of the pipeline in warp mode")
             layout = params["layout"]
             tiles, record = [], []
+            a = _identities(len(layout))  # (T, 3, 3): each tile's A, a translation
             for i, item in enumerate(layout):
                 pl = item["labels_patch"]
                 h, w = item["img_shape"]
-                feat, flip = self._tile_feat(i, pl)
                 key = str(pl.get("im_file", ""))
+                feat, flip = self._tile_feat(i, pl, key)
                 # the same translation apply_instances gives the boxes
                 if self.n == 4:
                     padw, padh = item["padw"], item["padh"]
@@ -277,7 +303,9 @@ class WarpMosaic(Mosaic):
                     padw, padh = item["padw"] + self.border[0], item["padh"] + self.border[1]
                 region = (float(crop[0]), float(crop[1]), float(crop[2]), float(crop[3]))
                 off = source_offset(feat, (h, w), self.patch, key)
-                tiles.append(Tile(feat, _translate(padw, padh), off, key, region, flip, float(w)))
+                a[i, 0, 2] = padw
+                a[i, 1, 2] = padh
+                tiles.append(Tile(feat, a[i], off, key, region, flip, float(w)))
                 if self.keep_params:
                     rec = {"key": key, "img_shape": [int(h), int(w)], "pad": [int(padw), int(padh)]}
                     rec["ratio_pad"] = [float(v) for v in pl.get("ratio_pad", (1.0, 1.0))]
@@ -306,7 +334,7 @@ class WarpPerspective(RandomPerspective):
         if st is not None:
             M = np.array(params["M"], dtype=np.float64)
             if not self.perspective:  # cv2.warpAffine uses only the top two rows
-                M[2] = (0.0, 0.0, 1.0)
+                M[2] = _AFFINE_ROW
             rec = None
             if st.record:
                 rec = {"op": "affine", "M": M.tolist(), "size": [int(v) for v in params["size"]]}
@@ -328,11 +356,8 @@ class WarpFlip(RandomFlip):
             views = 0
             if params["flip"]:  # pixel centres at integers: x -> (w - 1) - x
                 h, w = labels["img"].shape[:2]
-                T = _eye()
-                if vertical:
-                    T[1, 1], T[1, 2] = -1.0, h - 1.0
-                else:
-                    T[0, 0], T[0, 2] = -1.0, w - 1.0
+                T = _flip_matrix(vertical, h, w)
+                if not vertical:
                     for t in st.tiles:  # cache_flips: the teacher's own view of the mirrored tile
                         if t.flip_feat is not None:
                             t.use_flipped_view()
@@ -392,14 +417,17 @@ def feature_matrix(A: np.ndarray, offset: tuple[float, float], patch: int) -> np
 def geometry_rows(state: WarpState, out_hw: tuple[int, int]) -> np.ndarray:
     """(T, GEOM_FIELDS) float64 geometry of a sample whose image is now out_hw = (H, W) px (see GEOM_FIELDS)."""
     H, W = out_hw
-    tiles = state.flush()
-    rows = np.empty((len(tiles), GEOM_FIELDS), np.float64)
-    rows[:, :9] = np.array([t.A for t in tiles]).reshape(
-        len(tiles), 9
-    )  # inverted on the device (render_batch)
-    rows[:, 9:11] = [t.offset for t in tiles]
-    rows[:, 11:15] = [t.region for t in tiles]
-    rows[:, 15:19] = (H, W, state.patch, 1.0)
+    tiles = state.tiles
+    n = len(tiles)
+    a = np.array([t.A for t in tiles], np.float64)  # (T, 3, 3)
+    if state.post is not _EYE:  # WarpState.flush for all tiles in one product (the same per-tile products)
+        a = state.post @ a
+        for t, at in zip(tiles, a):
+            t.A = at
+        state.post = _EYE
+    rows = np.empty((n, GEOM_FIELDS), np.float64)
+    rows[:, :9] = a.reshape(n, 9)  # inverted on the device (render_batch)
+    rows[:, 9:] = [(*t.offset, *t.region, H, W, state.patch, 1.0) for t in tiles]
     return rows
 
 
@@ -425,9 +453,10 @@ class AttachGeometry(BaseTransform):
             st = _single_state(labels, self.patch, self.keep_params)
         labels.pop(FLIP_KEY, None)
         if st is not None:
-            d = st.tiles[0].feat.shape[0]
+            shape = st.tiles[0].feat.shape
+            d = shape[0]
             for t in st.tiles:
-                if t.feat.shape != st.tiles[0].feat.shape:
+                if t.feat.shape != shape:
                     raise WarpError(
                         f"{t.key}: teacher map {t.feat.shape} differs from the sample's first tile {st.tiles[0].feat.shape}"
                         if t.feat.shape[0] == d
@@ -463,6 +492,15 @@ def collate_geometry(srcs: list[Any], geoms: list[np.ndarray]) -> tuple[torch.Te
     src_t = _batch_tensor((len(srcs), t, *shape), torch.from_numpy(first[:0]).dtype)
     geom_t = _batch_tensor((len(geoms), t, GEOM_FIELDS), torch.float64)
     src, geom = src_t.numpy(), geom_t.numpy()  # views: filled in place
+    if all(len(maps) == t for maps in srcs) and all(g.shape[0] == t for g in geoms):
+        # every sample has T tiles (a mosaic batch): each map copied into its place by one concatenate, not per map
+        flat = [m for maps in srcs for m in maps]
+        for k, m in enumerate(flat):
+            if m.shape != shape:
+                raise WarpError(f"sample {k // t}: teacher maps {m.shape} differ from sample 0's {shape}")
+        np.concatenate(flat, 0, out=src.reshape(-1, *shape[1:]), casting="unsafe")
+        np.concatenate(geoms, 0, out=geom.reshape(-1, GEOM_FIELDS), casting="unsafe")
+        return src_t, geom_t
     geom.fill(0.0)
     for i, (maps, g) in enumerate(zip(srcs, geoms)):
         for j, m in enumerate(maps):
