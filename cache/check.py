@@ -119,7 +119,7 @@ def all_finite(x: np.ndarray) -> bool:
     converts each value and costs ~20x more on a map. The masked bits go to a per-thread scratch buffer: a new
     temporary per map would cost fresh pages (page faults) on every read."""
     if x.dtype == _F16 and x.size:
-        bits = np.ascontiguousarray(x).view(np.uint16).reshape(-1)
+        bits = x.reshape(-1).view(np.uint16)  # a view of a C-contiguous map, else a copy
         buf = getattr(_scratch, "bits", None)
         if buf is None or buf.size < bits.size:
             buf = _scratch.bits = np.empty(max(bits.size, 1 << 16), np.uint16)

@@ -155,7 +155,8 @@ class Tile:
     # (D, h, w) cached teacher map of the source image
     feat: np.ndarray
     # source pixel -> current-frame pixel (3x3, float64), once the state's pending transforms are applied
-    # (WarpState.flush; the transforms after the tiles were placed act on all tiles alike and are composed once)
+    # (WarpState.post, in geometry_rows: the transforms after the tiles were placed act on all tiles alike and are
+    # composed once)
     A: np.ndarray
     # (ox, oy): where the loaded image's top-left pixel sits on the map's canvas, in pixels
     offset: tuple[float, float]
@@ -190,7 +191,8 @@ class WarpState:
     params: list[dict[str, Any]] = field(default_factory=list)
     # keep `params` (warp-check, tests: keep_params); the training loader does not build them
     record: bool = True
-    # the frame transforms applied since the last flush, composed (3x3): every tile's A is left-multiplied by it
+    # the frame transforms applied since the tiles were placed, composed (3x3): every tile's A is left-multiplied by
+    # it (geometry_rows; a tile's flipped view right-multiplies A, so it commutes with this pending left factor)
     post: np.ndarray = field(default_factory=_eye)
 
     def apply(self, T: np.ndarray, record: dict[str, Any] | None = None) -> None:
@@ -198,15 +200,6 @@ class WarpState:
         self.post = T @ self.post
         if self.record and record is not None:
             self.params.append(record)
-
-    def flush(self) -> list[Tile]:
-        """The tiles with the pending transforms applied to their A (a tile's flipped view right-multiplies A, so it
-        commutes with the pending left factor and needs no flush)."""
-        if self.post is not _EYE:
-            for t in self.tiles:
-                t.A = self.post @ t.A
-            self.post = _EYE
-        return self.tiles
 
 
 def source_offset(
@@ -225,6 +218,8 @@ def source_offset(
 
 
 def _as_map(feat: Any, key: str) -> np.ndarray:
+    if type(feat) is np.ndarray and feat.ndim == 3:  # the cache's maps: nothing to convert or check
+        return feat
     a = feat.numpy() if isinstance(feat, torch.Tensor) else np.asarray(feat)
     if a.ndim != 3:
         raise WarpError(f"{key}: {TEACHER_KEY} must be (D, h, w), got shape {a.shape}")
@@ -419,12 +414,9 @@ def geometry_rows(state: WarpState, out_hw: tuple[int, int]) -> np.ndarray:
     H, W = out_hw
     tiles = state.tiles
     n = len(tiles)
-    a = np.array([t.A for t in tiles], np.float64)  # (T, 3, 3)
-    if state.post is not _EYE:  # WarpState.flush for all tiles in one product (the same per-tile products)
-        a = state.post @ a
-        for t, at in zip(tiles, a):
-            t.A = at
-        state.post = _EYE
+    # every tile's A with the pending transforms applied: post @ A_i, one product for all tiles (the same per-tile
+    # products, bit for bit); the state is left as it is
+    a = state.post @ np.array([t.A for t in tiles], np.float64)  # (T, 3, 3)
     rows = np.empty((n, GEOM_FIELDS), np.float64)
     rows[:, :9] = a.reshape(n, 9)  # inverted on the device (render_batch)
     rows[:, 9:] = [(*t.offset, *t.region, H, W, state.patch, 1.0) for t in tiles]
