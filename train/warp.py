@@ -278,15 +278,16 @@ class WarpMosaic(Mosaic):
             layout = params["layout"]
             tiles, record = [], []
             a = _identities(len(layout))  # (T, 3, 3): each tile's A, a translation
+            mosaic4, patch = self.n == 4, self.patch
             for i, item in enumerate(layout):
                 pl = item["labels_patch"]
                 h, w = item["img_shape"]
                 key = str(pl.get("im_file", ""))
                 feat, flip = self._tile_feat(i, pl, key)
                 # the same translation apply_instances gives the boxes
-                if self.n == 4:
+                if mosaic4:
                     padw, padh = item["padw"], item["padh"]
-                    crop = [int(item[k]) for k in ("x1b", "y1b", "x2b", "y2b")]
+                    crop = [int(item["x1b"]), int(item["y1b"]), int(item["x2b"]), int(item["y2b"])]
                 else:  # Mosaic._mosaic9 pastes img[y1b:y2b, x1b:x2b] with x1b = x1 - padw
                     x1b, y1b = item["x1"] - item["padw"], item["y1"] - item["padh"]
                     crop = [
@@ -297,7 +298,7 @@ class WarpMosaic(Mosaic):
                     ]
                     padw, padh = item["padw"] + self.border[0], item["padh"] + self.border[1]
                 region = (float(crop[0]), float(crop[1]), float(crop[2]), float(crop[3]))
-                off = source_offset(feat, (h, w), self.patch, key)
+                off = source_offset(feat, (h, w), patch, key)
                 a[i, 0, 2] = padw
                 a[i, 1, 2] = padh
                 tiles.append(Tile(feat, a[i], off, key, region, flip, float(w)))
@@ -455,7 +456,7 @@ class AttachGeometry(BaseTransform):
                         else f"{t.key}: teacher map has {t.feat.shape[0]} channels, the sample's first tile {d}"
                     )
             # T x (D, h, w), not stacked: the collate copies each map once, straight into the batch
-            labels[SRC_KEY] = tuple(t.feat for t in st.tiles)
+            labels[SRC_KEY] = tuple([t.feat for t in st.tiles])
             labels[GEOM_KEY] = geometry_rows(st, labels["img"].shape[:2])
             if self.keep_params:
                 labels[PARAMS_KEY] = st.params
