@@ -69,7 +69,7 @@ demo-pretrain *ARGS:
 compare *ARGS:
     dinocache compare --config {{config}} "$@"
 
-# build (once, cached) a tiny DINOv3 fine-tuned on demo data; prints its folder (use it as dino_root)
+# the small DINOv3 ConvNeXt trained on demo data (shipped; --rebuild or other settings build one); prints its folder (use it as dino_root)
 demo-teacher *ARGS:
     dinocache make-demo-teacher "$@"
 

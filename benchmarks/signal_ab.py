@@ -184,7 +184,7 @@ def merge(doc: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
 
 
 def random_teacher(tdir: Path | None = None) -> Path:
-    """The random ViT the demo teacher `tdir` (default: the default build) was trained from (same shape and
+    """The random ConvNeXt the demo teacher `tdir` (default: the default build) was trained from (same shape and
     seed): the untrained control, built once under $DINOCACHE_HOME/teachers/random-<key>."""
     import shutil
 
@@ -250,13 +250,17 @@ def report_probe(probes: list[dict[str, Any]], results: Any, prefix: str = "sign
             chance_balanced=round(1 / 6, 4),
             patches_test=p["patches_test"],
         )
+    from dinocache.finetune.demo_teacher import DemoTeacherConfig
+
+    c = DemoTeacherConfig()
     results.note(
         f"{prefix}.teacher_probe",
         "How much the teacher knows: a class-balanced linear probe predicting each patch's class (background or one "
         "of 5 shapes) from its cached PCA features (32 channels, the trainer's D), fitted on 100 held-out demo "
         "images (seed 2000), scored on 100 others (finetune/probe.py). Knowledgeable = `dinocache "
-        "make-demo-teacher` (a DINOv3 ViT, 128-d x 4 blocks, patch 16, trained on the class map of 2000 demo "
-        "images, seed 1000); random base = the same model before training.",
+        f"make-demo-teacher` (a DINOv3 ConvNeXt, stages {c.hidden_sizes} x {c.depths} blocks, stride {c.stride}, "
+        f"every weight trained on the class map of {c.n_train} demo images, seed {c.data_seed}, {c.epochs} epochs); "
+        "random base = the same model before training (`demo_teacher.random_base`).",
     )
 
 

@@ -1,5 +1,6 @@
-"""make-demo-teacher: demo-data -> a random DINOv3 ViT -> full training on the class map -> a plain DINOv3 folder,
-shipped for the default settings, cached by its settings otherwise; the probe reads the cached PCA features."""
+"""make-demo-teacher: demo-data -> a random DINOv3 ConvNeXt (3 stages, stride 16) -> training of every weight on the
+class map -> a plain DINOv3 folder, shipped for the default settings, cached by its settings otherwise; the
+probe reads the cached PCA features; precompute takes the shipped teacher at 128 px (8x8 maps)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,14 @@ from pathlib import Path
 
 import pytest
 
-# plumbing only: the real one is 2000 images, 8 epochs (shipped in finetune/demo_teacher_weights/)
+# plumbing only: the real one is shipped in finetune/demo_teacher_weights/ (its settings in demo_teacher.json)
 SMALL = dict(
     n_train=16,
     n_val=4,
     epochs=1,
     batch=8,
-    hidden_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
+    hidden_sizes=[8, 16, 32],
+    depths=[1, 1, 1],
     probe_images=8,
 )
 
@@ -34,8 +34,9 @@ def test_demo_teacher_is_a_plain_dinov3_and_reused(demo_teacher: Path, monkeypat
 
     t = load_teacher(demo_teacher, device="cpu")  # the real from_pretrained path
     info = json.loads((demo_teacher / dt.INFO_FILE).read_text())
-    assert info["method"].startswith("full fine-tuning") and info["settings"]["n_train"] == 16
-    assert t.channels == 32 and t.fingerprint(128)["weights_sha256"] != ""
+    assert info["method"].startswith("training of every weight") and info["settings"]["n_train"] == 16
+    assert t.family == "dinov3_convnext" and t.channels == 32 and t.stride(128) == 16
+    assert t.fingerprint(128)["weights_sha256"] != ""
     assert len(info["history"]) == 1 and 0.0 <= info["val_balanced_accuracy"] <= 1.0
     assert info["probe"]["images_test"] == 4 and 0.0 <= info["probe"]["balanced_accuracy"] <= 1.0
     # same settings: returned at once, nothing rebuilt
@@ -53,7 +54,8 @@ def test_default_settings_return_the_shipped_teacher(tmp_path: Path, monkeypatch
     info = json.loads((dt.SHIPPED / dt.INFO_FILE).read_text())
     assert info["key"] == dt.DemoTeacherConfig().key()
     t = load_teacher(dt.SHIPPED, device="cpu")
-    assert t.channels == dt.DemoTeacherConfig().hidden_size and t.patch_size == 16
+    assert t.family == "dinov3_convnext" and t.channels == dt.DemoTeacherConfig().hidden_sizes[-1]
+    assert t.grid(128) == (8, 8) and t.stride(128) == 16  # the 16-px cells of a patch-16 ViT
     out = dt.make_demo_teacher(out=str(tmp_path / "copy"))  # OUT given: a copy of the shipped folder
     assert (out / "model.safetensors").read_bytes() == (dt.SHIPPED / "model.safetensors").read_bytes()
 
@@ -72,17 +74,31 @@ def test_bad_settings_name_the_key(tmp_path: Path, capsys) -> None:
 
     assert main([str(tmp_path / "t"), "--imgsz", "100"]) == 2
     assert "imgsz" in capsys.readouterr().err
-    assert main([str(tmp_path / "t"), "--num-attention-heads", "3"]) == 2
-    assert "num_attention_heads" in capsys.readouterr().err
+    assert main([str(tmp_path / "t"), "--depths", "1,1"]) == 2  # 3 stages in hidden_sizes
+    assert "depths" in capsys.readouterr().err
+    four = ["--hidden-sizes", "16,32,64,128", "--depths", "1,1,1,1"]  # 4 stages end at stride 32
+    assert main([str(tmp_path / "t"), "--imgsz", "144", *four]) == 2
+    assert "stride 32" in capsys.readouterr().err
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x.txt").write_text("mine")
     assert main([str(tmp_path / "busy"), "--n-train", "16", "--epochs", "1"]) == 2
     assert "not empty" in capsys.readouterr().err and (tmp_path / "busy" / "x.txt").exists()
 
 
+def test_random_control_has_the_shipped_shape(tmp_path: Path) -> None:
+    from dinocache.finetune import demo_teacher as dt
+    from dinocache.teacher.registry import load_teacher
+
+    cfg = dt.DemoTeacherConfig()
+    ctrl = load_teacher(dt.random_base(tmp_path / "random", cfg), device="cpu")
+    shipped = load_teacher(dt.SHIPPED, device="cpu")
+    assert ctrl.fingerprint(128)["config"] == shipped.fingerprint(128)["config"]  # same shape, untrained
+    assert ctrl.weights_sha256() != shipped.weights_sha256()
+
+
 def test_precompute_takes_the_shipped_teacher(tmp_path: Path) -> None:
-    """`dinocache precompute` with dino_root = the shipped folder at imgsz 128 (the real from_pretrained path,
-    default layer): the cache holds one 8x8 map per image (16-px cells)."""
+    """`dinocache precompute` with dino_root = the shipped folder at imgsz 128: the default layer is the last
+    stage (stride 16), so the cache holds 8x8 maps, as a patch-16 ViT's would be."""
     from dinocache.datatools.demo_data import make_demo_dataset
     from dinocache.finetune import demo_teacher as dt
     from dinocache.precompute.run import main as precompute
