@@ -10,7 +10,7 @@ seed 1000):
   images); their label files stay in the generator's folder and only the oracle cache reads them.
 
 Caches of U (`dinocache precompute`, PCA to 32 channels): the knowledgeable teacher's (`make-demo-teacher`),
-the random teacher's (the same ViT before training: `demo_teacher.random_base`), and the oracle's (the
+the random teacher's (the same model before training: `demo_teacher.random_base`), and the oracle's (the
 random teacher's cache with every row replaced by the image's class coverage from U's hidden labels,
 precompute/oracle.py; the upper bound of what the pipe can carry).
 
@@ -516,7 +516,7 @@ def report(
         )
         + "Arms: scratch = the model yaml; teacher = the knowledgeable demo teacher's cache (signal.teacher_probe); "
         "oracle = each cell's class coverage from U's hidden labels in the same cache (upper bound of the pipe); "
-        "random = the same ViT untrained; shuffled = the teacher cache, each image learning another's map; "
+        "random = the same model untrained (`demo_teacher.random_base`); shuffled = the teacher cache, each image learning another's map; "
         "online = the teacher run on every augmented batch. mean ± std over seeds; d_* = paired difference "
         "against scratch over the same seeds, mean [t-based 95 % CI] (d_map50_vs_random: against the random-teacher "
         "arm; d_map50_online_vs_cache: online - teacher); val_box_loss / val_cls_loss = the last "
@@ -555,9 +555,9 @@ def report(
             "over the epochs), CPU time of the process that ran it (process_time, one torch thread), the same "
             "student, images and settings (arms may run in concurrent processes: CPU time, not wall time, is the "
             "cost compared); online = the teacher "
-            "(the demo ViT, 128-d x 4 blocks: a small teacher, so the ratio is a floor of what a ViT-B costs) "
-            "run on every augmented batch. LightlyTrain's distillation of the same student (the peer row of "
-            "`peers`) was NOT run: lightly-train (optional extra bench-peers, AGPL) is not installed here.",
+            "(the demo ConvNeXt, 16/48/96 channels: a small teacher, so the ratio is a floor of what a ViT-B "
+            "costs) run on every augmented batch. LightlyTrain's distillation of the same student with a "
+            "ViT-B/16-shaped teacher, and dinocache's own cache and online rows with that teacher, are in `peers`.",
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
     try:

@@ -131,7 +131,7 @@ def test_probe_scores_cached_features(demo_teacher: Path, tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_rebuild_reaches_the_shipped_probe(tmp_path: Path) -> None:
-    """`dinocache make-demo-teacher OUT --rebuild` (the default settings, ~10 CPU-minutes on one thread)
+    """`dinocache make-demo-teacher OUT --rebuild` (the default settings, ~20 CPU-minutes on one thread)
     rebuilds the shipped teacher: the same probe figures within 0.02 (bit-identical on one CPU thread)."""
     from dinocache.finetune import demo_teacher as dt
 
