@@ -580,6 +580,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune-epochs", type=int)
     ap.add_argument("--val-every", type=int)
     ap.add_argument("--pretrain-only", action="store_true", help="pretrain the arms, no fine-tuning")
+    ap.add_argument(
+        "--pretrain-per-seed",
+        action="store_true",
+        help="one pretraining per fine-tuning seed (pretraining seed = fine-tuning seed): the CI then holds the "
+        "pretraining's variance too",
+    )
+    ap.add_argument("--section", default="signal.pretrain", help="--report: section prefix in latest.json")
     ap.add_argument("--report", action="store_true", help="write WORK/signal_pretrain.json into latest.json")
     ap.add_argument(
         "--also",
@@ -597,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = json.loads((work / "signal_pretrain.json").read_text())
         for other in a.also:
             doc = merge(doc, json.loads((Path(other) / "signal_pretrain.json").read_text()))
-        report(doc, res, work, conclusion=a.conclusion)
+        report(doc, res, work, prefix=a.section, conclusion=a.conclusion)
         res.write()
         return 0
     run(
@@ -612,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         finetune_epochs=a.finetune_epochs,
         val_every=a.val_every,
         pretrain_only=a.pretrain_only or None,
+        pretrain_per_seed=a.pretrain_per_seed or None,
     )
     return 0
 
