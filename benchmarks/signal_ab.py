@@ -244,6 +244,9 @@ def report_probe(probes: list[dict[str, Any]], results: Any, prefix: str = "sign
             teacher=p["teacher"],
             balanced_accuracy=_r(p["balanced_accuracy"]),
             objectness_balanced_accuracy=_r(p["objectness_balanced_accuracy"]),
+            objectness_pure_patches=_r(p["objectness_pure_patches"]),
+            objectness_mixed_patches=_r(p["objectness_mixed_patches"]),
+            pure_patch_share=_r(p["pure_patch_share"]),
             object_patch_accuracy=_r(p["object_patch_accuracy"]),
             accuracy=_r(p["accuracy"]),
             majority_baseline=_r(p["majority_baseline"]),
@@ -260,7 +263,10 @@ def report_probe(probes: list[dict[str, Any]], results: Any, prefix: str = "sign
         "images (seed 2000), scored on 100 others (finetune/probe.py). Knowledgeable = `dinocache "
         f"make-demo-teacher` (a DINOv3 ConvNeXt, stages {c.hidden_sizes} x {c.depths} blocks, stride {c.stride}, "
         f"every weight trained on the class map of {c.n_train} demo images, seed {c.data_seed}, {c.epochs} epochs); "
-        "random base = the same model before training (`demo_teacher.random_base`).",
+        "random base = the same model before training (`demo_teacher.random_base`). objectness = object vs "
+        "background (mean of the two recalls) over every scored patch; _pure_patches: only patches one class covers "
+        "whole; _mixed_patches: the others (a box edge crosses them: >= half of the patch one class, the rest "
+        "another); pure_patch_share: the pure patches' share of the scored ones.",
     )
 
 

@@ -7,22 +7,31 @@ real `dinocache precompute` (PCA to K channels) into a cache; the first `channel
 image's map are the features, the class of each patch (background = 0, class i = i + 1; the box class map
 of finetune/dataset.py, patches with >= `purity` of one class) the target. A multinomial logistic
 regression (class-balanced loss) is fitted on the first half of the images and scored on the other half: accuracy, balanced
-accuracy (mean per-class recall; background dominates) and the majority-class baseline.
+accuracy (mean per-class recall; background dominates), the majority-class baseline, and objectness (object vs
+background, the mean of the two recalls), also split into pure patches (one class covers all of it) and mixed
+ones (a box edge crosses it): at stride 16 the mixed patches are where a map must place an edge within a cell.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+# a patch is "pure" when one class covers at least this share of it (the box maps are area fractions)
+PURE = 0.999
 
-def _patch_labels(data_yaml: Path, imgsz: int, patch: int, purity: float) -> dict[str, np.ndarray]:
-    """image key -> (g, g) int64 patch class, -1 where no class covers >= purity of the patch."""
+
+def _patch_labels(
+    data_yaml: Path, imgsz: int, patch: int, purity: float
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """image key -> ((g, g) int64 patch class, -1 where no class covers >= purity of the patch; (g, g) share of
+    the patch its class covers)."""
     from dinocache.finetune.dataset import DenseTargetDataset
     from dinocache.finetune.objectives import choose_objective, read_yolo_split
 
@@ -36,7 +45,7 @@ def _patch_labels(data_yaml: Path, imgsz: int, patch: int, purity: float) -> dic
         frac = ds[i]["box"].numpy()  # (C+1, g, g)
         lab = frac.argmax(0)
         lab[frac.max(0) < purity] = -1
-        out[image_key(rec.path, root)] = lab
+        out[image_key(rec.path, root)] = (lab, frac.max(0))
     return out
 
 
@@ -107,18 +116,19 @@ def probe_teacher(
     half = len(keys) // 2
     n_cls = len(CLASSES) + 1
 
-    def xy(ks: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        xs, ys = [], []
+    def xy(ks: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        xs, ys, cover = [], [], []
         for key in ks:
             f = np.asarray(fc.get(key, channels=channels), dtype=np.float32)  # (D, g, g)
-            lab = labels[key]
+            lab, share = labels[key]
             m = lab >= 0
             xs.append(f[:, m].T)
             ys.append(lab[m])
-        return np.concatenate(xs), np.concatenate(ys)
+            cover.append(share[m])
+        return np.concatenate(xs), np.concatenate(ys), np.concatenate(cover)
 
-    xtr, ytr = xy(keys[:half])
-    xte, yte = xy(keys[half:])
+    xtr, ytr, _ = xy(keys[:half])
+    xte, yte, cover = xy(keys[half:])
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
     lin = _fit_logreg((xtr - mu) / sd, ytr, n_cls)
     with torch.no_grad():
@@ -131,7 +141,14 @@ def probe_teacher(
     majority = int(np.bincount(ytr, minlength=n_cls).argmax())
     # object vs background (what a detector needs first): mean of the two recalls
     obj_t, obj_p = yte > 0, pred > 0
-    objectness = 0.5 * (float((obj_p[obj_t]).mean()) + float((~obj_p[~obj_t]).mean()))
+
+    def objectness(m: np.ndarray) -> float:
+        recalls = [float((obj_p[m & obj_t]).mean()), float((~obj_p[m & ~obj_t]).mean())] if m.any() else []
+        return 0.5 * sum(recalls) if len(recalls) == 2 and all(r == r for r in recalls) else math.nan
+
+    # pure = one class (background included) covers the whole patch; mixed = a box edge crosses it, where a
+    # stride-16 map must say on which side of 50 % the patch falls
+    pure = cover >= PURE
     return {
         "teacher": str(teacher),
         "channels": channels,
@@ -141,7 +158,10 @@ def probe_teacher(
         "accuracy": float((pred == yte).mean()),
         "balanced_accuracy": float(np.mean(list(recalls.values()))),
         "majority_baseline": float((yte == majority).mean()),
-        "objectness_balanced_accuracy": objectness,
+        "objectness_balanced_accuracy": objectness(np.ones_like(pure)),
+        "objectness_pure_patches": objectness(pure),
+        "objectness_mixed_patches": objectness(~pure),
+        "pure_patch_share": float(pure.mean()),
         "object_patch_accuracy": float((pred[yte > 0] == yte[yte > 0]).mean()) if (yte > 0).any() else None,
         "recall_per_class": recalls,
     }

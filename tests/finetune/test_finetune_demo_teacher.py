@@ -125,8 +125,16 @@ def test_probe_scores_cached_features(demo_teacher: Path, tmp_path: Path) -> Non
 
     r = probe_teacher(demo_teacher, tmp_path, imgsz=128, channels=8, images=8)
     assert r["images_fit"] == 4 and r["images_test"] == 4 and r["patches_test"] > 0
-    for k in ("accuracy", "balanced_accuracy", "objectness_balanced_accuracy", "majority_baseline"):
+    for k in (
+        "accuracy",
+        "balanced_accuracy",
+        "objectness_balanced_accuracy",
+        "majority_baseline",
+        "pure_patch_share",
+    ):
         assert 0.0 <= r[k] <= 1.0
+    for k in ("objectness_pure_patches", "objectness_mixed_patches"):  # NaN where a split lacks a side
+        assert r[k] != r[k] or 0.0 <= r[k] <= 1.0
 
 
 @pytest.mark.slow
