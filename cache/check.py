@@ -8,7 +8,6 @@ and the file, and every error names the repair command.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,6 @@ from dinocache.cache.arrays import decode_keys
 from dinocache.cache.errors import CacheCorrupt, CacheError, damage_reason, repair_hint
 from dinocache.cache.locations import folder_names
 
-_scratch = threading.local()  # all_finite's per-thread buffer
 _F16 = np.dtype(np.float16)
 
 
@@ -116,17 +114,13 @@ def scan(fc: Any) -> tuple[list[BadRow], np.ndarray, list[str]]:
 def all_finite(x: np.ndarray) -> bool:
     """Whether every value of `x` is finite. float16 on its bits in one pass: a value is NaN or inf exactly when its
     5 exponent bits are all ones, i.e. when its bits without the sign are >= 0x7C00; np.isfinite on float16
-    converts each value and costs ~20x more on a map. The masked bits go to a per-thread scratch buffer: a new
-    temporary per map would cost fresh pages (page faults) on every read."""
+    converts each value and costs ~20x more on a map. The masked bits go to a new temporary: in the training loader,
+    where the image work between two reads evicts any buffer kept for this, a per-thread scratch buffer measured
+    ~1.2x the time of the temporary (20 vs 14.5 us a 16 KiB map, 35 vs 29 us a 100 KiB one)."""
     if x.dtype == _F16 and x.size:
         bits = x.reshape(-1).view(np.uint16)  # a view of a C-contiguous map, else a copy
-        buf = getattr(_scratch, "bits", None)
-        if buf is None or buf.size < bits.size:
-            buf = _scratch.bits = np.empty(max(bits.size, 1 << 16), np.uint16)
-        masked = buf[: bits.size]
-        np.bitwise_and(bits, 0x7FFF, out=masked)
         # the ufunc's reduce itself: ndarray.max goes through a Python-level wrapper first (once per map read)
-        return bool(np.maximum.reduce(masked) < 0x7C00)
+        return bool(np.maximum.reduce(np.bitwise_and(bits, 0x7FFF)) < 0x7C00)
     return bool(np.isfinite(x).all())
 
 

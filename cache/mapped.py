@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,46 @@ class MappedArray:
         values = self._values(row, d)
         return None if values is None else values.reshape((d, *self._cell_shape))
 
+    def view_finite(self, d: int, finite: Callable[[np.ndarray], bool], row: int) -> np.ndarray | None:
+        """`view_written` for a loader that must not pass NaN/inf on: the (d, h, w) view when `finite` accepts it, else
+        None (a chunk never written, or NaN/inf: the caller reads it again through its general path, which names the
+        damage); a checksum failure raises ChecksumMismatch as every read does.
+
+        The crc32c of the chunk is checked on every call. With chunk checksums, a chunk `finite` accepted is remembered
+        per mapping with that crc32c, and a later read whose bytes checksum to the same value is not scanned again:
+        this process maps the shard read-only and never writes it, precompute replaces a shard by renaming a new file
+        (this mapping keeps the old one), and bytes changed in place fail the stored checksum, or, stored checksum
+        rewritten too, checksum to another value (all but 2**-32 of changes) and are scanned again. Without chunk
+        checksums every read is scanned."""
+        shard, local = divmod(row, self.shard_size)
+        entry = self._shard(shard)
+        offset = _ABSENT_INT if entry is None else entry.offsets[local]
+        if offset == _ABSENT_INT:
+            return None
+        n = d * self.cell_values
+        if offset & 1:  # zarr's writer packs chunks of even size from an even start; another may not
+            values = np.frombuffer(entry.map, np.float16, count=n, offset=offset)
+        else:
+            values = entry.f16[offset >> 1 : (offset >> 1) + n]
+        x = values.reshape((d, *self._cell_shape))
+        if not self.chunk_crc:
+            return x if finite(x) else None
+        end = offset + self.chunk_bytes - 4
+        crc = self._crc(entry.u8[offset:end])
+        if crc != int.from_bytes(entry.map[end : end + 4], "little"):
+            raise ChecksumMismatch(
+                f"shard file {self.shard_file(shard)}, image {row}: stored and computed crc32c checksum do not match"
+            )
+        seen = entry.finite.get(d)
+        if seen is None:
+            seen = entry.finite[d] = {}
+        if seen.get(local) == crc:
+            return x
+        if not finite(x):
+            return None
+        seen[local] = crc
+        return x
+
     def read_one(self, row: int, d: int, out: np.ndarray | None = None) -> np.ndarray:
         """float16 (d, h, w): the first d channels of row `row`, in a new array or copied into `out`."""
         values = self._values(row, d)
@@ -300,7 +341,7 @@ class MappedArray:
 class _Shard:
     """One mapped shard file: the map, byte and float16 views of all of it, and each image's chunk offset."""
 
-    __slots__ = ("map", "u8", "f16", "offsets")
+    __slots__ = ("map", "u8", "f16", "offsets", "finite")
 
     def __init__(self, m: mmap.mmap, index: np.ndarray) -> None:
         self.map = m
@@ -308,3 +349,5 @@ class _Shard:
         self.f16 = np.frombuffer(m, np.float16, count=len(m) // 2)
         # Python ints: a list lookup per read instead of numpy scalar work
         self.offsets: list[int] = index[:, 0].tolist()
+        # channels checked -> {image: crc32c of its chunk when found finite} (MappedArray.view_finite)
+        self.finite: dict[int, dict[int, int]] = {}

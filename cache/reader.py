@@ -264,10 +264,17 @@ class FeatureCache(ZarrArrays):
         d = self.k if channels is None else int(channels)
         return mapped.view_one(row, d) if view else mapped.read_one(row, d)
 
-    def row_view(self, channels: int | None = None, flipped: bool = False) -> Callable[[int], Any] | None:
+    def row_view(
+        self,
+        channels: int | None = None,
+        flipped: bool = False,
+        finite: Callable[[np.ndarray], bool] | None = None,
+    ) -> Callable[[int], Any] | None:
         """For a loader that keeps its own image -> row index (the training dataset): row -> float16 (D, h, w), the
         read-only view `get(key, channels, flipped, view=True)` returns, checksum checked, or None for a chunk never
-        written (a damaged chunk raises). None when the memory-mapped reader does not serve these reads: `get` then."""
+        written (a damaged chunk raises). `finite` (check.all_finite): also None for a map it rejects, each chunk
+        scanned once per checksum value (mapped.py: `view_finite`). None when the memory-mapped reader does not serve
+        these reads: `get` then."""
         mapped = self._mapped_reader(fmt.FEATURES_FLIP if flipped else fmt.FEATURES)
         if (
             mapped is None
@@ -275,7 +282,12 @@ class FeatureCache(ZarrArrays):
             or not (channels is None or 1 <= channels <= self.k)
         ):
             return None
-        return functools.partial(mapped.view_written, self.k if channels is None else int(channels))
+        d = self.k if channels is None else int(channels)
+        return (
+            functools.partial(mapped.view_written, d)
+            if finite is None
+            else functools.partial(mapped.view_finite, d, finite)
+        )
 
     def disk_bytes(self) -> int:
         """Bytes the `features` array takes in the store (chunks + shard indexes)."""

@@ -79,10 +79,10 @@ class TeacherLookup:
         self._other: dict[str, str] | None = None
         self._keys: dict[str, str] = {}  # im_file -> key: resolving a path costs syscalls, done once per file
         # the per-sample read path (prepare): im_file -> its map's cache row (shuffling applied), and per
-        # `flipped` the cache's row -> view function (fc.row_view; None where the memory-mapped reader declines)
+        # `flipped` the cache's row -> view function (fc.row_view with the NaN/inf check; None where the
+        # memory-mapped reader declines)
         self._rows: dict[str, int] = {}
         self._views: dict[bool, Any] = {}
-        self._finite: Callable[[np.ndarray], bool] | None = None
 
     @property
     def fc(self) -> Any:
@@ -120,9 +120,10 @@ class TeacherLookup:
         """(D, h, w) float16, possibly read-only (`flipped`: the cached map of the mirrored image); a checksum failure, a missing
         shard or NaN/inf is a CacheCorrupt naming the image key, the shard file and the repair command: nothing
         damaged reaches the loss."""
-        # once per sample: a prepared image's row viewed straight in the memory-mapped shard (checksum checked), then
-        # the NaN/inf check; anything else (not prepared, another reader, damage) takes the general path below,
-        # which reads the map again and raises in its own words
+        # once per sample: a prepared image's row viewed straight in the memory-mapped shard, checksum and NaN/inf
+        # checked (the scan once per chunk and checksum value: mapped.py, `view_finite`); anything else (not
+        # prepared, another reader, damage) takes the general path below, which reads the map again and raises in
+        # its own words
         row = self._rows.get(im_file)
         if row is not None:
             view = self._views.get(flipped, _UNSET)
@@ -133,15 +134,14 @@ class TeacherLookup:
                     x = view(row)
                 except Exception:  # noqa: BLE001 - damage: the general path raises it with the image's key
                     x = None
-                if x is not None and self._finite(x):  # type: ignore[misc]
+                if x is not None:
                     return x
         return self._read(im_file, flipped)
 
     def _row_view(self, flipped: bool) -> Any:
         from dinocache.cache.check import all_finite
 
-        self._finite = all_finite
-        view = self._views[flipped] = self.fc.row_view(self.channels, flipped)
+        view = self._views[flipped] = self.fc.row_view(self.channels, flipped, finite=all_finite)
         return view
 
     def _read(self, im_file: str, flipped: bool) -> np.ndarray:
@@ -265,11 +265,12 @@ class DistillDataset(YOLODataset):
 
     @staticmethod
     def collate_fn(batch: list[dict]) -> dict:
-        for b in batch:  # an unused flipped-view reader (no flip happened) is not data
-            b.pop(FLIP_KEY, None)
-        feats = [b.pop(TEACHER_KEY, None) for b in batch]
-        srcs = [b.pop(SRC_KEY, None) for b in batch]
-        geoms = [b.pop(GEOM_KEY, None) for b in batch]
+        feats, srcs, geoms = [], [], []
+        for b in batch:
+            b.pop(FLIP_KEY, None)  # an unused flipped-view reader (no flip happened) is not data
+            feats.append(b.pop(TEACHER_KEY, None))
+            srcs.append(b.pop(SRC_KEY, None))
+            geoms.append(b.pop(GEOM_KEY, None))
         out = YOLODataset.collate_fn(batch)
         if all(f is not None for f in feats):
             # off mode: (D, h, w) x B -> (B, D, h, w) float16

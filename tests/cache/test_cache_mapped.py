@@ -254,3 +254,46 @@ def test_views_read_only_checked_and_outlive_the_handle(tmp_path: Path) -> None:
     f.write_bytes(bytes(b))
     with pytest.raises(ValueError, match="checksum"):
         MappedArray.open(p / "features").view_one(0, 4)
+
+
+def test_view_finite_scans_each_chunk_once_per_checksum(tmp_path: Path) -> None:
+    """view_finite: NaN/inf maps come back as None every time; a finite chunk is scanned once per channel count and
+    checksum value, and bytes rewritten in place with a matching checksum are scanned again."""
+    import google_crc32c
+    from dinocache.cache.check import all_finite
+
+    p = tmp_path / "c.zarr"
+    x = _store(p, write=(0, 1, 2))
+    y = x[4:8].copy()
+    y[1, 2, 1, 1] = np.inf  # row 5: one inf in a stored chunk
+    CacheWriter(str(p)).write_shard(1, y, ["0" * 64] * 4, np.ones(4, np.uint8))
+    scans: list[int] = []
+
+    def finite(a: np.ndarray) -> bool:
+        scans.append(a.shape[0])
+        return all_finite(a)
+
+    m = MappedArray.open(p / "features")
+    v = m.view_finite(4, finite, 0)
+    assert v is not None and not v.flags.writeable and np.array_equal(_bits(v), _bits(x[0]))
+    assert np.array_equal(_bits(m.view_finite(4, finite, 0)), _bits(x[0])) and scans == [4]
+    assert np.array_equal(_bits(m.view_finite(2, finite, 0)), _bits(x[0, :2])) and scans == [4, 2]
+    assert (
+        m.view_finite(4, finite, 5) is None and m.view_finite(4, finite, 5) is None and scans == [4, 2, 4, 4]
+    )
+    assert m.view_finite(2, finite, 5) is not None  # the inf sits in channel 2
+    assert m.view_finite(4, finite, 3) is None  # never written (all fill)
+    # row 0 rewritten in place (same file, so this mapping sees it) with a NaN and a matching checksum
+    off, nbytes = m._shard(0).offsets[0], m.chunk_bytes
+    data = bytearray(Path(p / "features" / "c.0.0.0.0").read_bytes()[off : off + nbytes - 4])
+    data[0:2] = np.array([np.nan], np.float16).tobytes()
+    with open(p / "features" / "c.0.0.0.0", "r+b") as f:
+        f.seek(off)
+        f.write(bytes(data) + google_crc32c.value(bytes(data)).to_bytes(4, "little"))
+    n = len(scans)
+    assert m.view_finite(4, finite, 0) is None and len(scans) == n + 1
+    with open(p / "features" / "c.0.0.0.0", "r+b") as f:  # and with a checksum that does not match: an error
+        f.seek(off + nbytes - 4)
+        f.write(b"\0\0\0\0")
+    with pytest.raises(ValueError, match="checksum"):
+        m.view_finite(4, finite, 0)
