@@ -113,6 +113,10 @@ class WarpError(DinocacheError, ValueError):
 
 
 _EYE = np.eye(3, dtype=np.float64)
+_EYE_RO = np.eye(
+    3, dtype=np.float64
+)  # read-only: a new WarpState's `post` (apply replaces it, never writes it)
+_EYE_RO.setflags(write=False)
 _EYES: dict[int, np.ndarray] = {}  # n -> (n, 3, 3) identities: a mosaic's tile matrices start as one copy
 _AFFINE_ROW = np.array([0.0, 0.0, 1.0])
 
@@ -125,6 +129,10 @@ def _translate(tx: float, ty: float) -> np.ndarray:
     t = _eye()
     t[0, 2], t[1, 2] = tx, ty
     return t
+
+
+def _no_transform() -> np.ndarray:
+    return _EYE_RO
 
 
 def _identities(n: int) -> np.ndarray:
@@ -148,7 +156,7 @@ def _flip_matrix(vertical: bool, h: int, w: int) -> np.ndarray:
     return t
 
 
-@dataclass
+@dataclass(slots=True)
 class Tile:
     """One source image of the current sample (1 normally, 4 or 9 in a mosaic)."""
 
@@ -156,7 +164,7 @@ class Tile:
     feat: np.ndarray
     # source pixel -> current-frame pixel (3x3, float64), once the state's pending transforms are applied
     # (WarpState.post, in geometry_rows: the transforms after the tiles were placed act on all tiles alike and are
-    # composed once)
+    # composed once); the tile's own array, possibly a row of its state's stack (WarpState.a), updated in place
     A: np.ndarray
     # (ox, oy): where the loaded image's top-left pixel sits on the map's canvas, in pixels
     offset: tuple[float, float]
@@ -174,7 +182,7 @@ class Tile:
         f_src = _eye()
         f_src[0, 0], f_src[0, 2] = -1.0, self.width - 1.0
         self.feat = _as_map(self.flip_feat(), self.key)  # type: ignore[misc]
-        self.A = self.A @ f_src
+        self.A[...] = self.A @ f_src  # in place: A may be a row of the state's stack (WarpState.a)
         x0, y0, x1, y1 = self.region
         self.region = (self.width - x1, y0, self.width - x0, y1)  # [x0, x1) mirrored: [w - x1, w - x0)
         self.flip_feat = None  # one view per tile: a second mirror would need the unflipped map back
@@ -193,7 +201,10 @@ class WarpState:
     record: bool = True
     # the frame transforms applied since the tiles were placed, composed (3x3): every tile's A is left-multiplied by
     # it (geometry_rows; a tile's flipped view right-multiplies A, so it commutes with this pending left factor)
-    post: np.ndarray = field(default_factory=_eye)
+    post: np.ndarray = field(default_factory=_no_transform)
+    # (T, 3, 3) the tiles' A matrices when each tile's A is the row of this stack (WarpMosaic, _single_state): geometry_rows
+    # multiplies it as it is instead of stacking the tiles' A again; None when the tiles hold arrays of their own
+    a: np.ndarray | None = None
 
     def apply(self, T: np.ndarray, record: dict[str, Any] | None = None) -> None:
         """A current-frame transform T (3x3 float64, old pixel -> new pixel) happened (`record`: its parameters)."""
@@ -232,8 +243,9 @@ def _single_state(labels: dict[str, Any], patch: int, record: bool = True) -> Wa
     feat = _as_map(labels.pop(TEACHER_KEY), key)
     h, w = labels["img"].shape[:2]
     off = source_offset(feat, (h, w), patch, key)
-    tile = Tile(feat, _eye(), off, key, (0.0, 0.0, float(w), float(h)), labels.pop(FLIP_KEY, None), float(w))
-    return WarpState(tiles=[tile], patch=patch, record=record)
+    a = _identities(1)
+    tile = Tile(feat, a[0], off, key, (0.0, 0.0, float(w), float(h)), labels.pop(FLIP_KEY, None), float(w))
+    return WarpState(tiles=[tile], patch=patch, record=record, a=a)
 
 
 def _state(labels: dict[str, Any], patch: int, record: bool = True) -> WarpState | None:
@@ -278,6 +290,9 @@ class WarpMosaic(Mosaic):
             layout = params["layout"]
             tiles, record = [], []
             a = _identities(len(layout))  # (T, 3, 3): each tile's A, a translation
+            pads: list[
+                tuple[Any, Any]
+            ] = []  # per tile (padw, padh): the translation, set once after the loop
             mosaic4, patch = self.n == 4, self.patch
             for i, item in enumerate(layout):
                 pl = item["labels_patch"]
@@ -299,8 +314,7 @@ class WarpMosaic(Mosaic):
                     padw, padh = item["padw"] + self.border[0], item["padh"] + self.border[1]
                 region = (float(crop[0]), float(crop[1]), float(crop[2]), float(crop[3]))
                 off = source_offset(feat, (h, w), patch, key)
-                a[i, 0, 2] = padw
-                a[i, 1, 2] = padh
+                pads.append((padw, padh))
                 tiles.append(Tile(feat, a[i], off, key, region, flip, float(w)))
                 if self.keep_params:
                     rec = {"key": key, "img_shape": [int(h), int(w)], "pad": [int(padw), int(padh)]}
@@ -312,7 +326,8 @@ class WarpMosaic(Mosaic):
                     ]
                     rec["crop"] = crop
                     record.append(rec)
-            st = WarpState(tiles=tiles, patch=self.patch, record=self.keep_params)
+            a[:, :2, 2] = pads
+            st = WarpState(tiles=tiles, patch=self.patch, record=self.keep_params, a=a)
             if self.keep_params:
                 st.params.append({"op": "mosaic", "n": self.n, "tiles": record})
             labels[STATE_KEY] = st
@@ -416,8 +431,11 @@ def geometry_rows(state: WarpState, out_hw: tuple[int, int]) -> np.ndarray:
     tiles = state.tiles
     n = len(tiles)
     # every tile's A with the pending transforms applied: post @ A_i, one product for all tiles (the same per-tile
-    # products, bit for bit); the state is left as it is
-    a = state.post @ np.array([t.A for t in tiles], np.float64)  # (T, 3, 3)
+    # products, bit for bit); the state is left as it is. The tiles' A are their state's stack when it has one
+    a = state.a
+    if a is None or len(a) != n:
+        a = np.array([t.A for t in tiles], np.float64)
+    a = state.post @ a  # (T, 3, 3)
     rows = np.empty((n, GEOM_FIELDS), np.float64)
     rows[:, :9] = a.reshape(n, 9)  # inverted on the device (render_batch)
     rows[:, 9:] = [(*t.offset, *t.region, H, W, state.patch, 1.0) for t in tiles]
@@ -463,6 +481,10 @@ class AttachGeometry(BaseTransform):
         return labels
 
 
+# the maps' dtypes -> torch's, without a tensor per batch
+_TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
+
+
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised CPU tensor for a collated batch; in a DataLoader worker allocated in shared memory, as
     torch's default_collate does, so sending the batch to the main process copies nothing."""
@@ -482,7 +504,12 @@ def collate_geometry(srcs: list[Any], geoms: list[np.ndarray]) -> tuple[torch.Te
     t = max(g.shape[0] for g in geoms)
     first = np.asarray(srcs[0][0])
     shape = first.shape
-    src_t = _batch_tensor((len(srcs), t, *shape), torch.from_numpy(first[:0]).dtype)
+    dtype = _TORCH_DTYPES.get(first.dtype)
+    if (
+        dtype is None
+    ):  # torch.from_numpy of a read-only map warns (once per process) and costs the warning lookup
+        dtype = torch.from_numpy(np.empty(0, first.dtype)).dtype
+    src_t = _batch_tensor((len(srcs), t, *shape), dtype)
     geom_t = _batch_tensor((len(geoms), t, GEOM_FIELDS), torch.float64)
     src, geom = src_t.numpy(), geom_t.numpy()  # views: filled in place
     if all(len(maps) == t for maps in srcs) and all(g.shape[0] == t for g in geoms):
