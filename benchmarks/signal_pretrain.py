@@ -20,7 +20,12 @@ Arms, each followed by the SAME fine-tuning on L (teacher_source none, `dinocach
 - oracle: pretrain from the oracle cache;
 - random: pretrain from the random teacher's cache (control);
 - shuffled: pretrain from the teacher cache, each image learning another image's map (control);
-- online: pretrain with the teacher run on every augmented batch (parity with the cache, and its cost).
+- online: pretrain with the teacher run on every augmented batch (parity with the cache, and its cost);
+- views: `dinocache augment` writes K = 4 views of each unlabeled image (flips, scale, translate, HSV), the
+  teacher's cache is made of the views, and pretraining reads them with no geometric augmentation of its own
+  (no mosaic, affine or flips), for pretrain_epochs / K epochs (the same optimizer steps): every map is the
+  teacher's own map of the image the student sees, where the teacher arm's is its map of the plain image
+  warped along (exact only for a teacher that commutes with the augmentation: `dinocache warp-check`).
 
 Pretraining runs once per (arm, pretrain seed); with `pretrain_per_seed` false (the CPU setting) one
 pretraining per arm (seed 0) is fine-tuned with every seed, so the paired CIs hold the fine-tuning's seed
@@ -54,7 +59,8 @@ IMGSZ = signal_ab.IMGSZ
 SIZES = signal_ab.SIZES
 N_CLS = 5  # demo-data classes
 U_SEED = 4  # demo-data seed of the unlabeled images (students 1, tuning 3, teacher 1000, probe 2000)
-ARMS = ["scratch", "teacher", "oracle", "random", "shuffled", "online"]
+ARMS = ["scratch", "teacher", "oracle", "random", "shuffled", "online", "views"]
+VIEWS = 4  # K: offline views per unlabeled image of the views arm
 METRICS = ("map50", "map50_95", "grade")
 # the held-out validation losses (lower is better): they still separate students that detect nothing yet
 LOSSES = ("val_box_loss", "val_cls_loss")
@@ -139,7 +145,7 @@ def prepare(
             os.link(f, tmp / f.name)
         tmp.rename(u)
     paths = {"labelled": str(lab / "data.yaml"), "unlabeled": str(u)}
-    if {"teacher", "shuffled", "online"} & set(arms):
+    if {"teacher", "shuffled", "online", "views"} & set(arms):
         paths["teacher_cache"] = str(
             _precompute(work, u, work / f"u-teacher-{s['n_unlabeled']}.zarr", teacher_dir)
         )
@@ -147,11 +153,28 @@ def prepare(
         paths["random_cache"] = str(
             _precompute(work, u, work / f"u-random-{s['n_unlabeled']}.zarr", random_dir)
         )
+    if "views" in arms:
+        paths["views"], paths["views_cache"] = _views(work, u, s, teacher_dir)
     if "oracle" in arms:  # every row is overwritten: the random teacher's cache is only its frame
         paths["oracle_cache"] = str(
             oracle_cache(Path(paths["random_cache"]), work / f"u-oracle-{s['n_unlabeled']}.zarr", gen)
         )
     return paths
+
+
+def _views(work: Path, u: Path, s: dict[str, Any], teacher_dir: Path | None) -> tuple[str, str]:
+    """K augmented views of U (`dinocache augment`, its default pipeline) and the teacher's cache of them."""
+    from dinocache.datatools.augment import main as augment
+
+    out = work / f"unlabeled-views{VIEWS}-{s['n_unlabeled']}"
+    if not (out / "data.yaml").is_file():
+        rc = augment(["--config", str(work / "empty.json"), f"data={u}", f"out={out}", f"imgsz={IMGSZ}",
+                      f"views={VIEWS}", "seed=0", "image_format=png", "overwrite=true"])  # fmt: skip
+        if rc != 0:
+            raise RuntimeError(f"augment of {u} failed (exit {rc})")
+    images = out / "images" / "train"
+    cache = _precompute(work, images, work / f"u-views{VIEWS}-teacher-{s['n_unlabeled']}.zarr", teacher_dir)
+    return str(images), str(cache)
 
 
 def oracle_cache(plain: Path, out: Path, gen: Path) -> Path:
@@ -187,7 +210,8 @@ def pretrain_values(arm: str, paths: dict, s: dict, teacher_dir: Path, random_di
         "device": "auto",
         "fit_images": fit_images(s),
         "loss": s.get("pretrain_loss", "mse"),
-        "extra": {"plots": False},
+        # pretrain_extra (--pretrain-extra): Ultralytics arguments beyond the defaults, e.g. {"mosaic": 0.0}
+        "extra": {"plots": False, **(s.get("pretrain_extra") or {})},
     }
     if arm == "oracle":
         # the oracle map has 1 + N_CLS channels (the rest of the cache's rows are 0): only those are distilled
@@ -202,6 +226,10 @@ def pretrain_values(arm: str, paths: dict, s: dict, teacher_dir: Path, random_di
         v["shuffle"] = True
     elif arm == "online":
         v["teacher_source"] = "online"
+    elif arm == "views":  # the views are the augmentation: none on top, the same number of optimizer steps
+        v.update(data=paths["views"], cache=paths["views_cache"], geometric_aug="off",
+                 epochs=max(1, s["pretrain_epochs"] // VIEWS))  # fmt: skip
+        v["extra"] = {**v["extra"], "fliplr": 0.0}
     return v
 
 
@@ -342,7 +370,7 @@ def _ci(p: dict[str, Any]) -> str:
 def teachers(quick: bool, arms: list[str]) -> tuple[Path | None, Path]:
     """(knowledgeable demo teacher, or None when no arm uses it; its random base of the same shape: the
     random-teacher control)."""
-    if quick or {"teacher", "shuffled", "online"} & set(arms):
+    if quick or {"teacher", "shuffled", "online", "views"} & set(arms):
         tdir = signal_ab.teacher(quick)
         return tdir, signal_ab.random_teacher(tdir)
     return None, signal_ab.random_teacher()
@@ -360,9 +388,9 @@ def run(work: Path, quick: bool, **over: Any) -> dict[str, Any]:
     paths = prepare(work, s, tdir, rdir, arms)
     rec = work / "signal_pretrain.json"
     same = ("n_label", "n_val", "n_unlabeled", "pretrain_epochs", "pretrain_batch", "finetune_epochs",
-            "val_every", "pretrain_per_seed")  # fmt: skip
+            "val_every", "pretrain_per_seed", "pretrain_extra")  # fmt: skip
     doc: dict[str, Any] = json.loads(rec.read_text()) if rec.is_file() else {}
-    if not doc or any(doc["settings"].get(k) != s[k] for k in same):
+    if not doc or any(doc["settings"].get(k) != s.get(k) for k in same):
         doc = {"settings": s, "pretrain": {}, "runs": {}}
     doc["settings"] = {**s, "arms": [a for a in ARMS if a in set(arms) | set(doc["runs"])]}
     doc.update(random_teacher=str(rdir), paths={**doc.get("paths", {}), **paths})
@@ -586,6 +614,11 @@ def main(argv: list[str] | None = None) -> int:
         help="one pretraining per fine-tuning seed (pretraining seed = fine-tuning seed): the CI then holds the "
         "pretraining's variance too",
     )
+    ap.add_argument(
+        "--pretrain-extra",
+        type=json.loads,
+        help="Ultralytics arguments of the pretraining as JSON, e.g. '{\"mosaic\": 0.0}' (kept in the settings)",
+    )
     ap.add_argument("--section", default="signal.pretrain", help="--report: section prefix in latest.json")
     ap.add_argument("--report", action="store_true", help="write WORK/signal_pretrain.json into latest.json")
     ap.add_argument(
@@ -620,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
         val_every=a.val_every,
         pretrain_only=a.pretrain_only or None,
         pretrain_per_seed=a.pretrain_per_seed or None,
+        pretrain_extra=a.pretrain_extra,
     )
     return 0
 

@@ -52,8 +52,9 @@ AVGPOOL = "avgpool"
 
 @dataclass
 class WarpCheckConfig(Config):
-    # DINOv3 folder (save_pretrained layout) or hub id; "avgpool" = the exactly equivariant 16x16 mean pool
-    teacher: Annotated[str, rule(bool, "give a DINOv3 folder/hub id or 'avgpool'")] = "dinov3"
+    # teacher folder (save_pretrained layout; any registry family) or hub id; "avgpool" = the exactly
+    # equivariant 16x16 mean pool
+    teacher: Annotated[str, rule(bool, "give a teacher folder/hub id or 'avgpool'")] = "dinov3"
     # data.yaml of the dataset whose images are used
     data: Annotated[str, rule(bool, "give the dataset's data.yaml (--data)")] = ""
     # split the images come from
@@ -123,16 +124,17 @@ def _pool_teacher(patch: int = 16) -> Callable[[np.ndarray], np.ndarray]:
 
 def _dino_teacher(cfg: WarpCheckConfig) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
     import torch
-    from dinocache.teacher.model import DinoV3Teacher
+    from dinocache.teacher.registry import load_teacher
 
-    teacher = DinoV3Teacher.from_pretrained(cfg.teacher, layer=cfg.layer, device=cfg.device)
+    # any registry family (the DINOv3 ViT, ConvNeXt, timm ...), loaded as precompute loads it
+    teacher = load_teacher(cfg.teacher, layer=cfg.layer, device=cfg.device)
 
     def run(img: np.ndarray) -> np.ndarray:
         # (H, W, 3) BGR uint8 -> (1, 3, H, W) RGB in [0, 1], as the trainer's batch["img"]
         x = torch.from_numpy(np.ascontiguousarray(img[..., ::-1])).permute(2, 0, 1)[None].float() / 255.0
         return teacher.extract_feature_map(x)[0].cpu().numpy()
 
-    return run, teacher.patch_size
+    return run, teacher.stride(cfg.imgsz)  # image pixels per map cell
 
 
 def _canvas(img: np.ndarray, imgsz: int) -> np.ndarray:
@@ -392,7 +394,9 @@ def write_outputs(
 def main(argv: list[str] | None = None) -> int:
     """`dinocache warp-check --teacher DIR --data DATA [--imgsz N] [--n-images K] [--out DIR] [key=value ...]`"""
     ap = argparse.ArgumentParser(prog="dinocache warp-check", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--teacher", help="DINOv3 folder or hub id, or 'avgpool' (exactly equivariant reference)")
+    ap.add_argument(
+        "--teacher", help="teacher folder or hub id, or 'avgpool' (exactly equivariant reference)"
+    )
     ap.add_argument("--data", help="dataset data.yaml")
     ap.add_argument("--imgsz", help="square image size (default 256)")
     ap.add_argument("--n-images", dest="n_images", help="number of images (default 8)")

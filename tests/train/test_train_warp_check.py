@@ -88,3 +88,17 @@ def test_missing_data_yaml(tmp_path, capsys):
         == 2
     )
     assert "nope.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~40 s on the shared 2-core machine
+def test_any_registry_family(demo_data, tmp_path):
+    """A teacher of another family (the shipped DINOv3 ConvNeXt demo teacher, stride 16) is checked like the
+    ViT: loaded as precompute loads it, its cells sized by its stride."""
+    from dinocache.finetune.demo_teacher import SHIPPED
+
+    out = tmp_path / "convnext"
+    argv = ["--teacher", str(SHIPPED), "--data", str(demo_data), "--imgsz", "128", "--n-images", "2"]
+    assert main([*argv, "--out", str(out), *SMALL, "viz=0"]) == 0
+    rows = _rows(out)
+    assert rows[("identity", "0")]["cos_object"] == pytest.approx(1.0, abs=1e-5)
+    assert rows[("flip_view", "horizontal")]["cos_background"] == pytest.approx(1.0, abs=1e-5)
