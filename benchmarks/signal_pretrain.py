@@ -229,6 +229,7 @@ def pretrain_values(arm: str, paths: dict, s: dict, teacher_dir: Path, random_di
     elif arm == "views":  # the views are the augmentation: none on top, the same number of optimizer steps
         v.update(data=paths["views"], cache=paths["views_cache"], geometric_aug="off",
                  epochs=max(1, s["pretrain_epochs"] // VIEWS))  # fmt: skip
+        # (one epoch when pretrain_epochs <= K: Ultralytics then runs no warmup and no decay, at lr0 throughout)
         v["extra"] = {**v["extra"], "fliplr": 0.0}
     return v
 
@@ -438,6 +439,43 @@ def run(work: Path, quick: bool, **over: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- report
 
 
+def report_variants(variants: list[str], results: Any, section: str, conclusion: str = "") -> dict[str, list]:
+    """Arms of several work folders side by side (`--variant LABEL=DIR:ARM`, e.g. the same arm pretrained with
+    other Ultralytics arguments): mAP mean ± std, the paired difference against the first variant (scratch) and
+    the second (the reference arm), and each pretraining's held-out fit, as `section` rows."""
+    runs: dict[str, list] = {}
+    fits: dict[str, dict] = {}
+    extra: dict[str, Any] = {}
+    for v in variants:
+        label, _, where = v.partition("=")
+        folder, _, arm = where.rpartition(":")
+        doc = json.loads((Path(folder) / "signal_pretrain.json").read_text())
+        runs[label] = doc["runs"][arm]
+        fits[label] = next((q["fit"] for q in doc["pretrain"].values() if q["arm"] == arm), {})
+        extra[label] = doc["settings"].get("pretrain_extra") or ""
+    base, ref = list(runs)[:2]
+    for label, rs in runs.items():
+        f = fits[label]
+        results.add(
+            section, variant=label, n=len(rs), map50=_ms([r["map50"] for r in rs]),
+            map50_95=_ms([r["map50_95"] for r in rs]),
+            **{f"d_map50_vs_{base} [95% CI]": "" if label == base else _ci(paired(runs, label, "map50", base)),
+               f"d_map50_vs_{ref} [95% CI]": "" if label in (base, ref) else _ci(paired(runs, label, "map50", ref))},
+            cos=signal_ab._r(f.get("fit/cos", "")), gap=signal_ab._r(f.get("fit/gap", "")),
+            pcc=signal_ab._r(f.get("fit/pcc", "")), pretrain_extra=json.dumps(extra[label]) if extra[label] else "",
+        )  # fmt: skip
+    results.note(
+        section,
+        "Variants of signal.pretrain's arms side by side (the same data, fine-tuning and seeds; "
+        "`python -m benchmarks.signal_pretrain --report-variants --variant LABEL=WORK:ARM ...`): mAP50 mean ± std "
+        f"over the fine-tuning seeds, the paired difference against {base} and against {ref} [t-based 95 % CI], "
+        "and the pretraining's held-out fit (cos, gap = cos - cos_shuf, pcc; see signal.pretrain.arms). "
+        "pretrain_extra = the Ultralytics arguments the pretraining ran with beyond the arm's own. "
+        + conclusion,
+    )
+    return runs
+
+
 def merge(doc: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     """`doc` plus the arms of `other`, a run of other arms with the same settings in another work folder
     (the same data: every input is generated from fixed seeds); refused when the settings differ."""
@@ -628,8 +666,17 @@ def main(argv: list[str] | None = None) -> int:
         help="--report: merge OTHER/signal_pretrain.json (same settings)",
     )
     ap.add_argument("--conclusion", default="", help="--report: what the figures show, appended to the note")
+    ap.add_argument("--report-variants", action="store_true", help="write the --variant arms as --section")
+    ap.add_argument("--variant", action="append", default=[], help="LABEL=WORK:ARM (first: the baseline)")
     a = ap.parse_args(argv)
     work = Path(a.work)
+    if a.report_variants:
+        from benchmarks.report import Results
+
+        res = Results()
+        report_variants(a.variant, res, a.section, a.conclusion)
+        res.write()
+        return 0
     if a.report:
         from benchmarks.report import Results
 
