@@ -3,7 +3,8 @@
 Used by benchmarks/test_bench_loader.py and benchmarks/gpu.sh. Both datasets are built the way the
 trainer builds them (Ultralytics' `get_cfg` + `build_yolo_dataset` for plain, `DistillDataset` with the
 cache's `TeacherLookup` in warp mode for cache) and timed in one process with `time.process_time()`
-(all threads): `ds[i]` over random indices plus the collate, alternated A/B blocks, median of rounds.
+(all threads): the DataLoader's fetch of random indices (`fetch`: `ds[i]` per index, or the dataset's
+`__getitems__` as torch calls it) plus the collate, alternated A/B blocks, median of rounds.
 
 The dataset is made larger than Ultralytics' mosaic buffer (min(n, 8 * batch, 1000) images) by linking
 each generated image under several names, so most samples cost a real cache read (their own map is not in
@@ -115,15 +116,25 @@ class Counting:
         return self.inner(im_file, flipped)
 
 
+def fetch(ds: Any, indices: Any) -> list:
+    """One batch's samples as torch's DataLoader fetches them (`_MapDatasetFetcher`): `ds.__getitems__(indices)` where
+    the dataset has it (DistillDataset: the batch's maps read first), else `ds[i]` per index."""
+    indices = [int(i) for i in indices]
+    if getattr(ds, "__getitems__", None):
+        return ds.__getitems__(indices)
+    return [ds[i] for i in indices]
+
+
 def time_block(ds: Any, collate: Any, idx: np.ndarray, batch: int, seed: int | None = None) -> float:
-    """CPU ms per sample of ds[i] for i in idx plus the collate of each batch. `seed`: Python's, numpy's and torch's
+    """CPU ms per sample of the DataLoader's fetch of idx (`fetch`: ds[i] per index, or the dataset's __getitems__)
+    plus the collate of each batch. `seed`: Python's, numpy's and torch's
     generators are seeded first (outside the timing), so every arm given the same seed and indexes draws the same
     augmentation: the arms do the same image work and differ only by what the cache path adds."""
     if seed is not None:
         seed_all(seed)
     t0 = time.process_time()
     for b0 in range(0, len(idx), batch):
-        collate([ds[int(i)] for i in idx[b0 : b0 + batch]])
+        collate(fetch(ds, idx[b0 : b0 + batch]))
     return 1000 * (time.process_time() - t0) / len(idx)
 
 
@@ -145,7 +156,7 @@ def same_images(arms: list[tuple[Any, Any]], idx: np.ndarray, seed: int) -> bool
     imgs = []
     for ds, collate in arms:
         seed_all(seed)
-        imgs.append(collate([ds[int(i)] for i in idx])["img"])
+        imgs.append(collate(fetch(ds, idx))["img"])
     return all(bool(torch.equal(imgs[0], x)) for x in imgs[1:])
 
 
@@ -341,4 +352,4 @@ def sample_batch(data: str, cache: str, imgsz: int, batch: int = 16, seed: int =
     _, ds, _ = build(data, cache, imgsz, batch)
     random.seed(seed)
     rng = np.random.default_rng(seed)
-    return DistillDataset.collate_fn([ds[int(i)] for i in rng.integers(0, len(ds), batch)])
+    return DistillDataset.collate_fn(fetch(ds, rng.integers(0, len(ds), batch)))

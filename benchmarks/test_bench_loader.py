@@ -53,8 +53,9 @@ def test_loader_cpu_per_sample(loader_env: dict, results, quick: bool) -> None:
     section = "loader"
     results.note(
         section,
-        "CPU ms per sample (`time.process_time`, one process, 1 torch thread) of `ds[i]` + collate over random "
-        "indices, Ultralytics' default augmentation (mosaic, affine, flips, HSV), batch 16, 800 images (100 "
+        "CPU ms per sample (`time.process_time`, one process, 1 torch thread) of the DataLoader's fetch (`ds[i]` per "
+        "index, or the dataset's `__getitems__` where it has one, as torch's DataLoader calls it: the cache path reads "
+        "the batch's maps first) + collate over random indices, Ultralytics' default augmentation (mosaic, affine, flips, HSV), batch 16, 800 images (100 "
         "generated, each linked 8 times: more than the mosaic buffer, so `reads_per_sample` ~0.85). plain = "
         "Ultralytics' YOLODataset; cache = DistillDataset in warp mode (the sample's map read from the "
         "memory-mapped shard, crc32c and NaN/inf checked, mosaic tiles from the map buffer, geometry attached; "
@@ -84,7 +85,7 @@ def test_pretrain_loader_cpu_per_sample(loader_env: dict, results, quick: bool) 
     section = "pretrain_loader"
     results.note(
         section,
-        "CPU ms per sample (`time.process_time`, one process, 1 torch thread) of `ds[i]` + collate: the "
+        "CPU ms per sample (`time.process_time`, one process, 1 torch thread) of the DataLoader's fetch + collate: the "
         "pretraining loader of `dinocache pretrain` (UnlabeledDistillDataset: labels never read, the map of "
         "each image read from the memory-mapped cache and warped along in warp mode) against plain image "
         "loading with the same augmentation (the same label-free Ultralytics dataset without maps), the "

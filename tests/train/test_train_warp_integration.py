@@ -96,3 +96,38 @@ def test_masked_loss_ignores_invalid_cells():
     mask = torch.zeros(1, 2, 2, dtype=torch.bool)
     assert losses.masked_cosine_loss(s, t, mask, 1.0, 1.0, valid=valid).abs() < 1e-6
     assert losses.masked_cosine_loss(s, t, mask, 1.0, 1.0) > 0.4
+
+
+class CountingPool(PoolLookup):
+    def __init__(self) -> None:
+        self.files: list[str] = []
+
+    def __call__(self, im_file: str) -> np.ndarray:
+        self.files.append(im_file)
+        return super().__call__(im_file)
+
+
+def test_getitems_reads_the_batch_maps_first_and_builds_the_same_samples(demo_data):
+    """__getitems__ (what torch's DataLoader calls per batch) gives the samples ds[i] gives, maps read first, no extra
+    read; a DataLoader over the dataset uses it."""
+    hyp = dict(mosaic=1.0, degrees=10.0, scale=0.3, fliplr=0.5)
+    one, ahead = _ds(demo_data, "warp", **hyp), _ds(demo_data, "warp", **hyp)
+    one.teacher, ahead.teacher = CountingPool(), CountingPool()
+    for idx in ([0, 1, 2, 3], [2, 2, 5, 0]):
+        random.seed(3)
+        np.random.seed(3)
+        a = DistillDataset.collate_fn([one[i] for i in idx])
+        random.seed(3)
+        np.random.seed(3)
+        before = len(ahead.teacher.files)
+        b = DistillDataset.collate_fn(ahead.__getitems__(idx))
+        for k in ("img", SRC_KEY, GEOM_KEY, "bboxes", "batch_idx"):
+            assert torch.equal(a[k], b[k]), k
+        assert ahead.teacher.files == one.teacher.files and not ahead._read_ahead
+    assert len(set(ahead.teacher.files[before:])) == len(ahead.teacher.files[before:])  # one read per image
+    seen: list[list[int]] = []
+    real = ahead.__getitems__
+    ahead.__getitems__ = lambda indices: seen.append(list(indices)) or real(indices)
+    loader = torch.utils.data.DataLoader(ahead, batch_size=4, collate_fn=DistillDataset.collate_fn)
+    next(iter(loader))
+    assert seen == [[0, 1, 2, 3]]
