@@ -35,7 +35,7 @@ signal_pretrain.json (settings, pretraining fits and costs, fine-tuning runs) an
 val_map.png (compare's outputs over the arms), rewritten after every run. The pytest wrapper
 (benchmarks/test_signal.py) and `--report` put it into latest.json / BENCHMARKS.md (`signal.pretrain.*`).
 
-Why one file of ~600 lines: data, arms, the runs and the report share one settings record and one work
+Why one file of ~700 lines: data, arms, the runs and the report share one settings record and one work
 folder layout (signal_pretrain.json), and the pytest wrapper, the CLI and the merge of separate arm
 processes (--also) all go through it.
 """
@@ -583,7 +583,9 @@ def report(
         + "Arms: scratch = the model yaml; teacher = the knowledgeable demo teacher's cache (signal.teacher_probe); "
         "oracle = each cell's class coverage from U's hidden labels in the same cache (upper bound of the pipe); "
         "random = the same model untrained (`demo_teacher.random_base`); shuffled = the teacher cache, each image learning another's map; "
-        "online = the teacher run on every augmented batch. mean ± std over seeds; d_* = paired difference "
+        "online = the teacher run on every augmented batch; views = the teacher's cache of K = 4 `augment` "
+        "views of each image, pretrained on with no augmentation of its own for pretrain_epochs / K epochs. "
+        "mean ± std over seeds; d_* = paired difference "
         "against scratch over the same seeds, mean [t-based 95 % CI] (d_map50_vs_random: against the random-teacher "
         "arm; d_map50_online_vs_cache: online - teacher); val_box_loss / val_cls_loss = the last "
         "validation's losses on the held-out set (lower is better; they separate students that detect nothing yet). fit = held-out feature fit after "
