@@ -451,7 +451,8 @@ def report_variants(variants: list[str], results: Any, section: str, conclusion:
         folder, _, arm = where.rpartition(":")
         doc = json.loads((Path(folder) / "signal_pretrain.json").read_text())
         runs[label] = doc["runs"][arm]
-        fits[label] = next((q["fit"] for q in doc["pretrain"].values() if q["arm"] == arm), {})
+        pre = [q["fit"] for q in doc["pretrain"].values() if q["arm"] == arm]  # one, or one per seed
+        fits[label] = {k: statistics.fmean(f[k] for f in pre) for k in (pre[0] if pre else {})}
         extra[label] = doc["settings"].get("pretrain_extra") or ""
     base, ref = list(runs)[:2]
     for label, rs in runs.items():
@@ -469,7 +470,8 @@ def report_variants(variants: list[str], results: Any, section: str, conclusion:
         "Variants of signal.pretrain's arms side by side (the same data, fine-tuning and seeds; "
         "`python -m benchmarks.signal_pretrain --report-variants --variant LABEL=WORK:ARM ...`): mAP50 mean ± std "
         f"over the fine-tuning seeds, the paired difference against {base} and against {ref} [t-based 95 % CI], "
-        "and the pretraining's held-out fit (cos, gap = cos - cos_shuf, pcc; see signal.pretrain.arms). "
+        "and the pretraining's held-out fit (cos, gap = cos - cos_shuf, pcc, the mean over the pretrainings; see "
+        "signal.pretrain.arms). "
         "pretrain_extra = the Ultralytics arguments the pretraining ran with beyond the arm's own. "
         + conclusion,
     )
