@@ -232,24 +232,35 @@ class MappedArray:
             raise ChecksumMismatch(f"{what}: stored and computed crc32c checksum do not match")
 
     # -- reads
-    def _values(self, row: int, d: int) -> np.ndarray | None:
-        """The first d channels of row `row` as a flat read-only float16 view of its shard's map, checksum checked;
-        None for a chunk never written (it reads as the fill value)."""
+    def _located(self, row: int, d: int) -> tuple[_Shard, int, np.ndarray, int | None] | None:
+        """(its shard, its index in the shard, the first d channels as a flat read-only float16 view of the shard's
+        map, the chunk's crc32c, checked against the stored one; None without chunk checksums) of row `row`; None for
+        a chunk never written (it reads as the fill value)."""
         shard, local = divmod(row, self.shard_size)
         entry = self._shard(shard)
         offset = _ABSENT_INT if entry is None else entry.offsets[local]
         if offset == _ABSENT_INT:
             return None
+        crc = None
         if self.chunk_crc:
             end = offset + self.chunk_bytes - 4
-            if self._crc(entry.u8[offset:end]) != int.from_bytes(entry.map[end : end + 4], "little"):
+            crc = self._crc(entry.u8[offset:end])
+            if crc != int.from_bytes(entry.map[end : end + 4], "little"):
                 raise ChecksumMismatch(
                     f"shard file {self.shard_file(shard)}, image {row}: stored and computed crc32c checksum do not match"
                 )
         if offset & 1:  # zarr's writer packs chunks of even size from an even start; another may not
-            return np.frombuffer(entry.map, np.float16, count=d * self.cell_values, offset=offset)
-        start = offset >> 1
-        return entry.f16[start : start + d * self.cell_values]
+            values = np.frombuffer(entry.map, np.float16, count=d * self.cell_values, offset=offset)
+        else:
+            start = offset >> 1
+            values = entry.f16[start : start + d * self.cell_values]
+        return entry, local, values, crc
+
+    def _values(self, row: int, d: int) -> np.ndarray | None:
+        """The first d channels of row `row` as a flat read-only float16 view of its shard's map, checksum checked;
+        None for a chunk never written (it reads as the fill value)."""
+        found = self._located(row, d)
+        return None if found is None else found[2]
 
     def view_one(self, row: int, d: int) -> np.ndarray:
         """float16 (d, h, w), read-only: the first d channels of row `row` viewed in the map (nothing copied; a fill
@@ -275,28 +286,14 @@ class MappedArray:
         (this mapping keeps the old one), and bytes changed in place fail the stored checksum, or, stored checksum
         rewritten too, checksum to another value (all but 2**-32 of changes) and are scanned again. Without chunk
         checksums every read is scanned."""
-        shard, local = divmod(row, self.shard_size)
-        entry = self._shard(shard)
-        offset = _ABSENT_INT if entry is None else entry.offsets[local]
-        if offset == _ABSENT_INT:
+        found = self._located(row, d)
+        if found is None:
             return None
-        n = d * self.cell_values
-        if offset & 1:  # zarr's writer packs chunks of even size from an even start; another may not
-            values = np.frombuffer(entry.map, np.float16, count=n, offset=offset)
-        else:
-            values = entry.f16[offset >> 1 : (offset >> 1) + n]
+        entry, local, values, crc = found
         x = values.reshape((d, *self._cell_shape))
-        if not self.chunk_crc:
+        if crc is None:
             return x if finite(x) else None
-        end = offset + self.chunk_bytes - 4
-        crc = self._crc(entry.u8[offset:end])
-        if crc != int.from_bytes(entry.map[end : end + 4], "little"):
-            raise ChecksumMismatch(
-                f"shard file {self.shard_file(shard)}, image {row}: stored and computed crc32c checksum do not match"
-            )
-        seen = entry.finite.get(d)
-        if seen is None:
-            seen = entry.finite[d] = {}
+        seen = entry.finite.setdefault(d, {})
         if seen.get(local) == crc:
             return x
         if not finite(x):
