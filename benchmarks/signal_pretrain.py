@@ -145,7 +145,7 @@ def prepare(
             os.link(f, tmp / f.name)
         tmp.rename(u)
     paths = {"labelled": str(lab / "data.yaml"), "unlabeled": str(u)}
-    if {"teacher", "shuffled", "online", "views"} & set(arms):
+    if {"teacher", "shuffled", "online"} & set(arms):
         paths["teacher_cache"] = str(
             _precompute(work, u, work / f"u-teacher-{s['n_unlabeled']}.zarr", teacher_dir)
         )
@@ -168,6 +168,7 @@ def _views(work: Path, u: Path, s: dict[str, Any], teacher_dir: Path | None) -> 
 
     out = work / f"unlabeled-views{VIEWS}-{s['n_unlabeled']}"
     if not (out / "data.yaml").is_file():
+        (work / "empty.json").write_text("{}")
         rc = augment(["--config", str(work / "empty.json"), f"data={u}", f"out={out}", f"imgsz={IMGSZ}",
                       f"views={VIEWS}", "seed=0", "image_format=png", "overwrite=true"])  # fmt: skip
         if rc != 0:

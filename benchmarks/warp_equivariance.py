@@ -37,7 +37,7 @@ def run(work: Path, images: int) -> list[dict[str, Any]]:
         ("demo teacher (make-demo-teacher)", str(signal_ab.teacher(False))),
         ("avgpool", "avgpool"),
     ):
-        out = work / ("wc-" + teacher.split("/")[-1])
+        out = work / f"wc-{Path(teacher).name}"
         rc = warp_check(["--teacher", teacher, "--data", str(data / "data.yaml"), "--imgsz", str(signal_ab.IMGSZ),
                          "--n-images", str(images), "--out", str(out), "viz=0"])  # fmt: skip
         if rc != 0:

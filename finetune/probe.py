@@ -43,9 +43,9 @@ def _patch_labels(
     out = {}
     for i, rec in enumerate(recs):
         frac = ds[i]["box"].numpy()  # (C+1, g, g)
-        lab = frac.argmax(0)
-        lab[frac.max(0) < purity] = -1
-        out[image_key(rec.path, root)] = (lab, frac.max(0))
+        lab, share = frac.argmax(0), frac.max(0)
+        lab[share < purity] = -1
+        out[image_key(rec.path, root)] = (lab, share)
     return out
 
 
@@ -143,8 +143,11 @@ def probe_teacher(
     obj_t, obj_p = yte > 0, pred > 0
 
     def objectness(m: np.ndarray) -> float:
-        recalls = [float((obj_p[m & obj_t]).mean()), float((~obj_p[m & ~obj_t]).mean())] if m.any() else []
-        return 0.5 * sum(recalls) if len(recalls) == 2 and all(r == r for r in recalls) else math.nan
+        """Over the patches in mask `m`: NaN when they hold no object patch or no background one."""
+        obj, bg = m & obj_t, m & ~obj_t
+        if not (obj.any() and bg.any()):
+            return math.nan
+        return 0.5 * (float(obj_p[obj].mean()) + float((~obj_p[bg]).mean()))
 
     # pure = one class (background included) covers the whole patch; mixed = a box edge crosses it, where a
     # stride-16 map must say on which side of 50 % the patch falls

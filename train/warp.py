@@ -113,9 +113,8 @@ class WarpError(DinocacheError, ValueError):
 
 
 _EYE = np.eye(3, dtype=np.float64)
-_EYE_RO = np.eye(
-    3, dtype=np.float64
-)  # read-only: a new WarpState's `post` (apply replaces it, never writes it)
+# read-only: a new WarpState's `post` (apply replaces it, never writes it)
+_EYE_RO = np.eye(3, dtype=np.float64)
 _EYE_RO.setflags(write=False)
 _EYES: dict[int, np.ndarray] = {}  # n -> (n, 3, 3) identities: a mosaic's tile matrices start as one copy
 _AFFINE_ROW = np.array([0.0, 0.0, 1.0])
@@ -290,9 +289,8 @@ class WarpMosaic(Mosaic):
             layout = params["layout"]
             tiles, record = [], []
             a = _identities(len(layout))  # (T, 3, 3): each tile's A, a translation
-            pads: list[
-                tuple[Any, Any]
-            ] = []  # per tile (padw, padh): the translation, set once after the loop
+            # per tile (padw, padh): the translation, set once after the loop
+            pads: list[tuple[Any, Any]] = []
             mosaic4, patch = self.n == 4, self.patch
             for i, item in enumerate(layout):
                 pl = item["labels_patch"]
@@ -505,9 +503,7 @@ def collate_geometry(srcs: list[Any], geoms: list[np.ndarray]) -> tuple[torch.Te
     first = np.asarray(srcs[0][0])
     shape = first.shape
     dtype = _TORCH_DTYPES.get(first.dtype)
-    if (
-        dtype is None
-    ):  # torch.from_numpy of a read-only map warns (once per process) and costs the warning lookup
+    if dtype is None:  # not torch.from_numpy(first): of a read-only map it warns and costs the warning lookup
         dtype = torch.from_numpy(np.empty(0, first.dtype)).dtype
     src_t = _batch_tensor((len(srcs), t, *shape), dtype)
     geom_t = _batch_tensor((len(geoms), t, GEOM_FIELDS), torch.float64)
